@@ -1,0 +1,12 @@
+//! Shared, pure pieces of streamjob that the operator and the worker must agree on:
+//! key-group math, the logical graph and the planner that turns it into chains and
+//! assigns subtasks to workers. No async runtime and no network in here.
+
+pub mod keygroup;
+pub mod plan;
+
+pub use keygroup::{KeyGroupRange, StableKey};
+pub use plan::{
+    Chain, ChainEdge, LogicalEdge, LogicalGraph, LogicalNode, NodeKind, Partitioning, PhysicalPlan,
+    PlanError,
+};

@@ -1,0 +1,1 @@
+//! streamjob runtime
