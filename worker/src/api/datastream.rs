@@ -1,0 +1,400 @@
+//! `DataStream`, `KeyedStream` and `DataStreamSink`: lazy handles that add operators to the
+//! job graph. Nothing runs until `StreamExecutionEnvironment::execute`.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::marker::PhantomData;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use streamjob_crds::{LogicalEdge, LogicalNode, NodeKind, Partitioning, StableKey};
+
+use crate::Data;
+use crate::api::functions::{Collector, Sink};
+use crate::api::graph::{
+    AnyBox, EdgeDef, EdgeKind, GraphBuilder, NodeDef, NodeRuntime, SinkBuild, TransformBuild,
+    Typed, TypedEdge, unbox,
+};
+use crate::connectors::blackhole::{BlackholeSink, RecordCounter};
+use crate::connectors::collect::{CollectSink, Collected};
+use crate::connectors::print::PrintSink;
+use crate::error::JobError;
+use crate::operators::{Filter, FlatMap, KeyFn, Map, OpId, Reduce, SinkOp, TryMap};
+use crate::runtime::context::SubtaskContext;
+use crate::runtime::output::Output;
+use crate::state::HashMapValueState;
+
+fn boxed<T: 'static>(o: impl Output<T> + 'static) -> AnyBox {
+    Box::new(Box::new(o) as Box<dyn Output<T>>)
+}
+
+/// A stream of `T` records: the output of one operator (or the union of several).
+pub struct DataStream<T> {
+    pub(crate) env: Rc<RefCell<GraphBuilder>>,
+    /// Nodes whose output forms this stream.
+    pub(crate) nodes: Vec<usize>,
+    /// Partitioning of the edges to the next operator.
+    pub(crate) partitioning: Partitioning,
+    pub(crate) _t: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for DataStream<T> {
+    fn clone(&self) -> Self {
+        DataStream {
+            env: self.env.clone(),
+            nodes: self.nodes.clone(),
+            partitioning: self.partitioning,
+            _t: PhantomData,
+        }
+    }
+}
+
+pub(crate) fn add_node<U: Data>(
+    env: &Rc<RefCell<GraphBuilder>>,
+    inputs: &[usize],
+    partitioning: Partitioning,
+    edge: Arc<dyn EdgeKind>,
+    kind: NodeKind,
+    operator: &str,
+    max_parallelism: Option<u32>,
+    runtime: NodeRuntime,
+) -> usize {
+    let mut g = env.borrow_mut();
+    let id = g.nodes.len();
+    g.nodes.push(NodeDef {
+        logical: LogicalNode {
+            id,
+            kind,
+            operator: operator.to_string(),
+            name: operator.to_string(),
+            uid: None,
+            parallelism: None,
+            max_parallelism,
+        },
+        runtime,
+        output: Arc::new(Typed::<U>::new()),
+    });
+    for &from in inputs {
+        g.edges.push(EdgeDef {
+            logical: LogicalEdge {
+                from,
+                to: id,
+                partitioning,
+            },
+            kind: edge.clone(),
+        });
+    }
+    id
+}
+
+impl<T: Data> DataStream<T> {
+    pub(crate) fn from_node(env: Rc<RefCell<GraphBuilder>>, node: usize) -> Self {
+        DataStream {
+            env,
+            nodes: vec![node],
+            partitioning: Partitioning::Forward,
+            _t: PhantomData,
+        }
+    }
+
+    fn transform<U: Data>(&self, operator: &str, build: TransformBuild) -> DataStream<U> {
+        let edge: Arc<dyn EdgeKind> = Arc::new(TypedEdge::<T> { key_hash: None });
+        let id = add_node::<U>(
+            &self.env,
+            &self.nodes,
+            self.partitioning,
+            edge,
+            NodeKind::Transform,
+            operator,
+            None,
+            NodeRuntime::Transform(build),
+        );
+        DataStream::from_node(self.env.clone(), id)
+    }
+
+    fn node_mut<R>(&self, what: &str, f: impl FnOnce(&mut LogicalNode) -> R) -> R {
+        let [node] = self.nodes.as_slice() else {
+            panic!("{what} applies to one operator, not to a union of streams");
+        };
+        f(&mut self.env.borrow_mut().nodes[*node].logical)
+    }
+
+    /// Parallelism of the operator that produces this stream (Flink's `setParallelism`).
+    pub fn set_parallelism(self, parallelism: u32) -> Self {
+        self.node_mut("set_parallelism", |n| n.parallelism = Some(parallelism));
+        self
+    }
+
+    /// Display name of the operator that produces this stream.
+    pub fn name(self, name: &str) -> Self {
+        self.node_mut("name", |n| n.name = name.to_string());
+        self
+    }
+
+    /// Stable id of the operator, used to match its state when restoring a savepoint.
+    pub fn uid(self, uid: &str) -> Self {
+        self.node_mut("uid", |n| n.uid = Some(uid.to_string()));
+        self
+    }
+
+    /// One output record per input record.
+    pub fn map<U: Data, F>(&self, f: F) -> DataStream<U>
+    where
+        F: Fn(T) -> U + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        self.transform(
+            "map",
+            Arc::new(move |next, ctx| {
+                let next: Box<dyn Output<U>> = unbox(next);
+                Ok(boxed::<T>(Map {
+                    f: f.clone(),
+                    next,
+                    id: OpId::of(ctx),
+                }))
+            }),
+        )
+    }
+
+    /// Like `map`, but an `Err` fails the job with a message naming this operator.
+    pub fn try_map<U: Data, E, F>(&self, f: F) -> DataStream<U>
+    where
+        F: Fn(T) -> Result<U, E> + Send + Sync + 'static,
+        E: std::fmt::Display + 'static,
+    {
+        let f = Arc::new(f);
+        self.transform(
+            "map",
+            Arc::new(move |next, ctx| {
+                let next: Box<dyn Output<U>> = unbox(next);
+                Ok(boxed::<T>(TryMap {
+                    f: f.clone(),
+                    next,
+                    id: OpId::of(ctx),
+                }))
+            }),
+        )
+    }
+
+    /// Keeps the records for which `f` is true.
+    pub fn filter<F>(&self, f: F) -> DataStream<T>
+    where
+        F: Fn(&T) -> bool + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        self.transform(
+            "filter",
+            Arc::new(move |next, ctx| {
+                let next: Box<dyn Output<T>> = unbox(next);
+                Ok(boxed::<T>(Filter {
+                    f: f.clone(),
+                    next,
+                    id: OpId::of(ctx),
+                }))
+            }),
+        )
+    }
+
+    /// Zero or more output records per input record, emitted through the collector.
+    pub fn flat_map<U: Data, F>(&self, f: F) -> DataStream<U>
+    where
+        F: Fn(T, &mut Collector<'_, U>) + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        self.transform(
+            "flat_map",
+            Arc::new(move |next, ctx| {
+                let next: Box<dyn Output<U>> = unbox(next);
+                Ok(boxed::<T>(FlatMap {
+                    f: f.clone(),
+                    next,
+                    id: OpId::of(ctx),
+                }))
+            }),
+        )
+    }
+
+    /// Partitions by key: records with the same key go to the same subtask (by key group).
+    pub fn key_by<K, F>(&self, f: F) -> KeyedStream<T, K>
+    where
+        K: StableKey + Eq + Clone + Send + Sync + 'static,
+        F: Fn(&T) -> K + Send + Sync + 'static,
+    {
+        KeyedStream {
+            stream: self.clone(),
+            key: Arc::new(move |t: &T| Cow::Owned(f(t))),
+        }
+    }
+
+    /// Like `key_by` for a key that lives inside the record (`|r| &r.0`): no copy of the key
+    /// is made per record.
+    pub fn key_by_ref<K, F>(&self, f: F) -> KeyedStream<T, K>
+    where
+        K: ?Sized + ToOwned + StableKey + Eq + Send + Sync + 'static,
+        K::Owned: std::borrow::Borrow<K> + Send + 'static,
+        F: for<'a> Fn(&'a T) -> &'a K + Send + Sync + 'static,
+    {
+        KeyedStream {
+            stream: self.clone(),
+            key: Arc::new(move |t: &T| Cow::Borrowed(f(t))),
+        }
+    }
+
+    /// Round-robin records over the next operator's subtasks (breaks the chain).
+    pub fn rebalance(&self) -> DataStream<T> {
+        DataStream {
+            partitioning: Partitioning::Rebalance,
+            ..self.clone()
+        }
+    }
+
+    /// Every record to every subtask of the next operator.
+    pub fn broadcast(&self) -> DataStream<T> {
+        DataStream {
+            partitioning: Partitioning::Broadcast,
+            ..self.clone()
+        }
+    }
+
+    /// Merges streams of the same type; the next operator reads all of them.
+    pub fn union(&self, others: &[DataStream<T>]) -> DataStream<T> {
+        let mut nodes = self.nodes.clone();
+        for o in others {
+            assert!(
+                Rc::ptr_eq(&self.env, &o.env),
+                "union of streams from different environments"
+            );
+            nodes.extend(&o.nodes);
+        }
+        DataStream {
+            nodes,
+            ..self.clone()
+        }
+    }
+
+    /// Writes every record to `sink`.
+    pub fn sink_to<S: Sink<T>>(&self, sink: S) -> DataStreamSink {
+        let sink = Arc::new(sink);
+        let operator = format!("sink:{}", sink.kind());
+        let max = sink.max_parallelism();
+        let build: SinkBuild = Arc::new(move |ctx: &SubtaskContext| {
+            let writer = sink.create_writer(ctx).map_err(|e| JobError::Setup {
+                operator: ctx.operator.to_string(),
+                message: e.to_string(),
+            })?;
+            Ok(boxed::<T>(SinkOp {
+                writer,
+                id: OpId::of(ctx),
+            }))
+        });
+        let edge: Arc<dyn EdgeKind> = Arc::new(TypedEdge::<T> { key_hash: None });
+        let node = add_node::<T>(
+            &self.env,
+            &self.nodes,
+            self.partitioning,
+            edge,
+            NodeKind::Sink,
+            &operator,
+            max,
+            NodeRuntime::Sink(build),
+        );
+        DataStreamSink {
+            env: self.env.clone(),
+            node,
+        }
+    }
+
+    /// Prints every record to stdout with `{:?}`, prefixed by `subtask> ` (1-based) when the
+    /// sink runs with parallelism > 1, as Flink's `print()` does.
+    pub fn print(&self) -> DataStreamSink
+    where
+        T: std::fmt::Debug,
+    {
+        self.sink_to(PrintSink::debug())
+    }
+
+    /// Collects every record in memory (tests and small jobs); read it after `execute`.
+    pub fn collect_sink(&self) -> Collected<T> {
+        let (sink, handle) = CollectSink::new();
+        self.sink_to(sink);
+        handle
+    }
+
+    /// Discards records and counts them (Flink's `DiscardingSink`, for benchmarks).
+    pub fn discard(&self) -> RecordCounter {
+        let (sink, counter) = BlackholeSink::new();
+        self.sink_to(sink);
+        counter
+    }
+}
+
+/// A stream partitioned by key. Created by [`DataStream::key_by`].
+pub struct KeyedStream<T, K: ?Sized + ToOwned> {
+    stream: DataStream<T>,
+    key: KeyFn<T, K>,
+}
+
+impl<T, K> KeyedStream<T, K>
+where
+    T: Data,
+    K: ?Sized + ToOwned + StableKey + Eq + Send + Sync + 'static,
+    K::Owned: std::borrow::Borrow<K> + Send + 'static,
+{
+    /// Flink's rolling reduce: per key, the first record becomes the value, every later
+    /// record replaces it with `f(value, record)`, and each new value is emitted.
+    pub fn reduce<F>(&self, f: F) -> DataStream<T>
+    where
+        F: Fn(T, T) -> T + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        let key = self.key.clone();
+        let build: TransformBuild = Arc::new(move |next, ctx| {
+            let next: Box<dyn Output<T>> = unbox(next);
+            Ok(boxed::<T>(Reduce {
+                key: key.clone(),
+                f: f.clone(),
+                state: HashMapValueState::new(ctx.key_groups),
+                max_parallelism: ctx.max_parallelism,
+                next,
+                id: OpId::of(ctx),
+            }))
+        });
+        let key = self.key.clone();
+        let edge: Arc<dyn EdgeKind> = Arc::new(TypedEdge::<T> {
+            key_hash: Some(Arc::new(move |t: &T| key(t).stable_hash())),
+        });
+        let s = &self.stream;
+        let id = add_node::<T>(
+            &s.env,
+            &s.nodes,
+            Partitioning::Hash,
+            edge,
+            NodeKind::Transform,
+            "reduce",
+            None,
+            NodeRuntime::Transform(build),
+        );
+        DataStream::from_node(s.env.clone(), id)
+    }
+}
+
+/// Handle on a sink operator, to set its parallelism, name and uid.
+pub struct DataStreamSink {
+    env: Rc<RefCell<GraphBuilder>>,
+    node: usize,
+}
+
+impl DataStreamSink {
+    pub fn set_parallelism(self, parallelism: u32) -> Self {
+        self.env.borrow_mut().nodes[self.node].logical.parallelism = Some(parallelism);
+        self
+    }
+    pub fn name(self, name: &str) -> Self {
+        self.env.borrow_mut().nodes[self.node].logical.name = name.to_string();
+        self
+    }
+    pub fn uid(self, uid: &str) -> Self {
+        self.env.borrow_mut().nodes[self.node].logical.uid = Some(uid.to_string());
+        self
+    }
+}

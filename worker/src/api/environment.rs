@@ -1,0 +1,194 @@
+//! `StreamExecutionEnvironment`: job-wide settings, sources, planning and execution.
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use streamjob_crds::keygroup::DEFAULT_MAX_PARALLELISM;
+use streamjob_crds::plan::PhysicalPlan;
+use streamjob_crds::{NodeKind, Partitioning};
+
+use crate::Data;
+use crate::api::datastream::{DataStream, add_node};
+use crate::api::functions::Source;
+use crate::api::graph::{GraphBuilder, NodeRuntime, SourceBuild, Typed, TypedEdge, unbox};
+use crate::connectors::collection::CollectionSource;
+use crate::connectors::file::FileSource;
+use crate::connectors::socket::SocketSource;
+use crate::error::JobError;
+use crate::runtime::executor;
+use crate::runtime::task::{SourceTask, Task, TaskStats};
+
+/// Default records per channel batch.
+pub const DEFAULT_BATCH_SIZE: usize = 1024;
+/// Default longest wait of a partially filled batch.
+pub const DEFAULT_BUFFER_TIMEOUT: Duration = Duration::from_millis(5);
+/// Default batches in flight per channel.
+pub const DEFAULT_CHANNEL_CAPACITY: usize = 4;
+
+/// Entry point of a job (Flink's `StreamExecutionEnvironment`). Cheap to clone; clones share
+/// the same job graph.
+#[derive(Clone)]
+pub struct StreamExecutionEnvironment {
+    graph: Rc<RefCell<GraphBuilder>>,
+}
+
+/// What `execute` reports for a job that finished.
+#[derive(Debug, Clone)]
+pub struct JobExecutionResult {
+    pub job_name: String,
+    pub duration: Duration,
+    /// Per subtask: chain name, subtask index, stats.
+    pub tasks: Vec<(String, u32, TaskStats)>,
+}
+
+impl Default for StreamExecutionEnvironment {
+    fn default() -> Self {
+        Self::get_execution_environment()
+    }
+}
+
+impl StreamExecutionEnvironment {
+    /// A local environment: `execute` runs every subtask in this process.
+    pub fn get_execution_environment() -> Self {
+        StreamExecutionEnvironment {
+            graph: Rc::new(RefCell::new(GraphBuilder {
+                default_parallelism: 1,
+                max_parallelism: DEFAULT_MAX_PARALLELISM,
+                batch_size: DEFAULT_BATCH_SIZE,
+                buffer_timeout: DEFAULT_BUFFER_TIMEOUT,
+                channel_capacity: DEFAULT_CHANNEL_CAPACITY,
+                nodes: Vec::new(),
+                edges: Vec::new(),
+            })),
+        }
+    }
+
+    /// Default parallelism of operators that do not set their own.
+    pub fn set_parallelism(&self, parallelism: u32) -> &Self {
+        self.graph.borrow_mut().default_parallelism = parallelism;
+        self
+    }
+
+    pub fn get_parallelism(&self) -> u32 {
+        self.graph.borrow().default_parallelism
+    }
+
+    /// Number of key groups (upper bound for any operator's parallelism; fixed for the life
+    /// of a job's state). Default 128.
+    pub fn set_max_parallelism(&self, max_parallelism: u32) -> &Self {
+        self.graph.borrow_mut().max_parallelism = max_parallelism;
+        self
+    }
+
+    /// Longest time a partially filled batch waits before it is sent (latency bound).
+    pub fn set_buffer_timeout(&self, timeout: Duration) -> &Self {
+        self.graph.borrow_mut().buffer_timeout = timeout;
+        self
+    }
+
+    /// Records per batch on channels between chains.
+    pub fn set_batch_size(&self, records: usize) -> &Self {
+        self.graph.borrow_mut().batch_size = records.max(1);
+        self
+    }
+
+    /// Batches in flight per channel before the sender blocks (backpressure).
+    pub fn set_channel_capacity(&self, batches: usize) -> &Self {
+        self.graph.borrow_mut().channel_capacity = batches.max(1);
+        self
+    }
+
+    /// Adds a source. Each subtask gets its own reader from `source.create_reader`.
+    pub fn from_source<T: Data, S: Source<T>>(&self, source: S, name: &str) -> DataStream<T> {
+        let source = Arc::new(source);
+        let operator = format!("source:{}", source.kind());
+        let max = source.max_parallelism();
+        let build: SourceBuild = Arc::new(move |out, ctx| {
+            let reader = source.create_reader(&ctx).map_err(|e| JobError::Setup {
+                operator: ctx.operator.to_string(),
+                message: e.to_string(),
+            })?;
+            Ok(Box::new(SourceTask {
+                reader,
+                head: unbox(out),
+                ctx,
+            }) as Box<dyn Task>)
+        });
+        let id = add_node::<T>(
+            &self.graph,
+            &[],
+            Partitioning::Forward,
+            Arc::new(TypedEdge::<T> { key_hash: None }),
+            NodeKind::Source,
+            &operator,
+            max,
+            NodeRuntime::Source(build),
+        );
+        let _ = Typed::<T>::new();
+        DataStream::from_node(self.graph.clone(), id).name(name)
+    }
+
+    /// A bounded, non-parallel source emitting `items` in order.
+    pub fn from_collection<T, I>(&self, items: I) -> DataStream<T>
+    where
+        T: Data + Sync,
+        I: IntoIterator<Item = T>,
+    {
+        self.from_source(
+            CollectionSource::new(items.into_iter().collect()),
+            "collection",
+        )
+    }
+
+    /// Lines from a TCP server (non-parallel). The stream ends when the server closes the
+    /// connection; see [`Self::socket_text_stream_with_retry`] to reconnect instead.
+    pub fn socket_text_stream(&self, host: &str, port: u16) -> DataStream<String> {
+        self.socket_text_stream_with_retry(host, port, 0)
+    }
+
+    /// Lines from a TCP server. When the connection cannot be made or is lost, retries once a
+    /// second for up to `max_retry` seconds (Flink's `maxRetry`): 0 ends the stream when the
+    /// server closes the connection (and fails if it cannot connect at all), a negative value
+    /// retries forever.
+    pub fn socket_text_stream_with_retry(
+        &self,
+        host: &str,
+        port: u16,
+        max_retry: i64,
+    ) -> DataStream<String> {
+        self.from_source(
+            SocketSource::new(host, port, max_retry),
+            &format!("socket {host}:{port}"),
+        )
+    }
+
+    /// Lines of a text file, or of every file in a directory (bounded). Files are spread over
+    /// the source subtasks; with fewer files than subtasks, files are split at line
+    /// boundaries so every subtask reads a share.
+    pub fn read_text_file(&self, path: impl Into<PathBuf>) -> DataStream<String> {
+        let path = path.into();
+        let name = format!("file {}", path.display());
+        self.from_source(FileSource::new(path), &name)
+    }
+
+    /// Plans the job built so far.
+    pub fn plan(&self, job_name: &str) -> Result<PhysicalPlan, JobError> {
+        Ok(self.graph.borrow().logical(job_name).plan()?)
+    }
+
+    /// The physical plan as text: chains, their operators and parallelism, and the edges
+    /// between chains with their partitioning.
+    pub fn explain(&self) -> Result<String, JobError> {
+        Ok(self.plan("job")?.explain())
+    }
+
+    /// Plans and runs the job in this process, one thread per subtask; returns when every
+    /// subtask has finished (bounded jobs) or the job fails.
+    pub fn execute(&self, job_name: &str) -> Result<JobExecutionResult, JobError> {
+        let graph = self.graph.borrow();
+        executor::run_local(&graph, job_name)
+    }
+}

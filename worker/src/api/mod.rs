@@ -1,0 +1,6 @@
+//! The user-facing DataStream API.
+
+pub mod datastream;
+pub mod environment;
+pub mod functions;
+pub(crate) mod graph;

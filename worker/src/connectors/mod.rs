@@ -1,0 +1,12 @@
+//! Built-in sources and sinks.
+
+pub mod blackhole;
+pub mod collect;
+pub mod collection;
+pub mod file;
+pub mod print;
+pub mod socket;
+
+/// Records a source emits per poll, so the task regularly gets to flush and check for
+/// cancellation.
+pub(crate) const SOURCE_BATCH: usize = 1024;

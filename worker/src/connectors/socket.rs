@@ -1,0 +1,152 @@
+//! `socket_text_stream`: lines from a TCP server (non-parallel source), e.g. `nc -lk 9999`.
+//!
+//! Reconnect policy (Flink's `maxRetry`): when the connection cannot be made or is lost, try
+//! again once a second for up to `max_retry` seconds; 0 means end the stream when the server
+//! closes the connection (and fail if the first connection fails); negative means forever.
+
+use std::io::{BufRead, BufReader, ErrorKind};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use crate::api::functions::{Collector, Source, SourceReader, SourceStatus};
+use crate::connectors::SOURCE_BATCH;
+use crate::error::BoxError;
+use crate::runtime::context::SubtaskContext;
+
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+pub struct SocketSource {
+    host: String,
+    port: u16,
+    max_retry: i64,
+}
+
+impl SocketSource {
+    pub fn new(host: &str, port: u16, max_retry: i64) -> Self {
+        SocketSource {
+            host: host.to_string(),
+            port,
+            max_retry,
+        }
+    }
+}
+
+impl Source<String> for SocketSource {
+    fn max_parallelism(&self) -> Option<u32> {
+        Some(1)
+    }
+    fn kind(&self) -> &'static str {
+        "socket"
+    }
+    fn create_reader(
+        &self,
+        ctx: &SubtaskContext,
+    ) -> Result<Box<dyn SourceReader<String>>, BoxError> {
+        Ok(Box::new(SocketReader {
+            addr: format!("{}:{}", self.host, self.port),
+            max_retry: self.max_retry,
+            poll: ctx
+                .buffer_timeout
+                .clamp(Duration::from_millis(1), Duration::from_millis(100)),
+            conn: None,
+            line: Vec::new(),
+            down_since: None,
+            last_attempt: None,
+        }))
+    }
+}
+
+struct SocketReader {
+    addr: String,
+    max_retry: i64,
+    poll: Duration,
+    conn: Option<BufReader<TcpStream>>,
+    line: Vec<u8>,
+    /// When the connection was lost (or first failed), while retrying.
+    down_since: Option<Instant>,
+    last_attempt: Option<Instant>,
+}
+
+impl SocketReader {
+    fn retry_allowed(&self) -> bool {
+        let since = self.down_since.map(|t| t.elapsed()).unwrap_or_default();
+        self.max_retry < 0 || since < Duration::from_secs(self.max_retry as u64)
+    }
+
+    fn connect(&mut self) -> std::io::Result<()> {
+        let mut last = None;
+        for addr in self.addr.to_socket_addrs()? {
+            match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                Ok(s) => {
+                    s.set_read_timeout(Some(self.poll))?;
+                    self.conn = Some(BufReader::new(s));
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::new(ErrorKind::NotFound, "no address")))
+    }
+
+    fn lost(&mut self, out: &mut Collector<'_, String>) -> Result<SourceStatus, BoxError> {
+        self.conn = None;
+        if !self.line.is_empty() {
+            out.collect(String::from_utf8_lossy(&self.line).into_owned());
+            self.line.clear();
+        }
+        if self.max_retry == 0 {
+            return Ok(SourceStatus::Finished);
+        }
+        self.down_since = Some(Instant::now());
+        Ok(SourceStatus::Idle)
+    }
+}
+
+impl SourceReader<String> for SocketReader {
+    fn poll_next(&mut self, out: &mut Collector<'_, String>) -> Result<SourceStatus, BoxError> {
+        if self.conn.is_none() {
+            if self.last_attempt.is_some_and(|t| t.elapsed() < RETRY_EVERY) {
+                std::thread::sleep(self.poll);
+                return Ok(SourceStatus::Idle);
+            }
+            self.last_attempt = Some(Instant::now());
+            if let Err(e) = self.connect() {
+                if self.max_retry == 0 {
+                    return Err(format!("cannot connect to {}: {e}", self.addr).into());
+                }
+                self.down_since.get_or_insert_with(Instant::now);
+                if !self.retry_allowed() {
+                    return Err(format!(
+                        "cannot connect to {} (gave up after {}s): {e}",
+                        self.addr, self.max_retry
+                    )
+                    .into());
+                }
+                return Ok(SourceStatus::Idle);
+            }
+            self.down_since = None;
+        }
+        let conn = self.conn.as_mut().expect("connected above");
+        for _ in 0..SOURCE_BATCH {
+            match conn.read_until(b'\n', &mut self.line) {
+                Ok(0) => return self.lost(out),
+                Ok(_) if self.line.last() == Some(&b'\n') => {
+                    let mut end = self.line.len() - 1;
+                    if end > 0 && self.line[end - 1] == b'\r' {
+                        end -= 1;
+                    }
+                    out.collect(String::from_utf8_lossy(&self.line[..end]).into_owned());
+                    self.line.clear();
+                }
+                // Partial line at end of stream: the next read returns 0.
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Ok(SourceStatus::Idle);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return self.lost(out),
+            }
+        }
+        Ok(SourceStatus::MoreAvailable)
+    }
+}

@@ -1,0 +1,206 @@
+//! The chained operators behind `map`, `filter`, `flat_map`, `reduce` and sinks. Each wraps
+//! the next link of its chain and calls it directly.
+
+use std::borrow::{Borrow, Cow};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use streamjob_crds::StableKey;
+use streamjob_crds::keygroup::key_group_of_hash;
+
+use crate::api::functions::{Collector, SinkWriter};
+use crate::error::{BoxError, TaskError, panic_message};
+use crate::runtime::context::SubtaskContext;
+use crate::runtime::message::Signal;
+use crate::runtime::output::Output;
+use crate::state::{HashMapValueState, ValueState};
+
+/// Key selector as stored by a `KeyedStream`: borrows the key from the record when it can.
+pub(crate) type KeyFn<T, K> = Arc<dyn for<'a> Fn(&'a T) -> Cow<'a, K> + Send + Sync>;
+
+/// Identity of an operator instance, for errors.
+#[derive(Clone)]
+pub(crate) struct OpId {
+    pub name: Arc<str>,
+    pub subtask: u32,
+}
+
+impl OpId {
+    pub fn of(ctx: &SubtaskContext) -> Self {
+        OpId {
+            name: ctx.operator.clone(),
+            subtask: ctx.subtask,
+        }
+    }
+
+    /// Runs user code; a panic becomes an error naming this operator.
+    #[inline]
+    pub fn guard<R>(&self, f: impl FnOnce() -> R) -> Result<R, TaskError> {
+        catch_unwind(AssertUnwindSafe(f))
+            .map_err(|p| TaskError::user(&self.name, self.subtask, panic_message(&*p)))
+    }
+
+    pub fn fail(&self, e: impl std::fmt::Display) -> TaskError {
+        TaskError::user(&self.name, self.subtask, e.to_string())
+    }
+}
+
+macro_rules! forward_control {
+    () => {
+        fn signal(&mut self, signal: Signal) -> Result<(), TaskError> {
+            self.next.signal(signal)
+        }
+        fn flush(&mut self) -> Result<(), TaskError> {
+            self.next.flush()
+        }
+    };
+}
+
+pub(crate) struct Map<F, O> {
+    pub f: Arc<F>,
+    pub next: Box<dyn Output<O>>,
+    pub id: OpId,
+}
+
+impl<I, O, F: Fn(I) -> O + Send + Sync> Output<I> for Map<F, O> {
+    #[inline]
+    fn emit(&mut self, item: I) -> Result<(), TaskError> {
+        let out = self.id.guard(|| (self.f)(item))?;
+        self.next.emit(out)
+    }
+    forward_control!();
+}
+
+pub(crate) struct TryMap<F, O> {
+    pub f: Arc<F>,
+    pub next: Box<dyn Output<O>>,
+    pub id: OpId,
+}
+
+impl<I, O, E, F> Output<I> for TryMap<F, O>
+where
+    F: Fn(I) -> Result<O, E> + Send + Sync,
+    E: std::fmt::Display,
+{
+    #[inline]
+    fn emit(&mut self, item: I) -> Result<(), TaskError> {
+        match self.id.guard(|| (self.f)(item))? {
+            Ok(out) => self.next.emit(out),
+            Err(e) => Err(self.id.fail(e)),
+        }
+    }
+    forward_control!();
+}
+
+pub(crate) struct Filter<F, T> {
+    pub f: Arc<F>,
+    pub next: Box<dyn Output<T>>,
+    pub id: OpId,
+}
+
+impl<T, F: Fn(&T) -> bool + Send + Sync> Output<T> for Filter<F, T> {
+    #[inline]
+    fn emit(&mut self, item: T) -> Result<(), TaskError> {
+        if self.id.guard(|| (self.f)(&item))? {
+            self.next.emit(item)
+        } else {
+            Ok(())
+        }
+    }
+    forward_control!();
+}
+
+pub(crate) struct FlatMap<F, O> {
+    pub f: Arc<F>,
+    pub next: Box<dyn Output<O>>,
+    pub id: OpId,
+}
+
+impl<I, O, F: Fn(I, &mut Collector<'_, O>) + Send + Sync> Output<I> for FlatMap<F, O> {
+    #[inline]
+    fn emit(&mut self, item: I) -> Result<(), TaskError> {
+        let mut out = Collector::new(&mut *self.next);
+        self.id.guard(|| (self.f)(item, &mut out))?;
+        out.into_result()
+    }
+    forward_control!();
+}
+
+/// Flink's keyed reduce: the first record of a key becomes its value; each later record
+/// replaces it with `f(value, record)`; every new value is emitted.
+pub(crate) struct Reduce<T, K: ?Sized + ToOwned, F> {
+    pub key: KeyFn<T, K>,
+    pub f: Arc<F>,
+    pub state: HashMapValueState<K, Option<T>>,
+    pub max_parallelism: u32,
+    pub next: Box<dyn Output<T>>,
+    pub id: OpId,
+}
+
+impl<T, K, F> Output<T> for Reduce<T, K, F>
+where
+    T: Clone + Send,
+    K: ?Sized + ToOwned + Eq + StableKey + Send + Sync,
+    K::Owned: Borrow<K> + Send,
+    F: Fn(T, T) -> T + Send + Sync,
+{
+    #[inline]
+    fn emit(&mut self, item: T) -> Result<(), TaskError> {
+        let key = self.id.guard(|| (self.key)(&item))?;
+        let hash = key.stable_hash();
+        let group = key_group_of_hash(hash, self.max_parallelism);
+        if !self.state.key_groups().contains(group) {
+            return Err(self.id.fail(format!(
+                "internal error: key group {group} reached a subtask owning {:?}",
+                self.state.key_groups()
+            )));
+        }
+        match self.state.get_mut(group, hash, &key) {
+            Some(slot) => {
+                // The slot is only empty while `f` runs; a panic there fails the job anyway.
+                let acc = slot.take().expect("reduce state slot is filled");
+                let f = &self.f;
+                let next = self.id.guard(move || f(acc, item))?;
+                *slot = Some(next.clone());
+                self.next.emit(next)
+            }
+            None => {
+                let key = key.into_owned();
+                self.state.put(group, hash, key, Some(item.clone()));
+                self.next.emit(item)
+            }
+        }
+    }
+    forward_control!();
+}
+
+pub(crate) struct SinkOp<T> {
+    pub writer: Box<dyn SinkWriter<T>>,
+    pub id: OpId,
+}
+
+impl<T> SinkOp<T> {
+    fn check(&self, r: Result<Result<(), BoxError>, TaskError>) -> Result<(), TaskError> {
+        r?.map_err(|e| self.id.fail(e))
+    }
+}
+
+impl<T: Send> Output<T> for SinkOp<T> {
+    #[inline]
+    fn emit(&mut self, item: T) -> Result<(), TaskError> {
+        let r = self.id.guard(|| self.writer.write(item));
+        self.check(r)
+    }
+    fn signal(&mut self, signal: Signal) -> Result<(), TaskError> {
+        let r = match signal {
+            Signal::EndOfInput => self.id.guard(|| self.writer.finish()),
+            Signal::Barrier(_) => self.id.guard(|| self.writer.flush()),
+            Signal::Watermark(_) => Ok(Ok(())),
+        };
+        self.check(r)
+    }
+    fn flush(&mut self) -> Result<(), TaskError> {
+        let r = self.id.guard(|| self.writer.flush());
+        self.check(r)
+    }
+}

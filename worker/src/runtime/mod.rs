@@ -1,0 +1,10 @@
+//! Execution: channels between chains, the routers that fill them, the task drivers that run
+//! one subtask each, and the executor that wires a plan into running threads.
+
+pub mod channel;
+pub mod context;
+pub mod executor;
+pub mod message;
+pub mod output;
+pub mod router;
+pub mod task;

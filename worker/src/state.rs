@@ -1,0 +1,146 @@
+//! Keyed state, stored per key group so that checkpoints and rescaling can move whole key
+//! groups between subtasks.
+
+use std::borrow::Borrow;
+
+use hashbrown::HashTable;
+use streamjob_crds::KeyGroupRange;
+
+/// Value state per key (Flink's `ValueState`) for the key groups one subtask owns. Callers
+/// pass the key's stable hash and key group, which they have already computed for routing,
+/// so nothing is hashed twice.
+pub trait ValueState<K: ?Sized + ToOwned, V>: Send {
+    fn get_mut(&mut self, key_group: u32, hash: u64, key: &K) -> Option<&mut V>;
+    fn put(&mut self, key_group: u32, hash: u64, key: K::Owned, value: V);
+    fn remove(&mut self, key_group: u32, hash: u64, key: &K) -> Option<V>;
+    /// Number of keys held.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Visits every entry of one key group (snapshots, rescaling).
+    fn for_each_in_group(&self, key_group: u32, f: &mut dyn FnMut(&K::Owned, &V));
+}
+
+struct Entry<O, V> {
+    hash: u64,
+    key: O,
+    value: V,
+}
+
+/// In-memory backend: one hash table per key group.
+pub struct HashMapValueState<K: ?Sized + ToOwned, V> {
+    range: KeyGroupRange,
+    groups: Vec<HashTable<Entry<K::Owned, V>>>,
+    len: usize,
+}
+
+impl<K: ?Sized + ToOwned, V> HashMapValueState<K, V> {
+    pub fn new(range: KeyGroupRange) -> Self {
+        HashMapValueState {
+            range,
+            groups: (0..range.len()).map(|_| HashTable::new()).collect(),
+            len: 0,
+        }
+    }
+
+    pub fn key_groups(&self) -> KeyGroupRange {
+        self.range
+    }
+
+    #[inline]
+    fn group(&mut self, key_group: u32) -> &mut HashTable<Entry<K::Owned, V>> {
+        assert!(
+            self.range.contains(key_group),
+            "key group {key_group} is not owned by this subtask ({:?})",
+            self.range
+        );
+        &mut self.groups[(key_group - self.range.start) as usize]
+    }
+}
+
+impl<K, V> ValueState<K, V> for HashMapValueState<K, V>
+where
+    K: ?Sized + ToOwned + Eq,
+    K::Owned: Borrow<K> + Send,
+    V: Send,
+{
+    #[inline]
+    fn get_mut(&mut self, key_group: u32, hash: u64, key: &K) -> Option<&mut V> {
+        self.group(key_group)
+            .find_mut(hash, |e| e.hash == hash && e.key.borrow() == key)
+            .map(|e| &mut e.value)
+    }
+
+    fn put(&mut self, key_group: u32, hash: u64, key: K::Owned, value: V) {
+        let table = self.group(key_group);
+        match table.find_mut(hash, |e| e.hash == hash && e.key.borrow() == key.borrow()) {
+            Some(e) => e.value = value,
+            None => {
+                table.insert_unique(hash, Entry { hash, key, value }, |e| e.hash);
+                self.len += 1;
+            }
+        }
+    }
+
+    fn remove(&mut self, key_group: u32, hash: u64, key: &K) -> Option<V> {
+        let table = self.group(key_group);
+        let found = table
+            .find_entry(hash, |e| e.hash == hash && e.key.borrow() == key)
+            .ok()?;
+        let (e, _) = found.remove();
+        self.len -= 1;
+        Some(e.value)
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn for_each_in_group(&self, key_group: u32, f: &mut dyn FnMut(&K::Owned, &V)) {
+        if self.range.contains(key_group) {
+            for e in &self.groups[(key_group - self.range.start) as usize] {
+                f(&e.key, &e.value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use streamjob_crds::StableKey;
+    use streamjob_crds::keygroup::key_group_of_hash;
+
+    #[test]
+    fn state_is_partitioned_by_key_group() {
+        let range = KeyGroupRange::for_subtask(0, 1, 16);
+        let mut s: HashMapValueState<str, u64> = HashMapValueState::new(range);
+        let words = ["a", "b", "c", "a", "a"];
+        for w in words {
+            let h = w.stable_hash();
+            let g = key_group_of_hash(h, 16);
+            match s.get_mut(g, h, w) {
+                Some(v) => *v += 1,
+                None => s.put(g, h, w.to_string(), 1),
+            }
+        }
+        assert_eq!(s.len(), 3);
+        let h = "a".stable_hash();
+        let g = key_group_of_hash(h, 16);
+        assert_eq!(s.get_mut(g, h, "a").copied(), Some(3));
+        let mut seen = vec![];
+        s.for_each_in_group(g, &mut |k, v| seen.push((k.clone(), *v)));
+        assert!(seen.contains(&("a".to_string(), 3)));
+        assert_eq!(s.remove(g, h, "a"), Some(3));
+        assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    #[should_panic(expected = "not owned")]
+    fn foreign_key_groups_are_refused() {
+        let mut s: HashMapValueState<str, u64> =
+            HashMapValueState::new(KeyGroupRange::for_subtask(0, 2, 16));
+        s.put(15, 1, "x".into(), 1);
+    }
+}
