@@ -2,8 +2,12 @@
 //! key-group math, the logical graph and the planner that turns it into chains and
 //! assigns subtasks to workers. No async runtime and no network in here.
 
+pub mod expr;
+pub mod graph;
 pub mod keygroup;
 pub mod plan;
+pub mod spec;
+pub mod validate;
 
 pub use keygroup::{KeyGroupRange, StableKey};
 pub use plan::{

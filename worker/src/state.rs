@@ -22,6 +22,14 @@ pub trait ValueState<K: ?Sized + ToOwned, V>: Send {
     fn for_each_in_group(&self, key_group: u32, f: &mut dyn FnMut(&K::Owned, &V));
 }
 
+/// Hash used inside a key group's table. Keys of one group share `hash % max_parallelism`,
+/// i.e. their low bits, which hashbrown uses to pick buckets; rotating brings independent
+/// bits down so a group's keys spread over its table instead of piling into 1/128 of it.
+#[inline]
+fn table_hash(hash: u64) -> u64 {
+    hash.rotate_left(32)
+}
+
 struct Entry<O, V> {
     hash: u64,
     key: O,
@@ -68,16 +76,22 @@ where
     #[inline]
     fn get_mut(&mut self, key_group: u32, hash: u64, key: &K) -> Option<&mut V> {
         self.group(key_group)
-            .find_mut(hash, |e| e.hash == hash && e.key.borrow() == key)
+            .find_mut(table_hash(hash), |e| {
+                e.hash == hash && e.key.borrow() == key
+            })
             .map(|e| &mut e.value)
     }
 
     fn put(&mut self, key_group: u32, hash: u64, key: K::Owned, value: V) {
         let table = self.group(key_group);
-        match table.find_mut(hash, |e| e.hash == hash && e.key.borrow() == key.borrow()) {
+        match table.find_mut(table_hash(hash), |e| {
+            e.hash == hash && e.key.borrow() == key.borrow()
+        }) {
             Some(e) => e.value = value,
             None => {
-                table.insert_unique(hash, Entry { hash, key, value }, |e| e.hash);
+                table.insert_unique(table_hash(hash), Entry { hash, key, value }, |e| {
+                    table_hash(e.hash)
+                });
                 self.len += 1;
             }
         }
@@ -86,7 +100,9 @@ where
     fn remove(&mut self, key_group: u32, hash: u64, key: &K) -> Option<V> {
         let table = self.group(key_group);
         let found = table
-            .find_entry(hash, |e| e.hash == hash && e.key.borrow() == key)
+            .find_entry(table_hash(hash), |e| {
+                e.hash == hash && e.key.borrow() == key
+            })
             .ok()?;
         let (e, _) = found.remove();
         self.len -= 1;

@@ -335,7 +335,7 @@ impl SinkWriter<u64> for SlowWriter {
         let in_flight = self.0.load(Ordering::SeqCst) - consumed;
         self.2.fetch_max(in_flight, Ordering::SeqCst);
         self.3 += 1;
-        if self.3 % 1000 == 0 {
+        if self.3.is_multiple_of(1000) {
             std::thread::sleep(Duration::from_millis(2));
         }
         Ok(())

@@ -49,16 +49,28 @@ impl<T> Clone for DataStream<T> {
     }
 }
 
+/// A node about to be added to the graph.
+pub(crate) struct NewNode<'a> {
+    pub kind: NodeKind,
+    pub operator: &'a str,
+    pub max_parallelism: Option<u32>,
+    pub runtime: NodeRuntime,
+}
+
+/// Adds a node producing `U`, fed by `inputs` over edges of kind `edge`.
 pub(crate) fn add_node<U: Data>(
     env: &Rc<RefCell<GraphBuilder>>,
     inputs: &[usize],
     partitioning: Partitioning,
     edge: Arc<dyn EdgeKind>,
-    kind: NodeKind,
-    operator: &str,
-    max_parallelism: Option<u32>,
-    runtime: NodeRuntime,
+    node: NewNode<'_>,
 ) -> usize {
+    let NewNode {
+        kind,
+        operator,
+        max_parallelism,
+        runtime,
+    } = node;
     let mut g = env.borrow_mut();
     let id = g.nodes.len();
     g.nodes.push(NodeDef {
@@ -104,10 +116,12 @@ impl<T: Data> DataStream<T> {
             &self.nodes,
             self.partitioning,
             edge,
-            NodeKind::Transform,
-            operator,
-            None,
-            NodeRuntime::Transform(build),
+            NewNode {
+                kind: NodeKind::Transform,
+                operator,
+                max_parallelism: None,
+                runtime: NodeRuntime::Transform(build),
+            },
         );
         DataStream::from_node(self.env.clone(), id)
     }
@@ -293,10 +307,12 @@ impl<T: Data> DataStream<T> {
             &self.nodes,
             self.partitioning,
             edge,
-            NodeKind::Sink,
-            &operator,
-            max,
-            NodeRuntime::Sink(build),
+            NewNode {
+                kind: NodeKind::Sink,
+                operator: &operator,
+                max_parallelism: max,
+                runtime: NodeRuntime::Sink(build),
+            },
         );
         DataStreamSink {
             env: self.env.clone(),
@@ -369,10 +385,12 @@ where
             &s.nodes,
             Partitioning::Hash,
             edge,
-            NodeKind::Transform,
-            "reduce",
-            None,
-            NodeRuntime::Transform(build),
+            NewNode {
+                kind: NodeKind::Transform,
+                operator: "reduce",
+                max_parallelism: None,
+                runtime: NodeRuntime::Transform(build),
+            },
         );
         DataStream::from_node(s.env.clone(), id)
     }

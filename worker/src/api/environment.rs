@@ -11,7 +11,7 @@ use streamjob_crds::plan::PhysicalPlan;
 use streamjob_crds::{NodeKind, Partitioning};
 
 use crate::Data;
-use crate::api::datastream::{DataStream, add_node};
+use crate::api::datastream::{DataStream, NewNode, add_node};
 use crate::api::functions::Source;
 use crate::api::graph::{GraphBuilder, NodeRuntime, SourceBuild, Typed, TypedEdge, unbox};
 use crate::connectors::collection::CollectionSource;
@@ -122,10 +122,12 @@ impl StreamExecutionEnvironment {
             &[],
             Partitioning::Forward,
             Arc::new(TypedEdge::<T> { key_hash: None }),
-            NodeKind::Source,
-            &operator,
-            max,
-            NodeRuntime::Source(build),
+            NewNode {
+                kind: NodeKind::Source,
+                operator: &operator,
+                max_parallelism: max,
+                runtime: NodeRuntime::Source(build),
+            },
         );
         let _ = Typed::<T>::new();
         DataStream::from_node(self.graph.clone(), id).name(name)

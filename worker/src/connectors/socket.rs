@@ -2,7 +2,8 @@
 //!
 //! Reconnect policy (Flink's `maxRetry`): when the connection cannot be made or is lost, try
 //! again once a second for up to `max_retry` seconds; 0 means end the stream when the server
-//! closes the connection (and fail if the first connection fails); negative means forever.
+//! closes the connection; negative means forever. When retrying gives up, the stream ends if
+//! it was ever connected and the job fails if it never was.
 
 use std::io::{BufRead, BufReader, ErrorKind};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -52,6 +53,7 @@ impl Source<String> for SocketSource {
             line: Vec::new(),
             down_since: None,
             last_attempt: None,
+            ever_connected: false,
         }))
     }
 }
@@ -65,6 +67,7 @@ struct SocketReader {
     /// When the connection was lost (or first failed), while retrying.
     down_since: Option<Instant>,
     last_attempt: Option<Instant>,
+    ever_connected: bool,
 }
 
 impl SocketReader {
@@ -116,6 +119,10 @@ impl SourceReader<String> for SocketReader {
                 }
                 self.down_since.get_or_insert_with(Instant::now);
                 if !self.retry_allowed() {
+                    // As in Flink: a stream that was up ends when reconnecting gives up.
+                    if self.ever_connected {
+                        return Ok(SourceStatus::Finished);
+                    }
                     return Err(format!(
                         "cannot connect to {} (gave up after {}s): {e}",
                         self.addr, self.max_retry
@@ -125,6 +132,7 @@ impl SourceReader<String> for SocketReader {
                 return Ok(SourceStatus::Idle);
             }
             self.down_since = None;
+            self.ever_connected = true;
         }
         let conn = self.conn.as_mut().expect("connected above");
         for _ in 0..SOURCE_BATCH {

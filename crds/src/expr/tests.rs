@@ -1,0 +1,346 @@
+use super::*;
+
+fn json(j: serde_json::Value) -> Value {
+    Value::from(j)
+}
+
+/// Evaluates `src` with the single variable `value`.
+fn ev(src: &str, value: serde_json::Value) -> Result<Value, EvalError> {
+    let p = Program::compile(src, &["value"]).unwrap_or_else(|e| panic!("{src}: {e}"));
+    p.eval(&[&json(value)])
+}
+
+fn ok(src: &str, value: serde_json::Value) -> serde_json::Value {
+    ev(src, value)
+        .unwrap_or_else(|e| panic!("{src}: {e}"))
+        .to_json()
+}
+
+fn c(src: &str) -> serde_json::Value {
+    ok(src, serde_json::Value::Null)
+}
+
+fn compile_err(src: &str) -> String {
+    Program::compile(src, &["value"])
+        .err()
+        .unwrap_or_else(|| panic!("{src} compiled"))
+        .to_string()
+}
+
+fn eval_err(src: &str, value: serde_json::Value) -> String {
+    ev(src, value)
+        .err()
+        .unwrap_or_else(|| panic!("{src} succeeded"))
+        .message
+}
+
+use serde_json::json as j;
+
+#[test]
+fn literals_lists_maps() {
+    assert_eq!(c("null"), j!(null));
+    assert_eq!(
+        c("[1, 'a', true, 2.5, null]"),
+        j!([1, "a", true, 2.5, null])
+    );
+    assert_eq!(c("{'a': 1, 'b': [2]}"), j!({"a": 1, "b": [2]}));
+    assert_eq!(c("3u"), j!(3));
+    assert_eq!(c("-5"), j!(-5));
+    assert_eq!(
+        Program::compile("b'ab'", &[]).unwrap().eval(&[]).unwrap(),
+        Value::from(&b"ab"[..])
+    );
+    assert_eq!(
+        ok("{'k': value, value: 1}", j!("x")),
+        j!({"k": "x", "x": 1})
+    );
+}
+
+#[test]
+fn field_and_index_access() {
+    let ev_ = j!({"user_id": "alice", "n": [10, 20], "m": {"x": {"y": 1}}});
+    assert_eq!(ok("value.user_id", ev_.clone()), j!("alice"));
+    assert_eq!(ok("value['user_id']", ev_.clone()), j!("alice"));
+    assert_eq!(ok("value.n[1]", ev_.clone()), j!(20));
+    assert_eq!(ok("value.m.x.y", ev_.clone()), j!(1));
+    assert_eq!(ok("value.n[1u]", ev_.clone()), j!(20));
+    assert_eq!(
+        eval_err("value.missing", ev_.clone()),
+        "value.missing: no such key 'missing'"
+    );
+    assert_eq!(
+        eval_err("value.n[5]", ev_.clone()),
+        "value.n[5]: index 5 out of range for a list of size 2"
+    );
+    assert_eq!(
+        eval_err("value.user_id.x", ev_.clone()),
+        "value.user_id.x: cannot select field 'x' of a string"
+    );
+    assert_eq!(
+        eval_err("value['nope']", ev_),
+        "value[\"nope\"]: no such key 'nope'"
+    );
+}
+
+#[test]
+fn arithmetic() {
+    assert_eq!(c("1 + 2 * 3"), j!(7));
+    assert_eq!(c("7 / 2"), j!(3));
+    assert_eq!(c("7 % 3"), j!(1));
+    assert_eq!(c("7.0 / 2.0"), j!(3.5));
+    assert_eq!(c("1 + 2.5"), j!(3.5));
+    assert_eq!(c("'a' + 'b'"), j!("ab"));
+    assert_eq!(c("[1] + [2, 3]"), j!([1, 2, 3]));
+    assert_eq!(c("5u - 2u"), j!(3));
+    assert_eq!(ok("value - 1", j!(10)), j!(9));
+    assert_eq!(ok("-value", j!(2.5)), j!(-2.5));
+    assert_eq!(eval_err("value / 0", j!(1)), "division by zero");
+    assert_eq!(eval_err("value % 0", j!(1)), "modulus by zero");
+    assert!(eval_err("value + 1", j!(i64::MAX)).contains("integer overflow"));
+    assert_eq!(
+        eval_err("value + 1", j!("a")),
+        "no operator '+' for string and int"
+    );
+}
+
+#[test]
+fn comparisons_and_logic() {
+    assert_eq!(c("1 < 2 && 2 <= 2 && 3 > 2 && 3 >= 3"), j!(true));
+    assert_eq!(c("1 == 1.0"), j!(true));
+    assert_eq!(c("1u == 1"), j!(true));
+    assert_eq!(c("'a' < 'b'"), j!(true));
+    assert_eq!(c("[1, 'a'] == [1.0, 'a']"), j!(true));
+    assert_eq!(c("{'a': 1} == {'a': 1}"), j!(true));
+    assert_eq!(c("1 != 'a'"), j!(true));
+    assert_eq!(c("!true || false"), j!(false));
+    assert_eq!(c("true ? 'y' : 'n'"), j!("y"));
+    assert_eq!(ok("value > 3 ? 'big' : 'small'", j!(2)), j!("small"));
+    // Commutative error handling: a deciding side wins over an error.
+    assert_eq!(ok("value.missing || true", j!({})), j!(true));
+    assert_eq!(ok("false && value.missing", j!({})), j!(false));
+    assert!(eval_err("value.missing && true", j!({})).contains("no such key"));
+    assert_eq!(
+        eval_err("value < 1", j!("a")),
+        "no operator '<' for string and int"
+    );
+}
+
+#[test]
+fn membership_size_has() {
+    assert_eq!(c("2 in [1, 2]"), j!(true));
+    assert_eq!(c("'a' in {'a': 1}"), j!(true));
+    assert_eq!(c("'b' in {'a': 1}"), j!(false));
+    assert_eq!(ok("size(value)", j!("héllo")), j!(5));
+    assert_eq!(ok("value.size()", j!([1, 2, 3])), j!(3));
+    assert_eq!(ok("size(value)", j!({"a": 1})), j!(1));
+    assert_eq!(ok("has(value.a)", j!({"a": 1})), j!(true));
+    assert_eq!(ok("has(value.b)", j!({"a": 1})), j!(false));
+    assert_eq!(ok("has(value.a.b)", j!({"a": {"b": null}})), j!(true));
+    assert!(eval_err("has(value.a)", j!(1)).contains("not a map"));
+}
+
+#[test]
+fn string_functions() {
+    assert_eq!(ok("value.lower()", j!("HeLLo Ünï")), j!("hello ünï"));
+    assert_eq!(ok("value.upper()", j!("abc")), j!("ABC"));
+    assert_eq!(ok("value.lowerAscii()", j!("ÀB")), j!("Àb"));
+    assert_eq!(ok("value.upperAscii()", j!("àb")), j!("àB"));
+    assert_eq!(ok("value.trim()", j!("  x \n")), j!("x"));
+    assert_eq!(
+        ok("value.split(',')", j!("a,b,,c")),
+        j!(["a", "b", "", "c"])
+    );
+    assert_eq!(
+        ok("value.words()", j!("  the\tquick\n brown  ")),
+        j!(["the", "quick", "brown"])
+    );
+    assert_eq!(ok("value.words()", j!("   ")), j!([]));
+    assert_eq!(ok("value.contains('ell')", j!("hello")), j!(true));
+    assert_eq!(ok("value.startsWith('he')", j!("hello")), j!(true));
+    assert_eq!(ok("value.endsWith('lo')", j!("hello")), j!(true));
+    assert_eq!(ok("value.join('-')", j!(["a", "b"])), j!("a-b"));
+    assert_eq!(ok("lower(value)", j!("AB")), j!("ab"));
+    assert_eq!(
+        eval_err("value.lower()", j!(3)),
+        "lower(): receiver must be string, got int"
+    );
+}
+
+#[test]
+fn conversions_and_json() {
+    assert_eq!(
+        ok("parseJson(value).user_id", j!(r#"{"user_id": "bob"}"#)),
+        j!("bob")
+    );
+    assert_eq!(ok("value.parseJson()['n'] + 1", j!(r#"{"n": 41}"#)), j!(42));
+    assert!(eval_err("value.parseJson()", j!("{nope")).starts_with("parseJson(): invalid JSON"));
+    assert_eq!(
+        ok("toJson(value)", j!({"a": [1, "x"]})),
+        j!(r#"{"a":[1,"x"]}"#)
+    );
+    assert_eq!(ok("toJson(value)", j!("s")), j!("\"s\""));
+    assert_eq!(c("string(42)"), j!("42"));
+    assert_eq!(c("string(2.5)"), j!("2.5"));
+    assert_eq!(c("string(true)"), j!("true"));
+    assert_eq!(c("int('42')"), j!(42));
+    assert_eq!(c("int(3.9)"), j!(3));
+    assert_eq!(c("double('2.5')"), j!(2.5));
+    assert_eq!(c("double(2)"), j!(2.0));
+    assert_eq!(c("uint(7)"), j!(7));
+    assert_eq!(
+        eval_err("int(value)", j!("x1")),
+        "int(): cannot parse 'x1' as an integer"
+    );
+    assert!(eval_err("uint(value)", j!(-1)).contains("out of range"));
+}
+
+#[test]
+fn macros() {
+    assert_eq!(ok("value.exists(x, x > 2)", j!([1, 2, 3])), j!(true));
+    assert_eq!(ok("value.all(x, x > 2)", j!([1, 2, 3])), j!(false));
+    assert_eq!(ok("value.exists_one(x, x == 2)", j!([1, 2, 3])), j!(true));
+    assert_eq!(ok("value.map(x, x * 2)", j!([1, 2, 3])), j!([2, 4, 6]));
+    assert_eq!(ok("value.filter(x, x % 2 == 1)", j!([1, 2, 3])), j!([1, 3]));
+    assert_eq!(
+        ok("value.map(k, k + '!')", j!({"a": 1, "b": 2})),
+        j!(["a!", "b!"])
+    );
+    assert_eq!(
+        ok("value.map(x, value.map(y, x * y))", j!([1, 2])),
+        j!([[1, 2], [2, 4]])
+    );
+    assert_eq!(
+        Program::compile("value.filter(x, x > 0)", &["value"])
+            .unwrap()
+            .result_type(),
+        Some(ValueType::List)
+    );
+}
+
+#[test]
+fn compile_errors() {
+    assert!(compile_err("value +").starts_with("syntax error at 1:"));
+    assert_eq!(
+        compile_err("nope + 1"),
+        "unknown variable 'nope' (available: value)"
+    );
+    assert_eq!(
+        compile_err("value.frobnicate()"),
+        "unknown function 'frobnicate'"
+    );
+    assert_eq!(compile_err("'a' + 1"), "no operator '+' for string and int");
+    assert_eq!(
+        compile_err("1.lower()"),
+        "lower() receiver expects string, got int"
+    );
+    assert_eq!(compile_err("!1"), "'!' expects bool, got int");
+    assert_eq!(
+        compile_err("1 ? 2 : 3"),
+        "the condition of '?:' expects bool, got int"
+    );
+    assert_eq!(
+        compile_err("1 in 2"),
+        "the right side of 'in' expects list or map, got int"
+    );
+    assert_eq!(
+        compile_err("value.split()"),
+        "split() takes 2 argument(s) including the receiver, got 1"
+    );
+    assert_eq!(
+        compile_err("'a' < 1"),
+        "cannot compare string and int with '<'"
+    );
+    assert_eq!(compile_err("2.5 % 2.0"), "'%' is not defined on doubles");
+}
+
+#[test]
+fn result_types() {
+    let t = |s: &str| Program::compile(s, &["value"]).unwrap().result_type();
+    assert_eq!(t("value + 1"), None);
+    assert_eq!(t("value > 1"), Some(ValueType::Bool));
+    assert_eq!(t("value.words()"), Some(ValueType::List));
+    assert_eq!(t("value + 'x'"), Some(ValueType::String));
+    assert_eq!(t("[value, 1]"), Some(ValueType::List));
+    assert_eq!(t("value[0]"), None);
+    assert_eq!(t("size(value)"), Some(ValueType::Int));
+    assert_eq!(t("true ? 'a' : 'b'"), Some(ValueType::String));
+    assert_eq!(t("true ? 'a' : 1"), None);
+    assert_eq!(t("has(value.x)"), Some(ValueType::Bool));
+}
+
+#[test]
+fn positional_variables_and_eval_bool() {
+    let p = Program::compile("acc + value * 10 + key", &["acc", "value", "key"]).unwrap();
+    assert_eq!(
+        p.eval(&[&Value::Int(1), &Value::Int(2), &Value::Int(3)])
+            .unwrap(),
+        Value::Int(24)
+    );
+    assert!(p.eval(&[&Value::Int(1)]).is_err());
+    let f = Program::compile("value.startsWith('a')", &["value"]).unwrap();
+    assert!(f.eval_bool(&[&Value::from("abc")]).unwrap());
+    let g = Program::compile("value", &["value"]).unwrap();
+    assert!(
+        g.eval_bool(&[&Value::Int(1)])
+            .unwrap_err()
+            .message
+            .contains("expected a bool")
+    );
+}
+
+#[test]
+fn borrowed_results_do_not_clone_records() {
+    let p = Program::compile("value.user_id", &["value"]).unwrap();
+    let v = json(j!({"user_id": "alice"}));
+    let args = [&v];
+    let out = p.eval_cow(&args).unwrap();
+    assert!(matches!(out, std::borrow::Cow::Borrowed(_)));
+}
+
+/// The word-count pipeline, evaluated by hand with Flink's rolling-reduce semantics.
+#[test]
+fn word_count_by_hand() {
+    let flat_map = Program::compile("value.lower().words()", &["value"]).unwrap();
+    let map = Program::compile("[value, 1]", &["value"]).unwrap();
+    let key_by = Program::compile("value[0]", &["value"]).unwrap();
+    let reduce = Program::compile("[acc[0], acc[1] + value[1]]", &["acc", "value", "key"]).unwrap();
+    assert_eq!(flat_map.result_type(), Some(ValueType::List));
+    assert_eq!(map.result_type(), Some(ValueType::List));
+
+    let lines = ["To be, or not to be", "TO BE"];
+    let mut state: std::collections::HashMap<Value, Value> = Default::default();
+    let mut emitted = Vec::new();
+    for line in lines {
+        let words = flat_map.eval(&[&Value::from(line)]).unwrap();
+        for w in words.as_list().unwrap() {
+            let pair = map.eval(&[w]).unwrap();
+            let key = key_by.eval(&[&pair]).unwrap();
+            assert!(key.is_key());
+            let next = match state.get(&key) {
+                None => pair,
+                Some(acc) => reduce.eval(&[acc, &pair, &key]).unwrap(),
+            };
+            emitted.push(next.to_string());
+            state.insert(key, next);
+        }
+    }
+    assert_eq!(
+        emitted,
+        [
+            r#"["to",1]"#,
+            r#"["be,",1]"#,
+            r#"["or",1]"#,
+            r#"["not",1]"#,
+            r#"["to",2]"#,
+            r#"["be",1]"#,
+            r#"["to",3]"#,
+            r#"["be",2]"#
+        ]
+    );
+}
+
+#[test]
+fn programs_are_send_sync() {
+    fn check<T: Send + Sync + Clone>() {}
+    check::<Program>();
+}

@@ -1,0 +1,607 @@
+//! The `StreamJob` custom resource (`streamjob.dev/v1alpha1`).
+//!
+//! A job is a list of `steps`; each step is exactly one of a source, a transformation
+//! (`map`, `filter`, `flatMap`, `keyBy`, `reduce`, `rebalance`) or a sink. By default a step
+//! reads the step before it; `input` names other (earlier) steps for fan-out and fan-in.
+//! Transformations are CEL expressions (see [`crate::expr`]).
+//!
+//! The schema carries the checks the API server can do cheaply (`x-kubernetes-validations`
+//! CEL rules, minimums, enums); [`crate::validate::validate`] does the full semantic check
+//! and is what the CLI and the operator both run.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+use crate::keygroup::DEFAULT_MAX_PARALLELISM;
+
+fn default_one() -> u32 {
+    1
+}
+fn default_max_parallelism() -> u32 {
+    DEFAULT_MAX_PARALLELISM
+}
+fn default_buffer_timeout_ms() -> u64 {
+    5
+}
+
+/// A streaming job: a pipeline of sources, CEL transformations and sinks run on a set of
+/// worker pods.
+#[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "streamjob.dev",
+    version = "v1alpha1",
+    kind = "StreamJob",
+    namespaced,
+    shortname = "sj",
+    status = "StreamJobStatus",
+    doc = "A streaming job (Flink's DataStream model): sources, CEL transformations and sinks.",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Parallelism","type":"integer","jsonPath":".spec.parallelism"}"#,
+    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyWorkers"}"#,
+    printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.desiredWorkers"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.parallelism) || !has(self.maxParallelism) || self.parallelism <= self.maxParallelism",
+        "message": "parallelism must not exceed maxParallelism",
+        "fieldPath": ".parallelism"
+    },
+    {
+        "rule": "!has(self.onError) || self.onError != 'deadLetter' || has(self.deadLetter)",
+        "message": "onError: deadLetter needs a deadLetter sink",
+        "fieldPath": ".deadLetter"
+    },
+    {
+        "rule": "self.steps.all(s, self.steps.exists_one(t, t.name == s.name))",
+        "message": "step names must be unique",
+        "fieldPath": ".steps"
+    },
+    {
+        "rule": "self.steps.exists(s, has(s.source))",
+        "message": "the job needs at least one source step",
+        "fieldPath": ".steps"
+    },
+    {
+        "rule": "self.steps.exists(s, has(s.sink))",
+        "message": "the job needs at least one sink step",
+        "fieldPath": ".steps"
+    }
+]))]
+pub struct StreamJobSpec {
+    /// Default number of parallel instances (subtasks) of every step.
+    #[serde(default = "default_one")]
+    #[schemars(range(min = 1))]
+    pub parallelism: u32,
+
+    /// Number of key groups: the upper bound for the parallelism of keyed steps and the unit
+    /// in which keyed state is rescaled. Cannot change without a state migration.
+    #[serde(default = "default_max_parallelism")]
+    #[schemars(range(min = 1, max = 32768))]
+    pub max_parallelism: u32,
+
+    /// Worker container image; the operator's default image when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+
+    /// What to do with a record whose expression fails at runtime: `fail` the job, `skip` the
+    /// record (counted in metrics), or send it to the `deadLetter` sink.
+    #[serde(default)]
+    pub on_error: OnError,
+
+    /// Sink that receives records failing with `onError: deadLetter`, with the error attached.
+    /// Required when `onError` is `deadLetter`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<SinkSpec>,
+
+    /// Longest time in milliseconds a partly filled network buffer waits before it is sent
+    /// (latency/throughput trade-off, as Flink's `bufferTimeout`).
+    #[serde(default = "default_buffer_timeout_ms")]
+    pub buffer_timeout_ms: u64,
+
+    /// Desired state: `running`, or `suspended` to stop the workers and keep the job.
+    #[serde(default)]
+    pub state: JobState,
+
+    /// The pipeline, in order. A step reads the previous step unless it names its `input`.
+    #[schemars(length(min = 1, max = 100))]
+    pub steps: Vec<Step>,
+}
+
+/// Handling of records whose expression fails at runtime.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum OnError {
+    /// Fail the job (it restarts from the last checkpoint).
+    #[default]
+    Fail,
+    /// Drop the record and count it.
+    Skip,
+    /// Send the record to the `deadLetter` sink.
+    DeadLetter,
+}
+
+/// Desired run state of a job.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum JobState {
+    /// Workers are running.
+    #[default]
+    Running,
+    /// Workers are scaled to zero; the job definition is kept.
+    Suspended,
+}
+
+/// One step of the pipeline: exactly one of `source`, `map`, `filter`, `flatMap`, `keyBy`,
+/// `reduce`, `rebalance`, `sink`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "[has(self.source), has(self.map), has(self.filter), has(self.flatMap), has(self.keyBy), has(self.reduce), has(self.rebalance), has(self.sink)].filter(x, x).size() == 1",
+        "message": "a step must set exactly one of source, map, filter, flatMap, keyBy, reduce, rebalance, sink"
+    },
+    {
+        "rule": "!has(self.source) || !has(self.input)",
+        "message": "a source step cannot have an input",
+        "fieldPath": ".input"
+    }
+]))]
+pub struct Step {
+    /// Unique name of the step (lowercase letters, digits and '-'); other steps refer to it
+    /// in `input`, and it names the operator in plans and metrics.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+
+    /// Names of the (earlier) steps this step reads; several names merge their streams
+    /// (fan-in), and several steps may read the same one (fan-out). Defaults to the
+    /// previous step. Not allowed on sources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub input: Option<Vec<String>>,
+
+    /// Parallelism of this step; the job's `parallelism` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub parallelism: Option<u32>,
+
+    /// Stable operator id used to match state on restore; derived from the position when
+    /// unset. Set it before reordering steps of a stateful job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+
+    /// Reads records from an external system or an inline collection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceSpec>,
+
+    /// Transforms each record `value` into the result of `expr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<ExprSpec>,
+
+    /// Keeps the records `value` for which the boolean `expr` is true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<ExprSpec>,
+
+    /// Emits every element of the list `expr` returns for the record `value`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flat_map: Option<ExprSpec>,
+
+    /// Partitions the stream by the key `expr` computes from `value` (a string or an int):
+    /// the records of one key go to the same subtask of the next step and share its state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_by: Option<ExprSpec>,
+
+    /// Rolling reduce per key (needs a keyBy before it): the first record of a key becomes
+    /// the accumulator, each later one sets `acc = expr` (variables `acc`, `value`, `key`);
+    /// every new accumulator is emitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reduce: Option<ExprSpec>,
+
+    /// Redistributes records round-robin over the subtasks of the next step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebalance: Option<RebalanceSpec>,
+
+    /// Writes records to an external system or to the log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink: Option<SinkSpec>,
+}
+
+/// A CEL expression.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExprSpec {
+    /// CEL expression over the record `value` (and `acc`, `key` in `reduce`).
+    #[schemars(length(min = 1))]
+    pub expr: String,
+}
+
+/// Round-robin redistribution; takes no settings.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[schemars(transform = empty_object_schema)]
+pub struct RebalanceSpec {}
+
+/// Where records come from: exactly one of `collection`, `socket`, `file`, `kafka`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "[has(self.collection), has(self.socket), has(self.file), has(self.kafka)].filter(x, x).size() == 1",
+    "message": "a source must set exactly one of collection, socket, file, kafka"
+}]))]
+pub struct SourceSpec {
+    /// A fixed list of records (bounded; for tests and demos). Not parallel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collection: Option<CollectionSource>,
+    /// Lines of text read from a TCP server (unbounded). Not parallel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<SocketSource>,
+    /// Lines of a text file (bounded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileSource>,
+    /// Records of Kafka topics (unbounded, exactly-once with checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaSource>,
+}
+
+/// Inline records.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CollectionSource {
+    /// The records, any JSON values (strings, numbers, objects, lists).
+    #[schemars(schema_with = "any_json_list")]
+    pub values: Vec<serde_json::Value>,
+}
+
+/// Kubernetes forbids `additionalProperties: false`; the API server prunes unknown fields of
+/// these settings-less objects anyway, and serde still rejects them client-side.
+fn empty_object_schema(schema: &mut Schema) {
+    schema.remove("additionalProperties");
+}
+
+fn any_json_list(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "items": { "x-kubernetes-preserve-unknown-fields": true }
+    })
+}
+
+/// A TCP text source: one record (a string) per line.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SocketSource {
+    /// Host name or address to connect to.
+    #[schemars(length(min = 1))]
+    pub host: String,
+    /// TCP port.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
+    /// Reconnection attempts after the connection drops; 0 ends the source on disconnect.
+    #[serde(default)]
+    pub max_retry: u32,
+}
+
+/// A text file: one record (a string) per line.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileSource {
+    /// Path of the file inside the worker container.
+    #[schemars(length(min = 1))]
+    pub path: String,
+}
+
+/// Where a Kafka consumer starts when the job has no checkpoint.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum StartingOffsets {
+    /// The oldest retained record.
+    Earliest,
+    /// Only records produced after the job starts.
+    Latest,
+    /// The consumer group's committed offsets (falling back to `committedFallback`).
+    #[default]
+    Committed,
+    /// The first record at or after `startingTimestampMs`.
+    Timestamp,
+}
+
+/// Fallback when no committed offset exists.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum OffsetReset {
+    /// The oldest retained record.
+    #[default]
+    Earliest,
+    /// Only new records.
+    Latest,
+}
+
+/// How Kafka record payloads map to values.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum RecordFormat {
+    /// UTF-8 text as a string value.
+    #[default]
+    String,
+    /// A JSON document parsed into a value.
+    Json,
+    /// Raw bytes.
+    Bytes,
+}
+
+/// A reference to one key of a Kubernetes Secret in the job's namespace.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretKeyRef {
+    /// Secret name.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Key inside the Secret.
+    #[schemars(length(min = 1))]
+    pub key: String,
+}
+
+/// A Kafka consumer.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "(has(self.startingOffsets) && self.startingOffsets == 'timestamp') == has(self.startingTimestampMs)",
+    "message": "startingTimestampMs is required with, and only with, startingOffsets: timestamp",
+    "fieldPath": ".startingTimestampMs"
+}]))]
+pub struct KafkaSource {
+    /// Comma-separated `host:port` list of brokers.
+    #[schemars(length(min = 1))]
+    pub bootstrap_servers: String,
+    /// Topics to read.
+    #[schemars(length(min = 1))]
+    pub topics: Vec<String>,
+    /// Consumer group id (offsets are committed to it on checkpoints, for monitoring).
+    #[schemars(length(min = 1))]
+    pub group_id: String,
+    /// Where to start without a checkpoint.
+    #[serde(default)]
+    pub starting_offsets: StartingOffsets,
+    /// Start timestamp (ms since the epoch) for `startingOffsets: timestamp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starting_timestamp_ms: Option<i64>,
+    /// Where `committed` starts for partitions without a committed offset.
+    #[serde(default)]
+    pub committed_fallback: OffsetReset,
+    /// Payload format.
+    #[serde(default)]
+    pub format: RecordFormat,
+    /// Extra librdkafka consumer properties. Secrets do not belong here: use `secretProperties`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+    /// Consumer properties read from Secrets (passwords, keys).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_properties: BTreeMap<String, SecretKeyRef>,
+}
+
+/// Where records go: exactly one of `print`, `file`, `blackhole`, `kafka`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "[has(self.print), has(self.file), has(self.blackhole), has(self.kafka)].filter(x, x).size() == 1",
+    "message": "a sink must set exactly one of print, file, blackhole, kafka"
+}]))]
+pub struct SinkSpec {
+    /// Logs each record to the worker's stdout (`print: {}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub print: Option<PrintSink>,
+    /// Appends each record as a line to a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileSink>,
+    /// Discards records (for benchmarks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blackhole: Option<BlackholeSink>,
+    /// Produces records to a Kafka topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaSink>,
+}
+
+/// Stdout sink; takes no settings.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[schemars(transform = empty_object_schema)]
+pub struct PrintSink {}
+
+/// Discarding sink; takes no settings.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[schemars(transform = empty_object_schema)]
+pub struct BlackholeSink {}
+
+/// A file sink: one line per record.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileSink {
+    /// Path of the file inside the worker container.
+    #[schemars(length(min = 1))]
+    pub path: String,
+}
+
+/// Delivery guarantee of the Kafka sink.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryGuarantee {
+    /// Fire and forget.
+    None,
+    /// Flush on every checkpoint; duplicates are possible after a failure.
+    #[default]
+    AtLeastOnce,
+    /// Kafka transactions committed on checkpoint completion (needs `transactionalIdPrefix`).
+    ExactlyOnce,
+}
+
+/// A Kafka producer.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.deliveryGuarantee) || self.deliveryGuarantee != 'exactly-once' || has(self.transactionalIdPrefix)",
+    "message": "deliveryGuarantee exactly-once needs a transactionalIdPrefix",
+    "fieldPath": ".transactionalIdPrefix"
+}]))]
+pub struct KafkaSink {
+    /// Comma-separated `host:port` list of brokers.
+    #[schemars(length(min = 1))]
+    pub bootstrap_servers: String,
+    /// Topic to write to.
+    #[schemars(length(min = 1))]
+    pub topic: String,
+    /// Optional CEL expression over `value` computing the record key (a string, int or bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Payload format.
+    #[serde(default)]
+    pub format: RecordFormat,
+    /// Delivery guarantee.
+    #[serde(default)]
+    pub delivery_guarantee: DeliveryGuarantee,
+    /// Prefix of the Kafka transactional ids (must be unique per job across the cluster);
+    /// required for `exactly-once`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transactional_id_prefix: Option<String>,
+    /// Extra librdkafka producer properties. Secrets do not belong here: use `secretProperties`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+    /// Producer properties read from Secrets (passwords, keys).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_properties: BTreeMap<String, SecretKeyRef>,
+}
+
+/// Lifecycle phase of a job.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Phase {
+    /// Accepted, nothing created yet.
+    #[default]
+    Pending,
+    /// Workers are being created or are not all ready.
+    Deploying,
+    /// All workers are ready and processing.
+    Running,
+    /// Suspended by `state: suspended`.
+    Suspended,
+    /// Invalid spec or unrecoverable failure; see `message` and `conditions`.
+    Failed,
+    /// All sources were bounded and the job completed.
+    Finished,
+}
+
+/// Observed state of a job, written by the operator.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamJobStatus {
+    /// Lifecycle phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// Standard conditions (`Ready`, `SpecValid`, ...), one per type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Worker pods that are ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_workers: Option<i32>,
+    /// Worker pods the plan needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_workers: Option<i32>,
+    /// Summary of the physical plan the workers run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanStatus>,
+    /// Human-readable detail about the phase (e.g. the validation errors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Summary of the physical plan.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanStatus {
+    /// Number of chains (tasks).
+    pub chains: u32,
+    /// Slots the job needs (largest chain parallelism).
+    pub slots: u32,
+    /// Plan fingerprint (hex), identical on every worker.
+    pub fingerprint: String,
+    /// One-line description, e.g. `source -> words | HASH | count -> print`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+}
+
+impl StreamJobSpec {
+    /// Effective parallelism of step `i` (its own or the job default).
+    pub fn step_parallelism(&self, i: usize) -> u32 {
+        self.steps[i].parallelism.unwrap_or(self.parallelism)
+    }
+}
+
+impl Step {
+    /// Names of the kinds set on this step (normally exactly one).
+    pub fn kinds(&self) -> Vec<&'static str> {
+        let mut k = Vec::with_capacity(1);
+        for (set, name) in [
+            (self.source.is_some(), "source"),
+            (self.map.is_some(), "map"),
+            (self.filter.is_some(), "filter"),
+            (self.flat_map.is_some(), "flatMap"),
+            (self.key_by.is_some(), "keyBy"),
+            (self.reduce.is_some(), "reduce"),
+            (self.rebalance.is_some(), "rebalance"),
+            (self.sink.is_some(), "sink"),
+        ] {
+            if set {
+                k.push(name);
+            }
+        }
+        k
+    }
+
+    /// The step's kind, when exactly one is set.
+    pub fn kind(&self) -> Option<&'static str> {
+        match self.kinds().as_slice() {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+}
+
+impl SourceSpec {
+    /// Names of the source kinds set (normally exactly one).
+    pub fn kinds(&self) -> Vec<&'static str> {
+        [
+            (self.collection.is_some(), "collection"),
+            (self.socket.is_some(), "socket"),
+            (self.file.is_some(), "file"),
+            (self.kafka.is_some(), "kafka"),
+        ]
+        .into_iter()
+        .filter_map(|(set, n)| set.then_some(n))
+        .collect()
+    }
+}
+
+impl SinkSpec {
+    /// Names of the sink kinds set (normally exactly one).
+    pub fn kinds(&self) -> Vec<&'static str> {
+        [
+            (self.print.is_some(), "print"),
+            (self.file.is_some(), "file"),
+            (self.blackhole.is_some(), "blackhole"),
+            (self.kafka.is_some(), "kafka"),
+        ]
+        .into_iter()
+        .filter_map(|(set, n)| set.then_some(n))
+        .collect()
+    }
+}

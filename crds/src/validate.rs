@@ -1,0 +1,844 @@
+//! Semantic validation of a `StreamJob`, shared by the CLI (`streamjob validate`) and the
+//! operator, plus manifest parsing.
+//!
+//! [`validate`] checks everything that can be known before running: the step graph (inputs,
+//! kinds, sources and sinks, keyed steps), parallelism, connector settings and the CEL
+//! expressions, which it compiles. It returns **all** problems at once, each with the path of
+//! the offending field (`spec.steps[2].keyBy.expr`) and what is expected, or on success a
+//! [`ValidatedJob`] holding the compiled expressions, ready for the runtime.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Deserialize;
+
+use crate::expr::{Program, ValueType};
+use crate::keygroup::MAX_MAX_PARALLELISM;
+use crate::spec::{
+    DeliveryGuarantee, KafkaSink, KafkaSource, OnError, SecretKeyRef, SinkSpec, SourceSpec,
+    StartingOffsets, StreamJob, StreamJobSpec, StreamJobStatus,
+};
+
+/// Variables of `map`, `filter`, `flatMap`, `keyBy` expressions and of the Kafka sink `key`.
+pub const VALUE_VARS: &[&str] = &["value"];
+/// Variables of `reduce` expressions, in binding order.
+pub const REDUCE_VARS: &[&str] = &["acc", "value", "key"];
+
+/// Longest job name: pods are named `<job>-worker-<i>` and the StatefulSet controller adds a
+/// revision-hash label built from `<job>-worker`, which must stay within 63 characters.
+pub const MAX_JOB_NAME_LEN: usize = 45;
+
+/// One problem with a spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationError {
+    /// Path of the offending field, e.g. `spec.steps[2].keyBy.expr`.
+    pub path: String,
+    /// What is wrong and what is expected.
+    pub message: String,
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+impl std::error::Error for ValidationError {}
+
+/// A step of a validated job, with its inputs resolved and its expressions compiled.
+#[derive(Debug, Clone)]
+pub struct ValidatedStep {
+    pub name: String,
+    /// Indices (into `spec.steps`) of the steps it reads.
+    pub inputs: Vec<usize>,
+    /// Effective parallelism (its own or the job's).
+    pub parallelism: u32,
+    pub op: StepOp,
+}
+
+/// What a step does, with compiled expressions.
+#[derive(Debug, Clone)]
+pub enum StepOp {
+    Source(SourceSpec),
+    /// Variables: `value`.
+    Map(Program),
+    /// Variables: `value`; result is a bool.
+    Filter(Program),
+    /// Variables: `value`; result is a list.
+    FlatMap(Program),
+    /// Variables: `value`; result is a string or an int.
+    KeyBy(Program),
+    /// Variables: `acc`, `value`, `key` ([`REDUCE_VARS`]).
+    Reduce(Program),
+    Rebalance,
+    /// `key` is the compiled Kafka record-key expression (variables: `value`).
+    Sink {
+        spec: SinkSpec,
+        key: Option<Program>,
+    },
+}
+
+/// A job that passed [`validate`]: `steps[i]` is `spec.steps[i]`, compiled.
+#[derive(Debug, Clone)]
+pub struct ValidatedJob {
+    pub steps: Vec<ValidatedStep>,
+    /// The dead-letter sink (with its compiled key expression) when `onError: deadLetter`.
+    pub dead_letter: Option<(SinkSpec, Option<Program>)>,
+}
+
+impl ValidatedJob {
+    /// The compiled step a graph node came from (`node_step` from [`crate::graph::JobGraph`]).
+    pub fn step(&self, step_index: usize) -> &ValidatedStep {
+        &self.steps[step_index]
+    }
+
+    /// The key expression of a `keyBy` step (e.g. from [`crate::graph::JobGraph::key_by_of`]).
+    pub fn key_program(&self, key_by_step: usize) -> Option<&Program> {
+        match &self.steps.get(key_by_step)?.op {
+            StepOp::KeyBy(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// Validates a spec. `Ok` carries the compiled job; `Err` carries every problem found
+/// (never empty), in spec order.
+pub fn validate(spec: &StreamJobSpec) -> Result<ValidatedJob, Vec<ValidationError>> {
+    let mut v = Validator::default();
+    let job = v.spec(spec);
+    if v.errors.is_empty() {
+        Ok(job)
+    } else {
+        Err(v.errors)
+    }
+}
+
+/// [`validate`] plus the checks on the resource itself (`metadata.name`).
+pub fn validate_job(job: &StreamJob) -> Result<ValidatedJob, Vec<ValidationError>> {
+    let mut errors = Vec::new();
+    match job.metadata.name.as_deref() {
+        None | Some("") => errors.push(err("metadata.name", "the job needs a name")),
+        Some(name) => {
+            if !is_dns_label(name) || name.len() > MAX_JOB_NAME_LEN {
+                errors.push(err(
+                    "metadata.name",
+                    format!(
+                        "'{name}' is not a valid job name: use lowercase letters, digits and '-', \
+                         starting with a letter, ending with a letter or digit, at most \
+                         {MAX_JOB_NAME_LEN} characters"
+                    ),
+                ));
+            } else if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+                errors.push(err(
+                    "metadata.name",
+                    format!("'{name}' must start with a lowercase letter"),
+                ));
+            }
+        }
+    }
+    match validate(&job.spec) {
+        Ok(v) if errors.is_empty() => Ok(v),
+        Ok(_) => Err(errors),
+        Err(e) => {
+            errors.extend(e);
+            Err(errors)
+        }
+    }
+}
+
+fn err(path: impl Into<String>, message: impl Into<String>) -> ValidationError {
+    ValidationError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// RFC 1123 label: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Kafka client properties that hold credentials and must come from `secretProperties`.
+pub fn is_secret_property(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    k.contains("password")
+        || k.contains("secret")
+        || k.contains("jaas")
+        || k == "ssl.key.pem"
+        || k == "ssl.keystore.key"
+        || k == "sasl.oauthbearer.config"
+}
+
+/// Inputs of each step as spec indices, resolved best-effort: explicit `input` names that
+/// exist and come earlier, else the previous step (none for sources and the first step).
+pub fn resolve_inputs(spec: &StreamJobSpec) -> Vec<Vec<usize>> {
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut out = Vec::with_capacity(spec.steps.len());
+    for (i, step) in spec.steps.iter().enumerate() {
+        let inputs = match (&step.input, step.source.is_some()) {
+            (Some(names), _) => names
+                .iter()
+                .filter_map(|n| index.get(n.as_str()).copied())
+                .collect(),
+            (None, true) => Vec::new(),
+            (None, false) if i > 0 => vec![i - 1],
+            (None, false) => Vec::new(),
+        };
+        out.push(inputs);
+        index.entry(step.name.as_str()).or_insert(i);
+    }
+    out
+}
+
+#[derive(Default)]
+struct Validator {
+    errors: Vec<ValidationError>,
+}
+
+impl Validator {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(err(path, message));
+    }
+
+    fn spec(&mut self, spec: &StreamJobSpec) -> ValidatedJob {
+        let max = spec.max_parallelism;
+        let max_ok = (1..=MAX_MAX_PARALLELISM).contains(&max);
+        if !max_ok {
+            self.push(
+                "spec.maxParallelism",
+                format!("must be between 1 and {MAX_MAX_PARALLELISM}, got {max}"),
+            );
+        }
+        if spec.parallelism == 0 {
+            self.push("spec.parallelism", "must be at least 1, got 0");
+        } else if max_ok && spec.parallelism > max {
+            self.push(
+                "spec.parallelism",
+                format!(
+                    "{} exceeds maxParallelism {max} (the number of key groups); \
+                     raise maxParallelism or lower parallelism",
+                    spec.parallelism
+                ),
+            );
+        }
+        if let Some(image) = &spec.image
+            && image.trim().is_empty()
+        {
+            self.push(
+                "spec.image",
+                "must not be empty; omit it to use the default image",
+            );
+        }
+
+        let dead_letter = match (spec.on_error, &spec.dead_letter) {
+            (OnError::DeadLetter, None) => {
+                self.push(
+                    "spec.deadLetter",
+                    "onError is deadLetter, so a deadLetter sink is required (e.g. deadLetter: {kafka: {...}})",
+                );
+                None
+            }
+            (OnError::DeadLetter, Some(sink)) => {
+                let key = self.sink(sink, "spec.deadLetter");
+                Some((sink.clone(), key))
+            }
+            (other, Some(_)) => {
+                self.push(
+                    "spec.deadLetter",
+                    format!(
+                        "a deadLetter sink is set but onError is {}; set onError: deadLetter or remove it",
+                        match other {
+                            OnError::Fail => "fail",
+                            _ => "skip",
+                        }
+                    ),
+                );
+                None
+            }
+            (_, None) => None,
+        };
+
+        let steps = self.steps(spec);
+        ValidatedJob { steps, dead_letter }
+    }
+
+    fn steps(&mut self, spec: &StreamJobSpec) -> Vec<ValidatedStep> {
+        if spec.steps.is_empty() {
+            self.push(
+                "spec.steps",
+                "the job has no steps: it needs at least a source and a sink",
+            );
+            return Vec::new();
+        }
+        if !spec.steps.iter().any(|s| s.source.is_some()) {
+            self.push(
+                "spec.steps",
+                "the job has no source step (add a step with source: ...)",
+            );
+        }
+        if !spec.steps.iter().any(|s| s.sink.is_some()) {
+            self.push(
+                "spec.steps",
+                "the job has no sink step (add a step with sink: ...)",
+            );
+        }
+
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut uids: HashMap<&str, usize> = HashMap::new();
+        let mut consumed = vec![false; spec.steps.len()];
+        let mut out = Vec::with_capacity(spec.steps.len());
+        let kinds: Vec<Option<&'static str>> = spec.steps.iter().map(|s| s.kind()).collect();
+
+        for (i, step) in spec.steps.iter().enumerate() {
+            let at = format!("spec.steps[{i}]");
+            // Name.
+            if !is_dns_label(&step.name) {
+                self.push(
+                    format!("{at}.name"),
+                    format!(
+                        "'{}' is not a valid step name: use 1-63 lowercase letters, digits and '-', \
+                         starting and ending with a letter or digit",
+                        step.name
+                    ),
+                );
+            }
+            if let Some(&first) = names.get(step.name.as_str()) {
+                self.push(
+                    format!("{at}.name"),
+                    format!(
+                        "duplicate step name '{}' (already used by spec.steps[{first}]); step names must be unique",
+                        step.name
+                    ),
+                );
+            }
+            if let Some(uid) = &step.uid {
+                if uid.is_empty() {
+                    self.push(
+                        format!("{at}.uid"),
+                        "must not be empty; omit it for a derived uid",
+                    );
+                } else if let Some(&first) = uids.get(uid.as_str()) {
+                    self.push(
+                        format!("{at}.uid"),
+                        format!("duplicate uid '{uid}' (already used by spec.steps[{first}])"),
+                    );
+                } else {
+                    uids.insert(uid, i);
+                }
+            }
+
+            // Kind.
+            let all_kinds = step.kinds();
+            let kind = kinds[i];
+            if all_kinds.is_empty() {
+                self.push(
+                    at.clone(),
+                    "a step must set exactly one of source, map, filter, flatMap, keyBy, reduce, \
+                     rebalance, sink; none is set",
+                );
+            } else if all_kinds.len() > 1 {
+                self.push(
+                    at.clone(),
+                    format!(
+                        "a step must set exactly one of source, map, filter, flatMap, keyBy, reduce, \
+                         rebalance, sink; found {}",
+                        all_kinds.join(" and ")
+                    ),
+                );
+            }
+
+            // Inputs.
+            let mut inputs = Vec::new();
+            match (&step.input, step.source.is_some()) {
+                (Some(_), true) => {
+                    self.push(format!("{at}.input"), "a source step cannot have an input")
+                }
+                (Some(list), false) => {
+                    if list.is_empty() {
+                        self.push(
+                            format!("{at}.input"),
+                            "must name at least one earlier step (omit it to read the previous step)",
+                        );
+                    }
+                    for (j, name) in list.iter().enumerate() {
+                        let p = format!("{at}.input[{j}]");
+                        match names.get(name.as_str()) {
+                            Some(&k) => {
+                                if inputs.contains(&k) {
+                                    self.push(p, format!("step '{name}' is listed twice"));
+                                } else if self.readable(&p, &spec.steps[k].name, kinds[k]) {
+                                    inputs.push(k);
+                                }
+                            }
+                            None => {
+                                let later = spec.steps[i..].iter().any(|s| &s.name == name);
+                                self.push(
+                                    p,
+                                    if later {
+                                        format!(
+                                            "step '{name}' is not before this step; inputs must name earlier steps"
+                                        )
+                                    } else {
+                                        format!("unknown step '{name}'")
+                                    },
+                                );
+                            }
+                        }
+                    }
+                }
+                (None, true) => {}
+                (None, false) => {
+                    if i == 0 {
+                        if kind.is_some() {
+                            self.push(
+                                at.clone(),
+                                format!(
+                                    "the first step is a {} step and has no input: a job must start with a source",
+                                    kind.unwrap_or("?")
+                                ),
+                            );
+                        }
+                    } else if self.readable(&at, &spec.steps[i - 1].name, kinds[i - 1]) {
+                        inputs.push(i - 1);
+                    }
+                }
+            }
+            for &k in &inputs {
+                consumed[k] = true;
+            }
+
+            // Parallelism.
+            let parallelism = step.parallelism.unwrap_or(spec.parallelism);
+            if let Some(p) = step.parallelism {
+                let pp = format!("{at}.parallelism");
+                if p == 0 {
+                    self.push(pp, "must be at least 1, got 0");
+                } else if (1..=MAX_MAX_PARALLELISM).contains(&spec.max_parallelism)
+                    && p > spec.max_parallelism
+                {
+                    self.push(
+                        pp,
+                        format!(
+                            "{p} exceeds maxParallelism {} (the number of key groups)",
+                            spec.max_parallelism
+                        ),
+                    );
+                } else if matches!(kind, Some("keyBy" | "rebalance")) {
+                    self.push(
+                        pp,
+                        format!(
+                            "a {} step is a partitioning, not an operator: set parallelism on the step that reads it",
+                            kind.unwrap_or("?")
+                        ),
+                    );
+                }
+            }
+
+            // Kind-specific checks.
+            let op = match kind {
+                Some("source") => {
+                    let src = step.source.as_ref().expect("kind checked");
+                    self.source(src, &format!("{at}.source"), step.parallelism, &at);
+                    Some(StepOp::Source(src.clone()))
+                }
+                Some("map") => self
+                    .expr(&at, "map", step.map.as_ref(), VALUE_VARS, &[])
+                    .map(StepOp::Map),
+                Some("filter") => self
+                    .expr(
+                        &at,
+                        "filter",
+                        step.filter.as_ref(),
+                        VALUE_VARS,
+                        &[ValueType::Bool],
+                    )
+                    .map(StepOp::Filter),
+                Some("flatMap") => self
+                    .expr(
+                        &at,
+                        "flatMap",
+                        step.flat_map.as_ref(),
+                        VALUE_VARS,
+                        &[ValueType::List],
+                    )
+                    .map(StepOp::FlatMap),
+                Some("keyBy") => self
+                    .expr(
+                        &at,
+                        "keyBy",
+                        step.key_by.as_ref(),
+                        VALUE_VARS,
+                        &[ValueType::String, ValueType::Int, ValueType::UInt],
+                    )
+                    .map(StepOp::KeyBy),
+                Some("reduce") => {
+                    let keyed =
+                        !inputs.is_empty() && inputs.iter().all(|&k| kinds[k] == Some("keyBy"));
+                    if !keyed && (!inputs.is_empty() || step.input.is_none()) && i > 0 {
+                        self.push(
+                            format!("{at}.reduce"),
+                            "reduce needs a keyed input: put a keyBy step directly before it \
+                             (or name keyBy steps as its input)",
+                        );
+                    }
+                    self.expr(&at, "reduce", step.reduce.as_ref(), REDUCE_VARS, &[])
+                        .map(StepOp::Reduce)
+                }
+                Some("rebalance") => Some(StepOp::Rebalance),
+                Some("sink") => {
+                    let sink = step.sink.as_ref().expect("kind checked");
+                    let key = self.sink(sink, &format!("{at}.sink"));
+                    Some(StepOp::Sink {
+                        spec: sink.clone(),
+                        key,
+                    })
+                }
+                _ => None,
+            };
+            if let Some(op) = op {
+                out.push(ValidatedStep {
+                    name: step.name.clone(),
+                    inputs,
+                    parallelism,
+                    op,
+                });
+            }
+            names.entry(step.name.as_str()).or_insert(i);
+        }
+
+        for (i, step) in spec.steps.iter().enumerate() {
+            if !consumed[i] && kinds[i].is_some() && kinds[i] != Some("sink") {
+                self.push(
+                    format!("spec.steps[{i}]"),
+                    format!(
+                        "the output of step '{}' is not used: add a sink or a step that reads it",
+                        step.name
+                    ),
+                );
+            }
+        }
+        out
+    }
+
+    /// Whether a step may be read; reports sinks (which have no output).
+    fn readable(&mut self, path: &str, name: &str, kind: Option<&str>) -> bool {
+        if kind == Some("sink") {
+            self.push(
+                path,
+                format!("step '{name}' is a sink and has no output; name another step as input"),
+            );
+            false
+        } else {
+            true
+        }
+    }
+
+    /// Compiles a step expression and checks its static result type against `expected`
+    /// (empty = any).
+    fn expr(
+        &mut self,
+        at: &str,
+        kind: &str,
+        spec: Option<&crate::spec::ExprSpec>,
+        vars: &[&str],
+        expected: &[ValueType],
+    ) -> Option<Program> {
+        let path = format!("{at}.{kind}.expr");
+        let src = &spec?.expr;
+        self.compile(&path, src, vars, expected, kind)
+    }
+
+    fn compile(
+        &mut self,
+        path: &str,
+        src: &str,
+        vars: &[&str],
+        expected: &[ValueType],
+        what: &str,
+    ) -> Option<Program> {
+        if src.trim().is_empty() {
+            self.push(path, "the expression is empty");
+            return None;
+        }
+        match Program::compile(src, vars) {
+            Err(e) => {
+                self.push(path, format!("'{src}' does not compile: {e}"));
+                None
+            }
+            Ok(p) => match p.result_type() {
+                Some(t) if !expected.is_empty() && !expected.contains(&t) => {
+                    self.push(
+                        path,
+                        format!(
+                            "a {what} expression must return {}, but '{src}' returns {t}",
+                            expected
+                                .iter()
+                                .map(|t| t.name())
+                                .collect::<Vec<_>>()
+                                .join(" or ")
+                        ),
+                    );
+                    None
+                }
+                _ => Some(p),
+            },
+        }
+    }
+
+    fn source(&mut self, src: &SourceSpec, at: &str, parallelism: Option<u32>, step_at: &str) {
+        let kinds = src.kinds();
+        if kinds.len() != 1 {
+            self.push(
+                at,
+                format!(
+                    "a source must set exactly one of collection, socket, file, kafka; {}",
+                    if kinds.is_empty() {
+                        "none is set".to_string()
+                    } else {
+                        format!("found {}", kinds.join(" and "))
+                    }
+                ),
+            );
+            return;
+        }
+        if matches!(kinds[0], "collection" | "socket")
+            && let Some(p) = parallelism
+            && p > 1
+        {
+            self.push(
+                format!("{step_at}.parallelism"),
+                format!(
+                    "a {} source is not parallel: parallelism must be 1, got {p}",
+                    kinds[0]
+                ),
+            );
+        }
+        if let Some(s) = &src.socket {
+            if s.host.trim().is_empty() {
+                self.push(format!("{at}.socket.host"), "must not be empty");
+            }
+            if s.port == 0 {
+                self.push(
+                    format!("{at}.socket.port"),
+                    "must be between 1 and 65535, got 0",
+                );
+            }
+        }
+        if let Some(f) = &src.file
+            && f.path.trim().is_empty()
+        {
+            self.push(format!("{at}.file.path"), "must not be empty");
+        }
+        if let Some(k) = &src.kafka {
+            self.kafka_source(k, &format!("{at}.kafka"));
+        }
+    }
+
+    fn kafka_source(&mut self, k: &KafkaSource, at: &str) {
+        self.bootstrap(&k.bootstrap_servers, at);
+        if k.topics.is_empty() {
+            self.push(format!("{at}.topics"), "must list at least one topic");
+        }
+        for (i, t) in k.topics.iter().enumerate() {
+            if t.trim().is_empty() {
+                self.push(format!("{at}.topics[{i}]"), "topic name must not be empty");
+            }
+        }
+        if k.group_id.trim().is_empty() {
+            self.push(format!("{at}.groupId"), "must not be empty");
+        }
+        match (k.starting_offsets, k.starting_timestamp_ms) {
+            (StartingOffsets::Timestamp, None) => self.push(
+                format!("{at}.startingTimestampMs"),
+                "startingOffsets is timestamp, so startingTimestampMs (ms since the epoch) is required",
+            ),
+            (StartingOffsets::Timestamp, Some(t)) if t < 0 => self.push(
+                format!("{at}.startingTimestampMs"),
+                format!("must not be negative, got {t}"),
+            ),
+            (StartingOffsets::Timestamp, Some(_)) | (_, None) => {}
+            (_, Some(_)) => self.push(
+                format!("{at}.startingTimestampMs"),
+                "is only used with startingOffsets: timestamp",
+            ),
+        }
+        self.properties(&k.properties, &k.secret_properties, at);
+    }
+
+    fn bootstrap(&mut self, servers: &str, at: &str) {
+        if servers.trim().is_empty() {
+            self.push(
+                format!("{at}.bootstrapServers"),
+                "must not be empty: give host:port[,host:port...]",
+            );
+        } else if servers.split(',').any(|s| s.trim().is_empty()) {
+            self.push(
+                format!("{at}.bootstrapServers"),
+                format!("'{servers}' has an empty entry: give host:port[,host:port...]"),
+            );
+        }
+    }
+
+    fn properties(
+        &mut self,
+        props: &std::collections::BTreeMap<String, String>,
+        secrets: &std::collections::BTreeMap<String, SecretKeyRef>,
+        at: &str,
+    ) {
+        for key in props.keys() {
+            if is_secret_property(key) {
+                self.push(
+                    format!("{at}.properties[\"{key}\"]"),
+                    format!(
+                        "'{key}' holds a credential: give it via secretProperties (a Secret reference), not inline"
+                    ),
+                );
+            } else if secrets.contains_key(key) {
+                self.push(
+                    format!("{at}.properties[\"{key}\"]"),
+                    format!("'{key}' is set both here and in secretProperties"),
+                );
+            }
+        }
+        for (key, r) in secrets {
+            if r.name.trim().is_empty() {
+                self.push(
+                    format!("{at}.secretProperties[\"{key}\"].name"),
+                    "Secret name must not be empty",
+                );
+            }
+            if r.key.trim().is_empty() {
+                self.push(
+                    format!("{at}.secretProperties[\"{key}\"].key"),
+                    "Secret key must not be empty",
+                );
+            }
+        }
+    }
+
+    /// Checks a sink; returns the compiled Kafka key expression if any.
+    fn sink(&mut self, sink: &SinkSpec, at: &str) -> Option<Program> {
+        let kinds = sink.kinds();
+        if kinds.len() != 1 {
+            self.push(
+                at,
+                format!(
+                    "a sink must set exactly one of print, file, blackhole, kafka; {}",
+                    if kinds.is_empty() {
+                        "none is set".to_string()
+                    } else {
+                        format!("found {}", kinds.join(" and "))
+                    }
+                ),
+            );
+            return None;
+        }
+        if let Some(f) = &sink.file
+            && f.path.trim().is_empty()
+        {
+            self.push(format!("{at}.file.path"), "must not be empty");
+        }
+        sink.kafka
+            .as_ref()
+            .and_then(|k| self.kafka_sink(k, &format!("{at}.kafka")))
+    }
+
+    fn kafka_sink(&mut self, k: &KafkaSink, at: &str) -> Option<Program> {
+        self.bootstrap(&k.bootstrap_servers, at);
+        if k.topic.trim().is_empty() {
+            self.push(format!("{at}.topic"), "must not be empty");
+        }
+        match (&k.delivery_guarantee, &k.transactional_id_prefix) {
+            (DeliveryGuarantee::ExactlyOnce, None) => self.push(
+                format!("{at}.transactionalIdPrefix"),
+                "deliveryGuarantee exactly-once requires a transactionalIdPrefix, unique to this job in the Kafka cluster",
+            ),
+            (_, Some(p)) if p.trim().is_empty() => {
+                self.push(format!("{at}.transactionalIdPrefix"), "must not be empty")
+            }
+            _ => {}
+        }
+        self.properties(&k.properties, &k.secret_properties, at);
+        let key = k.key.as_deref()?;
+        self.compile(
+            &format!("{at}.key"),
+            key,
+            VALUE_VARS,
+            &[
+                ValueType::String,
+                ValueType::Int,
+                ValueType::UInt,
+                ValueType::Bytes,
+            ],
+            "Kafka key",
+        )
+    }
+}
+
+/// Why a manifest could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    pub message: String,
+    /// 1-based position of the problem, when known.
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Manifest {
+    api_version: String,
+    kind: String,
+    #[serde(default)]
+    metadata: ObjectMeta,
+    spec: StreamJobSpec,
+    #[serde(default)]
+    status: Option<StreamJobStatus>,
+}
+
+/// Reads one `StreamJob` manifest (YAML or JSON). Malformed YAML, unknown or misspelt
+/// fields and wrong types are reported with their line and column; the `apiVersion` and
+/// `kind` must be `streamjob.dev/v1alpha1` and `StreamJob`. Does not run [`validate`].
+pub fn parse_job(yaml: &str) -> Result<StreamJob, ParseError> {
+    let m: Manifest = serde_yaml::from_str(yaml).map_err(|e| {
+        let loc = e.location();
+        ParseError {
+            message: e.to_string(),
+            line: loc.as_ref().map(|l| l.line()),
+            column: loc.as_ref().map(|l| l.column()),
+        }
+    })?;
+    let want = "streamjob.dev/v1alpha1";
+    if m.api_version != want {
+        return Err(ParseError {
+            message: format!("apiVersion is '{}', expected '{want}'", m.api_version),
+            line: None,
+            column: None,
+        });
+    }
+    if m.kind != "StreamJob" {
+        return Err(ParseError {
+            message: format!("kind is '{}', expected 'StreamJob'", m.kind),
+            line: None,
+            column: None,
+        });
+    }
+    let mut job = StreamJob::new(m.metadata.name.as_deref().unwrap_or(""), m.spec);
+    job.metadata = m.metadata;
+    job.status = m.status;
+    Ok(job)
+}
