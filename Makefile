@@ -20,8 +20,8 @@ build: setup ## Build everything (release)
 	$(CARGO) build --release --workspace
 
 .PHONY: run
-run: setup ## Run the main job: streaming word count over the bundled text, no cluster, no Kafka
-	$(CARGO) run --release -q -p streamjob-worker --bin streamjob -- wordcount
+run: setup ## Run the main job: the StreamJob word count over a bundled text, no cluster, no Kafka
+	$(CARGO) run --release -q -p streamjob-worker --bin streamjob -- run manifests/examples/wordcount.yaml
 
 .PHONY: test
 test: setup ## Run every test

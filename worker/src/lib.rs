@@ -32,6 +32,7 @@
 
 pub mod api;
 pub mod connectors;
+pub mod declarative;
 pub mod error;
 pub(crate) mod operators;
 pub mod runtime;

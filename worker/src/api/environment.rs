@@ -176,6 +176,10 @@ impl StreamExecutionEnvironment {
         self.from_source(FileSource::new(path), &name)
     }
 
+    pub(crate) fn graph_builder(&self) -> &Rc<RefCell<GraphBuilder>> {
+        &self.graph
+    }
+
     /// Plans the job built so far.
     pub fn plan(&self, job_name: &str) -> Result<PhysicalPlan, JobError> {
         Ok(self.graph.borrow().logical(job_name).plan()?)

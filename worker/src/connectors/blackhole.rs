@@ -12,6 +12,10 @@ use crate::runtime::context::SubtaskContext;
 pub struct RecordCounter(Arc<AtomicU64>);
 
 impl RecordCounter {
+    pub(crate) fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::AcqRel);
+    }
+
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Acquire)
     }

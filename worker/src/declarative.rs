@@ -1,0 +1,596 @@
+//! Runs a `StreamJob` spec: the validated steps become the same runtime graph the Rust API
+//! builds, with CEL programs inside the operators and `Value` records on every edge. Node
+//! ids and logical nodes are copied from `streamjob_crds::graph`, so the plan here is exactly
+//! the plan the operator computes for the same spec.
+
+use std::borrow::Cow;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use streamjob_crds::Partitioning;
+use streamjob_crds::StableKey;
+use streamjob_crds::expr::{EvalError, Program, Value};
+use streamjob_crds::graph::{JobGraph, to_job_graph};
+use streamjob_crds::keygroup::key_group_of_hash;
+use streamjob_crds::spec::{OnError, SinkSpec, SourceSpec, StreamJob};
+use streamjob_crds::validate::{StepOp, ValidatedJob, ValidationError, validate_job};
+use tracing::warn;
+
+use crate::StreamExecutionEnvironment;
+use crate::api::functions::{Collector, Sink, SinkWriter, Source, SourceReader, SourceStatus};
+use crate::api::graph::{
+    AnyBox, EdgeDef, EdgeKind, NodeDef, NodeRuntime, SourceBuild, Typed, TypedEdge, unbox,
+};
+use crate::connectors::blackhole::{BlackholeSink, RecordCounter};
+use crate::connectors::collection::CollectionSource;
+use crate::connectors::file::FileSource;
+use crate::connectors::print::PrintSink;
+use crate::connectors::socket::SocketSource;
+use crate::error::{BoxError, JobError, TaskError};
+use crate::operators::{OpId, SinkOp};
+use crate::runtime::context::SubtaskContext;
+use crate::runtime::message::Signal;
+use crate::runtime::output::Output;
+use crate::runtime::task::{SourceTask, Task};
+use crate::state::{HashMapValueState, ValueState};
+
+/// Why a spec could not be turned into a runnable job.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ValidationError>),
+    #[error("{path}: {message}")]
+    Unsupported { path: String, message: String },
+}
+
+/// Counters of a declarative run, readable after `execute`.
+#[derive(Debug, Clone, Default)]
+pub struct SpecRun {
+    /// Records dropped by `onError: skip`.
+    pub skipped: Arc<AtomicU64>,
+    /// Records sent to the dead-letter sink.
+    pub dead_lettered: Arc<AtomicU64>,
+    /// Records received by blackhole sinks.
+    pub blackhole: RecordCounter,
+}
+
+/// Adds the job's steps to `env` (which must be empty) and sets its parallelism settings.
+/// Relative file paths are resolved against `base_dir` (the manifest's directory).
+pub fn build_job(
+    env: &StreamExecutionEnvironment,
+    job: &StreamJob,
+    base_dir: &Path,
+) -> Result<SpecRun, SpecError> {
+    let validated = validate_job(job).map_err(SpecError::Invalid)?;
+    let graph = to_job_graph(job);
+    let spec = &job.spec;
+    env.set_parallelism(spec.parallelism)
+        .set_max_parallelism(spec.max_parallelism)
+        .set_buffer_timeout(std::time::Duration::from_millis(spec.buffer_timeout_ms));
+    let run = SpecRun::default();
+    let policy = Arc::new(ErrorPolicy {
+        on_error: spec.on_error,
+        dead_letter: match &validated.dead_letter {
+            Some((sink, _)) => Some(sink_for(sink, base_dir, "spec.deadLetter", &run)?),
+            None => None,
+        },
+        run: run.clone(),
+    });
+    let builder = env.graph_builder();
+    let mut g = builder.borrow_mut();
+    assert!(g.nodes.is_empty(), "build_job needs an empty environment");
+    for (id, node) in graph.graph.nodes.iter().enumerate() {
+        let step_index = graph.step_of(id);
+        let step = validated.step(step_index);
+        let path = format!("spec.steps[{step_index}]");
+        let runtime = node_runtime(
+            &step.op, &graph, &validated, id, base_dir, &path, &policy, &run,
+        )?;
+        g.nodes.push(NodeDef {
+            logical: node.clone(),
+            runtime,
+            output: Arc::new(Typed::<Value>::new()),
+        });
+    }
+    for (e, key_by) in graph.graph.edges.iter().zip(&graph.edge_key_by) {
+        let key_hash = match (e.partitioning, key_by) {
+            (Partitioning::Hash, Some(k)) => {
+                let program = validated
+                    .key_program(*k)
+                    .expect("keyBy steps carry a program")
+                    .clone();
+                // A key that fails to evaluate is routed anywhere: the keyed operator
+                // evaluates it again and applies the onError policy there.
+                Some(Arc::new(move |v: &Value| {
+                    program.eval_cow(&[v]).map(|k| k.stable_hash()).unwrap_or(0)
+                })
+                    as Arc<dyn Fn(&Value) -> u64 + Send + Sync>)
+            }
+            _ => None,
+        };
+        let kind: Arc<dyn EdgeKind> = Arc::new(TypedEdge::<Value> { key_hash });
+        g.edges.push(EdgeDef { logical: *e, kind });
+    }
+    Ok(run)
+}
+
+/// Builds an expression operator around its downstream output and error handler.
+type MakeOp = Arc<dyn Fn(Box<dyn Output<Value>>, Handler) -> Box<dyn Output<Value>> + Send + Sync>;
+
+#[allow(clippy::too_many_arguments)]
+fn node_runtime(
+    op: &StepOp,
+    graph: &JobGraph,
+    validated: &ValidatedJob,
+    node: usize,
+    base_dir: &Path,
+    path: &str,
+    policy: &Arc<ErrorPolicy>,
+    run: &SpecRun,
+) -> Result<NodeRuntime, SpecError> {
+    let transform = |make: MakeOp| {
+        let policy = policy.clone();
+        NodeRuntime::Transform(Arc::new(move |next: AnyBox, ctx: &SubtaskContext| {
+            let handler = Handler::new(policy.clone(), ctx)?;
+            Ok(Box::new(make(unbox(next), handler)) as AnyBox)
+        }))
+    };
+    Ok(match op {
+        StepOp::Source(src) => source_runtime(src, base_dir, path)?,
+        StepOp::Map(p) => {
+            let p = p.clone();
+            transform(Arc::new(move |next, handler| {
+                Box::new(ExprOp {
+                    kind: Kind::Map,
+                    program: p.clone(),
+                    next,
+                    handler,
+                })
+            }))
+        }
+        StepOp::Filter(p) => {
+            let p = p.clone();
+            transform(Arc::new(move |next, handler| {
+                Box::new(ExprOp {
+                    kind: Kind::Filter,
+                    program: p.clone(),
+                    next,
+                    handler,
+                })
+            }))
+        }
+        StepOp::FlatMap(p) => {
+            let p = p.clone();
+            transform(Arc::new(move |next, handler| {
+                Box::new(ExprOp {
+                    kind: Kind::FlatMap,
+                    program: p.clone(),
+                    next,
+                    handler,
+                })
+            }))
+        }
+        StepOp::Reduce(p) => {
+            let key = graph
+                .key_by_of(node)
+                .and_then(|k| validated.key_program(k))
+                .ok_or_else(|| SpecError::Unsupported {
+                    path: format!("{path}.reduce"),
+                    message: "reduce needs a keyBy step as its input".into(),
+                })?
+                .clone();
+            let p = p.clone();
+            let policy = policy.clone();
+            NodeRuntime::Transform(Arc::new(move |next: AnyBox, ctx: &SubtaskContext| {
+                let op = ExprReduce {
+                    key: key.clone(),
+                    program: p.clone(),
+                    state: HashMapValueState::new(ctx.key_groups),
+                    max_parallelism: ctx.max_parallelism,
+                    next: unbox(next),
+                    handler: Handler::new(policy.clone(), ctx)?,
+                };
+                Ok(Box::new(Box::new(op) as Box<dyn Output<Value>>) as AnyBox)
+            }))
+        }
+        StepOp::Sink { spec, .. } => {
+            let sink = sink_for(spec, base_dir, &format!("{path}.sink"), run)?;
+            NodeRuntime::Sink(Arc::new(move |ctx: &SubtaskContext| {
+                let writer = sink.create_writer(ctx).map_err(|e| JobError::Setup {
+                    operator: ctx.operator.to_string(),
+                    message: e.to_string(),
+                })?;
+                Ok(Box::new(Box::new(SinkOp {
+                    writer,
+                    id: OpId::of(ctx),
+                }) as Box<dyn Output<Value>>) as AnyBox)
+            }))
+        }
+        StepOp::KeyBy(_) | StepOp::Rebalance => {
+            unreachable!("keyBy and rebalance are edges, not nodes")
+        }
+    })
+}
+
+fn resolve(base_dir: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base_dir.join(p)
+    }
+}
+
+fn source_runtime(src: &SourceSpec, base_dir: &Path, path: &str) -> Result<NodeRuntime, SpecError> {
+    let source: Arc<dyn Source<Value>> = if let Some(c) = &src.collection {
+        Arc::new(CollectionSource::new(
+            c.values.iter().cloned().map(Value::from).collect(),
+        ))
+    } else if let Some(s) = &src.socket {
+        let retry = if s.max_retry == 0 {
+            0
+        } else {
+            i64::from(s.max_retry)
+        };
+        Arc::new(Lines(SocketSource::new(&s.host, s.port, retry)))
+    } else if let Some(f) = &src.file {
+        Arc::new(Lines(FileSource::new(resolve(base_dir, &f.path))))
+    } else {
+        return Err(SpecError::Unsupported {
+            path: format!("{path}.source.kafka"),
+            message:
+                "the Kafka connector is not built yet (issue #5); use collection, socket or file"
+                    .into(),
+        });
+    };
+    let build: SourceBuild = Arc::new(move |out, ctx| {
+        let reader = source.create_reader(&ctx).map_err(|e| JobError::Setup {
+            operator: ctx.operator.to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(Box::new(SourceTask {
+            reader,
+            head: unbox(out),
+            ctx,
+        }) as Box<dyn Task>)
+    });
+    Ok(NodeRuntime::Source(build))
+}
+
+fn sink_for(
+    spec: &SinkSpec,
+    base_dir: &Path,
+    path: &str,
+    run: &SpecRun,
+) -> Result<Arc<dyn Sink<Value>>, SpecError> {
+    Ok(if spec.print.is_some() {
+        Arc::new(PrintSink::<Value>::with_format(|v, s| {
+            use std::fmt::Write as _;
+            let _ = write!(s, "{v}");
+        }))
+    } else if let Some(f) = &spec.file {
+        Arc::new(FileSink {
+            path: resolve(base_dir, &f.path),
+        })
+    } else if spec.blackhole.is_some() {
+        let (sink, counter) = BlackholeSink::new();
+        let _ = counter;
+        let shared = run.blackhole.clone();
+        Arc::new(SharedBlackhole(sink, shared))
+    } else {
+        return Err(SpecError::Unsupported {
+            path: format!("{path}.kafka"),
+            message:
+                "the Kafka connector is not built yet (issue #5); use print, file or blackhole"
+                    .into(),
+        });
+    })
+}
+
+/// A text source whose lines become string values.
+struct Lines<S>(S);
+
+impl<S: Source<String>> Source<Value> for Lines<S> {
+    fn max_parallelism(&self) -> Option<u32> {
+        self.0.max_parallelism()
+    }
+    fn kind(&self) -> &'static str {
+        self.0.kind()
+    }
+    fn create_reader(
+        &self,
+        ctx: &SubtaskContext,
+    ) -> Result<Box<dyn SourceReader<Value>>, BoxError> {
+        Ok(Box::new(LinesReader(self.0.create_reader(ctx)?)))
+    }
+}
+
+impl Source<Value> for Arc<dyn Source<Value>> {
+    fn max_parallelism(&self) -> Option<u32> {
+        (**self).max_parallelism()
+    }
+    fn create_reader(
+        &self,
+        ctx: &SubtaskContext,
+    ) -> Result<Box<dyn SourceReader<Value>>, BoxError> {
+        (**self).create_reader(ctx)
+    }
+}
+
+struct LinesReader(Box<dyn SourceReader<String>>);
+
+struct ToValue<'a, 'b>(&'a mut Collector<'b, Value>);
+
+impl Output<String> for ToValue<'_, '_> {
+    fn emit(&mut self, line: String) -> Result<(), TaskError> {
+        self.0.collect(Value::String(Arc::from(line)));
+        Ok(())
+    }
+    fn signal(&mut self, _: Signal) -> Result<(), TaskError> {
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), TaskError> {
+        Ok(())
+    }
+}
+
+impl SourceReader<Value> for LinesReader {
+    fn poll_next(&mut self, out: &mut Collector<'_, Value>) -> Result<SourceStatus, BoxError> {
+        let mut adapter = ToValue(out);
+        let mut lines = Collector::new(&mut adapter);
+        self.0.poll_next(&mut lines)
+    }
+}
+
+/// Blackhole that counts into the run's shared counter.
+struct SharedBlackhole(BlackholeSink, RecordCounter);
+
+impl Sink<Value> for SharedBlackhole {
+    fn kind(&self) -> &'static str {
+        "blackhole"
+    }
+    fn create_writer(&self, _ctx: &SubtaskContext) -> Result<Box<dyn SinkWriter<Value>>, BoxError> {
+        let _ = &self.0;
+        Ok(Box::new(CountingWriter {
+            local: 0,
+            counter: self.1.clone(),
+        }))
+    }
+}
+
+struct CountingWriter {
+    local: u64,
+    counter: RecordCounter,
+}
+
+impl SinkWriter<Value> for CountingWriter {
+    fn write(&mut self, _item: Value) -> Result<(), BoxError> {
+        self.local += 1;
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), BoxError> {
+        self.counter.add(std::mem::take(&mut self.local));
+        Ok(())
+    }
+}
+
+/// One line per record. With parallelism > 1 each subtask writes `<path>.<subtask>`.
+struct FileSink {
+    path: PathBuf,
+}
+
+impl Sink<Value> for FileSink {
+    fn kind(&self) -> &'static str {
+        "file"
+    }
+    fn create_writer(&self, ctx: &SubtaskContext) -> Result<Box<dyn SinkWriter<Value>>, BoxError> {
+        let path = if ctx.parallelism > 1 {
+            PathBuf::from(format!("{}.{}", self.path.display(), ctx.subtask))
+        } else {
+            self.path.clone()
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        let file = std::fs::File::create(&path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        Ok(Box::new(FileWriter(std::io::BufWriter::new(file))))
+    }
+}
+
+struct FileWriter(std::io::BufWriter<std::fs::File>);
+
+impl SinkWriter<Value> for FileWriter {
+    fn write(&mut self, item: Value) -> Result<(), BoxError> {
+        writeln!(self.0, "{item}")?;
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), BoxError> {
+        self.0.flush()?;
+        Ok(())
+    }
+}
+
+/// The job's `onError` policy and where dead letters go.
+struct ErrorPolicy {
+    on_error: OnError,
+    dead_letter: Option<Arc<dyn Sink<Value>>>,
+    run: SpecRun,
+}
+
+/// Per-operator instance of the policy.
+struct Handler {
+    policy: Arc<ErrorPolicy>,
+    id: OpId,
+    dead_letter: Option<Box<dyn SinkWriter<Value>>>,
+}
+
+impl Handler {
+    fn new(policy: Arc<ErrorPolicy>, ctx: &SubtaskContext) -> Result<Self, JobError> {
+        let dead_letter = match &policy.dead_letter {
+            Some(sink) => Some(sink.create_writer(ctx).map_err(|e| JobError::Setup {
+                operator: format!("{} (dead letters)", ctx.operator),
+                message: e.to_string(),
+            })?),
+            None => None,
+        };
+        Ok(Handler {
+            policy,
+            id: OpId::of(ctx),
+            dead_letter,
+        })
+    }
+
+    /// Applies the policy to a record whose expression failed.
+    #[cold]
+    fn failed(&mut self, record: &Value, err: EvalError) -> Result<(), TaskError> {
+        match self.policy.on_error {
+            OnError::Fail => Err(self.id.fail(format!("record {record}: {err}"))),
+            OnError::Skip => {
+                let n = self.policy.run.skipped.fetch_add(1, Ordering::Relaxed) + 1;
+                // Rate-limited: the first ten, then every thousandth.
+                if n <= 10 || n.is_multiple_of(1000) {
+                    warn!(step = %self.id.name, skipped = n, "skipping record {record}: {err}");
+                }
+                Ok(())
+            }
+            OnError::DeadLetter => {
+                let mut letter = std::collections::BTreeMap::new();
+                letter.insert(
+                    "step".to_string(),
+                    serde_json::Value::String(self.id.name.to_string()),
+                );
+                letter.insert("error".to_string(), serde_json::Value::String(err.message));
+                letter.insert("record".to_string(), record.to_json());
+                let letter = Value::from(serde_json::Value::Object(letter.into_iter().collect()));
+                let writer = self
+                    .dead_letter
+                    .as_mut()
+                    .expect("validated: deadLetter sink exists");
+                writer
+                    .write(letter)
+                    .map_err(|e| self.id.fail(format!("dead-letter sink: {e}")))?;
+                self.policy
+                    .run
+                    .dead_lettered
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), TaskError> {
+        match &mut self.dead_letter {
+            Some(w) => w
+                .flush()
+                .map_err(|e| self.id.fail(format!("dead-letter sink: {e}"))),
+            None => Ok(()),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Map,
+    Filter,
+    FlatMap,
+}
+
+/// `map`, `filter` and `flatMap` steps.
+struct ExprOp {
+    kind: Kind,
+    program: Program,
+    next: Box<dyn Output<Value>>,
+    handler: Handler,
+}
+
+impl Output<Value> for ExprOp {
+    fn emit(&mut self, item: Value) -> Result<(), TaskError> {
+        match self.kind {
+            Kind::Map => match self.program.eval(&[&item]) {
+                Ok(v) => self.next.emit(v),
+                Err(e) => self.handler.failed(&item, e),
+            },
+            Kind::Filter => match self.program.eval_bool(&[&item]) {
+                Ok(true) => self.next.emit(item),
+                Ok(false) => Ok(()),
+                Err(e) => self.handler.failed(&item, e),
+            },
+            Kind::FlatMap => match self.program.eval(&[&item]) {
+                Ok(Value::List(items)) => {
+                    let items = Arc::try_unwrap(items).unwrap_or_else(|shared| (*shared).clone());
+                    items.into_iter().try_for_each(|v| self.next.emit(v))
+                }
+                Ok(other) => {
+                    let e = EvalError {
+                        message: format!("flatMap must return a list, got {}", other.value_type()),
+                    };
+                    self.handler.failed(&item, e)
+                }
+                Err(e) => self.handler.failed(&item, e),
+            },
+        }
+    }
+    fn signal(&mut self, signal: Signal) -> Result<(), TaskError> {
+        self.handler.flush()?;
+        self.next.signal(signal)
+    }
+    fn flush(&mut self) -> Result<(), TaskError> {
+        self.handler.flush()?;
+        self.next.flush()
+    }
+}
+
+/// `reduce` step: per key (from the keyBy expression) `acc = expr(acc, value, key)`; the
+/// first record of a key becomes its accumulator. Every new accumulator is emitted.
+struct ExprReduce {
+    key: Program,
+    program: Program,
+    state: HashMapValueState<Value, Option<Value>>,
+    max_parallelism: u32,
+    next: Box<dyn Output<Value>>,
+    handler: Handler,
+}
+
+impl Output<Value> for ExprReduce {
+    fn emit(&mut self, item: Value) -> Result<(), TaskError> {
+        let args = [&item];
+        let key: Cow<'_, Value> = match self.key.eval_cow(&args) {
+            Ok(k) => k,
+            Err(e) => return self.handler.failed(&item, e),
+        };
+        let hash = key.stable_hash();
+        let group = key_group_of_hash(hash, self.max_parallelism);
+        match self.state.get_mut(group, hash, &key) {
+            Some(slot) => {
+                let acc = slot.take().expect("reduce state slot is filled");
+                match self.program.eval(&[&acc, &item, &key]) {
+                    Ok(next) => {
+                        *slot = Some(next.clone());
+                        self.next.emit(next)
+                    }
+                    Err(e) => {
+                        *slot = Some(acc);
+                        self.handler.failed(&item, e)
+                    }
+                }
+            }
+            None => {
+                let key = key.into_owned();
+                self.state.put(group, hash, key, Some(item.clone()));
+                self.next.emit(item)
+            }
+        }
+    }
+    fn signal(&mut self, signal: Signal) -> Result<(), TaskError> {
+        self.handler.flush()?;
+        self.next.signal(signal)
+    }
+    fn flush(&mut self) -> Result<(), TaskError> {
+        self.handler.flush()?;
+        self.next.flush()
+    }
+}
