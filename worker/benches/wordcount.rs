@@ -147,9 +147,11 @@ spec:
     );
     let job = streamjob::crds::validate::parse_job(&yaml).expect("bench spec parses");
     let env = StreamExecutionEnvironment::get_execution_environment();
-    let run = streamjob::declarative::build_job(&env, &job, Path::new(".")).expect("bench spec is valid");
+    let run =
+        streamjob::declarative::build_job(&env, &job, Path::new(".")).expect("bench spec is valid");
     let start = Instant::now();
-    env.execute("wordcount-spec-bench").expect("benchmark job runs");
+    env.execute("wordcount-spec-bench")
+        .expect("benchmark job runs");
     (run.blackhole.get(), start.elapsed().as_secs_f64())
 }
 

@@ -19,11 +19,10 @@ use streamjob_crds::validate::{StepOp, ValidatedJob, ValidationError, validate_j
 use tracing::warn;
 
 use crate::StreamExecutionEnvironment;
+use crate::api::environment::source_runtime_of;
 use crate::api::functions::{Collector, Sink, SinkWriter, Source, SourceReader, SourceStatus};
-use crate::api::graph::{
-    AnyBox, EdgeDef, EdgeKind, NodeDef, NodeRuntime, SourceBuild, Typed, TypedEdge, unbox,
-};
-use crate::connectors::blackhole::{BlackholeSink, RecordCounter};
+use crate::api::graph::{AnyBox, EdgeDef, EdgeKind, NodeDef, NodeRuntime, Typed, TypedEdge, unbox};
+use crate::connectors::blackhole::RecordCounter;
 use crate::connectors::collection::CollectionSource;
 use crate::connectors::file::FileSource;
 use crate::connectors::print::PrintSink;
@@ -33,7 +32,6 @@ use crate::operators::{OpId, SinkOp};
 use crate::runtime::context::SubtaskContext;
 use crate::runtime::message::Signal;
 use crate::runtime::output::Output;
-use crate::runtime::task::{SourceTask, Task};
 use crate::state::{HashMapValueState, ValueState};
 
 /// Why a spec could not be turned into a runnable job.
@@ -137,41 +135,22 @@ fn node_runtime(
             Ok(Box::new(make(unbox(next), handler)) as AnyBox)
         }))
     };
+    let expr_op = |kind: Kind, program: &Program| {
+        let program = program.clone();
+        transform(Arc::new(move |next, handler| {
+            Box::new(ExprOp {
+                kind,
+                program: program.clone(),
+                next,
+                handler,
+            })
+        }))
+    };
     Ok(match op {
         StepOp::Source(src) => source_runtime(src, base_dir, path)?,
-        StepOp::Map(p) => {
-            let p = p.clone();
-            transform(Arc::new(move |next, handler| {
-                Box::new(ExprOp {
-                    kind: Kind::Map,
-                    program: p.clone(),
-                    next,
-                    handler,
-                })
-            }))
-        }
-        StepOp::Filter(p) => {
-            let p = p.clone();
-            transform(Arc::new(move |next, handler| {
-                Box::new(ExprOp {
-                    kind: Kind::Filter,
-                    program: p.clone(),
-                    next,
-                    handler,
-                })
-            }))
-        }
-        StepOp::FlatMap(p) => {
-            let p = p.clone();
-            transform(Arc::new(move |next, handler| {
-                Box::new(ExprOp {
-                    kind: Kind::FlatMap,
-                    program: p.clone(),
-                    next,
-                    handler,
-                })
-            }))
-        }
+        StepOp::Map(p) => expr_op(Kind::Map, p),
+        StepOp::Filter(p) => expr_op(Kind::Filter, p),
+        StepOp::FlatMap(p) => expr_op(Kind::FlatMap, p),
         StepOp::Reduce(p) => {
             let key = graph
                 .key_by_of(node)
@@ -245,18 +224,7 @@ fn source_runtime(src: &SourceSpec, base_dir: &Path, path: &str) -> Result<NodeR
                     .into(),
         });
     };
-    let build: SourceBuild = Arc::new(move |out, ctx| {
-        let reader = source.create_reader(&ctx).map_err(|e| JobError::Setup {
-            operator: ctx.operator.to_string(),
-            message: e.to_string(),
-        })?;
-        Ok(Box::new(SourceTask {
-            reader,
-            head: unbox(out),
-            ctx,
-        }) as Box<dyn Task>)
-    });
-    Ok(NodeRuntime::Source(build))
+    Ok(source_runtime_of(source))
 }
 
 fn sink_for(
@@ -275,10 +243,7 @@ fn sink_for(
             path: resolve(base_dir, &f.path),
         })
     } else if spec.blackhole.is_some() {
-        let (sink, counter) = BlackholeSink::new();
-        let _ = counter;
-        let shared = run.blackhole.clone();
-        Arc::new(SharedBlackhole(sink, shared))
+        Arc::new(SharedBlackhole(run.blackhole.clone()))
     } else {
         return Err(SpecError::Unsupported {
             path: format!("{path}.kafka"),
@@ -304,18 +269,6 @@ impl<S: Source<String>> Source<Value> for Lines<S> {
         ctx: &SubtaskContext,
     ) -> Result<Box<dyn SourceReader<Value>>, BoxError> {
         Ok(Box::new(LinesReader(self.0.create_reader(ctx)?)))
-    }
-}
-
-impl Source<Value> for Arc<dyn Source<Value>> {
-    fn max_parallelism(&self) -> Option<u32> {
-        (**self).max_parallelism()
-    }
-    fn create_reader(
-        &self,
-        ctx: &SubtaskContext,
-    ) -> Result<Box<dyn SourceReader<Value>>, BoxError> {
-        (**self).create_reader(ctx)
     }
 }
 
@@ -345,7 +298,7 @@ impl SourceReader<Value> for LinesReader {
 }
 
 /// Blackhole that counts into the run's shared counter.
-struct SharedBlackhole(BlackholeSink, RecordCounter);
+struct SharedBlackhole(RecordCounter);
 
 impl Sink<Value> for SharedBlackhole {
     fn kind(&self) -> &'static str {
@@ -355,7 +308,7 @@ impl Sink<Value> for SharedBlackhole {
         let _ = &self.0;
         Ok(Box::new(CountingWriter {
             local: 0,
-            counter: self.1.clone(),
+            counter: self.0.clone(),
         }))
     }
 }

@@ -13,7 +13,7 @@ use streamjob_crds::{NodeKind, Partitioning};
 use crate::Data;
 use crate::api::datastream::{DataStream, NewNode, add_node};
 use crate::api::functions::Source;
-use crate::api::graph::{GraphBuilder, NodeRuntime, SourceBuild, Typed, TypedEdge, unbox};
+use crate::api::graph::{GraphBuilder, NodeRuntime, SourceBuild, TypedEdge, unbox};
 use crate::connectors::collection::CollectionSource;
 use crate::connectors::file::FileSource;
 use crate::connectors::socket::SocketSource;
@@ -27,6 +27,22 @@ pub const DEFAULT_BATCH_SIZE: usize = 1024;
 pub const DEFAULT_BUFFER_TIMEOUT: Duration = Duration::from_millis(5);
 /// Default batches in flight per channel.
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 4;
+
+/// Runtime of a source node: each subtask gets a reader and drives the chain below it.
+pub(crate) fn source_runtime_of<T: Data, S: Source<T> + ?Sized>(source: Arc<S>) -> NodeRuntime {
+    let build: SourceBuild = Arc::new(move |out, ctx| {
+        let reader = source.create_reader(&ctx).map_err(|e| JobError::Setup {
+            operator: ctx.operator.to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(Box::new(SourceTask {
+            reader,
+            head: unbox(out),
+            ctx,
+        }) as Box<dyn Task>)
+    });
+    NodeRuntime::Source(build)
+}
 
 /// Entry point of a job (Flink's `StreamExecutionEnvironment`). Cheap to clone; clones share
 /// the same job graph.
@@ -106,17 +122,6 @@ impl StreamExecutionEnvironment {
         let source = Arc::new(source);
         let operator = format!("source:{}", source.kind());
         let max = source.max_parallelism();
-        let build: SourceBuild = Arc::new(move |out, ctx| {
-            let reader = source.create_reader(&ctx).map_err(|e| JobError::Setup {
-                operator: ctx.operator.to_string(),
-                message: e.to_string(),
-            })?;
-            Ok(Box::new(SourceTask {
-                reader,
-                head: unbox(out),
-                ctx,
-            }) as Box<dyn Task>)
-        });
         let id = add_node::<T>(
             &self.graph,
             &[],
@@ -126,10 +131,9 @@ impl StreamExecutionEnvironment {
                 kind: NodeKind::Source,
                 operator: &operator,
                 max_parallelism: max,
-                runtime: NodeRuntime::Source(build),
+                runtime: source_runtime_of(source),
             },
         );
-        let _ = Typed::<T>::new();
         DataStream::from_node(self.graph.clone(), id).name(name)
     }
 
