@@ -101,30 +101,6 @@ fn lowercase(line: String) -> String {
     }
 }
 
-/// Same pipeline with words as `CompactString` (inline up to 24 bytes): no heap allocation
-/// per word, which is what a Rust user would write for short keys.
-fn run_engine_compact(input: &Path, parallelism: u32) -> (u64, f64) {
-    let env = StreamExecutionEnvironment::get_execution_environment();
-    env.set_parallelism(parallelism);
-    let counted = env
-        .read_text_file(input)
-        .flat_map(
-            |line: String, out: &mut Collector<'_, (CompactString, u64)>| {
-                for w in lowercase(line).split_whitespace() {
-                    out.collect((CompactString::new(w), 1));
-                }
-            },
-        )
-        .name("tokenize")
-        .key_by_ref(|(w, _): &(CompactString, u64)| w.as_str())
-        .reduce(|(w, a), (_, b)| (w, a + b))
-        .name("count")
-        .discard();
-    let start = Instant::now();
-    env.execute("wordcount-bench").expect("benchmark job runs");
-    (counted.get(), start.elapsed().as_secs_f64())
-}
-
 /// The declarative word count (manifests/examples/wordcount.yaml's steps, CEL expressions,
 /// `Value` records) on the same input, with a blackhole sink.
 fn run_spec(input: &Path, parallelism: u32) -> (u64, f64) {
@@ -156,18 +132,23 @@ spec:
 }
 
 /// Runs one configuration in this process; returns (emitted running counts, seconds).
-fn run_engine(input: &Path, parallelism: u32) -> (u64, f64) {
+/// `W` is the word type: `String`, or `CompactString` (inline up to 24 bytes, so no heap
+/// allocation per word, which is what a Rust user would pick for short keys).
+fn run_engine<W>(input: &Path, parallelism: u32) -> (u64, f64)
+where
+    W: for<'a> From<&'a str> + std::ops::Deref<Target = str> + Clone + Send + Sync + 'static,
+{
     let env = StreamExecutionEnvironment::get_execution_environment();
     env.set_parallelism(parallelism);
     let counted = env
         .read_text_file(input)
-        .flat_map(|line: String, out: &mut Collector<'_, (String, u64)>| {
+        .flat_map(|line: String, out: &mut Collector<'_, (W, u64)>| {
             for w in lowercase(line).split_whitespace() {
-                out.collect((w.to_string(), 1));
+                out.collect((W::from(w), 1));
             }
         })
         .name("tokenize")
-        .key_by_ref(|(w, _): &(String, u64)| w.as_str())
+        .key_by_ref(|(w, _): &(W, u64)| &**w)
         .reduce(|(w, a), (_, b)| (w, a + b))
         .name("count")
         .discard();
@@ -217,9 +198,9 @@ fn child(args: &[String]) {
     } else if let Some(p) = args[0].strip_prefix("spec") {
         run_spec(&input, p.parse().unwrap())
     } else if let Some(p) = args[0].strip_prefix("compact") {
-        run_engine_compact(&input, p.parse().unwrap())
+        run_engine::<CompactString>(&input, p.parse().unwrap())
     } else {
-        run_engine(&input, args[0].parse().unwrap())
+        run_engine::<String>(&input, args[0].parse().unwrap())
     };
     println!("{emitted} {secs} {}", peak_rss_mb());
 }

@@ -20,7 +20,7 @@ use tracing::warn;
 
 use crate::StreamExecutionEnvironment;
 use crate::api::environment::source_runtime_of;
-use crate::api::functions::{Collector, Sink, SinkWriter, Source, SourceReader, SourceStatus};
+use crate::api::functions::{Sink, SinkWriter, Source};
 use crate::api::graph::{AnyBox, EdgeDef, EdgeKind, NodeDef, NodeRuntime, Typed, TypedEdge, unbox};
 use crate::connectors::blackhole::RecordCounter;
 use crate::connectors::collection::CollectionSource;
@@ -213,9 +213,17 @@ fn source_runtime(src: &SourceSpec, base_dir: &Path, path: &str) -> Result<NodeR
         } else {
             i64::from(s.max_retry)
         };
-        Arc::new(Lines(SocketSource::new(&s.host, s.port, retry)))
+        Arc::new(SocketSource::with_records(
+            &s.host,
+            s.port,
+            retry,
+            string_value,
+        ))
     } else if let Some(f) = &src.file {
-        Arc::new(Lines(FileSource::new(resolve(base_dir, &f.path))))
+        Arc::new(FileSource::with_records(
+            resolve(base_dir, &f.path),
+            string_value,
+        ))
     } else {
         return Err(SpecError::Unsupported {
             path: format!("{path}.source.kafka"),
@@ -254,47 +262,9 @@ fn sink_for(
     })
 }
 
-/// A text source whose lines become string values.
-struct Lines<S>(S);
-
-impl<S: Source<String>> Source<Value> for Lines<S> {
-    fn max_parallelism(&self) -> Option<u32> {
-        self.0.max_parallelism()
-    }
-    fn kind(&self) -> &'static str {
-        self.0.kind()
-    }
-    fn create_reader(
-        &self,
-        ctx: &SubtaskContext,
-    ) -> Result<Box<dyn SourceReader<Value>>, BoxError> {
-        Ok(Box::new(LinesReader(self.0.create_reader(ctx)?)))
-    }
-}
-
-struct LinesReader(Box<dyn SourceReader<String>>);
-
-struct ToValue<'a, 'b>(&'a mut Collector<'b, Value>);
-
-impl Output<String> for ToValue<'_, '_> {
-    fn emit(&mut self, line: String) -> Result<(), TaskError> {
-        self.0.collect(Value::String(Arc::from(line)));
-        Ok(())
-    }
-    fn signal(&mut self, _: Signal) -> Result<(), TaskError> {
-        Ok(())
-    }
-    fn flush(&mut self) -> Result<(), TaskError> {
-        Ok(())
-    }
-}
-
-impl SourceReader<Value> for LinesReader {
-    fn poll_next(&mut self, out: &mut Collector<'_, Value>) -> Result<SourceStatus, BoxError> {
-        let mut adapter = ToValue(out);
-        let mut lines = Collector::new(&mut adapter);
-        self.0.poll_next(&mut lines)
-    }
+/// A line of a text source as a record.
+fn string_value(line: &str) -> Value {
+    Value::String(Arc::from(line))
 }
 
 /// Blackhole that counts into the run's shared counter.

@@ -11,39 +11,47 @@ use std::time::{Duration, Instant};
 
 use crate::api::functions::{Collector, Source, SourceReader, SourceStatus};
 use crate::connectors::SOURCE_BATCH;
+use crate::connectors::file::LineToRecord;
 use crate::error::BoxError;
 use crate::runtime::context::SubtaskContext;
 
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
-pub struct SocketSource {
+pub struct SocketSource<T = String> {
     host: String,
     port: u16,
     max_retry: i64,
+    make: LineToRecord<T>,
 }
 
-impl SocketSource {
+impl SocketSource<String> {
     pub fn new(host: &str, port: u16, max_retry: i64) -> Self {
+        Self::with_records(host, port, max_retry, str::to_owned)
+    }
+}
+
+impl<T> SocketSource<T> {
+    /// Lines become records through `make`.
+    pub fn with_records(host: &str, port: u16, max_retry: i64, make: LineToRecord<T>) -> Self {
         SocketSource {
             host: host.to_string(),
             port,
             max_retry,
+            make,
         }
     }
 }
 
-impl Source<String> for SocketSource {
+impl<T: Send + 'static> Source<T> for SocketSource<T> {
     fn max_parallelism(&self) -> Option<u32> {
         Some(1)
     }
     fn kind(&self) -> &'static str {
         "socket"
     }
-    fn create_reader(
-        &self,
-        ctx: &SubtaskContext,
-    ) -> Result<Box<dyn SourceReader<String>>, BoxError> {
+    fn create_reader(&self, ctx: &SubtaskContext) -> Result<Box<dyn SourceReader<T>>, BoxError> {
         Ok(Box::new(SocketReader {
+            make: self.make,
             addr: format!("{}:{}", self.host, self.port),
             max_retry: self.max_retry,
             poll: ctx
@@ -58,7 +66,8 @@ impl Source<String> for SocketSource {
     }
 }
 
-struct SocketReader {
+struct SocketReader<T> {
+    make: LineToRecord<T>,
     addr: String,
     max_retry: i64,
     poll: Duration,
@@ -70,7 +79,7 @@ struct SocketReader {
     ever_connected: bool,
 }
 
-impl SocketReader {
+impl<T> SocketReader<T> {
     fn retry_allowed(&self) -> bool {
         let since = self.down_since.map(|t| t.elapsed()).unwrap_or_default();
         self.max_retry < 0 || since < Duration::from_secs(self.max_retry as u64)
@@ -91,10 +100,10 @@ impl SocketReader {
         Err(last.unwrap_or_else(|| std::io::Error::new(ErrorKind::NotFound, "no address")))
     }
 
-    fn lost(&mut self, out: &mut Collector<'_, String>) -> Result<SourceStatus, BoxError> {
+    fn lost(&mut self, out: &mut Collector<'_, T>) -> Result<SourceStatus, BoxError> {
         self.conn = None;
         if !self.line.is_empty() {
-            out.collect(String::from_utf8_lossy(&self.line).into_owned());
+            out.collect((self.make)(&String::from_utf8_lossy(&self.line)));
             self.line.clear();
         }
         if self.max_retry == 0 {
@@ -105,8 +114,8 @@ impl SocketReader {
     }
 }
 
-impl SourceReader<String> for SocketReader {
-    fn poll_next(&mut self, out: &mut Collector<'_, String>) -> Result<SourceStatus, BoxError> {
+impl<T: Send> SourceReader<T> for SocketReader<T> {
+    fn poll_next(&mut self, out: &mut Collector<'_, T>) -> Result<SourceStatus, BoxError> {
         if self.conn.is_none() {
             if self.last_attempt.is_some_and(|t| t.elapsed() < RETRY_EVERY) {
                 std::thread::sleep(self.poll);
@@ -143,7 +152,7 @@ impl SourceReader<String> for SocketReader {
                     if end > 0 && self.line[end - 1] == b'\r' {
                         end -= 1;
                     }
-                    out.collect(String::from_utf8_lossy(&self.line[..end]).into_owned());
+                    out.collect((self.make)(&String::from_utf8_lossy(&self.line[..end])));
                     self.line.clear();
                 }
                 // Partial line at end of stream: the next read returns 0.
