@@ -23,9 +23,18 @@ build: setup ## Build everything (release)
 run: setup ## Run the main job: the StreamJob word count over a bundled text, no cluster, no Kafka
 	$(CARGO) run --release -q -p streamjob-worker --bin streamjob -- run manifests/examples/wordcount.yaml
 
+.PHONY: test-deps
+test-deps: ## Install the Python test tools into a venv outside the repo (STREAMJOB_VENV)
+	@./scripts/test-deps.sh >/dev/null
+
 .PHONY: test
-test: setup ## Run every test
+test: setup test-deps check-examples ## Run every test (installs what the tests need first)
 	$(CARGO) test --workspace
+
+.PHONY: check-examples
+check-examples: test-deps ## Validate the example StreamJobs against the generated CRD schema
+	@"$$(./scripts/test-deps.sh)/bin/python" scripts/check-examples.py crds/streamjob.yaml \
+		--accept manifests/examples/*.yaml --reject crds/tests/schema-rejects/*.yaml
 
 .PHONY: bench
 bench: setup ## Word count benchmark: words/s and peak RSS vs a hand-written loop
