@@ -108,7 +108,7 @@ pub fn build_job(
             }
             _ => None,
         };
-        let kind: Arc<dyn EdgeKind> = Arc::new(TypedEdge::<Value> { key_hash });
+        let kind: Arc<dyn EdgeKind> = Arc::new(TypedEdge::<Value>::new(key_hash));
         g.edges.push(EdgeDef { logical: *e, kind });
     }
     Ok(run)

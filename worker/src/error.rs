@@ -16,6 +16,9 @@ pub enum Cause {
     Cancelled,
     /// A neighbouring task went away without finishing its stream.
     PeerGone,
+    /// The data exchange with another worker failed (peer unreachable or gone, handshake
+    /// refused).
+    Network,
 }
 
 #[derive(Debug, Clone)]
@@ -51,7 +54,7 @@ impl TaskError {
     }
 
     pub fn is_root_cause(&self) -> bool {
-        self.cause == Cause::User
+        matches!(self.cause, Cause::User | Cause::Network)
     }
 }
 

@@ -34,6 +34,7 @@ pub mod api;
 pub mod connectors;
 pub mod declarative;
 pub mod error;
+pub mod net;
 pub(crate) mod operators;
 pub mod runtime;
 pub mod state;

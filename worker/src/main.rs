@@ -10,6 +10,8 @@ use streamjob::crds::validate::{parse_job, validate_job};
 use streamjob::declarative::{SpecError, build_job};
 use streamjob::{Collector, DataStream, StreamExecutionEnvironment};
 
+mod commands;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -42,7 +44,17 @@ enum Command {
     Run {
         /// StreamJob manifest (YAML).
         file: PathBuf,
+        /// Run as a local mini-cluster of this many `streamjob worker` processes on loopback,
+        /// shuffling over gRPC, instead of in this process.
+        #[arg(long)]
+        workers: Option<u32>,
+        /// Slots per worker with --workers (default: spread the subtasks evenly).
+        #[arg(long, requires = "workers")]
+        slots: Option<u32>,
     },
+    /// Run one worker of a distributed StreamJob (the pod entrypoint): this worker's slots,
+    /// exchanging records with its peers over gRPC. Needs STREAMJOB_TOKEN.
+    Worker(commands::worker::WorkerArgs),
     /// Print the physical plan of a StreamJob: chains, parallelism, partitioning.
     Plan {
         file: PathBuf,
@@ -91,7 +103,13 @@ fn main() -> std::process::ExitCode {
 
 fn dispatch(command: Command) -> Result<()> {
     match command {
-        Command::Run { file } => run(&file),
+        Command::Run {
+            file,
+            workers: Some(n),
+            slots,
+        } => commands::minicluster::run(&file, n, slots),
+        Command::Run { file, .. } => run(&file, None),
+        Command::Worker(args) => run(&args.file.clone(), Some(args)),
         Command::Plan { file, format } => plan(&file, format),
         Command::Validate { file } => validate(&file),
         Command::Wordcount {
@@ -141,7 +159,7 @@ fn plan(file: &Path, format: PlanFormat) -> Result<()> {
     Ok(())
 }
 
-fn run(file: &Path) -> Result<()> {
+fn run(file: &Path, worker: Option<commands::worker::WorkerArgs>) -> Result<()> {
     let job = load(file)?;
     let name = job.metadata.name.clone().unwrap_or_else(|| "job".into());
     let env = StreamExecutionEnvironment::get_execution_environment();
@@ -150,7 +168,16 @@ fn run(file: &Path) -> Result<()> {
         SpecError::Invalid(errors) => invalid(file, &errors),
         other => anyhow::anyhow!("{}: {other}", file.display()),
     })?;
-    let result = env.execute(&name)?;
+    let result = match worker {
+        None => env.execute(&name)?,
+        Some(args) => {
+            let slots_needed = env.plan(&name)?.slots_needed();
+            let cluster = commands::worker::cluster_config(&args, &name, slots_needed)?;
+            let index = cluster.index;
+            env.execute_as_worker(&name, &cluster)
+                .with_context(|| format!("worker {index} of job '{name}'"))?
+        }
+    };
     let skipped = counters.skipped.load(std::sync::atomic::Ordering::Relaxed);
     let dead = counters
         .dead_lettered

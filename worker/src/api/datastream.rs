@@ -110,7 +110,7 @@ impl<T: Data> DataStream<T> {
     }
 
     fn transform<U: Data>(&self, operator: &str, build: TransformBuild) -> DataStream<U> {
-        let edge: Arc<dyn EdgeKind> = Arc::new(TypedEdge::<T> { key_hash: None });
+        let edge: Arc<dyn EdgeKind> = Arc::new(TypedEdge::<T>::new(None));
         let id = add_node::<U>(
             &self.env,
             &self.nodes,
@@ -301,7 +301,7 @@ impl<T: Data> DataStream<T> {
                 id: OpId::of(ctx),
             }))
         });
-        let edge: Arc<dyn EdgeKind> = Arc::new(TypedEdge::<T> { key_hash: None });
+        let edge: Arc<dyn EdgeKind> = Arc::new(TypedEdge::<T>::new(None));
         let node = add_node::<T>(
             &self.env,
             &self.nodes,
@@ -376,9 +376,10 @@ where
             }))
         });
         let key = self.key.clone();
-        let edge: Arc<dyn EdgeKind> = Arc::new(TypedEdge::<T> {
-            key_hash: Some(Arc::new(move |t: &T| key(t).stable_hash())),
-        });
+        let edge: Arc<dyn EdgeKind> =
+            Arc::new(TypedEdge::<T>::new(Some(Arc::new(move |t: &T| {
+                key(t).stable_hash()
+            }))));
         let s = &self.stream;
         let id = add_node::<T>(
             &s.env,

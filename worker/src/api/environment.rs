@@ -58,6 +58,8 @@ pub struct JobExecutionResult {
     pub duration: Duration,
     /// Per subtask: chain name, subtask index, stats.
     pub tasks: Vec<(String, u32, TaskStats)>,
+    /// Record bytes this process sent to other workers (distributed runs).
+    pub bytes_sent: u64,
 }
 
 impl Default for StreamExecutionEnvironment {
@@ -126,7 +128,7 @@ impl StreamExecutionEnvironment {
             &self.graph,
             &[],
             Partitioning::Forward,
-            Arc::new(TypedEdge::<T> { key_hash: None }),
+            Arc::new(TypedEdge::<T>::new(None)),
             NewNode {
                 kind: NodeKind::Source,
                 operator: &operator,
@@ -200,5 +202,17 @@ impl StreamExecutionEnvironment {
     pub fn execute(&self, job_name: &str) -> Result<JobExecutionResult, JobError> {
         let graph = self.graph.borrow();
         executor::run_local(&graph, job_name)
+    }
+
+    /// Runs this process's share of the job as one worker of `cluster`: the subtasks in its
+    /// slots, exchanging records with the other workers over gRPC. Every worker must build
+    /// the same job (their plans are compared when they connect).
+    pub fn execute_as_worker(
+        &self,
+        job_name: &str,
+        cluster: &crate::net::cluster::ClusterConfig,
+    ) -> Result<JobExecutionResult, JobError> {
+        let graph = self.graph.borrow();
+        executor::run_distributed(&graph, job_name, cluster)
     }
 }

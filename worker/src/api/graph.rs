@@ -11,6 +11,8 @@ use std::time::Duration;
 use streamjob_crds::{LogicalEdge, LogicalGraph, LogicalNode, Partitioning};
 
 use crate::error::JobError;
+use crate::net::codec::{Wire, wire_of};
+use crate::net::exchange::{Inbound, Outbound, TypedInbound, TypedOutbound};
 use crate::runtime::channel::{InputGate, Receiver, Sender, channel};
 use crate::runtime::context::SubtaskContext;
 use crate::runtime::output::{Discard, FanOut, Output};
@@ -55,15 +57,19 @@ pub(crate) trait OutputKind: Send + Sync {
 
 /// Channels, routers and input tasks for an edge carrying `T`.
 pub(crate) trait EdgeKind: Send + Sync {
-    /// Creates the channels of one edge: per upstream subtask its senders (one per
-    /// downstream subtask it feeds), per downstream subtask its receivers.
-    fn channels(
-        &self,
-        partitioning: Partitioning,
-        upstream: u32,
-        downstream: u32,
-        capacity: usize,
-    ) -> (Vec<AnyBox>, Vec<AnyBox>);
+    /// One bounded channel: (`Sender<T>`, `Receiver<T>`).
+    fn pair(&self, capacity: usize) -> (AnyBox, AnyBox);
+    /// `Sender<T>`s (one per downstream subtask, in order) into the `Vec` a router takes.
+    fn senders(&self, senders: Vec<AnyBox>) -> AnyBox;
+    /// `Receiver<T>`s of one downstream subtask into the `Vec` an input task takes.
+    fn receivers(&self, receivers: Vec<AnyBox>) -> AnyBox;
+    /// The network half of a channel whose receiver is on another worker, if `T` has a
+    /// wire format.
+    fn outbound(&self, receiver: AnyBox) -> Option<Box<dyn Outbound>>;
+    /// The network half of a channel whose sender is on another worker.
+    fn inbound(&self, sender: AnyBox) -> Option<Box<dyn Inbound>>;
+    /// Name of the record type, for errors.
+    fn record_type(&self) -> &'static str;
     fn router(&self, senders: AnyBox, partitioning: Partitioning, ctx: &SubtaskContext) -> AnyBox;
     /// Task that feeds `head` from the receivers of all its input edges (same record type).
     fn input_task(
@@ -103,45 +109,60 @@ impl<T: crate::Data> OutputKind for Typed<T> {
 
 pub(crate) struct TypedEdge<T> {
     pub key_hash: Option<KeyHashFn<T>>,
+    /// How records cross the network, if they can.
+    pub wire: Option<Wire<T>>,
+}
+
+impl<T: crate::Data> TypedEdge<T> {
+    pub fn new(key_hash: Option<KeyHashFn<T>>) -> Self {
+        TypedEdge {
+            key_hash,
+            wire: wire_of::<T>(),
+        }
+    }
 }
 
 impl<T: crate::Data> EdgeKind for TypedEdge<T> {
-    fn channels(
-        &self,
-        partitioning: Partitioning,
-        upstream: u32,
-        downstream: u32,
-        capacity: usize,
-    ) -> (Vec<AnyBox>, Vec<AnyBox>) {
-        let (up, down) = (upstream as usize, downstream as usize);
-        let mut senders: Vec<Vec<Sender<T>>> = (0..up).map(|_| Vec::new()).collect();
-        let mut receivers: Vec<Vec<Receiver<T>>> = (0..down).map(|_| Vec::new()).collect();
-        if partitioning == Partitioning::Forward {
-            assert_eq!(
-                up, down,
-                "forward edges join equal parallelism (planner invariant)"
-            );
-            for i in 0..up {
-                let (tx, rx) = channel(capacity);
-                senders[i].push(tx);
-                receivers[i].push(rx);
-            }
-        } else {
-            for s in senders.iter_mut() {
-                for r in receivers.iter_mut() {
-                    let (tx, rx) = channel(capacity);
-                    s.push(tx);
-                    r.push(rx);
-                }
-            }
-        }
-        (
-            senders.into_iter().map(|s| Box::new(s) as AnyBox).collect(),
+    fn pair(&self, capacity: usize) -> (AnyBox, AnyBox) {
+        let (tx, rx) = channel::<T>(capacity);
+        (Box::new(tx), Box::new(rx))
+    }
+
+    fn senders(&self, senders: Vec<AnyBox>) -> AnyBox {
+        Box::new(
+            senders
+                .into_iter()
+                .map(unbox::<Sender<T>>)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn receivers(&self, receivers: Vec<AnyBox>) -> AnyBox {
+        Box::new(
             receivers
                 .into_iter()
-                .map(|r| Box::new(r) as AnyBox)
-                .collect(),
+                .map(unbox::<Receiver<T>>)
+                .collect::<Vec<_>>(),
         )
+    }
+
+    fn outbound(&self, receiver: AnyBox) -> Option<Box<dyn Outbound>> {
+        Some(Box::new(TypedOutbound {
+            rx: unbox::<Receiver<T>>(receiver),
+            wire: self.wire?,
+            last_len: 0,
+        }))
+    }
+
+    fn inbound(&self, sender: AnyBox) -> Option<Box<dyn Inbound>> {
+        Some(Box::new(TypedInbound {
+            tx: unbox::<Sender<T>>(sender),
+            wire: self.wire?,
+        }))
+    }
+
+    fn record_type(&self) -> &'static str {
+        std::any::type_name::<T>()
     }
 
     fn router(&self, senders: AnyBox, partitioning: Partitioning, ctx: &SubtaskContext) -> AnyBox {

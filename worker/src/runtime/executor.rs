@@ -1,19 +1,27 @@
 //! Turns a plan into running subtasks: creates the channels of every chain edge, assembles
 //! each subtask's chain from its tail (routers) to its head (source or input gate), and runs
 //! each on its own thread. The first failing task cancels the others.
+//!
+//! In a distributed run each worker builds only the subtasks of its slots; channels with one
+//! end on another worker get a network half (`net::exchange`) instead of the other end.
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use streamjob_crds::KeyGroupRange;
 use streamjob_crds::plan::PhysicalPlan;
-use tracing::{info, info_span};
+use streamjob_crds::{KeyGroupRange, Partitioning};
+use tracing::{Instrument as _, info, info_span};
 
 use crate::api::environment::JobExecutionResult;
 use crate::api::graph::{AnyBox, GraphBuilder, NodeRuntime};
 use crate::error::{JobError, TaskError, panic_message};
+use crate::net::cluster::ClusterConfig;
+use crate::net::exchange::{
+    self, ChannelId, ExchangeService, Failures, Handshake, InboundSlot, OutboundChannel,
+};
 use crate::runtime::context::{CancelFlag, SubtaskContext};
 use crate::runtime::task::Task;
 
@@ -24,19 +32,206 @@ pub(crate) fn run_local(
     let plan = graph.logical(job_name).plan()?;
     let started = Instant::now();
     let cancel = CancelFlag::default();
-    let tasks = build_tasks(graph, &plan, &cancel)?;
+    let built = build_tasks(graph, &plan, &cancel, None)?;
     info!(
         job = job_name,
         chains = plan.chains.len(),
-        subtasks = tasks.len(),
+        subtasks = built.tasks.len(),
         "job started"
     );
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let stats = run_tasks(built.tasks, &cancel, &errors);
+    finish(job_name, started, &errors, stats, 0)
+}
 
-    let errors: Mutex<Vec<TaskError>> = Mutex::new(Vec::new());
+/// Runs this worker's share of the job and exchanges records with the other workers.
+pub(crate) fn run_distributed(
+    graph: &GraphBuilder,
+    job_name: &str,
+    cluster: &ClusterConfig,
+) -> Result<JobExecutionResult, JobError> {
+    let plan = graph.logical(job_name).plan()?;
+    let setup = |message: String| JobError::Setup {
+        operator: "worker".into(),
+        message,
+    };
+    plan.assignment(cluster.workers, cluster.slots)?;
+    if cluster.index >= cluster.workers {
+        return Err(setup(format!(
+            "worker index {} is out of range for {} workers",
+            cluster.index, cluster.workers
+        )));
+    }
+    if cluster.peers.len() != cluster.workers as usize {
+        return Err(setup(format!(
+            "{} peer addresses given for {} workers",
+            cluster.peers.len(),
+            cluster.workers
+        )));
+    }
+    let started = Instant::now();
+    let cancel = CancelFlag::default();
+    let placement = Placement {
+        worker: cluster.index,
+        slots: cluster.slots,
+    };
+    let built = build_tasks(graph, &plan, &cancel, Some(placement))?;
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let failures = Failures {
+        cancel: cancel.clone(),
+        errors: errors.clone(),
+        worker: cluster.index,
+    };
+    let handshake = Handshake {
+        job: job_name.to_string(),
+        plan_hash: format!("{:016x}", plan.fingerprint()),
+        token: Arc::from(cluster.token.as_str()),
+    };
+    info!(
+        job = job_name,
+        worker = cluster.index,
+        workers = cluster.workers,
+        plan = %handshake.plan_hash,
+        subtasks = built.tasks.len(),
+        outbound = built.outbound.len(),
+        inbound = built.inbound.len(),
+        "worker started"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("exchange")
+        .enable_all()
+        .build()
+        .map_err(|e| setup(format!("cannot start the network runtime: {e}")))?;
+    let listener = std::net::TcpListener::bind(cluster.listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| setup(format!("cannot listen on {}: {e}", cluster.listen)))?;
+    let waiting: Arc<Mutex<HashMap<ChannelId, InboundSlot>>> =
+        Arc::new(Mutex::new(built.inbound.into_iter().collect()));
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let service = ExchangeService {
+        handshake: handshake.clone(),
+        credit: cluster.credit.max(1),
+        slots: waiting.clone(),
+        failures: failures.clone(),
+    };
+    let server = {
+        let _guard = runtime.enter();
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .map_err(|e| setup(format!("cannot listen on {}: {e}", cluster.listen)))?;
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let failures = failures.clone();
+        runtime.spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .http2_keepalive_interval(Some(Duration::from_secs(5)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+                .initial_stream_window_size(Some(1 << 20))
+                .initial_connection_window_size(Some(8 << 20))
+                .add_service(exchange::server(service))
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = server_stopped.await;
+                })
+                .await;
+            if let Err(e) = served {
+                failures.fail(format!("exchange server failed: {e}"));
+            }
+        })
+    };
+    // Peers that never open their channels would leave this worker waiting forever.
+    let watchdog = {
+        let (waiting, failures, timeout) =
+            (waiting.clone(), failures.clone(), cluster.connect_timeout);
+        runtime.spawn(async move {
+            tokio::time::sleep(timeout).await;
+            let missing: Vec<String> = waiting
+                .lock()
+                .unwrap()
+                .values()
+                .map(|s| format!("worker {} never opened channel {}", s.peer, s.label))
+                .collect();
+            if let Some(first) = missing.first() {
+                failures.fail(format!(
+                    "{first} within {timeout:?} ({} channel(s) missing)",
+                    missing.len()
+                ));
+            }
+        })
+    };
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut by_peer: HashMap<u32, Vec<OutboundChannel>> = HashMap::new();
+    for ch in built.outbound {
+        by_peer.entry(ch.peer).or_default().push(ch);
+    }
+    let senders: Vec<_> = by_peer
+        .into_iter()
+        .map(|(peer, channels)| {
+            let addr = cluster.peers[peer as usize].clone();
+            let (failures, handshake, sent) = (failures.clone(), handshake.clone(), sent.clone());
+            let (timeout, worker) = (cluster.connect_timeout, cluster.index);
+            let span = info_span!("exchange-out", peer, %addr);
+            runtime.spawn(
+                async move {
+                    let conn = match exchange::connect(peer, &addr, timeout, &failures.cancel).await
+                    {
+                        Ok(c) => c,
+                        Err(e) => return failures.fail(e),
+                    };
+                    let streams: Vec<_> = channels
+                        .into_iter()
+                        .map(|ch| {
+                            let (conn, handshake) = (conn.clone(), handshake.clone());
+                            tokio::spawn(exchange::send(conn, ch, handshake, worker))
+                        })
+                        .collect();
+                    for s in streams {
+                        match s.await {
+                            Ok(Ok(bytes)) => {
+                                sent.fetch_add(bytes, Ordering::Relaxed);
+                            }
+                            Ok(Err(e)) => failures.fail(e),
+                            Err(e) => failures.fail(format!("exchange sender panicked: {e}")),
+                        }
+                    }
+                }
+                .instrument(span),
+            )
+        })
+        .collect();
+
+    let stats = run_tasks(built.tasks, &cancel, &errors);
+    // Local tasks are done; wait for the senders to deliver what they still hold, unless the
+    // job is failing (then give them a moment to report why, no more).
+    let mut failing_since: Option<Instant> = None;
+    while senders.iter().any(|h| !h.is_finished()) {
+        if cancel.is_set() {
+            let since = *failing_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > Duration::from_secs(2) {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    watchdog.abort();
+    let _ = stop_server.send(());
+    let _ = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(2), server).await });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    finish(
+        job_name,
+        started,
+        &errors,
+        stats,
+        sent.load(Ordering::Relaxed),
+    )
+}
+
+type Stats = Vec<(String, u32, crate::runtime::task::TaskStats)>;
+
+fn run_tasks(tasks: Vec<Built>, cancel: &CancelFlag, errors: &Mutex<Vec<TaskError>>) -> Stats {
     let stats = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for (chain_name, subtask, task) in tasks {
-            let (cancel, errors, stats) = (&cancel, &errors, &stats);
+            let (cancel, errors, stats) = (cancel, errors, &stats);
             let thread_name = format!("{}#{}", truncate(&chain_name, 10), subtask);
             std::thread::Builder::new()
                 .name(thread_name)
@@ -57,17 +252,28 @@ pub(crate) fn run_local(
                 .expect("spawn task thread");
         }
     });
-    let errors = errors.into_inner().unwrap();
+    stats.into_inner().unwrap()
+}
+
+fn finish(
+    job_name: &str,
+    started: Instant,
+    errors: &Mutex<Vec<TaskError>>,
+    stats: Stats,
+    bytes_sent: u64,
+) -> Result<JobExecutionResult, JobError> {
+    let errors = errors.lock().unwrap();
     // Report the root cause, not the tasks that stopped because of it.
     if let Some(e) = errors.iter().find(|e| e.is_root_cause()).or(errors.first()) {
         return Err(JobError::Task(e.clone()));
     }
     let duration = started.elapsed();
-    info!(job = job_name, ?duration, "job finished");
+    info!(job = job_name, ?duration, bytes_sent, "job finished");
     Ok(JobExecutionResult {
         job_name: job_name.to_string(),
         duration,
-        tasks: stats.into_inner().unwrap(),
+        tasks: stats,
+        bytes_sent,
     })
 }
 
@@ -80,11 +286,30 @@ fn truncate(s: &str, n: usize) -> &str {
 
 type Built = (String, u32, Box<dyn Task>);
 
+/// Which subtasks run in this process: all of them, or one worker's slots.
+#[derive(Clone, Copy)]
+pub(crate) struct Placement {
+    pub worker: u32,
+    pub slots: u32,
+}
+
+fn is_local(placement: Option<Placement>, index: u32) -> bool {
+    placement.is_none_or(|p| PhysicalPlan::worker_of(index, p.slots) == p.worker)
+}
+
+/// The local tasks, and the channels that cross to other workers.
+pub(crate) struct BuiltJob {
+    pub tasks: Vec<Built>,
+    pub outbound: Vec<OutboundChannel>,
+    pub inbound: Vec<(ChannelId, InboundSlot)>,
+}
+
 fn build_tasks(
     graph: &GraphBuilder,
     plan: &PhysicalPlan,
     cancel: &CancelFlag,
-) -> Result<Vec<Built>, JobError> {
+    placement: Option<Placement>,
+) -> Result<BuiltJob, JobError> {
     let kind_of = |from: usize, to: usize| {
         graph
             .edges
@@ -93,30 +318,93 @@ fn build_tasks(
             .map(|e| e.kind.clone())
             .expect("every plan edge comes from a graph edge")
     };
-    // (plan edge index, subtask) -> senders / receivers
+    let worker_of = |index: u32| placement.map_or(0, |p| PhysicalPlan::worker_of(index, p.slots));
+    // (plan edge index, subtask) -> its routers' senders / its input gate's receivers
     let mut senders: HashMap<(usize, u32), AnyBox> = HashMap::new();
     let mut receivers: HashMap<(usize, u32), AnyBox> = HashMap::new();
+    let mut outbound = Vec::new();
+    let mut inbound = Vec::new();
     for (ei, e) in plan.edges.iter().enumerate() {
         let up = plan.chains[e.from_chain].parallelism;
         let down = plan.chains[e.to_chain].parallelism;
-        let (ups, downs) = kind_of(e.from_node, e.to_node).channels(
-            e.partitioning,
-            up,
-            down,
-            graph.channel_capacity,
+        let kind = kind_of(e.from_node, e.to_node);
+        let forward = e.partitioning == Partitioning::Forward;
+        assert!(
+            !forward || up == down,
+            "forward edges join equal parallelism (planner invariant)"
         );
-        for (i, s) in ups.into_iter().enumerate() {
-            senders.insert((ei, i as u32), s);
+        let label = |u: u32, d: u32| {
+            format!(
+                "'{}' -> '{}' (subtask {u} -> {d})",
+                plan.nodes[e.from_node].name, plan.nodes[e.to_node].name
+            )
+        };
+        let mut tx_of: Vec<Vec<AnyBox>> = (0..up).map(|_| Vec::new()).collect();
+        let mut rx_of: Vec<Vec<AnyBox>> = (0..down).map(|_| Vec::new()).collect();
+        for u in 0..up {
+            for d in 0..down {
+                if forward && u != d {
+                    continue;
+                }
+                let (up_local, down_local) = (is_local(placement, u), is_local(placement, d));
+                if !up_local && !down_local {
+                    continue;
+                }
+                let id = ChannelId {
+                    edge: ei as u32,
+                    from: u,
+                    to: d,
+                };
+                let (tx, rx) = kind.pair(graph.channel_capacity);
+                let no_wire = || JobError::Setup {
+                    operator: plan.nodes[e.from_node].name.clone(),
+                    message: format!(
+                        "records of type {} cannot cross the network (no wire format); \
+                         run this job in one process",
+                        kind.record_type()
+                    ),
+                };
+                if up_local {
+                    tx_of[u as usize].push(tx);
+                } else {
+                    let inbound_half = kind.inbound(tx).ok_or_else(no_wire)?;
+                    inbound.push((
+                        id,
+                        InboundSlot {
+                            inbound: inbound_half,
+                            label: label(u, d),
+                            peer: worker_of(u),
+                        },
+                    ));
+                }
+                if down_local {
+                    rx_of[d as usize].push(rx);
+                } else {
+                    outbound.push(OutboundChannel {
+                        id,
+                        outbound: kind.outbound(rx).ok_or_else(no_wire)?,
+                        label: label(u, d),
+                        peer: worker_of(d),
+                    });
+                }
+            }
         }
-        for (i, r) in downs.into_iter().enumerate() {
-            receivers.insert((ei, i as u32), r);
+        for (u, txs) in tx_of.into_iter().enumerate() {
+            if !txs.is_empty() {
+                senders.insert((ei, u as u32), kind.senders(txs));
+            }
+        }
+        for (d, rxs) in rx_of.into_iter().enumerate() {
+            if !rxs.is_empty() {
+                receivers.insert((ei, d as u32), kind.receivers(rxs));
+            }
         }
     }
 
     let job_name: Arc<str> = Arc::from(plan.job_name.as_str());
     let mut tasks = Vec::new();
     for chain in &plan.chains {
-        for index in 0..chain.parallelism {
+        for index in (0..chain.parallelism).filter(|&i| is_local(placement, i)) {
             let ctx_for = |node: usize| {
                 let n = &plan.nodes[node];
                 SubtaskContext {
@@ -201,5 +489,9 @@ fn build_tasks(
             tasks.push((chain.name.clone(), index, task));
         }
     }
-    Ok(tasks)
+    Ok(BuiltJob {
+        tasks,
+        outbound,
+        inbound,
+    })
 }

@@ -1,0 +1,4 @@
+//! Subcommands of the `streamjob` binary that run jobs across worker processes.
+
+pub mod minicluster;
+pub mod worker;

@@ -1,0 +1,114 @@
+//! `streamjob worker`: the pod entrypoint. Runs this worker's slots of a StreamJob and
+//! exchanges records with its peers.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use streamjob::net::cluster::{ClusterConfig, index_from_pod_name, peers_from_pattern};
+
+/// Environment variable holding the job's exchange token (the operator fills it from a
+/// Secret).
+pub const TOKEN_ENV: &str = "STREAMJOB_TOKEN";
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct WorkerArgs {
+    /// StreamJob manifest (the operator mounts it from a ConfigMap).
+    pub file: PathBuf,
+    /// This worker's index; default: the ordinal at the end of POD_NAME (`wc-worker-2` -> 2).
+    #[arg(long, env = "STREAMJOB_WORKER_INDEX")]
+    pub index: Option<u32>,
+    /// Number of workers running the job.
+    #[arg(long, env = "STREAMJOB_WORKERS")]
+    pub workers: u32,
+    /// Peer addresses, `host:port` per worker in index order.
+    #[arg(
+        long,
+        env = "STREAMJOB_PEERS",
+        value_delimiter = ',',
+        conflicts_with = "peer_pattern"
+    )]
+    pub peers: Vec<String>,
+    /// Peer address pattern: `{i}` is the worker index; `{job}`, `{namespace}` and `{port}` are
+    /// filled in, e.g. `{job}-worker-{i}.{job}-workers.{namespace}.svc:{port}`.
+    #[arg(long, env = "STREAMJOB_PEER_PATTERN")]
+    pub peer_pattern: Option<String>,
+    /// Namespace for `{namespace}` in the peer pattern.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// Exchange port (listened on, and `{port}` in the peer pattern).
+    #[arg(long, env = "STREAMJOB_PORT", default_value_t = 6121)]
+    pub port: u16,
+    /// Listen address; default `0.0.0.0:<port>`.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Slots per worker; default: the job's highest parallelism divided over the workers.
+    #[arg(long, env = "STREAMJOB_SLOTS")]
+    pub slots: Option<u32>,
+    /// Seconds to wait for peers before failing.
+    #[arg(long, default_value_t = 60)]
+    pub connect_timeout_secs: u64,
+    /// Batches each receiving channel buffers (credit granted to its sender).
+    #[arg(long, default_value_t = 8)]
+    pub credit: u32,
+}
+
+/// Resolves the command line and environment into a cluster config for `job_name`.
+pub fn cluster_config(
+    args: &WorkerArgs,
+    job_name: &str,
+    slots_needed: u32,
+) -> Result<ClusterConfig> {
+    let token = std::env::var(TOKEN_ENV).unwrap_or_default();
+    if token.is_empty() {
+        bail!("{TOKEN_ENV} is not set: every worker of a job needs the same exchange token");
+    }
+    if args.workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    let index = match args.index {
+        Some(i) => i,
+        None => {
+            let pod =
+                std::env::var("POD_NAME").context("no --index given and POD_NAME is not set")?;
+            index_from_pod_name(&pod)
+                .with_context(|| format!("POD_NAME '{pod}' does not end in a worker index"))?
+        }
+    };
+    let peers = match &args.peer_pattern {
+        Some(pattern) => peers_from_pattern(
+            pattern,
+            args.workers,
+            &[
+                ("job", job_name),
+                ("namespace", &args.namespace),
+                ("port", &args.port.to_string()),
+            ],
+        )
+        .map_err(anyhow::Error::msg)?,
+        None => args.peers.clone(),
+    };
+    if peers.len() != args.workers as usize {
+        bail!(
+            "{} peer address(es) for {} workers: give --peers with one host:port per worker, or --peer-pattern",
+            peers.len(),
+            args.workers
+        );
+    }
+    let slots = args
+        .slots
+        .unwrap_or_else(|| slots_needed.div_ceil(args.workers).max(1));
+    Ok(ClusterConfig {
+        index,
+        workers: args.workers,
+        slots,
+        listen: args
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], args.port))),
+        peers,
+        token,
+        connect_timeout: Duration::from_secs(args.connect_timeout_secs),
+        credit: args.credit,
+    })
+}

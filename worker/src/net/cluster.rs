@@ -1,0 +1,83 @@
+//! Who this worker is and where its peers are.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Everything a worker needs to take part in a distributed run of a job.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This worker's index, `0..workers`.
+    pub index: u32,
+    /// Number of workers running the job.
+    pub workers: u32,
+    /// Slots per worker: worker i runs subtasks `i*slots .. (i+1)*slots` of every chain.
+    pub slots: u32,
+    /// Address this worker's exchange server listens on.
+    pub listen: SocketAddr,
+    /// `host:port` of every worker, indexed by worker (this worker's own entry is unused).
+    pub peers: Vec<String>,
+    /// Shared secret every exchange stream must carry.
+    pub token: String,
+    /// How long to wait for peers (connect with backoff) before failing.
+    pub connect_timeout: Duration,
+    /// Batches a receiver grants per channel (its buffer, and the sender's window).
+    pub credit: u32,
+}
+
+/// Worker index from a StatefulSet pod name (`wordcount-worker-2` -> 2).
+pub fn index_from_pod_name(pod: &str) -> Option<u32> {
+    pod.rsplit_once('-')?.1.parse().ok()
+}
+
+/// Peer addresses from a pattern with `{i}` (worker index) and any other `{name}` filled
+/// from `vars`, e.g. `{job}-worker-{i}.{job}-workers.{namespace}.svc:{port}`.
+pub fn peers_from_pattern(
+    pattern: &str,
+    workers: u32,
+    vars: &[(&str, &str)],
+) -> Result<Vec<String>, String> {
+    let mut base = pattern.to_string();
+    for (k, v) in vars {
+        base = base.replace(&format!("{{{k}}}"), v);
+    }
+    let out: Vec<String> = (0..workers)
+        .map(|i| base.replace("{i}", &i.to_string()))
+        .collect();
+    if let Some(open) = out.first().and_then(|p| p.find('{')) {
+        let name: String = out[0][open..].chars().take_while(|&c| c != '}').collect();
+        return Err(format!("peer pattern has no value for {name}}}"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_names_give_indexes() {
+        assert_eq!(index_from_pod_name("wordcount-worker-2"), Some(2));
+        assert_eq!(index_from_pod_name("a-b-worker-10"), Some(10));
+        assert_eq!(index_from_pod_name("worker"), None);
+        assert_eq!(index_from_pod_name("wordcount-worker-x"), None);
+    }
+
+    #[test]
+    fn patterns_expand_per_worker() {
+        let p = peers_from_pattern(
+            "{job}-worker-{i}.{job}-workers.{namespace}.svc:{port}",
+            2,
+            &[("job", "wc"), ("namespace", "prod"), ("port", "6123")],
+        )
+        .unwrap();
+        assert_eq!(
+            p,
+            [
+                "wc-worker-0.wc-workers.prod.svc:6123",
+                "wc-worker-1.wc-workers.prod.svc:6123"
+            ]
+        );
+        let e = peers_from_pattern("{job}-{i}:{port}", 1, &[("job", "wc")]).unwrap_err();
+        assert_eq!(e, "peer pattern has no value for {port}");
+    }
+}

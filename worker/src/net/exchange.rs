@@ -1,0 +1,473 @@
+//! The gRPC data exchange. Every channel whose two ends run on different workers becomes one
+//! `Open` stream from the upstream worker to the downstream one (all streams to a peer share
+//! one HTTP/2 connection). The local halves stay ordinary bounded channels, so routers and
+//! input gates do not know whether a channel is remote.
+//!
+//! Flow control is credit-based: the receiver grants `credit` batches when it accepts the
+//! stream and grants more as it hands batches to the local channel, so a sender never has
+//! more than `credit` batches in flight per channel and a slow consumer stops its producers
+//! in other processes with bounded memory on both sides.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument as _, debug, info_span};
+
+use crate::error::{Cause, TaskError};
+use crate::net::PROTOCOL_VERSION;
+use crate::net::codec::Wire;
+use crate::net::proto::exchange_client::ExchangeClient;
+use crate::net::proto::exchange_server::{Exchange, ExchangeServer};
+use crate::net::proto::{Barrier, Frame, Hello, Reply, frame, reply};
+use crate::runtime::channel::{Receiver, Sender};
+use crate::runtime::context::CancelFlag;
+use crate::runtime::message::{CheckpointBarrier, Message, Signal};
+
+/// Largest gRPC message accepted (one batch of large records).
+const MAX_MESSAGE: usize = 256 << 20;
+
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One channel of one edge: (plan edge index, upstream subtask, downstream subtask).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct ChannelId {
+    pub edge: u32,
+    pub from: u32,
+    pub to: u32,
+}
+
+/// The upstream half of a remote channel: yields the channel's messages as frames.
+pub(crate) trait Outbound: Send {
+    /// Next frame, or `None` if the local producer went away without ending the stream.
+    fn next_frame(&mut self) -> BoxFuture<'_, Option<frame::Kind>>;
+}
+
+/// Why a frame could not be delivered to the local channel.
+pub(crate) enum PushError {
+    /// The local consumer is gone (it failed or was cancelled; that is reported locally).
+    Closed,
+    Malformed(String),
+}
+
+/// The downstream half of a remote channel: turns frames back into messages.
+pub(crate) trait Inbound: Send + Sync {
+    fn push(&self, frame: frame::Kind) -> BoxFuture<'_, Result<(), PushError>>;
+}
+
+pub(crate) struct TypedOutbound<T> {
+    pub rx: Receiver<T>,
+    pub wire: Wire<T>,
+    /// Size of the last encoded batch, to allocate the next one right.
+    pub last_len: usize,
+}
+
+impl<T: Send + 'static> Outbound for TypedOutbound<T> {
+    fn next_frame(&mut self) -> BoxFuture<'_, Option<frame::Kind>> {
+        Box::pin(async move {
+            let msg = self.rx.recv_async().await.ok()?;
+            Some(match msg {
+                Message::Data(records) => {
+                    let mut buf = Vec::with_capacity(self.last_len + self.last_len / 8);
+                    (self.wire.encode)(&records, &mut buf);
+                    self.last_len = buf.len();
+                    frame::Kind::Batch(buf.into())
+                }
+                Message::Signal(Signal::Watermark(w)) => frame::Kind::Watermark(w),
+                Message::Signal(Signal::Barrier(b)) => frame::Kind::Barrier(Barrier {
+                    id: b.id,
+                    timestamp_ms: b.timestamp_ms,
+                }),
+                Message::Signal(Signal::EndOfInput) => frame::Kind::EndOfInput(true),
+            })
+        })
+    }
+}
+
+pub(crate) struct TypedInbound<T> {
+    pub tx: Sender<T>,
+    pub wire: Wire<T>,
+}
+
+impl<T: Send + 'static> Inbound for TypedInbound<T> {
+    fn push(&self, frame: frame::Kind) -> BoxFuture<'_, Result<(), PushError>> {
+        Box::pin(async move {
+            let msg = match frame {
+                frame::Kind::Batch(bytes) => Message::Data(
+                    (self.wire.decode)(&bytes).map_err(|e| PushError::Malformed(e.to_string()))?,
+                ),
+                frame::Kind::Watermark(w) => Message::Signal(Signal::Watermark(w)),
+                frame::Kind::Barrier(b) => Message::Signal(Signal::Barrier(CheckpointBarrier {
+                    id: b.id,
+                    timestamp_ms: b.timestamp_ms,
+                })),
+                frame::Kind::EndOfInput(_) => Message::Signal(Signal::EndOfInput),
+                frame::Kind::Hello(_) => {
+                    return Err(PushError::Malformed("second hello on a stream".into()));
+                }
+            };
+            self.tx.send_async(msg).await.map_err(|_| PushError::Closed)
+        })
+    }
+}
+
+/// Errors of the exchange, collected with the task errors of the run; the first one cancels
+/// the local tasks.
+#[derive(Clone)]
+pub(crate) struct Failures {
+    pub cancel: CancelFlag,
+    pub errors: Arc<Mutex<Vec<TaskError>>>,
+    pub worker: u32,
+}
+
+impl Failures {
+    pub fn fail(&self, message: String) {
+        tracing::error!(%message, "exchange failed");
+        self.errors.lock().unwrap().push(TaskError::secondary(
+            "exchange",
+            self.worker,
+            Cause::Network,
+            message,
+        ));
+        self.cancel.set();
+    }
+}
+
+/// What both ends of every stream must agree on.
+#[derive(Clone)]
+pub(crate) struct Handshake {
+    pub job: String,
+    pub plan_hash: String,
+    pub token: Arc<str>,
+}
+
+/// A remote channel's downstream half, waiting for its stream.
+pub(crate) struct InboundSlot {
+    pub inbound: Box<dyn Inbound>,
+    pub label: String,
+    pub peer: u32,
+}
+
+pub(crate) struct ExchangeService {
+    pub handshake: Handshake,
+    pub credit: u32,
+    pub slots: Arc<Mutex<HashMap<ChannelId, InboundSlot>>>,
+    pub failures: Failures,
+}
+
+fn check_token(token: &str, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+    let expected = format!("Bearer {token}");
+    let got = metadata
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    // Compare in constant time: the token is the only thing guarding the exchange.
+    let same = got.len() == expected.len()
+        && got
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(Status::unauthenticated(
+            "exchange stream without the job's token (STREAMJOB_TOKEN differs between workers)",
+        ))
+    }
+}
+
+impl ExchangeService {
+    fn check_hello(&self, h: &Hello) -> Result<(), Status> {
+        let me = &self.handshake;
+        let mismatch = if h.protocol_version != PROTOCOL_VERSION {
+            Some(format!(
+                "protocol version mismatch: worker {} speaks {}, worker {} speaks {}",
+                h.from_worker, h.protocol_version, self.failures.worker, PROTOCOL_VERSION
+            ))
+        } else if h.job != me.job {
+            Some(format!(
+                "job mismatch: worker {} runs job '{}', worker {} runs '{}'",
+                h.from_worker, h.job, self.failures.worker, me.job
+            ))
+        } else if h.plan_hash != me.plan_hash {
+            Some(format!(
+                "plan hash mismatch: worker {} runs plan {}, worker {} runs plan {} \
+                 (every worker must run the same spec)",
+                h.from_worker, h.plan_hash, self.failures.worker, me.plan_hash
+            ))
+        } else {
+            None
+        };
+        match mismatch {
+            // The data this worker waits for will never come: fail here too.
+            Some(m) => {
+                self.failures.fail(m.clone());
+                Err(Status::failed_precondition(m))
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+type ReplyTx = mpsc::Sender<Result<Reply, Status>>;
+
+#[tonic::async_trait]
+impl Exchange for ExchangeService {
+    type OpenStream = ReceiverStream<Result<Reply, Status>>;
+
+    async fn open(
+        &self,
+        request: Request<Streaming<Frame>>,
+    ) -> Result<Response<Self::OpenStream>, Status> {
+        check_token(&self.handshake.token, request.metadata())?;
+        let mut frames = request.into_inner();
+        let hello = match frames.message().await? {
+            Some(Frame {
+                kind: Some(frame::Kind::Hello(h)),
+            }) => h,
+            _ => return Err(Status::invalid_argument("the first frame must be a hello")),
+        };
+        self.check_hello(&hello)?;
+        let id = ChannelId {
+            edge: hello.edge,
+            from: hello.from_subtask,
+            to: hello.to_subtask,
+        };
+        let slot = self.slots.lock().unwrap().remove(&id).ok_or_else(|| {
+            Status::not_found(format!(
+                "worker {} has no open channel {id:?} (opened twice, or assignments differ)",
+                self.failures.worker
+            ))
+        })?;
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(Ok(Reply {
+            kind: Some(reply::Kind::Accepted(self.credit)),
+        }))
+        .await
+        .map_err(|_| Status::cancelled("peer left during the handshake"))?;
+        let span = info_span!("exchange-in", channel = %slot.label, peer = slot.peer);
+        tokio::spawn(
+            receive(frames, slot, tx, self.credit, self.failures.clone()).instrument(span),
+        );
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Feeds a remote channel's frames into its local channel, granting credit as batches are
+/// handed on.
+async fn receive(
+    mut frames: Streaming<Frame>,
+    slot: InboundSlot,
+    replies: ReplyTx,
+    credit: u32,
+    failures: Failures,
+) {
+    let refill = (credit / 2).max(1);
+    let mut owed = 0u32;
+    let what = |s: &str| format!("channel {} from worker {}: {s}", slot.label, slot.peer);
+    loop {
+        let kind = match frames.message().await {
+            Ok(Some(Frame { kind: Some(k) })) => k,
+            Ok(Some(Frame { kind: None })) => {
+                return failures.fail(what("empty frame (incompatible peer)"));
+            }
+            Ok(None) => {
+                return failures.fail(what(
+                    "stream closed before end of input (the upstream worker failed)",
+                ));
+            }
+            Err(status) => {
+                return failures.fail(what(&format!(
+                    "lost connection to worker {}: {}",
+                    slot.peer,
+                    status.message()
+                )));
+            }
+        };
+        let is_batch = matches!(kind, frame::Kind::Batch(_));
+        let end = matches!(kind, frame::Kind::EndOfInput(_));
+        match slot.inbound.push(kind).await {
+            Ok(()) => {}
+            // Local consumer gone: its own error is reported; dropping the stream tells
+            // the sender.
+            Err(PushError::Closed) => return,
+            Err(PushError::Malformed(m)) => return failures.fail(what(&m)),
+        }
+        if end {
+            debug!("end of input");
+            // Dropping `replies` ends the reply stream: the sender knows all arrived.
+            return;
+        }
+        if is_batch {
+            owed += 1;
+            if owed >= refill {
+                let grant = Reply {
+                    kind: Some(reply::Kind::Credit(owed)),
+                };
+                if replies.send(Ok(grant)).await.is_err() {
+                    return failures.fail(what("sender went away"));
+                }
+                owed = 0;
+            }
+        }
+    }
+}
+
+/// Connects to a peer, retrying with backoff until `timeout`.
+pub(crate) async fn connect(
+    peer: u32,
+    addr: &str,
+    timeout: Duration,
+    cancel: &CancelFlag,
+) -> Result<Channel, String> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("worker {peer}: bad address '{addr}': {e}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+        .initial_stream_window_size(Some(1 << 20))
+        .initial_connection_window_size(Some(8 << 20));
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        match endpoint.connect().await {
+            Ok(ch) => return Ok(ch),
+            Err(e) => {
+                if cancel.is_set() {
+                    return Err(format!(
+                        "worker {peer} at {addr}: cancelled while connecting"
+                    ));
+                }
+                if started.elapsed() >= timeout {
+                    return Err(format!(
+                        "worker {peer} at {addr} is unreachable after {timeout:?}: {}",
+                        error_chain(&e)
+                    ));
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// A remote channel's upstream half, to be sent to `peer`.
+pub(crate) struct OutboundChannel {
+    pub id: ChannelId,
+    pub outbound: Box<dyn Outbound>,
+    pub label: String,
+    pub peer: u32,
+}
+
+/// Sends one channel to its peer until end of input; returns the bytes sent.
+pub(crate) async fn send(
+    channel: Channel,
+    mut ch: OutboundChannel,
+    handshake: Handshake,
+    worker: u32,
+) -> Result<u64, String> {
+    let what = |s: &str| format!("channel {} to worker {}: {s}", ch.label, ch.peer);
+    let (tx, rx) = mpsc::channel::<Frame>(4);
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        job: handshake.job.clone(),
+        plan_hash: handshake.plan_hash.clone(),
+        edge: ch.id.edge,
+        from_subtask: ch.id.from,
+        to_subtask: ch.id.to,
+        from_worker: worker,
+    };
+    tx.send(Frame {
+        kind: Some(frame::Kind::Hello(hello)),
+    })
+    .await
+    .expect("receiver alive");
+    let mut request = Request::new(ReceiverStream::new(rx));
+    let bearer: MetadataValue<_> = format!("Bearer {}", handshake.token)
+        .parse()
+        .map_err(|_| what("the token is not a valid header value"))?;
+    request.metadata_mut().insert("authorization", bearer);
+    let mut client = ExchangeClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let mut replies = client
+        .open(request)
+        .await
+        .map_err(|s| what(&format!("refused: {}", s.message())))?
+        .into_inner();
+    let mut credit = match replies.message().await {
+        Ok(Some(Reply {
+            kind: Some(reply::Kind::Accepted(c)),
+        })) => c,
+        Ok(_) => return Err(what("no handshake reply")),
+        Err(s) => return Err(what(&format!("refused: {}", s.message()))),
+    };
+    let mut bytes = 0u64;
+    loop {
+        tokio::select! {
+            r = replies.message() => match r {
+                Ok(Some(Reply { kind: Some(reply::Kind::Credit(c)) })) => credit += c,
+                Ok(_) => return Err(what("receiver closed the channel before end of input")),
+                Err(s) => return Err(what(&format!("lost connection: {}", s.message()))),
+            },
+            f = ch.outbound.next_frame(), if credit > 0 => {
+                let Some(kind) = f else {
+                    // The local producer failed; closing without end of input tells the peer.
+                    return Ok(bytes);
+                };
+                if let frame::Kind::Batch(b) = &kind {
+                    credit -= 1;
+                    bytes += b.len() as u64;
+                }
+                let end = matches!(kind, frame::Kind::EndOfInput(_));
+                if tx.send(Frame { kind: Some(kind) }).await.is_err() {
+                    return Err(what("stream closed by the transport"));
+                }
+                if end {
+                    break;
+                }
+            }
+        }
+    }
+    drop(tx);
+    // The receiver ends its reply stream once it has handed on end of input.
+    loop {
+        match replies.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(bytes),
+            Err(s) => {
+                return Err(what(&format!(
+                    "lost connection at end of input: {}",
+                    s.message()
+                )));
+            }
+        }
+    }
+}
+
+pub(crate) fn server(service: ExchangeService) -> ExchangeServer<ExchangeService> {
+    ExchangeServer::new(service)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE)
+}

@@ -1,0 +1,15 @@
+//! Distributed execution: the gRPC data exchange between worker processes, the record
+//! encoding it carries, and how a worker finds its peers.
+
+pub mod cluster;
+pub mod codec;
+pub(crate) mod exchange;
+
+/// Code generated from `proto/exchange.proto` by the build script.
+#[allow(clippy::all, rust_2018_idioms, missing_docs)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/streamjob.exchange.v1.rs"));
+}
+
+/// Bumped on any incompatible change of the exchange protocol or the record encoding.
+pub const PROTOCOL_VERSION: u32 = 1;
