@@ -150,13 +150,18 @@ fn plan(file: &Path, format: PlanFormat) -> Result<()> {
     let job = load(file)?;
     validate_job(&job).map_err(|errors| invalid(file, &errors))?;
     let plan = to_logical_graph(&job).plan()?;
-    match format {
-        PlanFormat::Text => print!("{}", plan.explain()),
-        PlanFormat::Dot => print!("{}", plan.to_dot()),
-        PlanFormat::Mermaid => print!("{}", plan.to_mermaid()),
-        PlanFormat::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+    let text = match format {
+        PlanFormat::Text => plan.explain(),
+        PlanFormat::Dot => plan.to_dot(),
+        PlanFormat::Mermaid => plan.to_mermaid(),
+        PlanFormat::Json => serde_json::to_string_pretty(&plan)? + "\n",
+    };
+    // A closed pipe (`streamjob plan f | head`) is not an error.
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 fn run(file: &Path, worker: Option<commands::worker::WorkerArgs>) -> Result<()> {
@@ -172,7 +177,8 @@ fn run(file: &Path, worker: Option<commands::worker::WorkerArgs>) -> Result<()> 
         None => env.execute(&name)?,
         Some(args) => {
             let slots_needed = env.plan(&name)?.slots_needed();
-            let cluster = commands::worker::cluster_config(&args, &name, slots_needed)?;
+            let spec_hash = xxhash_rust::xxh3::xxh3_64(&serde_json::to_vec(&job.spec)?);
+            let cluster = commands::worker::cluster_config(&args, &name, slots_needed, spec_hash)?;
             let index = cluster.index;
             env.execute_as_worker(&name, &cluster)
                 .with_context(|| format!("worker {index} of job '{name}'"))?

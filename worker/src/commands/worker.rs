@@ -59,6 +59,7 @@ pub fn cluster_config(
     args: &WorkerArgs,
     job_name: &str,
     slots_needed: u32,
+    spec_hash: u64,
 ) -> Result<ClusterConfig> {
     let token = std::env::var(TOKEN_ENV).unwrap_or_default();
     if token.is_empty() {
@@ -110,5 +111,6 @@ pub fn cluster_config(
         token,
         connect_timeout: Duration::from_secs(args.connect_timeout_secs),
         credit: args.credit,
+        job_hash: spec_hash,
     })
 }

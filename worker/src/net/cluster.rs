@@ -22,6 +22,9 @@ pub struct ClusterConfig {
     pub connect_timeout: Duration,
     /// Batches a receiver grants per channel (its buffer, and the sender's window).
     pub credit: u32,
+    /// Hash of what defines the job beyond its plan (a spec's expressions and settings);
+    /// workers with different job hashes refuse each other. 0 if there is nothing more.
+    pub job_hash: u64,
 }
 
 /// Worker index from a StatefulSet pod name (`wordcount-worker-2` -> 2).

@@ -84,7 +84,7 @@ pub(crate) fn run_distributed(
     };
     let handshake = Handshake {
         job: job_name.to_string(),
-        plan_hash: format!("{:016x}", plan.fingerprint()),
+        plan_hash: format!("{:016x}-{:016x}", plan.fingerprint(), cluster.job_hash),
         token: Arc::from(cluster.token.as_str()),
     };
     info!(
@@ -138,10 +138,11 @@ pub(crate) fn run_distributed(
             }
         })
     };
-    // Peers that never open their channels would leave this worker waiting forever.
+    // Peers that never open their channels would leave this worker waiting forever. Give
+    // them longer than the connect timeout, so an unreachable peer is reported as such.
     let watchdog = {
-        let (waiting, failures, timeout) =
-            (waiting.clone(), failures.clone(), cluster.connect_timeout);
+        let (waiting, failures) = (waiting.clone(), failures.clone());
+        let timeout = cluster.connect_timeout * 2 + Duration::from_secs(2);
         runtime.spawn(async move {
             tokio::time::sleep(timeout).await;
             let missing: Vec<String> = waiting
@@ -175,6 +176,8 @@ pub(crate) fn run_distributed(
                     let conn = match exchange::connect(peer, &addr, timeout, &failures.cancel).await
                     {
                         Ok(c) => c,
+                        // Once cancelled, the reason is already reported.
+                        Err(_) if failures.cancel.is_set() => return,
                         Err(e) => return failures.fail(e),
                     };
                     let streams: Vec<_> = channels

@@ -1,0 +1,502 @@
+//! Distributed runs with real worker processes talking gRPC over loopback: exact results,
+//! backpressure across processes, failure of a peer, and refused handshakes.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_streamjob");
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sj-dist-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A text of `lines` lines over a 300-word vocabulary, and its exact word counts.
+fn text(lines: usize) -> (String, BTreeMap<String, u64>) {
+    let mut counts = BTreeMap::new();
+    let mut s = String::new();
+    let mut x: u64 = 42;
+    for _ in 0..lines {
+        for k in 0..6 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let w = format!("w{}", (x >> 33) % 300);
+            *counts.entry(w.clone()).or_insert(0) += 1;
+            if k > 0 {
+                s.push(' ');
+            }
+            // mixed case: the job lower-cases
+            if k == 0 {
+                s.push_str(&w.to_uppercase());
+            } else {
+                s.push_str(&w);
+            }
+        }
+        s.push('\n');
+    }
+    (s, counts)
+}
+
+fn wordcount_spec(name: &str, input: &Path, sink: &str, parallelism: u32) -> String {
+    format!(
+        r#"apiVersion: streamjob.dev/v1alpha1
+kind: StreamJob
+metadata:
+  name: {name}
+spec:
+  parallelism: {parallelism}
+  steps:
+    - name: lines
+      source:
+        file:
+          path: {input}
+    - name: words
+      flatMap:
+        expr: value.lower().words()
+    - name: pairs
+      map:
+        expr: "[value, 1]"
+    - name: by-word
+      keyBy:
+        expr: value[0]
+    - name: counts
+      reduce:
+        expr: "[acc[0], acc[1] + value[1]]"
+    - name: out
+      sink:
+{sink}
+"#,
+        input = input.display()
+    )
+}
+
+fn file_sink(path: &Path) -> String {
+    format!("        file:\n          path: {}", path.display())
+}
+
+/// Final count per word from the running counts the file sinks wrote (`["w1",3]` lines),
+/// checking that every word's counts arrive in order 1, 2, 3, ... within its subtask file.
+fn final_counts(dir: &Path) -> BTreeMap<String, u64> {
+    let mut finals = BTreeMap::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        if !path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("counts")
+        {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            let (w, c): (String, u64) = serde_json::from_str(line).unwrap();
+            let prev = finals.insert(w.clone(), c).unwrap_or(0);
+            assert_eq!(
+                c,
+                prev + 1,
+                "{w}: count {c} after {prev} in {}",
+                path.display()
+            );
+        }
+    }
+    finals
+}
+
+fn run(args: &[&str], file: &Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .arg(file)
+        .output()
+        .expect("run streamjob")
+}
+
+#[test]
+fn word_count_across_workers_matches_the_in_process_run() {
+    let dir = tmp("wc");
+    let (input, expected) = text(20_000);
+    std::fs::write(dir.join("input.txt"), input).unwrap();
+    for workers in [None, Some(2), Some(3)] {
+        let out = dir.join(format!("out-{workers:?}"));
+        std::fs::create_dir_all(&out).unwrap();
+        let spec = dir.join("job.yaml");
+        std::fs::write(
+            &spec,
+            wordcount_spec(
+                "wc",
+                &dir.join("input.txt"),
+                &file_sink(&out.join("counts")),
+                4,
+            ),
+        )
+        .unwrap();
+        let result = match workers {
+            None => run(&["run"], &spec),
+            Some(n) => run(&["run", "--workers", &n.to_string()], &spec),
+        };
+        assert!(
+            result.status.success(),
+            "workers {workers:?}: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        assert_eq!(final_counts(&out), expected, "workers {workers:?}");
+        // one file per sink subtask, whichever worker ran it
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 4);
+    }
+}
+
+struct Worker {
+    child: Child,
+}
+
+impl Worker {
+    fn start(spec: &Path, index: u32, peers: &[String], token: &str, extra: &[&str]) -> Worker {
+        let child = Command::new(BIN)
+            .arg("worker")
+            .arg(spec)
+            .args(["--index", &index.to_string()])
+            .args(["--workers", &peers.len().to_string()])
+            .args(["--peers", &peers.join(",")])
+            .args(["--listen", &peers[index as usize]])
+            .args(extra)
+            .env("STREAMJOB_TOKEN", token)
+            .env_remove("POD_NAME")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Worker { child }
+    }
+
+    /// Waits up to `timeout` for the worker to exit; returns (success, stderr).
+    fn wait(mut self, timeout: Duration) -> (bool, String) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut err = String::new();
+                self.child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                return (status.success(), err);
+            }
+            if started.elapsed() > timeout {
+                let _ = self.child.kill();
+                panic!("worker still running after {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_ports(n: usize) -> Vec<String> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_slow_sink_on_one_worker_keeps_the_other_workers_memory_bounded() {
+    let dir = tmp("slow");
+    // ~46 MB of text: buffering it as records would take several hundred MB.
+    let (input, expected) = text(1_200_000);
+    std::fs::write(dir.join("input.txt"), input).unwrap();
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    // Sink subtask 1 (on worker 1) writes into a pipe nobody reads yet.
+    let fifo = out.join("counts.1");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let spec = dir.join("job.yaml");
+    std::fs::write(
+        &spec,
+        wordcount_spec(
+            "slow",
+            &dir.join("input.txt"),
+            &file_sink(&out.join("counts")),
+            2,
+        ),
+    )
+    .unwrap();
+    let peers = free_ports(2);
+    let w0 = Worker::start(&spec, 0, &peers, "t", &[]);
+    let w1 = Worker::start(&spec, 1, &peers, "t", &[]);
+    // Hold the pipe open without reading: once its 64 KiB buffer is full, sink 1 blocks.
+    let reader = std::thread::spawn({
+        let fifo = fifo.clone();
+        move || std::fs::File::open(fifo).unwrap()
+    });
+    let mut pipe = reader.join().unwrap();
+    let mut peak = 0;
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_millis(100));
+        peak = peak.max(w0.rss_kib());
+    }
+    // Stalled, not finished: worker 0 is blocked by credit, not done.
+    let stalled = std::fs::metadata(out.join("counts.0")).unwrap().len();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        std::fs::metadata(out.join("counts.0")).unwrap().len(),
+        stalled
+    );
+    eprintln!("worker 0 peak RSS while stalled: {peak} KiB");
+    assert!(
+        peak < 120 * 1024,
+        "worker 0 grew to {peak} KiB while its peer was stalled"
+    );
+    // Draining the pipe lets the job finish with exact counts.
+    let drain = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        pipe.read_to_end(&mut all).unwrap();
+        all
+    });
+    let (ok0, err0) = w0.wait(Duration::from_secs(120));
+    let (ok1, err1) = w1.wait(Duration::from_secs(120));
+    assert!(ok0 && ok1, "worker 0: {err0}\nworker 1: {err1}");
+    let drained = drain.join().unwrap();
+    std::fs::remove_file(&fifo).unwrap();
+    std::fs::write(&fifo, drained).unwrap();
+    assert_eq!(final_counts(&out), expected);
+}
+
+/// A job that never ends: lines from a TCP server the test keeps open.
+fn socket_spec(dir: &Path, port: u16) -> PathBuf {
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let spec = dir.join("job.yaml");
+    let yaml = wordcount_spec(
+        "live",
+        Path::new("unused"),
+        &file_sink(&out.join("counts")),
+        2,
+    )
+    .replace(
+        "        file:\n          path: unused",
+        &format!("        socket:\n          host: 127.0.0.1\n          port: {port}"),
+    );
+    std::fs::write(&spec, yaml).unwrap();
+    spec
+}
+
+#[test]
+fn a_killed_worker_stops_the_others_promptly_with_a_clear_error() {
+    let dir = tmp("kill");
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let spec = socket_spec(&dir, server.local_addr().unwrap().port());
+    let peers = free_ports(2);
+    let w0 = Worker::start(&spec, 0, &peers, "t", &[]);
+    let mut w1 = Worker::start(&spec, 1, &peers, "t", &[]);
+    let (mut conn, _) = server.accept().unwrap();
+    for i in 0..2000 {
+        writeln!(conn, "alpha beta gamma{i}").unwrap();
+    }
+    // Wait until records flow through both workers.
+    let started = Instant::now();
+    while ["counts.0", "counts.1"]
+        .iter()
+        .any(|f| std::fs::metadata(dir.join("out").join(f)).map_or(0, |m| m.len()) == 0)
+    {
+        assert!(started.elapsed() < Duration::from_secs(20), "no output");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    w1.child.kill().unwrap();
+    let killed = Instant::now();
+    let (ok, err) = w0.wait(Duration::from_secs(15));
+    assert!(!ok, "worker 0 must fail when its peer dies");
+    assert!(
+        killed.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        killed.elapsed()
+    );
+    assert!(
+        err.contains("worker 1"),
+        "error must name the lost peer: {err}"
+    );
+    drop(conn);
+}
+
+#[test]
+fn a_wrong_token_is_refused() {
+    let dir = tmp("token");
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let spec = socket_spec(&dir, server.local_addr().unwrap().port());
+    let peers = free_ports(2);
+    let w0 = Worker::start(&spec, 0, &peers, "right", &["--connect-timeout-secs", "5"]);
+    let w1 = Worker::start(&spec, 1, &peers, "wrong", &["--connect-timeout-secs", "5"]);
+    let (conn, _) = server.accept().unwrap();
+    let (ok0, err0) = w0.wait(Duration::from_secs(20));
+    let (ok1, err1) = w1.wait(Duration::from_secs(20));
+    assert!(!ok0 && !ok1);
+    let both = format!("{err0}\n{err1}");
+    assert!(both.contains("without the job's token"), "{both}");
+    drop(conn);
+}
+
+#[test]
+fn a_different_spec_is_refused_by_its_plan_hash() {
+    let dir = tmp("hash");
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let spec = socket_spec(&dir, server.local_addr().unwrap().port());
+    // Same job name and shape, different expression.
+    let other = dir.join("other.yaml");
+    std::fs::write(
+        &other,
+        std::fs::read_to_string(&spec)
+            .unwrap()
+            .replace("value.lower().words()", "value.words()"),
+    )
+    .unwrap();
+    let peers = free_ports(2);
+    let w0 = Worker::start(&spec, 0, &peers, "t", &["--connect-timeout-secs", "5"]);
+    let w1 = Worker::start(&other, 1, &peers, "t", &["--connect-timeout-secs", "5"]);
+    let (conn, _) = server.accept().unwrap();
+    let (ok0, err0) = w0.wait(Duration::from_secs(20));
+    let (ok1, err1) = w1.wait(Duration::from_secs(20));
+    assert!(!ok0 && !ok1);
+    let both = format!("{err0}\n{err1}");
+    assert!(both.contains("plan hash mismatch"), "{both}");
+    assert!(
+        both.contains("every worker must run the same spec"),
+        "{both}"
+    );
+    drop(conn);
+}
+
+#[test]
+fn an_unreachable_peer_is_named_after_the_connect_timeout() {
+    let dir = tmp("unreachable");
+    let (input, _) = text(100);
+    std::fs::write(dir.join("input.txt"), input).unwrap();
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let spec = dir.join("job.yaml");
+    std::fs::write(
+        &spec,
+        wordcount_spec(
+            "lonely",
+            &dir.join("input.txt"),
+            &file_sink(&out.join("counts")),
+            2,
+        ),
+    )
+    .unwrap();
+    let peers = free_ports(2);
+    let started = Instant::now();
+    let w0 = Worker::start(&spec, 0, &peers, "t", &["--connect-timeout-secs", "2"]);
+    let (ok, err) = w0.wait(Duration::from_secs(20));
+    assert!(!ok);
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert!(
+        err.contains(&format!("worker 1 at {} is unreachable", peers[1])),
+        "{err}"
+    );
+}
+
+#[test]
+fn worker_arguments_are_checked() {
+    let dir = tmp("args");
+    let spec = dir.join("job.yaml");
+    std::fs::write(
+        &spec,
+        wordcount_spec("a", &dir.join("x"), &file_sink(&dir.join("o")), 2),
+    )
+    .unwrap();
+    let no_token = Command::new(BIN)
+        .args([
+            "worker",
+            spec.to_str().unwrap(),
+            "--index",
+            "0",
+            "--workers",
+            "2",
+        ])
+        .args(["--peers", "a:1,b:2"])
+        .env_remove("STREAMJOB_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!no_token.status.success());
+    assert!(String::from_utf8_lossy(&no_token.stderr).contains("STREAMJOB_TOKEN is not set"));
+    let few_peers = Command::new(BIN)
+        .args([
+            "worker",
+            spec.to_str().unwrap(),
+            "--index",
+            "0",
+            "--workers",
+            "2",
+        ])
+        .args(["--peers", "a:1"])
+        .env("STREAMJOB_TOKEN", "t")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&few_peers.stderr).contains("1 peer address(es) for 2 workers")
+    );
+    let pod_name = Command::new(BIN)
+        .args(["worker", spec.to_str().unwrap(), "--workers", "2"])
+        .args([
+            "--peer-pattern",
+            "{job}-worker-{i}.{job}-workers.{namespace}.svc:{port}",
+        ])
+        .env("STREAMJOB_TOKEN", "t")
+        .env("POD_NAME", "a-worker-7")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&pod_name.stderr);
+    assert!(
+        err.contains("worker index 7 is out of range for 2 workers"),
+        "{err}"
+    );
+    let too_few_workers = Command::new(BIN)
+        .args([
+            "worker",
+            spec.to_str().unwrap(),
+            "--index",
+            "0",
+            "--workers",
+            "1",
+        ])
+        .args(["--peers", "a:1", "--slots", "1"])
+        .env("STREAMJOB_TOKEN", "t")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&too_few_workers.stderr);
+    assert!(
+        err.contains("plan needs 2 workers (1 slot(s) each for parallelism 2), only 1 given"),
+        "{err}"
+    );
+}
