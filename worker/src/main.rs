@@ -188,8 +188,16 @@ fn run(file: &Path, worker: Option<commands::worker::WorkerArgs>) -> Result<()> 
     let dead = counters
         .dead_lettered
         .load(std::sync::atomic::Ordering::Relaxed);
+    let mut summary = format!("skipped records: {skipped}, dead letters: {dead}");
+    let discarded = counters.blackhole.get();
+    if discarded > 0 {
+        summary.push_str(&format!(", blackhole records: {discarded}"));
+    }
+    if result.bytes_sent > 0 {
+        summary.push_str(&format!(", bytes sent to peers: {}", result.bytes_sent));
+    }
     eprintln!(
-        "job '{name}' finished in {:.3}s (skipped records: {skipped}, dead letters: {dead})",
+        "job '{name}' finished in {:.3}s ({summary})",
         result.duration.as_secs_f64()
     );
     Ok(())
