@@ -73,6 +73,27 @@ fn main() {
             black_box(reduce.eval(&[black_box(&acc), &pair, &key]).unwrap());
         }),
     );
+    report(
+        "flatMap eval_each (words, no list)  (12 words)",
+        measure(|_| {
+            let mut n = 0;
+            let _ = flat_map.eval_each(&[black_box(&line)], |w| {
+                black_box(w);
+                n += 1;
+                Ok::<(), ()>(())
+            });
+            black_box(n);
+        }),
+    );
+    let mut running = acc.clone();
+    report(
+        "reduce  eval_update (in place)",
+        measure(|_| {
+            reduce
+                .eval_update(black_box(&mut running), &[&pair, &key])
+                .unwrap();
+        }),
+    );
     let filter = Program::compile("value[1] > 3 && value[0].startsWith('f')", &["value"]).unwrap();
     report(
         "filter  value[1] > 3 && value[0].startsWith('f')",

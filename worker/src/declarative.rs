@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use streamjob_crds::Partitioning;
 use streamjob_crds::StableKey;
-use streamjob_crds::expr::{EvalError, Program, Value};
+use streamjob_crds::expr::{EachError, EvalError, Program, Value};
 use streamjob_crds::graph::{JobGraph, to_job_graph};
 use streamjob_crds::keygroup::key_group_of_hash;
 use streamjob_crds::spec::{OnError, SinkSpec, SourceSpec, StreamJob};
@@ -442,19 +442,20 @@ impl Output<Value> for ExprOp {
                 Ok(false) => Ok(()),
                 Err(e) => self.handler.failed(&item, e),
             },
-            Kind::FlatMap => match self.program.eval(&[&item]) {
-                Ok(Value::List(items)) => {
-                    let items = Arc::try_unwrap(items).unwrap_or_else(|shared| (*shared).clone());
-                    items.into_iter().try_for_each(|v| self.next.emit(v))
+            Kind::FlatMap => {
+                let next = &mut self.next;
+                match self.program.eval_each(&[&item], |v| next.emit(v)) {
+                    Ok(()) => Ok(()),
+                    Err(EachError::Emit(e)) => Err(e),
+                    Err(EachError::Eval(e)) => self.handler.failed(&item, e),
+                    Err(EachError::NotAList(t)) => {
+                        let e = EvalError {
+                            message: format!("flatMap must return a list, got {t}"),
+                        };
+                        self.handler.failed(&item, e)
+                    }
                 }
-                Ok(other) => {
-                    let e = EvalError {
-                        message: format!("flatMap must return a list, got {}", other.value_type()),
-                    };
-                    self.handler.failed(&item, e)
-                }
-                Err(e) => self.handler.failed(&item, e),
-            },
+            }
         }
     }
     fn signal(&mut self, signal: Signal) -> Result<(), TaskError> {
@@ -489,16 +490,12 @@ impl Output<Value> for ExprReduce {
         let group = key_group_of_hash(hash, self.max_parallelism);
         match self.state.get_mut(group, hash, &key) {
             Some(slot) => {
-                let acc = slot.take().expect("reduce state slot is filled");
-                match self.program.eval(&[&acc, &item, &key]) {
-                    Ok(next) => {
-                        *slot = Some(next.clone());
-                        self.next.emit(next)
-                    }
-                    Err(e) => {
-                        *slot = Some(acc);
-                        self.handler.failed(&item, e)
-                    }
+                let acc = slot.as_mut().expect("reduce state slot is filled");
+                // In place: when the emitted copy of the previous accumulator has been
+                // dropped downstream (a chained sink), the list is reused, not reallocated.
+                match self.program.eval_update(acc, &[&item, &key]) {
+                    Ok(()) => self.next.emit(acc.clone()),
+                    Err(e) => self.handler.failed(&item, e),
                 }
             }
             None => {

@@ -178,6 +178,113 @@ fn on_error_dead_letter_writes_failed_records_with_their_error() {
     assert_eq!(letters[1]["record"], "{");
 }
 
+/// A dead-lettering job over `values` (JSON) with the given steps between source and sink;
+/// returns the sink's lines and the dead letters' (step, error).
+fn dead_letter_job(name: &str, values: &str, steps: &str) -> (Vec<String>, Vec<(String, String)>) {
+    let dir = tmp(name);
+    let out = dir.join("o.txt");
+    let dead = dir.join("dead.txt");
+    let yaml = format!(
+        r#"apiVersion: streamjob.dev/v1alpha1
+kind: StreamJob
+metadata:
+  name: {name}
+spec:
+  parallelism: 1
+  onError: deadLetter
+  deadLetter:
+    file:
+      path: {}
+  steps:
+    - name: records
+      source:
+        collection:
+          values: {values}
+{steps}    - name: out
+      sink:
+        file:
+          path: {}
+"#,
+        dead.display(),
+        out.display()
+    );
+    let (lines, _) = run_yaml(&yaml, &dir, &out);
+    let letters = std::fs::read_to_string(&dead)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let l: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                l["step"].as_str().unwrap().to_string(),
+                l["error"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    (lines, letters)
+}
+
+/// The streaming flatMap (`value.lower().words()` without a list) and the in-place reduce:
+/// exact counts, and a failing record is dead-lettered with the evaluator's message.
+#[test]
+fn word_count_fast_paths_keep_results_and_errors() {
+    let (lines, letters) = dead_letter_job(
+        "words-errors",
+        r#"["A b", 7, "a  B a"]"#,
+        r#"    - {name: words, flatMap: {expr: "value.lower().words()"}}
+    - {name: pairs, map: {expr: "[value, 1]"}}
+    - {name: by-word, keyBy: {expr: "value[0]"}}
+    - {name: counts, reduce: {expr: "[acc[0], acc[1] + value[1]]"}}
+"#,
+    );
+    assert_eq!(
+        lines,
+        [
+            r#"["a",1]"#,
+            r#"["b",1]"#,
+            r#"["a",2]"#,
+            r#"["b",2]"#,
+            r#"["a",3]"#
+        ]
+    );
+    assert_eq!(
+        letters,
+        [(
+            "words".to_string(),
+            "lower(): receiver must be string, got int".to_string()
+        )]
+    );
+}
+
+/// A record the reduce expression fails on leaves its key's accumulator as it was.
+#[test]
+fn failed_records_leave_reduce_accumulators_intact() {
+    let (lines, letters) = dead_letter_job(
+        "reduce-errors",
+        r#"[["a", 1], ["a", 2], ["a", "x"], ["b", 5], ["a"], ["a", 4], ["b", 1]]"#,
+        r#"    - {name: by-key, keyBy: {expr: "value[0]"}}
+    - {name: sums, reduce: {expr: "[acc[0], acc[1] + value[1]]"}}
+"#,
+    );
+    assert_eq!(
+        lines,
+        [
+            r#"["a",1]"#,
+            r#"["a",3]"#,
+            r#"["b",5]"#,
+            r#"["a",7]"#,
+            r#"["b",6]"#
+        ]
+    );
+    let sums = |e: &str| ("sums".to_string(), e.to_string());
+    assert_eq!(
+        letters,
+        [
+            sums("no operator '+' for int and string"),
+            sums("value[1]: index 1 out of range for a list of size 1"),
+        ]
+    );
+}
+
 #[test]
 fn cli_runs_the_readme_job_and_rejects_invalid_specs_with_paths() {
     let bin = env!("CARGO_BIN_EXE_streamjob");

@@ -73,6 +73,17 @@ impl fmt::Display for EvalError {
 
 impl std::error::Error for EvalError {}
 
+/// Why [`Program::eval_each`] stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EachError<E> {
+    /// The expression failed on this record.
+    Eval(EvalError),
+    /// The expression returned a value of this type instead of a list.
+    NotAList(ValueType),
+    /// The callback failed.
+    Emit(E),
+}
+
 fn rerr<T>(message: impl Into<String>) -> Result<T, EvalError> {
     Err(EvalError {
         message: message.into(),
@@ -261,6 +272,13 @@ enum Node {
         index: Box<Node>,
         path: Arc<str>,
     },
+    /// `Index` of a variable by a constant (`value[0]`, `value.f` is `Field`): the most
+    /// common operand of keys and reduces, resolved without recursion.
+    ArgIndex {
+        arg: usize,
+        index: Value,
+        path: Arc<str>,
+    },
     Not(Box<Node>),
     Neg(Box<Node>),
     And(Box<Node>, Box<Node>),
@@ -356,6 +374,12 @@ impl Program {
 
     /// Evaluates, borrowing the result from `args` or the program when possible.
     pub fn eval_cow<'a>(&'a self, args: &'a [&'a Value]) -> Result<Cow<'a, Value>, EvalError> {
+        let env = self.env(args)?;
+        operand_of(&self.root, &env)
+    }
+
+    #[inline(always)]
+    fn env<'a>(&self, args: &'a [&'a Value]) -> Result<Env<'a>, EvalError> {
         if args.len() != self.vars.len() {
             return rerr(format!(
                 "expression '{}' takes {} variable(s), {} given",
@@ -364,11 +388,109 @@ impl Program {
                 args.len()
             ));
         }
-        let env = Env {
-            args,
-            locals: RefCell::new(vec![Value::Null; self.locals]),
+        // Most expressions have no comprehension: skip building an empty vector per record.
+        let locals = if self.locals == 0 {
+            Vec::new()
+        } else {
+            vec![Value::Null; self.locals]
         };
-        eval(&self.root, &env)
+        Ok(Env {
+            args,
+            locals: RefCell::new(locals),
+        })
+    }
+
+    /// Evaluates with `acc` bound to the first variable and `rest` to the others, and stores
+    /// the result in `acc`; on error `acc` is left unchanged. The result is always that of
+    /// [`Program::eval`], but a reduce's running accumulator is usually a list literal over
+    /// a list nobody else holds (`[acc[0], acc[1] + value[1]]`): that list is then updated
+    /// in place, elements written `acc[i]` at position `i` are not touched, and no list is
+    /// allocated per record.
+    pub fn eval_update(&self, acc: &mut Value, rest: &[&Value]) -> Result<(), EvalError> {
+        const MAX_ARGS: usize = 4;
+        static NULL: Value = Value::Null;
+        if let (Node::List(items), Value::List(list)) = (&self.root, &*acc)
+            && items.len() == list.len()
+            && rest.len() < MAX_ARGS
+        {
+            // New elements are all computed before the list is touched, so a failing
+            // element leaves `acc` as it was. One changed element (a counter or a sum) needs
+            // no buffer.
+            let mut first: Option<(usize, Value)> = None;
+            let mut more: Vec<(usize, Value)> = Vec::new();
+            {
+                let mut all = [&NULL; MAX_ARGS];
+                all[0] = &*acc;
+                for (slot, v) in all[1..].iter_mut().zip(rest) {
+                    *slot = v;
+                }
+                let env = self.env(&all[..=rest.len()])?;
+                for (i, node) in items.iter().enumerate() {
+                    // `acc` is a list of this length, so `acc[i]` cannot fail and is the
+                    // element already in place.
+                    if !is_arg_element(node, 0, i) {
+                        let v = operand_of(node, &env)?.into_owned();
+                        if first.is_none() {
+                            first = Some((i, v));
+                        } else {
+                            more.push((i, v));
+                        }
+                    }
+                }
+            }
+            let Value::List(list) = acc else {
+                unreachable!("matched above")
+            };
+            if first.is_some() {
+                let slots = Arc::make_mut(list);
+                for (i, v) in first.into_iter().chain(more) {
+                    slots[i] = v;
+                }
+            }
+            return Ok(());
+        }
+        let next = {
+            let mut all = Vec::with_capacity(rest.len() + 1);
+            all.push(&*acc);
+            all.extend_from_slice(rest);
+            self.eval(&all)?
+        };
+        *acc = next;
+        Ok(())
+    }
+
+    /// Passes each element of the list the expression returns to `f`, in order, stopping at
+    /// the first error of `f`. A `flatMap` that splits a string into words
+    /// (`value.lower().words()`) yields the words straight from the string: neither the list
+    /// nor the intermediate strings are built. Nothing reaches `f` if the expression fails
+    /// or does not return a list.
+    pub fn eval_each<E>(
+        &self,
+        args: &[&Value],
+        mut f: impl FnMut(Value) -> Result<(), E>,
+    ) -> Result<(), EachError<E>> {
+        let env = self.env(args).map_err(EachError::Eval)?;
+        if let Node::Call(Func::Words, a) = &self.root {
+            let text = eval_text(&a[0], &env, Func::Words).map_err(EachError::Eval)?;
+            for w in text.split_whitespace() {
+                f(Value::from(w)).map_err(EachError::Emit)?;
+            }
+            return Ok(());
+        }
+        match eval(&self.root, &env).map_err(EachError::Eval)? {
+            Cow::Borrowed(Value::List(items)) => items
+                .iter()
+                .try_for_each(|v| f(v.clone()).map_err(EachError::Emit)),
+            Cow::Owned(Value::List(mut items)) => match Arc::get_mut(&mut items) {
+                Some(items) => items
+                    .iter_mut()
+                    .try_for_each(|v| f(std::mem::take(v)).map_err(EachError::Emit)),
+                None => items
+                    .iter()
+                    .try_for_each(|v| f(v.clone()).map_err(EachError::Emit)),
+            },
+            other => Err(EachError::NotAList(other.value_type())),
+        }
     }
 }
 
@@ -665,14 +787,15 @@ impl Compiler<'_> {
                         &[T::Int, T::UInt, T::String],
                     )?,
                 }
-                Ok((
-                    Node::Index {
+                let node = match (operand, index) {
+                    (Node::Arg(arg), Node::Const(index)) => Node::ArgIndex { arg, index, path },
+                    (operand, index) => Node::Index {
                         operand: Box::new(operand),
                         index: Box::new(index),
                         path,
                     },
-                    None,
-                ))
+                };
+                Ok((node, None))
             }
             ("@not_strictly_false", [a]) => {
                 let (x, _) = self.compile(a)?;
@@ -774,7 +897,7 @@ fn fold_list(items: Vec<Node>) -> Node {
                 _ => unreachable!(),
             })
             .collect();
-        Node::Const(Value::List(Arc::new(values)))
+        Node::Const(Value::List(values))
     } else {
         Node::List(items)
     }
@@ -818,18 +941,26 @@ struct Env<'a> {
     locals: RefCell<Vec<Value>>,
 }
 
+/// [`eval`] for an operand: constants and variables, the usual leaves (`value[0]`,
+/// `acc[1] + value[1]`), are resolved here without a call into the (large) evaluator.
+#[inline(always)]
+fn operand_of<'a>(node: &'a Node, env: &Env<'a>) -> Result<Cow<'a, Value>, EvalError> {
+    match node {
+        Node::Const(v) => Ok(Cow::Borrowed(v)),
+        Node::Arg(i) => Ok(Cow::Borrowed(env.args[*i])),
+        Node::ArgIndex { arg, index, path } => {
+            index_of(env.args[*arg], index, path).map(Cow::Borrowed)
+        }
+        other => eval(other, env),
+    }
+}
+
 fn eval<'a>(node: &'a Node, env: &Env<'a>) -> Result<Cow<'a, Value>, EvalError> {
     Ok(match node {
         Node::Const(v) => Cow::Borrowed(v),
         Node::Arg(i) => Cow::Borrowed(env.args[*i]),
         Node::Local(i) => Cow::Owned(env.locals.borrow()[*i].clone()),
-        Node::List(items) => {
-            let mut out = Vec::with_capacity(items.len());
-            for n in items {
-                out.push(eval(n, env)?.into_owned());
-            }
-            Cow::Owned(Value::List(Arc::new(out)))
-        }
+        Node::List(items) => Cow::Owned(Value::List(eval_list(items, env)?)),
         Node::Map(entries) => {
             let mut out = ValueMap::new();
             for (k, v) in entries {
@@ -850,7 +981,7 @@ fn eval<'a>(node: &'a Node, env: &Env<'a>) -> Result<Cow<'a, Value>, EvalError> 
             operand,
             field,
             path,
-        } => match eval(operand, env)? {
+        } => match operand_of(operand, env)? {
             Cow::Borrowed(v) => Cow::Borrowed(select(v, field, path)?),
             Cow::Owned(v) => Cow::Owned(select(&v, field, path)?.clone()),
         },
@@ -867,13 +998,16 @@ fn eval<'a>(node: &'a Node, env: &Env<'a>) -> Result<Cow<'a, Value>, EvalError> 
                 ));
             }
         },
+        Node::ArgIndex { arg, index, path } => {
+            Cow::Borrowed(index_of(env.args[*arg], index, path)?)
+        }
         Node::Index {
             operand,
             index,
             path,
         } => {
-            let i = eval(index, env)?;
-            match eval(operand, env)? {
+            let i = operand_of(index, env)?;
+            match operand_of(operand, env)? {
                 Cow::Borrowed(v) => Cow::Borrowed(index_of(v, &i, path)?),
                 Cow::Owned(v) => Cow::Owned(index_of(&v, &i, path)?.clone()),
             }
@@ -908,8 +1042,8 @@ fn eval<'a>(node: &'a Node, env: &Env<'a>) -> Result<Cow<'a, Value>, EvalError> 
             }
         },
         Node::Bin(op, a, b) => {
-            let l = eval(a, env)?;
-            let r = eval(b, env)?;
+            let l = operand_of(a, env)?;
+            let r = operand_of(b, env)?;
             Cow::Owned(binary(*op, &l, &r)?)
         }
         Node::Call(f, args) => Cow::Owned(call(*f, args, env)?),
@@ -919,6 +1053,24 @@ fn eval<'a>(node: &'a Node, env: &Env<'a>) -> Result<Cow<'a, Value>, EvalError> 
         ))),
         Node::Loop(c) => Cow::Owned(comprehension(c, env)?),
     })
+}
+
+/// Evaluates the elements of a list literal into one allocation: short lists (pairs,
+/// triples) go through the stack so the shared slice is allocated at its exact size once.
+fn eval_list<'a>(items: &'a [Node], env: &Env<'a>) -> Result<Arc<[Value]>, EvalError> {
+    const SHORT: usize = 4;
+    if items.len() <= SHORT {
+        let mut out: [Value; SHORT] = Default::default();
+        for (slot, n) in out.iter_mut().zip(items) {
+            *slot = operand_of(n, env)?.into_owned();
+        }
+        return Ok(out.into_iter().take(items.len()).collect());
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for n in items {
+        out.push(operand_of(n, env)?.into_owned());
+    }
+    Ok(Arc::from(out))
 }
 
 fn comprehension(c: &Comprehension, env: &Env<'_>) -> Result<Value, EvalError> {
@@ -1104,6 +1256,10 @@ fn overload<T>(op: BinOp, a: &Value, b: &Value) -> Result<T, EvalError> {
 }
 
 fn binary(op: BinOp, a: &Value, b: &Value) -> Result<Value, EvalError> {
+    // Counters and sums: int arithmetic first, before the general dispatch below.
+    if let (Value::Int(x), Value::Int(y), BinOp::Add | BinOp::Sub | BinOp::Mul) = (a, b, op) {
+        return int_op(op, *x, *y).map(Value::Int);
+    }
     match op {
         BinOp::Eq => return Ok(Value::Bool(cel_equals(a, b))),
         BinOp::Ne => return Ok(Value::Bool(!cel_equals(a, b))),
@@ -1172,10 +1328,7 @@ fn binary(op: BinOp, a: &Value, b: &Value) -> Result<Value, EvalError> {
             if x.is_empty() {
                 return Ok(b.clone());
             }
-            let mut l = Vec::with_capacity(x.len() + y.len());
-            l.extend(x.iter().cloned());
-            l.extend(y.iter().cloned());
-            Ok(Value::List(Arc::new(l)))
+            Ok(Value::List(x.iter().chain(y.iter()).cloned().collect()))
         }
         _ => overload(op, a, b),
     }
@@ -1248,20 +1401,165 @@ fn str_arg(f: Func, i: usize, v: &Value) -> Result<&str, EvalError> {
     }
 }
 
-fn map_str(v: &Value, s: &str, f: impl FnOnce(&str) -> String) -> Value {
-    let out = f(s);
-    if out == s {
-        v.clone()
-    } else {
-        Value::String(Arc::from(out))
+/// Whether `node` is `args[arg][i]` with a constant index.
+fn is_arg_element(node: &Node, arg: usize, i: usize) -> bool {
+    match node {
+        Node::ArgIndex { arg: a, index, .. } => {
+            *a == arg
+                && match *index {
+                    Value::Int(k) => u64::try_from(k).ok() == Some(i as u64),
+                    Value::UInt(k) => k == i as u64,
+                    _ => false,
+                }
+        }
+        _ => false,
     }
 }
 
+/// A string on its way through string functions (`value.trim().lower().words()`): borrowed
+/// from a record or constant while unchanged, and owned once a function rewrote it, so the
+/// intermediate results never become `Value`s (no shared allocation, no copy into one).
+enum Text<'a> {
+    /// A whole string value, unchanged.
+    Whole(&'a Arc<str>),
+    /// A string value computed by a nested expression, unchanged.
+    Shared(Arc<str>),
+    /// Part of a borrowed string (`trim`).
+    Slice(&'a str),
+    Owned(String),
+}
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            Text::Whole(s) => s,
+            Text::Shared(s) => s,
+            Text::Slice(s) => s,
+            Text::Owned(s) => s,
+        }
+    }
+}
+
+impl Text<'_> {
+    fn into_value(self) -> Value {
+        match self {
+            Text::Whole(s) => Value::String(s.clone()),
+            Text::Shared(s) => Value::String(s),
+            Text::Slice(s) => Value::from(s),
+            Text::Owned(s) => Value::from(s),
+        }
+    }
+
+    /// Replaces the text by `f(text)` when `changes(text)`; an owned ASCII text is rewritten
+    /// in place by `ascii` instead (the ASCII mappings keep every byte's position).
+    fn rewrite(
+        self,
+        changes: impl Fn(&str) -> bool,
+        f: impl FnOnce(&str) -> String,
+        ascii: impl FnOnce(&mut str),
+    ) -> Self {
+        if !changes(&self) {
+            return self;
+        }
+        match self {
+            Text::Owned(mut s) if s.is_ascii() => {
+                ascii(&mut s);
+                Text::Owned(s)
+            }
+            other => Text::Owned(f(&other)),
+        }
+    }
+}
+
+/// Whether `f` takes only a string and returns a string.
+fn is_text_fn(f: Func) -> bool {
+    matches!(
+        f,
+        Func::Lower | Func::Upper | Func::LowerAscii | Func::UpperAscii | Func::Trim
+    )
+}
+
+/// Evaluates the string receiver of `consumer` (a one-argument string function); the error
+/// for a non-string is the one `consumer` reports.
+fn eval_text<'a>(node: &'a Node, env: &Env<'a>, consumer: Func) -> Result<Text<'a>, EvalError> {
+    if let Node::Call(g, a) = node
+        && is_text_fn(*g)
+    {
+        return text_call(*g, a, env);
+    }
+    match operand_of(node, env)? {
+        Cow::Borrowed(Value::String(s)) => Ok(Text::Whole(s)),
+        Cow::Owned(Value::String(s)) => Ok(Text::Shared(s)),
+        other => arg_type_error(consumer, 0, &other),
+    }
+}
+
+/// `lower`, `upper`, `lowerAscii`, `upperAscii` and `trim`. A string that does not change is
+/// returned as it is.
+fn text_call<'a>(f: Func, args: &'a [Node], env: &Env<'a>) -> Result<Text<'a>, EvalError> {
+    let t = eval_text(&args[0], env, f)?;
+    Ok(match f {
+        Func::Lower => t.rewrite(
+            |s| {
+                if s.is_ascii() {
+                    s.bytes().any(|b| b.is_ascii_uppercase())
+                } else {
+                    s.chars().any(char::is_uppercase)
+                }
+            },
+            str::to_lowercase,
+            str::make_ascii_lowercase,
+        ),
+        Func::Upper => t.rewrite(
+            |s| {
+                if s.is_ascii() {
+                    s.bytes().any(|b| b.is_ascii_lowercase())
+                } else {
+                    s.chars().any(char::is_lowercase)
+                }
+            },
+            str::to_uppercase,
+            str::make_ascii_uppercase,
+        ),
+        Func::LowerAscii => t.rewrite(
+            |s| s.bytes().any(|b| b.is_ascii_uppercase()),
+            str::to_ascii_lowercase,
+            str::make_ascii_lowercase,
+        ),
+        Func::UpperAscii => t.rewrite(
+            |s| s.bytes().any(|b| b.is_ascii_lowercase()),
+            str::to_ascii_uppercase,
+            str::make_ascii_uppercase,
+        ),
+        Func::Trim => {
+            let trimmed = t.trim();
+            if trimmed.len() == t.len() {
+                t
+            } else {
+                match t {
+                    Text::Whole(s) => Text::Slice(s.trim()),
+                    Text::Slice(s) => Text::Slice(s.trim()),
+                    other => Text::Owned(other.trim().to_string()),
+                }
+            }
+        }
+        _ => unreachable!("not a text function"),
+    })
+}
+
 fn call<'a>(f: Func, args: &'a [Node], env: &Env<'a>) -> Result<Value, EvalError> {
-    let recv = eval(&args[0], env)?;
+    if is_text_fn(f) {
+        return text_call(f, args, env).map(Text::into_value);
+    }
+    if f == Func::Words {
+        let t = eval_text(&args[0], env, f)?;
+        return Ok(Value::List(t.split_whitespace().map(Value::from).collect()));
+    }
+    let recv = operand_of(&args[0], env)?;
     let r: &Value = &recv;
     let second = match args.get(1) {
-        Some(n) => Some(eval(n, env)?),
+        Some(n) => Some(operand_of(n, env)?),
         None => None,
     };
     match f {
@@ -1272,58 +1570,23 @@ fn call<'a>(f: Func, args: &'a [Node], env: &Env<'a>) -> Result<Value, EvalError
             Value::Map(m) => m.len() as i64,
             other => return arg_type_error(f, 0, other),
         })),
-        Func::Lower => {
-            let s = str_arg(f, 0, r)?;
-            if s.chars().any(char::is_uppercase) {
-                Ok(Value::String(Arc::from(s.to_lowercase())))
-            } else {
-                Ok(r.clone())
-            }
-        }
-        Func::Upper => {
-            let s = str_arg(f, 0, r)?;
-            if s.chars().any(char::is_lowercase) {
-                Ok(Value::String(Arc::from(s.to_uppercase())))
-            } else {
-                Ok(r.clone())
-            }
-        }
-        Func::LowerAscii => {
-            let s = str_arg(f, 0, r)?;
-            Ok(map_str(r, s, str::to_ascii_lowercase))
-        }
-        Func::UpperAscii => {
-            let s = str_arg(f, 0, r)?;
-            Ok(map_str(r, s, str::to_ascii_uppercase))
-        }
-        Func::Trim => {
-            let s = str_arg(f, 0, r)?;
-            let t = s.trim();
-            Ok(if t.len() == s.len() {
-                r.clone()
-            } else {
-                Value::String(Arc::from(t))
-            })
-        }
-        Func::Words => {
-            let s = str_arg(f, 0, r)?;
-            Ok(Value::List(Arc::new(
-                s.split_whitespace().map(Value::from).collect(),
-            )))
-        }
+        Func::Lower
+        | Func::Upper
+        | Func::LowerAscii
+        | Func::UpperAscii
+        | Func::Trim
+        | Func::Words => unreachable!("handled above"),
         Func::Split => {
             let s = str_arg(f, 0, r)?;
             let sep = str_arg(f, 1, second.as_deref().expect("arity checked"))?;
             if sep.is_empty() {
-                return Ok(Value::List(Arc::new(
+                return Ok(Value::List(
                     s.chars()
                         .map(|c| Value::from(c.encode_utf8(&mut [0; 4]) as &str))
                         .collect(),
-                )));
+                ));
             }
-            Ok(Value::List(Arc::new(
-                s.split(sep).map(Value::from).collect(),
-            )))
+            Ok(Value::List(s.split(sep).map(Value::from).collect()))
         }
         Func::Join => {
             let Value::List(items) = r else {

@@ -344,3 +344,165 @@ fn programs_are_send_sync() {
     fn check<T: Send + Sync + Clone>() {}
     check::<Program>();
 }
+
+const REDUCE_VARS: &[&str] = &["acc", "value", "key"];
+
+/// `eval_update` must give exactly what `eval` gives (value or error), whichever path it takes.
+fn update_matches_eval(src: &str, acc: serde_json::Value, value: serde_json::Value) {
+    let p = Program::compile(src, REDUCE_VARS).unwrap();
+    let (acc, value, key) = (json(acc), json(value), Value::Null);
+    let expected = p.eval(&[&acc, &value, &key]);
+    let mut updated = acc.clone();
+    let got = p.eval_update(&mut updated, &[&value, &key]);
+    match expected {
+        Ok(v) => {
+            assert_eq!(got, Ok(()), "{src}");
+            assert_eq!(updated, v, "{src}");
+        }
+        Err(e) => {
+            assert_eq!(got, Err(e), "{src}");
+            assert_eq!(updated, acc, "{src}: a failed update leaves acc as it was");
+        }
+    }
+}
+
+#[test]
+fn eval_update_is_eval() {
+    let sum = "[acc[0], acc[1] + value[1]]";
+    update_matches_eval(sum, j!(["a", 41]), j!(["a", 1]));
+    // Wrong types and missing elements fail with the messages of `eval`.
+    update_matches_eval(sum, j!(["a", 41]), j!(["a", "x"]));
+    update_matches_eval(sum, j!(["a", 41]), j!(["a"]));
+    update_matches_eval(sum, j!(["a", 41]), j!({"k": 1}));
+    update_matches_eval(sum, j!(["a", 9223372036854775807i64]), j!(["a", 1]));
+    // An accumulator that is not a list of the literal's length takes the general path.
+    update_matches_eval(sum, j!(["a", 41, true]), j!(["a", 1]));
+    update_matches_eval(sum, j!(["a"]), j!(["a", 1]));
+    update_matches_eval(sum, j!(5), j!(["a", 1]));
+    update_matches_eval(sum, j!({"0": 1}), j!(["a", 1]));
+    // Several changed elements, swapped positions, a non-literal result.
+    update_matches_eval("[acc[0] + 1, acc[1] + value]", j!([1, 2]), j!(3));
+    update_matches_eval("[acc[0] + 1, acc[1] + value]", j!([1, 2]), j!("x"));
+    update_matches_eval("[acc[1], acc[0]]", j!(["a", 1]), j!(null));
+    update_matches_eval("[acc[0u], value]", j!(["a", 1]), j!(7));
+    update_matches_eval("acc + value", j!(1), j!(2));
+    update_matches_eval("{'n': acc.n + value}", j!({"n": 1}), j!(2));
+}
+
+#[test]
+fn eval_update_copies_a_shared_accumulator() {
+    let p = Program::compile("[acc[0], acc[1] + value[1]]", REDUCE_VARS).unwrap();
+    let mut acc = Value::list(vec![Value::from("a"), Value::Int(1)]);
+    let emitted = acc.clone();
+    let pair = Value::list(vec![Value::from("a"), Value::Int(2)]);
+    p.eval_update(&mut acc, &[&pair, &Value::Null]).unwrap();
+    assert_eq!(acc.to_json(), j!(["a", 3]));
+    assert_eq!(
+        emitted.to_json(),
+        j!(["a", 1]),
+        "a record already emitted never changes"
+    );
+    drop(emitted);
+    p.eval_update(&mut acc, &[&pair, &Value::Null]).unwrap();
+    assert_eq!(acc.to_json(), j!(["a", 5]));
+}
+
+/// Runs `eval_each`, collecting what it passes on.
+fn each(src: &str, value: serde_json::Value) -> (Vec<Value>, Result<(), EachError<()>>) {
+    let p = Program::compile(src, &["value"]).unwrap();
+    let mut out = Vec::new();
+    let r = p.eval_each(&[&json(value)], |v| {
+        out.push(v);
+        Ok(())
+    });
+    (out, r)
+}
+
+#[test]
+fn eval_each_is_eval_spread() {
+    for (src, value) in [
+        ("value.lower().words()", j!("The  quick\tBrown fox ")),
+        ("value.lower().words()", j!("ÀB Çd")),
+        ("value.trim().upper().words()", j!("  a b ")),
+        ("value.words()", j!("")),
+        ("value.split(',')", j!("a,,b")),
+        ("value", j!([1, "x", null])),
+        ("[value, 1]", j!("w")),
+    ] {
+        let expected = ev(src, value.clone()).unwrap();
+        let (got, r) = each(src, value);
+        assert_eq!(r, Ok(()), "{src}");
+        assert_eq!(Value::list(got), expected, "{src}");
+    }
+    // Failures pass nothing on and keep the messages of `eval`.
+    for (src, value) in [
+        ("value.lower().words()", j!(5)),
+        ("value.words()", j!(null)),
+        ("value.trim().lower().words()", j!([1])),
+        ("value.x.words()", j!({})),
+    ] {
+        let expected = eval_err(src, value.clone());
+        let (got, r) = each(src, value);
+        assert!(got.is_empty(), "{src}");
+        assert_eq!(r, Err(EachError::Eval(EvalError { message: expected })));
+    }
+    assert_eq!(
+        each("value.lower()", j!("A")).1,
+        Err(EachError::NotAList(ValueType::String))
+    );
+    let p = Program::compile("value.words()", &["value"]).unwrap();
+    let mut seen = 0;
+    let r = p.eval_each(&[&Value::from("a b c")], |_| {
+        seen += 1;
+        if seen == 2 { Err("full") } else { Ok(()) }
+    });
+    assert_eq!((seen, r), (2, Err(EachError::Emit("full"))));
+}
+
+#[test]
+fn string_function_chains() {
+    assert_eq!(ok("value.trim().lower()", j!("  AbC ")), j!("abc"));
+    assert_eq!(ok("value.lower().trim()", j!("  AbC ")), j!("abc"));
+    assert_eq!(ok("value.upper().lower()", j!("ÀbÇ")), j!("àbç"));
+    assert_eq!(ok("value.lowerAscii().upperAscii()", j!("àB")), j!("àB"));
+    assert_eq!(ok("value.lowerAscii()", j!("ÀB")), j!("Àb"));
+    assert_eq!(ok("value.trim().trim()", j!(" x ")), j!("x"));
+    assert_eq!(ok("size(value.trim())", j!(" ab ")), j!(2));
+    assert_eq!(
+        eval_err("value.trim().lower()", j!(1)),
+        "trim(): receiver must be string, got int"
+    );
+    assert_eq!(
+        eval_err("value.lower().trim()", j!(true)),
+        "lower(): receiver must be string, got bool"
+    );
+    // An unchanged string is the record's own string, not a copy.
+    let p = Program::compile("value.lower().trim()", &["value"]).unwrap();
+    let v = Value::from("already lower");
+    match (p.eval(&[&v]).unwrap(), &v) {
+        (Value::String(a), Value::String(b)) => assert!(Arc::ptr_eq(&a, b)),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn constant_index_of_a_variable() {
+    assert_eq!(ok("value[1]", j!([1, 2])), j!(2));
+    assert_eq!(ok("value['k']", j!({"k": 3})), j!(3));
+    assert_eq!(
+        eval_err("value[-1]", j!([1])),
+        "value[-1]: index -1 out of range for a list of size 1"
+    );
+    assert_eq!(
+        eval_err("value[0]", j!({"k": 1})),
+        "value[0]: map key must be a string, got int"
+    );
+    assert_eq!(
+        eval_err("value[0]", j!("ab")),
+        "value[0]: cannot index a string"
+    );
+    assert_eq!(
+        eval_err("value['k']", j!({})),
+        r#"value["k"]: no such key 'k'"#
+    );
+}

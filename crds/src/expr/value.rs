@@ -14,7 +14,9 @@ use crate::keygroup::StableKey;
 pub type ValueMap = BTreeMap<Arc<str>, Value>;
 
 /// A record (or part of one). Compound variants share their payload through an [`Arc`], so
-/// `clone()` is a reference-count increment at most.
+/// `clone()` is a reference-count increment at most. A list is one allocation (`Arc<[_]>`,
+/// not `Arc<Vec<_>>`): every list costs an allocation and every element access a pointer
+/// less.
 ///
 /// Equality (`PartialEq`/`Eq`/`Hash`) is structural and type-strict, with doubles compared
 /// by their bits, so values can be map keys: `Int(1) != Double(1.0)` here, whereas the CEL
@@ -29,7 +31,7 @@ pub enum Value {
     Double(f64),
     String(Arc<str>),
     Bytes(Arc<[u8]>),
-    List(Arc<Vec<Value>>),
+    List(Arc<[Value]>),
     Map(Arc<ValueMap>),
 }
 
@@ -94,7 +96,7 @@ impl Value {
     }
 
     pub fn list(items: Vec<Value>) -> Value {
-        Value::List(Arc::new(items))
+        Value::List(Arc::from(items))
     }
 
     pub fn map<K: Into<Arc<str>>>(entries: impl IntoIterator<Item = (K, Value)>) -> Value {
@@ -368,7 +370,7 @@ impl From<&serde_json::Value> for Value {
                 }
             }
             J::String(s) => Value::String(Arc::from(s.as_str())),
-            J::Array(a) => Value::List(Arc::new(a.iter().map(Value::from).collect())),
+            J::Array(a) => Value::List(a.iter().map(Value::from).collect()),
             J::Object(o) => Value::Map(Arc::new(
                 o.iter()
                     .map(|(k, v)| (Arc::from(k.as_str()), Value::from(v)))
@@ -410,7 +412,7 @@ impl From<String> for Value {
 }
 impl From<Vec<Value>> for Value {
     fn from(l: Vec<Value>) -> Self {
-        Value::List(Arc::new(l))
+        Value::List(Arc::from(l))
     }
 }
 impl From<&[u8]> for Value {
