@@ -276,7 +276,7 @@ fn decode_value(input: &mut &[u8], depth: u32) -> Result<Value, DecodeError> {
             for _ in 0..n {
                 items.push(decode_value(input, depth + 1)?);
             }
-            Value::List(Arc::new(items))
+            Value::List(Arc::from(items))
         }
         MAP => {
             let n = get_varint(input)? as usize;
