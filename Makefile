@@ -11,7 +11,8 @@ help: ## List targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 .PHONY: setup
-setup: ## Check the toolchain (Rust with clippy and rustfmt)
+setup: ## Check the toolchain (Rust with clippy and rustfmt); install missing Debian build packages
+	@./scripts/system-deps.sh
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs"; exit 1; }
 	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy rustfmt
 
@@ -28,8 +29,8 @@ test-deps: ## Install the Python test tools into a venv outside the repo (STREAM
 	@./scripts/test-deps.sh >/dev/null
 
 .PHONY: test
-test: setup test-deps check-examples ## Run every test (installs what the tests need first)
-	$(CARGO) test --workspace
+test: setup test-deps check-examples ## Run every test (installs what they need, starts a Kafka broker)
+	./scripts/with-kafka.sh $(CARGO) test --workspace
 
 .PHONY: check-examples
 check-examples: test-deps ## Validate the example StreamJobs against the generated CRD schema

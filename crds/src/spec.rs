@@ -312,6 +312,25 @@ pub enum StartingOffsets {
     Timestamp,
 }
 
+/// What a Kafka source does about a topic that does not exist.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum MissingTopic {
+    /// The job fails, naming the topic.
+    #[default]
+    Fail,
+    /// The source waits (and logs) until the topic exists.
+    Wait,
+}
+
+fn default_discovery_ms() -> u64 {
+    10_000
+}
+
+fn default_commit_ms() -> u64 {
+    5_000
+}
+
 /// Fallback when no committed offset exists.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -378,6 +397,26 @@ pub struct KafkaSource {
     /// Payload format.
     #[serde(default)]
     pub format: RecordFormat,
+    /// Stop at the offsets that are the latest when the job starts (a bounded read, like
+    /// Flink's `setBounded(OffsetsInitializer.latest())`). Default: read forever.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bounded: bool,
+    /// Make each record a map `{key, value, topic, partition, offset, timestamp}` (the payload,
+    /// decoded per `format`, is `value`) instead of the payload alone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub include_metadata: bool,
+    /// What to do when a topic does not exist: `fail` (default) or `wait` until it does.
+    #[serde(default)]
+    pub missing_topic: MissingTopic,
+    /// How often new partitions of the topics are looked for, in ms.
+    #[serde(default = "default_discovery_ms")]
+    #[schemars(range(min = 100))]
+    pub partition_discovery_interval_ms: u64,
+    /// How often processed offsets are committed to the consumer group, in ms (until
+    /// checkpoints exist; they are also committed at the end of a bounded read).
+    #[serde(default = "default_commit_ms")]
+    #[schemars(range(min = 100))]
+    pub commit_interval_ms: u64,
     /// Extra librdkafka consumer properties. Secrets do not belong here: use `secretProperties`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub properties: BTreeMap<String, String>,
@@ -466,6 +505,12 @@ pub struct KafkaSink {
     /// Delivery guarantee.
     #[serde(default)]
     pub delivery_guarantee: DeliveryGuarantee,
+    /// With `exactly-once`, how often the open transaction is committed, in ms (until
+    /// checkpoints exist; the last one commits at end of input). At most 5 minutes, so the
+    /// transaction stays within the brokers' transaction timeout.
+    #[serde(default = "default_commit_ms")]
+    #[schemars(range(min = 100, max = 300000))]
+    pub commit_interval_ms: u64,
     /// Prefix of the Kafka transactional ids (must be unique per job across the cluster);
     /// required for `exactly-once`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -668,7 +668,35 @@ impl Validator {
                 "is only used with startingOffsets: timestamp",
             ),
         }
+        self.interval(
+            k.partition_discovery_interval_ms,
+            100,
+            u64::MAX,
+            &format!("{at}.partitionDiscoveryIntervalMs"),
+        );
+        self.interval(
+            k.commit_interval_ms,
+            100,
+            u64::MAX,
+            &format!("{at}.commitIntervalMs"),
+        );
         self.properties(&k.properties, &k.secret_properties, at);
+    }
+
+    fn interval(&mut self, ms: u64, min: u64, max: u64, at: &str) {
+        if ms < min {
+            self.push(
+                at.to_string(),
+                format!("must be at least {min} ms, got {ms}"),
+            );
+        } else if ms > max {
+            self.push(
+                at.to_string(),
+                format!(
+                    "must be at most {max} ms (within the brokers' transaction timeout), got {ms}"
+                ),
+            );
+        }
     }
 
     fn bootstrap(&mut self, servers: &str, at: &str) {
@@ -764,6 +792,12 @@ impl Validator {
             }
             _ => {}
         }
+        self.interval(
+            k.commit_interval_ms,
+            100,
+            300_000,
+            &format!("{at}.commitIntervalMs"),
+        );
         self.properties(&k.properties, &k.secret_properties, at);
         let key = k.key.as_deref()?;
         self.compile(

@@ -512,3 +512,23 @@ fn wrong_api_version_and_kind() {
             .contains("expected 'StreamJob'")
     );
 }
+
+#[test]
+fn kafka_sink_commit_interval_beyond_the_transaction_timeout() {
+    assert_error(
+        &format!(
+            "steps:\n{SRC}\n- name: out\n  sink:\n    kafka: {{bootstrapServers: 'k:9092', topic: t, commitIntervalMs: 600000}}"
+        ),
+        "spec.steps[1].sink.kafka.commitIntervalMs",
+        "must be at most 300000 ms (within the brokers' transaction timeout), got 600000",
+    );
+}
+
+#[test]
+fn kafka_source_discovery_interval_too_short() {
+    assert_error(
+        &kafka_source("partitionDiscoveryIntervalMs: 5"),
+        "spec.steps[0].source.kafka.partitionDiscoveryIntervalMs",
+        "must be at least 100 ms, got 5",
+    );
+}

@@ -25,6 +25,7 @@ use crate::api::graph::{AnyBox, EdgeDef, EdgeKind, NodeDef, NodeRuntime, Typed, 
 use crate::connectors::blackhole::RecordCounter;
 use crate::connectors::collection::CollectionSource;
 use crate::connectors::file::FileSource;
+use crate::connectors::kafka;
 use crate::connectors::print::PrintSink;
 use crate::connectors::socket::SocketSource;
 use crate::error::{BoxError, JobError, TaskError};
@@ -71,7 +72,13 @@ pub fn build_job(
     let policy = Arc::new(ErrorPolicy {
         on_error: spec.on_error,
         dead_letter: match &validated.dead_letter {
-            Some((sink, _)) => Some(sink_for(sink, base_dir, "spec.deadLetter", &run)?),
+            Some((sink, key)) => Some(sink_for(
+                sink,
+                key.clone(),
+                base_dir,
+                "spec.deadLetter",
+                &run,
+            )?),
             None => None,
         },
         run: run.clone(),
@@ -147,7 +154,7 @@ fn node_runtime(
         }))
     };
     Ok(match op {
-        StepOp::Source(src) => source_runtime(src, base_dir, path)?,
+        StepOp::Source(src) => source_runtime(src, base_dir, path, policy)?,
         StepOp::Map(p) => expr_op(Kind::Map, p),
         StepOp::Filter(p) => expr_op(Kind::Filter, p),
         StepOp::FlatMap(p) => expr_op(Kind::FlatMap, p),
@@ -174,8 +181,8 @@ fn node_runtime(
                 Ok(Box::new(Box::new(op) as Box<dyn Output<Value>>) as AnyBox)
             }))
         }
-        StepOp::Sink { spec, .. } => {
-            let sink = sink_for(spec, base_dir, &format!("{path}.sink"), run)?;
+        StepOp::Sink { spec, key } => {
+            let sink = sink_for(spec, key.clone(), base_dir, &format!("{path}.sink"), run)?;
             NodeRuntime::Sink(Arc::new(move |ctx: &SubtaskContext| {
                 let writer = sink.create_writer(ctx).map_err(|e| JobError::Setup {
                     operator: ctx.operator.to_string(),
@@ -202,7 +209,12 @@ fn resolve(base_dir: &Path, p: &str) -> PathBuf {
     }
 }
 
-fn source_runtime(src: &SourceSpec, base_dir: &Path, path: &str) -> Result<NodeRuntime, SpecError> {
+fn source_runtime(
+    src: &SourceSpec,
+    base_dir: &Path,
+    path: &str,
+    policy: &Arc<ErrorPolicy>,
+) -> Result<NodeRuntime, SpecError> {
     let source: Arc<dyn Source<Value>> = if let Some(c) = &src.collection {
         Arc::new(CollectionSource::new(
             c.values.iter().cloned().map(Value::from).collect(),
@@ -224,19 +236,32 @@ fn source_runtime(src: &SourceSpec, base_dir: &Path, path: &str) -> Result<NodeR
             resolve(base_dir, &f.path),
             string_value,
         ))
+    } else if let Some(k) = &src.kafka {
+        let at = format!("{path}.source.kafka");
+        let policy = policy.clone();
+        Arc::new(
+            kafka::spec::source(k, &at)
+                .map_err(|message| SpecError::Unsupported { path: at, message })?
+                .on_malformed(move |ctx| {
+                    // Payloads that do not decode follow the job's onError policy.
+                    let mut handler = Handler::new(policy.clone(), ctx)?;
+                    Ok(Box::new(move |r: &kafka::KafkaRecord<'_>, e: BoxError| {
+                        let message = format!("record {}: {e}", r.position());
+                        handler
+                            .failed(&kafka::spec::describe_malformed(r), EvalError { message })
+                            .map_err(|e| BoxError::from(e.message))
+                    }) as kafka::MalformedHandler)
+                }),
+        )
     } else {
-        return Err(SpecError::Unsupported {
-            path: format!("{path}.source.kafka"),
-            message:
-                "the Kafka connector is not built yet (issue #5); use collection, socket or file"
-                    .into(),
-        });
+        unreachable!("validated: a source sets exactly one kind")
     };
     Ok(source_runtime_of(source))
 }
 
 fn sink_for(
     spec: &SinkSpec,
+    key: Option<Program>,
     base_dir: &Path,
     path: &str,
     run: &SpecRun,
@@ -252,13 +277,14 @@ fn sink_for(
         })
     } else if spec.blackhole.is_some() {
         Arc::new(SharedBlackhole(run.blackhole.clone()))
+    } else if let Some(k) = &spec.kafka {
+        let at = format!("{path}.kafka");
+        Arc::new(
+            kafka::spec::sink(k, key, &at)
+                .map_err(|message| SpecError::Unsupported { path: at, message })?,
+        )
     } else {
-        return Err(SpecError::Unsupported {
-            path: format!("{path}.kafka"),
-            message:
-                "the Kafka connector is not built yet (issue #5); use print, file or blackhole"
-                    .into(),
-        });
+        unreachable!("validated: a sink sets exactly one kind")
     })
 }
 

@@ -4,6 +4,7 @@ pub mod blackhole;
 pub mod collect;
 pub mod collection;
 pub mod file;
+pub mod kafka;
 pub mod print;
 pub mod socket;
 

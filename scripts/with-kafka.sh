@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs a command with a Kafka-protocol broker (noida-db, from the test venv) on loopback:
+# starts it on a free port, exports STREAMJOB_TEST_KAFKA=127.0.0.1:<port>, runs "$@", stops
+# the broker whatever happens. A broker already given in STREAMJOB_TEST_KAFKA is used as is.
+set -euo pipefail
+if [[ -n "${STREAMJOB_TEST_KAFKA:-}" ]]; then exec "$@"; fi
+VENV="$("$(dirname "$0")/test-deps.sh")"
+SP="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+PORT="$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+DATA="$(mktemp -d -t streamjob-kafka.XXXXXX)"
+# Started directly (not through the pip wrapper, which forks a child that outlives us).
+"$SP/noida_db/noida-db" start --only kafka --kafka-port "$PORT" --data-dir "$DATA" \
+  >"$DATA/broker.log" 2>&1 &
+BROKER=$!
+cleanup() { kill "$BROKER" 2>/dev/null || true; wait "$BROKER" 2>/dev/null || true; rm -rf "$DATA"; }
+trap cleanup EXIT
+for _ in $(seq 1 200); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then break; fi
+  if ! kill -0 "$BROKER" 2>/dev/null; then echo "Kafka broker failed to start:"; cat "$DATA/broker.log"; exit 1; fi
+  sleep 0.05
+done
+echo "Kafka broker (noida-db) on 127.0.0.1:$PORT" >&2
+export STREAMJOB_TEST_KAFKA="127.0.0.1:$PORT"
+"$@"

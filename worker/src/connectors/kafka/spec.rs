@@ -1,0 +1,241 @@
+//! Kafka sources and sinks of StreamJob specs: `Value` records, payload formats, record
+//! metadata and key expressions.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use streamjob_crds::expr::{Program, Value};
+use streamjob_crds::spec::{self, RecordFormat};
+
+use super::source::KafkaRecord;
+use super::{ClientProperties, KafkaSink, KafkaSource};
+use crate::error::BoxError;
+
+fn client(
+    bootstrap: &str,
+    properties: &BTreeMap<String, String>,
+    secrets: &BTreeMap<String, spec::SecretKeyRef>,
+    at: &str,
+) -> Result<ClientProperties, String> {
+    let mut c = ClientProperties::new(bootstrap);
+    c.properties = properties.clone();
+    c.resolve_secrets(secrets, at)?;
+    Ok(c)
+}
+
+/// Decodes a payload per `format`.
+pub(crate) fn decode_payload(
+    format: RecordFormat,
+    payload: Option<&[u8]>,
+) -> Result<Value, String> {
+    let Some(p) = payload else {
+        return Ok(Value::Null);
+    };
+    match format {
+        RecordFormat::String => std::str::from_utf8(p)
+            .map(|s| Value::String(Arc::from(s)))
+            .map_err(|_| "payload is not UTF-8 (format: string)".to_string()),
+        RecordFormat::Json => serde_json::from_slice::<serde_json::Value>(p)
+            .map(Value::from)
+            .map_err(|e| format!("payload is not JSON (format: json): {e}")),
+        RecordFormat::Bytes => Ok(Value::Bytes(Arc::from(p))),
+    }
+}
+
+fn key_value(key: Option<&[u8]>) -> Value {
+    match key {
+        None => Value::Null,
+        Some(k) => match std::str::from_utf8(k) {
+            Ok(s) => Value::String(Arc::from(s)),
+            Err(_) => Value::Bytes(Arc::from(k)),
+        },
+    }
+}
+
+/// `{key, value, topic, partition, offset, timestamp}` of a record.
+fn with_metadata(r: &KafkaRecord<'_>, value: Value) -> Value {
+    let mut m = BTreeMap::new();
+    m.insert(Arc::from("key"), key_value(r.key));
+    m.insert(Arc::from("value"), value);
+    m.insert(Arc::from("topic"), Value::String(Arc::from(r.topic)));
+    m.insert(Arc::from("partition"), Value::Int(i64::from(r.partition)));
+    m.insert(Arc::from("offset"), Value::Int(r.offset));
+    m.insert(
+        Arc::from("timestamp"),
+        r.timestamp.map_or(Value::Null, Value::Int),
+    );
+    Value::Map(Arc::new(m))
+}
+
+/// What the dead-letter record says about a payload that failed to decode.
+pub(crate) fn describe_malformed(r: &KafkaRecord<'_>) -> Value {
+    let payload = r.payload.map_or(Value::Null, |p| {
+        Value::String(Arc::from(String::from_utf8_lossy(p).as_ref()))
+    });
+    with_metadata(r, payload)
+}
+
+pub(crate) fn source(k: &spec::KafkaSource, at: &str) -> Result<KafkaSource<Value>, String> {
+    let mut b = KafkaSource::builder()
+        .client_properties(client(
+            &k.bootstrap_servers,
+            &k.properties,
+            &k.secret_properties,
+            at,
+        )?)
+        .topics(k.topics.iter().cloned())
+        .group_id(&k.group_id)
+        .starting_offsets(k.starting_offsets)
+        .committed_fallback(k.committed_fallback)
+        .bounded(k.bounded)
+        .missing_topic(k.missing_topic)
+        .partition_discovery_interval(Duration::from_millis(k.partition_discovery_interval_ms))
+        .commit_interval(Duration::from_millis(k.commit_interval_ms));
+    if let Some(ts) = k.starting_timestamp_ms {
+        b = b.starting_timestamp(ts);
+    }
+    let (format, metadata) = (k.format, k.include_metadata);
+    Ok(b.build_with(move |r| {
+        let v = decode_payload(format, r.payload).map_err(BoxError::from)?;
+        Ok(if metadata { with_metadata(r, v) } else { v })
+    }))
+}
+
+/// Writes a value as a payload per `format`.
+pub(crate) fn encode_payload(
+    format: RecordFormat,
+    v: &Value,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    use std::io::Write as _;
+    match (format, v) {
+        (RecordFormat::String, Value::String(s)) => out.extend_from_slice(s.as_bytes()),
+        // Anything else is written as its compact JSON text.
+        (RecordFormat::String, v) => write!(out, "{v}").expect("writes to a Vec"),
+        (RecordFormat::Json, v) => {
+            serde_json::to_writer(&mut *out, &v.to_json()).map_err(|e| e.to_string())?
+        }
+        (RecordFormat::Bytes, Value::Bytes(b)) => out.extend_from_slice(b),
+        (RecordFormat::Bytes, Value::String(s)) => out.extend_from_slice(s.as_bytes()),
+        (RecordFormat::Bytes, v) => {
+            return Err(format!(
+                "format bytes needs a bytes or string value, got {}",
+                v.value_type().name()
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn sink(
+    k: &spec::KafkaSink,
+    key: Option<Program>,
+    at: &str,
+) -> Result<KafkaSink<Value>, String> {
+    let mut b = KafkaSink::builder()
+        .client_properties(client(
+            &k.bootstrap_servers,
+            &k.properties,
+            &k.secret_properties,
+            at,
+        )?)
+        .topic(&k.topic)
+        .delivery_guarantee(k.delivery_guarantee)
+        .commit_interval(Duration::from_millis(k.commit_interval_ms));
+    if let Some(p) = &k.transactional_id_prefix {
+        b = b.transactional_id_prefix(p);
+    }
+    let format = k.format;
+    Ok(b.build_with(move |v: &Value, key_out, value_out| {
+        encode_payload(format, v, value_out).map_err(|e| format!("record {v}: {e}"))?;
+        let Some(program) = &key else {
+            return Ok(false);
+        };
+        match program.eval_cow(&[v]) {
+            Ok(k) => {
+                match k.as_ref() {
+                    Value::String(s) => key_out.extend_from_slice(s.as_bytes()),
+                    Value::Bytes(b) => key_out.extend_from_slice(b),
+                    Value::Null => return Ok(false),
+                    other => {
+                        use std::io::Write as _;
+                        write!(key_out, "{other}").expect("writes to a Vec")
+                    }
+                }
+                Ok(true)
+            }
+            Err(e) => Err(format!("record {v}: Kafka key: {e}").into()),
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_decode_per_format() {
+        assert_eq!(
+            decode_payload(RecordFormat::String, Some(b"hi")).unwrap(),
+            Value::String(Arc::from("hi"))
+        );
+        assert_eq!(
+            decode_payload(RecordFormat::Json, Some(br#"{"user_id":"u1","n":2}"#))
+                .unwrap()
+                .to_string(),
+            r#"{"n":2,"user_id":"u1"}"#
+        );
+        assert_eq!(
+            decode_payload(RecordFormat::Bytes, Some(&[0, 255])).unwrap(),
+            Value::Bytes(Arc::from(&[0u8, 255][..]))
+        );
+        assert_eq!(
+            decode_payload(RecordFormat::Json, None).unwrap(),
+            Value::Null
+        );
+        assert_eq!(
+            decode_payload(RecordFormat::String, Some(&[0xff])).unwrap_err(),
+            "payload is not UTF-8 (format: string)"
+        );
+        assert!(
+            decode_payload(RecordFormat::Json, Some(b"{oops"))
+                .unwrap_err()
+                .starts_with("payload is not JSON (format: json): key must be a string")
+        );
+    }
+
+    #[test]
+    fn values_encode_per_format() {
+        let enc = |f, v: &Value| {
+            let mut out = Vec::new();
+            encode_payload(f, v, &mut out).map(|()| String::from_utf8(out).unwrap())
+        };
+        let s = Value::String(Arc::from("a\"b"));
+        assert_eq!(enc(RecordFormat::String, &s).unwrap(), "a\"b");
+        assert_eq!(enc(RecordFormat::Json, &s).unwrap(), r#""a\"b""#);
+        let pair = Value::from(serde_json::json!(["the", 3]));
+        assert_eq!(enc(RecordFormat::String, &pair).unwrap(), r#"["the",3]"#);
+        assert_eq!(enc(RecordFormat::Json, &pair).unwrap(), r#"["the",3]"#);
+        assert_eq!(
+            enc(RecordFormat::Bytes, &pair).unwrap_err(),
+            "format bytes needs a bytes or string value, got list"
+        );
+    }
+
+    #[test]
+    fn metadata_wraps_the_payload() {
+        let r = KafkaRecord {
+            topic: "events",
+            partition: 3,
+            offset: 17,
+            timestamp: Some(1_700_000_000_000),
+            key: Some(b"u1"),
+            payload: Some(b"x"),
+        };
+        assert_eq!(
+            with_metadata(&r, Value::String(Arc::from("x"))).to_string(),
+            r#"{"key":"u1","offset":17,"partition":3,"timestamp":1700000000000,"topic":"events","value":"x"}"#
+        );
+    }
+}

@@ -1,0 +1,510 @@
+//! Kafka end to end against a real Kafka-protocol broker: `make test` starts one on loopback
+//! (scripts/with-kafka.sh) and passes its address in STREAMJOB_TEST_KAFKA. Every test uses
+//! its own topics.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+const BIN: &str = env!("CARGO_BIN_EXE_streamjob");
+
+fn broker() -> String {
+    std::env::var("STREAMJOB_TEST_KAFKA").expect(
+        "STREAMJOB_TEST_KAFKA is not set: run the tests with `make test`, which starts a broker \
+         (scripts/with-kafka.sh), or point it at a Kafka broker",
+    )
+}
+
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{name}-{}-{nanos}", std::process::id())
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sj-kafka-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn create_topic(name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
+        match rt.block_on(admin.create_topics([&topic], &opts)) {
+            Ok(results) if results.iter().all(|r| r.is_ok()) => break,
+            other if started.elapsed() > Duration::from_secs(20) => {
+                panic!("cannot create topic {name}: {other:?}")
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+    // Wait until the topic's partitions are visible.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .create()
+        .unwrap();
+    while consumer
+        .fetch_metadata(Some(name), Duration::from_secs(5))
+        .map(|m| m.topics()[0].partitions().len())
+        .unwrap_or(0)
+        < partitions as usize
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "topic {name} not visible"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Produces `lines` round-robin over the topic's partitions; waits until all are acked.
+fn produce(topic: &str, partitions: i32, lines: &[String]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    for (i, line) in lines.iter().enumerate() {
+        let mut record = BaseRecord::<(), _>::to(topic)
+            .payload(line.as_bytes())
+            .partition(i as i32 % partitions);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// Every record currently in `topic` as (key, payload, partition), read with the given
+/// isolation level.
+fn consume_all(topic: &str, read_committed: bool) -> Vec<(Option<String>, String, i32)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .set("group.id", unique("check"))
+        .set("enable.auto.commit", "false")
+        .set(
+            "isolation.level",
+            if read_committed {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        )
+        .create()
+        .unwrap();
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .unwrap();
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+            .unwrap();
+        ends.insert(p.id(), high);
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let mut idle = Instant::now();
+    let mut positions: BTreeMap<i32, i64> = BTreeMap::new();
+    // Read until every partition reached its end (or nothing arrives for a while:
+    // transaction markers take offsets that carry no record).
+    while idle.elapsed() < Duration::from_secs(3)
+        && ends
+            .iter()
+            .any(|(p, &h)| positions.get(p).copied().unwrap_or(0) < h - 1)
+    {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m.unwrap();
+            positions.insert(m.partition(), m.offset());
+            out.push((
+                m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                m.partition(),
+            ));
+            idle = Instant::now();
+        }
+    }
+    out
+}
+
+fn text(lines: usize, seed: u64) -> (Vec<String>, BTreeMap<String, u64>) {
+    let mut counts = BTreeMap::new();
+    let mut x = seed;
+    let out = (0..lines)
+        .map(|_| {
+            (0..5)
+                .map(|_| {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let w = format!("w{}", (x >> 33) % 200);
+                    *counts.entry(w.clone()).or_insert(0) += 1;
+                    w
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    (out, counts)
+}
+
+struct Job<'a> {
+    input: &'a str,
+    output: &'a str,
+    group: &'a str,
+    parallelism: u32,
+    starting: &'a str,
+    format: &'a str,
+    sink_extra: &'a str,
+    on_error: &'a str,
+}
+
+fn write_job(dir: &Path, j: &Job<'_>) -> PathBuf {
+    let yaml = format!(
+        r#"apiVersion: streamjob.dev/v1alpha1
+kind: StreamJob
+metadata:
+  name: kafka-wc
+spec:
+  parallelism: {p}
+  onError: {on_error}
+  steps:
+    - name: lines
+      source:
+        kafka:
+          bootstrapServers: "{broker}"
+          topics: [{input}]
+          groupId: {group}
+          startingOffsets: {starting}
+          format: {format}
+          bounded: true
+    - name: words
+      flatMap:
+        expr: value.lower().words()
+    - name: pairs
+      map:
+        expr: "[value, 1]"
+    - name: by-word
+      keyBy:
+        expr: value[0]
+    - name: counts
+      reduce:
+        expr: "[acc[0], acc[1] + value[1]]"
+    - name: to-json
+      map:
+        expr: '{{"word": value[0], "count": value[1]}}'
+    - name: out
+      sink:
+        kafka:
+          bootstrapServers: "{broker}"
+          topic: {output}
+          key: value.word
+          format: json
+{sink_extra}
+"#,
+        p = j.parallelism,
+        on_error = j.on_error,
+        broker = broker(),
+        input = j.input,
+        group = j.group,
+        starting = j.starting,
+        format = j.format,
+        output = j.output,
+        sink_extra = j.sink_extra,
+    );
+    let path = dir.join("job.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn run(spec: &Path) -> (bool, String) {
+    let out = Command::new(BIN)
+        .arg("run")
+        .arg(spec)
+        .output()
+        .expect("run streamjob");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Final count per word, checking running counts per word are 1, 2, 3, ... in order and
+/// every word stays in one partition (keyed by word).
+fn finals(records: &[(Option<String>, String, i32)]) -> BTreeMap<String, u64> {
+    let mut last: BTreeMap<String, (u64, i32)> = BTreeMap::new();
+    for (key, payload, partition) in records {
+        let v: serde_json::Value = serde_json::from_str(payload).unwrap();
+        let (w, c) = (v["word"].as_str().unwrap(), v["count"].as_u64().unwrap());
+        assert_eq!(key.as_deref(), Some(w), "records are keyed by word");
+        let prev = last.insert(w.to_string(), (c, *partition));
+        let (pc, pp) = prev.unwrap_or((0, *partition));
+        assert_eq!(c, pc + 1, "{w}: {c} after {pc}");
+        assert_eq!(pp, *partition, "{w} moved partitions");
+    }
+    last.into_iter().map(|(w, (c, _))| (w, c)).collect()
+}
+
+#[test]
+fn word_count_from_kafka_to_kafka_gives_exact_counts() {
+    let (input, output) = (unique("lines"), unique("counts"));
+    create_topic(&input, 4);
+    create_topic(&output, 3);
+    let (lines, expected) = text(100_000, 1);
+    produce(&input, 4, &lines);
+    let dir = tmp("wc");
+    let spec = write_job(
+        &dir,
+        &Job {
+            input: &input,
+            output: &output,
+            group: &unique("g"),
+            parallelism: 2,
+            starting: "earliest",
+            format: "string",
+            sink_extra: "          deliveryGuarantee: at-least-once",
+            on_error: "fail",
+        },
+    );
+    let (ok, err) = run(&spec);
+    assert!(ok, "{err}");
+    let records = consume_all(&output, false);
+    assert_eq!(records.len() as u64, expected.values().sum::<u64>());
+    assert_eq!(finals(&records), expected);
+}
+
+#[test]
+fn a_restarted_job_resumes_from_committed_offsets() {
+    let (input, output) = (unique("resume-in"), unique("resume-out"));
+    create_topic(&input, 2);
+    create_topic(&output, 1);
+    let group = unique("g");
+    let dir = tmp("resume");
+    let spec = write_job(
+        &dir,
+        &Job {
+            input: &input,
+            output: &output,
+            group: &group,
+            parallelism: 2,
+            starting: "committed",
+            format: "string",
+            sink_extra: "",
+            on_error: "fail",
+        },
+    );
+    produce(&input, 2, &vec!["a b".to_string(); 1000]);
+    let (ok, err) = run(&spec);
+    assert!(ok, "{err}");
+    assert_eq!(consume_all(&output, false).len(), 2000);
+    // New input after the first run: the second run reads exactly that.
+    produce(&input, 2, &vec!["b c".to_string(); 500]);
+    let (ok, err) = run(&spec);
+    assert!(ok, "{err}");
+    let all = consume_all(&output, false);
+    assert_eq!(
+        all.len(),
+        3000,
+        "the second run read only the 500 new lines"
+    );
+    // State is not kept between runs yet (checkpoints, #8): the second run counts from 0.
+    let second: Vec<_> = all[2000..].to_vec();
+    let counts = finals(&second);
+    assert_eq!(
+        counts,
+        BTreeMap::from([("b".into(), 500), ("c".into(), 500)])
+    );
+}
+
+#[test]
+fn exactly_once_output_is_seen_once_by_read_committed_consumers() {
+    let (input, output) = (unique("eo-in"), unique("eo-out"));
+    create_topic(&input, 2);
+    create_topic(&output, 2);
+    let (lines, expected) = text(5_000, 2);
+    produce(&input, 2, &lines);
+    let dir = tmp("eo");
+    let spec = write_job(
+        &dir,
+        &Job {
+            input: &input,
+            output: &output,
+            group: &unique("g"),
+            parallelism: 2,
+            starting: "earliest",
+            format: "string",
+            sink_extra: &format!(
+                "          deliveryGuarantee: exactly-once\n          transactionalIdPrefix: {}\n          commitIntervalMs: 200",
+                unique("tx")
+            ),
+            on_error: "fail",
+        },
+    );
+    let (ok, err) = run(&spec);
+    assert!(ok, "{err}");
+    let records = consume_all(&output, true);
+    assert_eq!(records.len() as u64, expected.values().sum::<u64>());
+    assert_eq!(finals(&records), expected);
+}
+
+#[test]
+fn a_failed_exactly_once_job_leaves_nothing_visible_to_read_committed() {
+    let (input, output) = (unique("abort-in"), unique("abort-out"));
+    create_topic(&input, 1);
+    create_topic(&output, 1);
+    let mut lines: Vec<String> = (0..2000).map(|i| format!("\"w{}\"", i % 7)).collect();
+    lines.push("{not json".into());
+    produce(&input, 1, &lines);
+    let dir = tmp("abort");
+    let spec = write_job(
+        &dir,
+        &Job {
+            input: &input,
+            output: &output,
+            group: &unique("g"),
+            parallelism: 1,
+            starting: "earliest",
+            format: "json",
+            sink_extra: &format!(
+                "          deliveryGuarantee: exactly-once\n          transactionalIdPrefix: {}\n          commitIntervalMs: 300000",
+                unique("tx")
+            ),
+            on_error: "fail",
+        },
+    );
+    let (ok, err) = run(&spec);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "record {input}/0@2000: payload is not JSON (format: json)"
+        )),
+        "{err}"
+    );
+    // The 2000 counts were sent in a transaction that never committed.
+    assert_eq!(consume_all(&output, true).len(), 0);
+}
+
+#[test]
+fn malformed_records_follow_the_skip_policy() {
+    let (input, output) = (unique("skip-in"), unique("skip-out"));
+    create_topic(&input, 1);
+    create_topic(&output, 1);
+    produce(
+        &input,
+        1,
+        &[
+            "\"a\"".into(),
+            "{bad".into(),
+            "\"a\"".into(),
+            "[1,".into(),
+            "\"b\"".into(),
+        ],
+    );
+    let dir = tmp("skip");
+    let spec = write_job(
+        &dir,
+        &Job {
+            input: &input,
+            output: &output,
+            group: &unique("g"),
+            parallelism: 1,
+            starting: "earliest",
+            format: "json",
+            sink_extra: "",
+            on_error: "skip",
+        },
+    );
+    let (ok, err) = run(&spec);
+    assert!(ok, "{err}");
+    assert!(err.contains("skipped records: 2"), "{err}");
+    assert_eq!(
+        finals(&consume_all(&output, false)),
+        BTreeMap::from([("a".into(), 2), ("b".into(), 1)])
+    );
+}
+
+#[test]
+fn a_missing_topic_is_a_clear_error() {
+    let output = unique("missing-out");
+    create_topic(&output, 1);
+    let missing = unique("does-not-exist");
+    let dir = tmp("missing");
+    let spec = write_job(
+        &dir,
+        &Job {
+            input: &missing,
+            output: &output,
+            group: &unique("g"),
+            parallelism: 1,
+            starting: "earliest",
+            format: "string",
+            sink_extra: "",
+            on_error: "fail",
+        },
+    );
+    let (ok, err) = run(&spec);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("topic '{missing}' does not exist on {}", broker())),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unreachable_broker_is_a_clear_error() {
+    let dir = tmp("unreachable");
+    let spec = write_job(
+        &dir,
+        &Job {
+            input: "t",
+            output: "o",
+            group: "g",
+            parallelism: 1,
+            starting: "earliest",
+            format: "string",
+            sink_extra: "",
+            on_error: "fail",
+        },
+    );
+    let yaml = std::fs::read_to_string(&spec)
+        .unwrap()
+        .replace(&broker(), "127.0.0.1:1");
+    std::fs::write(&spec, yaml).unwrap();
+    let (ok, err) = run(&spec);
+    assert!(!ok);
+    assert!(
+        err.contains("cannot fetch metadata of topic 't' from 127.0.0.1:1"),
+        "{err}"
+    );
+}
