@@ -38,8 +38,20 @@ check-examples: test-deps ## Validate the example StreamJobs against the generat
 		--accept manifests/examples/*.yaml --reject crds/tests/schema-rejects/*.yaml
 
 .PHONY: bench
-bench: setup ## Word count benchmark: words/s and peak RSS vs a hand-written loop
+bench: setup bench-shuffle bench-kafka ## All benchmarks (word count, shuffle, Kafka)
 	$(CARGO) bench -p streamjob-worker --bench wordcount -- $(BENCH_ARGS)
+
+.PHONY: bench-wordcount
+bench-wordcount: setup ## Word count: words/s and peak RSS vs a hand-written loop
+	$(CARGO) bench -p streamjob-worker --bench wordcount -- $(BENCH_ARGS)
+
+.PHONY: bench-shuffle
+bench-shuffle: setup ## Parallelism 2 in one process vs two worker processes (gRPC shuffle)
+	$(CARGO) bench -p streamjob-worker --bench shuffle -- $(SHUFFLE_ARGS)
+
+.PHONY: bench-kafka
+bench-kafka: setup test-deps ## Kafka -> word count -> Kafka vs raw rdkafka, on a broker it starts
+	./scripts/with-kafka.sh $(CARGO) bench -p streamjob-worker --bench kafka -- $(KAFKA_ARGS)
 
 .PHONY: fmt
 fmt: ## Format the code
