@@ -104,6 +104,23 @@ pub struct StreamJobSpec {
     #[serde(default = "default_buffer_timeout_ms")]
     pub buffer_timeout_ms: u64,
 
+    /// Slots per worker pod: worker i runs subtasks `i*slots .. (i+1)*slots` of every step,
+    /// so the job gets `ceil(max step parallelism / slotsPerWorker)` pods.
+    #[serde(default = "default_one")]
+    #[schemars(range(min = 1, max = 256))]
+    pub slots_per_worker: u32,
+
+    /// CPU and memory of each worker container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+
+    /// A partial pod template merged over the generated worker pod template (JSON merge
+    /// patch: maps merge, lists replace), e.g. `{spec: {nodeSelector: {...}}}` or extra
+    /// labels and annotations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub pod_template: Option<serde_json::Value>,
+
     /// Desired state: `running`, or `suspended` to stop the workers and keep the job.
     #[serde(default)]
     pub state: JobState,
@@ -111,6 +128,13 @@ pub struct StreamJobSpec {
     /// The pipeline, in order. A step reads the previous step unless it names its `input`.
     #[schemars(length(min = 1, max = 100))]
     pub steps: Vec<Step>,
+}
+
+fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
 }
 
 /// Handling of records whose expression fails at runtime.

@@ -1,10 +1,166 @@
-//! The StreamJob operator. The controller lands with issue #6; until then this binary only
-//! reports how many workers a plan would need, so the crate builds against the shared planner.
+//! `streamjob-operator`: the controller process.
 
-fn main() {
-    eprintln!(
-        "streamjob-operator {}: the controller is not implemented yet (see issue #6)",
-        env!("CARGO_PKG_VERSION")
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clap::Parser;
+use streamjob_operator::controller::{self, Context};
+use streamjob_operator::leader::Elector;
+use streamjob_operator::metrics::{self, Metrics};
+use streamjob_operator::resources::Defaults;
+use tracing::{error, info};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "streamjob-operator",
+    version,
+    about = "Reconciles StreamJob resources into worker StatefulSets"
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Namespaces to watch (repeat or comma-separate); all namespaces when empty.
+    #[arg(
+        long = "namespace",
+        env = "STREAMJOB_NAMESPACES",
+        value_delimiter = ','
+    )]
+    namespaces: Vec<String>,
+    /// Worker image for jobs that set no `spec.image`.
+    #[arg(long, env = "STREAMJOB_WORKER_IMAGE", default_value = concat!("ghcr.io/streamjob/streamjob:", env!("CARGO_PKG_VERSION")))]
+    worker_image: String,
+    /// imagePullPolicy of worker containers (Kubernetes default when unset).
+    #[arg(long, env = "STREAMJOB_IMAGE_PULL_POLICY")]
+    image_pull_policy: Option<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "STREAMJOB_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Log format.
+    #[arg(long, env = "STREAMJOB_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    /// Elect a leader with a Lease so several replicas are safe.
+    #[arg(long, env = "STREAMJOB_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Namespace of the Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    #[arg(long, default_value = "streamjob-operator")]
+    lease_name: String,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Print the objects the operator would create for a StreamJob manifest (offline, like
+    /// `helm template`): ConfigMap, Service, StatefulSet, PodDisruptionBudget, token Secret.
+    Render {
+        file: std::path::PathBuf,
+        /// Namespace to render into when the manifest sets none.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+    },
+}
+
+fn render(file: &std::path::Path, namespace: &str, defaults: &Defaults) -> Result<()> {
+    use streamjob_crds::validate::{parse_job, validate_job};
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let mut job = parse_job(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    if let Err(errors) = validate_job(&job) {
+        let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        anyhow::bail!("{} is invalid:\n  {}", file.display(), list.join("\n  "));
+    }
+    // Owner references need a uid; the API server assigns the real one.
+    job.metadata
+        .namespace
+        .get_or_insert_with(|| namespace.to_string());
+    job.metadata
+        .uid
+        .get_or_insert_with(|| "00000000-0000-0000-0000-000000000000".into());
+    let plan = streamjob_crds::graph::to_logical_graph(&job).plan()?;
+    let children = streamjob_operator::resources::children(&job, &plan, defaults)
+        .map_err(anyhow::Error::msg)?;
+    let token = streamjob_operator::resources::token_secret(&job, "<generated>");
+    print!(
+        "{}",
+        streamjob_operator::resources::to_yaml(&children, Some(&token))
     );
-    std::process::exit(2);
+    Ok(())
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STREAMJOB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let defaults = Defaults {
+        worker_image: args.worker_image.clone(),
+        image_pull_policy: args.image_pull_policy.clone(),
+    };
+    if let Some(Command::Render { file, namespace }) = &args.command {
+        return render(file, namespace, &defaults);
+    }
+    init_tracing(&args.log_format);
+    let client = kube::Client::try_default()
+        .await
+        .context("cannot reach the Kubernetes API (in-cluster config or kubeconfig)")?;
+    let metrics = Arc::new(Metrics::default());
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
+    tokio::spawn(metrics::serve(listener, metrics.clone()));
+
+    if args.leader_election {
+        let identity = std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("streamjob-operator-{}", std::process::id()));
+        let elector = Elector::new(
+            client.clone(),
+            &args.lease_namespace,
+            &args.lease_name,
+            &identity,
+            Duration::from_secs(15),
+        );
+        info!(%identity, "waiting to become the leader");
+        loop {
+            match elector.try_acquire().await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => error!(error = %e, "leader election"),
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        metrics.leader.store(true, Ordering::Relaxed);
+        info!("became the leader");
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                match elector.try_acquire().await {
+                    Ok(true) => {}
+                    // Another replica may reconcile now: stop at once rather than race it.
+                    Ok(false) => {
+                        error!("lost the leader lease; exiting");
+                        std::process::exit(1);
+                    }
+                    Err(e) => error!(error = %e, "renewing the leader lease"),
+                }
+            }
+        });
+    } else {
+        metrics.leader.store(true, Ordering::Relaxed);
+    }
+    let ctx = Arc::new(Context::new(client, defaults, metrics));
+    info!(namespaces = ?args.namespaces, "controller started");
+    controller::run(ctx, args.namespaces).await;
+    Ok(())
 }

@@ -52,6 +52,10 @@ pub struct WorkerArgs {
     /// Batches each receiving channel buffers (credit granted to its sender).
     #[arg(long, default_value_t = 8)]
     pub credit: u32,
+    /// After the job finishes, keep running and answering health probes instead of exiting
+    /// (set in pods, so the StatefulSet does not run a finished job again).
+    #[arg(long, env = "STREAMJOB_IDLE_AFTER_FINISH")]
+    pub idle_after_finish: bool,
 }
 
 /// Resolves the command line and environment into a cluster config for `job_name`.
@@ -112,5 +116,7 @@ pub fn cluster_config(
         connect_timeout: Duration::from_secs(args.connect_timeout_secs),
         credit: args.credit,
         job_hash: spec_hash,
+        idle_after_finish: args.idle_after_finish,
+        health: Default::default(),
     })
 }

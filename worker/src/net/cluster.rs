@@ -25,6 +25,11 @@ pub struct ClusterConfig {
     /// Hash of what defines the job beyond its plan (a spec's expressions and settings);
     /// workers with different job hashes refuse each other. 0 if there is nothing more.
     pub job_hash: u64,
+    /// After the job finishes, keep running (and answering probes) instead of returning, so
+    /// a pod is not restarted into running the job again.
+    pub idle_after_finish: bool,
+    /// What the gRPC health service reports.
+    pub health: std::sync::Arc<crate::net::health::HealthState>,
 }
 
 /// Worker index from a StatefulSet pod name (`wordcount-worker-2` -> 2).

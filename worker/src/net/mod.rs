@@ -4,11 +4,18 @@
 pub mod cluster;
 pub mod codec;
 pub(crate) mod exchange;
+pub mod health;
 
 /// Code generated from `proto/exchange.proto` by the build script.
 #[allow(clippy::all, rust_2018_idioms, missing_docs)]
 pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/streamjob.exchange.v1.rs"));
+}
+
+/// The standard gRPC health service (Kubernetes `grpc` probes).
+#[allow(clippy::all, rust_2018_idioms, missing_docs)]
+pub mod health_proto {
+    include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.rs"));
 }
 
 /// Bumped on any incompatible change of the exchange protocol or the record encoding.

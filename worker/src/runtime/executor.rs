@@ -115,6 +115,7 @@ pub(crate) fn run_distributed(
         slots: waiting.clone(),
         failures: failures.clone(),
     };
+    let health = cluster.health.clone();
     let server = {
         let _guard = runtime.enter();
         let listener = tokio::net::TcpListener::from_std(listener)
@@ -129,6 +130,7 @@ pub(crate) fn run_distributed(
                 .initial_stream_window_size(Some(1 << 20))
                 .initial_connection_window_size(Some(8 << 20))
                 .add_service(exchange::server(service))
+                .add_service(crate::net::health::server(health))
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = server_stopped.await;
                 })
@@ -202,6 +204,7 @@ pub(crate) fn run_distributed(
         })
         .collect();
 
+    cluster.health.ready.store(true, Ordering::Release);
     let stats = run_tasks(built.tasks, &cancel, &errors);
     // Local tasks are done; wait for the senders to deliver what they still hold, unless the
     // job is failing (then give them a moment to report why, no more).
@@ -216,16 +219,28 @@ pub(crate) fn run_distributed(
         std::thread::sleep(Duration::from_millis(5));
     }
     watchdog.abort();
-    let _ = stop_server.send(());
-    let _ = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(2), server).await });
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    finish(
+    let result = finish(
         job_name,
         started,
         &errors,
         stats,
         sent.load(Ordering::Relaxed),
-    )
+    );
+    if result.is_ok() && cluster.idle_after_finish {
+        // In a pod: exiting would make the StatefulSet run the job again. Keep answering
+        // the probes until the pod is deleted.
+        info!(
+            job = job_name,
+            "job finished; idling until the pod is stopped"
+        );
+        loop {
+            std::thread::park();
+        }
+    }
+    let _ = stop_server.send(());
+    let _ = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(2), server).await });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 type Stats = Vec<(String, u32, crate::runtime::task::TaskStats)>;

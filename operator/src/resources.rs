@@ -1,0 +1,439 @@
+//! The objects a StreamJob owns, built from its spec as plain data (no API calls), so they can
+//! be tested and validated against the Kubernetes schemas offline.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvVar, EnvVarSource, GRPCAction, ObjectFieldSelector, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+use kube::ResourceExt;
+use streamjob_crds::plan::PhysicalPlan;
+use streamjob_crds::spec::{JobState, StreamJob};
+
+/// Port of the worker's gRPC exchange (and its gRPC health service).
+pub const EXCHANGE_PORT: i32 = 6121;
+/// Where the worker reads its job spec.
+pub const SPEC_DIR: &str = "/etc/streamjob";
+pub const SPEC_FILE: &str = "streamjob.yaml";
+/// Where Secrets referenced by `secretProperties` are mounted, one directory per Secret.
+pub const SECRETS_DIR: &str = "/var/run/secrets/streamjob";
+/// Annotation on the pod template that changes with the spec, so a spec change rolls the pods.
+pub const SPEC_HASH_ANNOTATION: &str = "streamjob.dev/spec-hash";
+/// UID the worker image runs as (distroless nonroot).
+const WORKER_UID: i64 = 65532;
+
+/// Names of a job's children.
+pub fn statefulset_name(job: &str) -> String {
+    format!("{job}-worker")
+}
+pub fn service_name(job: &str) -> String {
+    format!("{job}-workers")
+}
+pub fn configmap_name(job: &str) -> String {
+    format!("{job}-spec")
+}
+pub fn token_secret_name(job: &str) -> String {
+    format!("{job}-token")
+}
+
+/// Settings of the operator that shape the children.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    /// Worker image when the spec sets none.
+    pub worker_image: String,
+    pub image_pull_policy: Option<String>,
+}
+
+/// Everything a job owns, except the token Secret (created once, never re-applied).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Children {
+    pub config_map: ConfigMap,
+    pub service: Service,
+    pub stateful_set: StatefulSet,
+    /// Only when the job runs on two or more workers.
+    pub pdb: Option<PodDisruptionBudget>,
+    /// Workers the plan needs (when running).
+    pub workers: i32,
+}
+
+pub fn labels(job: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "streamjob".into()),
+        ("app.kubernetes.io/instance".into(), job.into()),
+        ("app.kubernetes.io/component".into(), "worker".into()),
+        (
+            "app.kubernetes.io/managed-by".into(),
+            "streamjob-operator".into(),
+        ),
+    ])
+}
+
+fn selector(job: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "streamjob".into()),
+        ("app.kubernetes.io/instance".into(), job.into()),
+    ])
+}
+
+fn owner(job: &StreamJob) -> OwnerReference {
+    job.controller_owner_ref(&())
+        .expect("a StreamJob from the API server has a name and uid")
+}
+
+fn meta(job: &StreamJob, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: job.namespace(),
+        labels: Some(labels(&job.name_any())),
+        owner_references: Some(vec![owner(job)]),
+        ..Default::default()
+    }
+}
+
+/// The manifest the workers read: the job with only the fields `streamjob worker` needs.
+pub fn worker_manifest(job: &StreamJob) -> String {
+    let doc = serde_json::json!({
+        "apiVersion": "streamjob.dev/v1alpha1",
+        "kind": "StreamJob",
+        "metadata": {"name": job.name_any(), "namespace": job.namespace()},
+        "spec": job.spec,
+    });
+    serde_yaml::to_string(&doc).expect("specs serialise")
+}
+
+/// Hash of what the workers run; it changes exactly when the pods must be replaced.
+pub fn spec_hash(job: &StreamJob) -> String {
+    let json = serde_json::to_vec(&job.spec).expect("specs serialise");
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&json))
+}
+
+/// Secrets referenced by the job's Kafka `secretProperties`.
+pub fn referenced_secrets(job: &StreamJob) -> Vec<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let sinks = job
+        .spec
+        .steps
+        .iter()
+        .filter_map(|s| s.sink.as_ref())
+        .chain(job.spec.dead_letter.as_ref());
+    for sink in sinks {
+        if let Some(k) = &sink.kafka {
+            names.extend(k.secret_properties.values().map(|r| r.name.clone()));
+        }
+    }
+    for s in job.spec.steps.iter().filter_map(|s| s.source.as_ref()) {
+        if let Some(k) = &s.kafka {
+            names.extend(k.secret_properties.values().map(|r| r.name.clone()));
+        }
+    }
+    names.into_iter().collect()
+}
+
+/// Builds the children of a valid job with `plan`. Fails only on a `podTemplate` that does
+/// not merge into a pod template.
+pub fn children(
+    job: &StreamJob,
+    plan: &PhysicalPlan,
+    defaults: &Defaults,
+) -> Result<Children, String> {
+    let name = job.name_any();
+    let slots = job.spec.slots_per_worker.max(1);
+    let workers = plan.workers_needed(slots) as i32;
+    let replicas = match job.spec.state {
+        JobState::Running => workers,
+        JobState::Suspended => 0,
+    };
+
+    let config_map = ConfigMap {
+        metadata: meta(job, configmap_name(&name)),
+        data: Some(BTreeMap::from([(
+            SPEC_FILE.to_string(),
+            worker_manifest(job),
+        )])),
+        ..Default::default()
+    };
+
+    let service = Service {
+        metadata: meta(job, service_name(&name)),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            // Peers must resolve each other before they are ready: the exchange connects
+            // during startup.
+            publish_not_ready_addresses: Some(true),
+            selector: Some(selector(&name)),
+            ports: Some(vec![ServicePort {
+                name: Some("exchange".into()),
+                port: EXCHANGE_PORT,
+                target_port: Some(IntOrString::Int(EXCHANGE_PORT)),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    let env = |name: &str, value: &str| EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    };
+    let field = |name: &str, path: &str| EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                api_version: None,
+            }),
+            ..Default::default()
+        }),
+    };
+    let mut volumes = vec![
+        Volume {
+            name: "spec".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: configmap_name(&name),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        },
+    ];
+    let mut mounts = vec![
+        VolumeMount {
+            name: "spec".into(),
+            mount_path: SPEC_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..Default::default()
+        },
+    ];
+    for (i, secret) in referenced_secrets(job).into_iter().enumerate() {
+        let volume = format!("secret-{i}");
+        mounts.push(VolumeMount {
+            name: volume.clone(),
+            mount_path: format!("{SECRETS_DIR}/{secret}"),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        volumes.push(Volume {
+            name: volume,
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    let probe = |service: &str, period: i32, failures: i32| Probe {
+        grpc: Some(GRPCAction {
+            port: EXCHANGE_PORT,
+            service: Some(service.into()),
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Default::default()
+    };
+    let container = Container {
+        name: "worker".into(),
+        image: Some(
+            job.spec
+                .image
+                .clone()
+                .unwrap_or_else(|| defaults.worker_image.clone()),
+        ),
+        image_pull_policy: defaults.image_pull_policy.clone(),
+        args: Some(vec![
+            "worker".into(),
+            format!("{SPEC_DIR}/{SPEC_FILE}"),
+            "--workers".into(),
+            workers.to_string(),
+            "--slots".into(),
+            slots.to_string(),
+            "--port".into(),
+            EXCHANGE_PORT.to_string(),
+            "--peer-pattern".into(),
+            "{job}-worker-{i}.{job}-workers.{namespace}.svc:{port}".into(),
+            "--idle-after-finish".into(),
+        ]),
+        env: Some(vec![
+            field("POD_NAME", "metadata.name"),
+            field("POD_NAMESPACE", "metadata.namespace"),
+            EnvVar {
+                name: "STREAMJOB_TOKEN".into(),
+                value: None,
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: token_secret_name(&name),
+                        key: "token".into(),
+                        optional: Some(false),
+                    }),
+                    ..Default::default()
+                }),
+            },
+            env("STREAMJOB_SECRETS_DIR", SECRETS_DIR),
+            env("STREAMJOB_LOG", "info"),
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("exchange".into()),
+            container_port: EXCHANGE_PORT,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        liveness_probe: Some(probe("liveness", 10, 3)),
+        readiness_probe: Some(probe("readiness", 5, 2)),
+        resources: job.spec.resources.clone(),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    };
+    let mut template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(&name)),
+            annotations: Some(BTreeMap::from([(
+                SPEC_HASH_ANNOTATION.to_string(),
+                spec_hash(job),
+            )])),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container],
+            volumes: Some(volumes),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            termination_grace_period_seconds: Some(30),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(WORKER_UID),
+                run_as_group: Some(WORKER_UID),
+                fs_group: Some(WORKER_UID),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    localhost_profile: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    if let Some(overrides) = &job.spec.pod_template {
+        template = merged(&template, overrides)?;
+    }
+    let stateful_set = StatefulSet {
+        metadata: meta(job, statefulset_name(&name)),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(replicas),
+            service_name: Some(service_name(&name)),
+            pod_management_policy: Some("Parallel".into()),
+            selector: LabelSelector {
+                match_labels: Some(selector(&name)),
+                match_expressions: None,
+            },
+            template,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let pdb = (replicas >= 2).then(|| PodDisruptionBudget {
+        metadata: meta(job, statefulset_name(&name)),
+        spec: Some(PodDisruptionBudgetSpec {
+            // A worker that goes away stops the whole job: let voluntary disruptions take
+            // one pod at a time.
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector(&name)),
+                match_expressions: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    Ok(Children {
+        config_map,
+        service,
+        stateful_set,
+        pdb,
+        workers,
+    })
+}
+
+/// The job's exchange token Secret (created once; re-applying would change the token).
+pub fn token_secret(job: &StreamJob, token: &str) -> Secret {
+    Secret {
+        metadata: meta(job, token_secret_name(&job.name_any())),
+        string_data: Some(BTreeMap::from([("token".to_string(), token.to_string())])),
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    }
+}
+
+/// `base` with `overrides` applied as a JSON merge patch (RFC 7386).
+fn merged(
+    base: &PodTemplateSpec,
+    overrides: &serde_json::Value,
+) -> Result<PodTemplateSpec, String> {
+    let mut doc = serde_json::to_value(base).expect("pod templates serialise");
+    merge_patch(&mut doc, overrides);
+    serde_json::from_value(doc)
+        .map_err(|e| format!("spec.podTemplate: does not merge into a pod template: {e}"))
+}
+
+fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    match (target, patch) {
+        (serde_json::Value::Object(t), serde_json::Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+/// The children as a multi-document YAML stream (what `streamjob-operator render` prints),
+/// each with apiVersion and kind.
+pub fn to_yaml(c: &Children, token: Option<&Secret>) -> String {
+    fn doc<K: Resource<DynamicType = ()> + serde::Serialize>(k: &K) -> String {
+        let mut v = serde_json::to_value(k).expect("objects serialise");
+        v["apiVersion"] = K::api_version(&()).into();
+        v["kind"] = K::kind(&()).into();
+        serde_yaml::to_string(&v).expect("values serialise")
+    }
+    let mut docs = vec![doc(&c.config_map), doc(&c.service), doc(&c.stateful_set)];
+    if let Some(p) = &c.pdb {
+        docs.push(doc(p));
+    }
+    if let Some(t) = token {
+        docs.push(doc(t));
+    }
+    docs.join("---\n")
+}

@@ -1,0 +1,161 @@
+//! StreamJob status: phase, standard conditions (with observedGeneration and transition
+//! times that only move when a condition's status changes), workers and the plan summary.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use streamjob_crds::plan::PhysicalPlan;
+use streamjob_crds::spec::{JobState, Phase, PlanStatus, StreamJob, StreamJobStatus};
+
+/// What the StatefulSet reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub ready: i32,
+    /// The StatefulSet controller has seen the latest spec and every pod runs it.
+    pub rolled_out: bool,
+}
+
+impl Observed {
+    pub fn from_statefulset(sts: &StatefulSet) -> Self {
+        let want = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+        let generation = sts.metadata.generation.unwrap_or(0);
+        let Some(s) = &sts.status else {
+            return Observed::default();
+        };
+        let current = s.observed_generation.unwrap_or(0) >= generation;
+        Observed {
+            ready: s.ready_replicas.unwrap_or(0),
+            rolled_out: current && s.updated_replicas.unwrap_or(0) >= want && s.replicas == want,
+        }
+    }
+}
+
+fn condition(job: &StreamJob, type_: &str, ok: bool, reason: &str, message: &str) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    // Keep the transition time while the status stays the same.
+    let last = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .filter(|c| c.status == status)
+        .map(|c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: job.metadata.generation,
+        last_transition_time: last.unwrap_or_else(|| Time(Timestamp::now())),
+    }
+}
+
+/// Status of a job the validator rejected: nothing else is touched.
+pub fn invalid(job: &StreamJob, errors: &[String]) -> StreamJobStatus {
+    let message = format!("invalid spec: {}", errors.join("; "));
+    let prev = job.status.clone().unwrap_or_default();
+    StreamJobStatus {
+        phase: Some(Phase::Failed),
+        conditions: vec![
+            condition(job, "SpecValid", false, "InvalidSpec", &errors.join("\n")),
+            condition(job, "Ready", false, "InvalidSpec", "the spec is invalid"),
+            condition(
+                job,
+                "Progressing",
+                false,
+                "InvalidSpec",
+                "waiting for a valid spec",
+            ),
+            condition(job, "Degraded", true, "InvalidSpec", "the spec is invalid"),
+        ],
+        observed_generation: job.metadata.generation,
+        // Workers of an earlier valid spec keep running; report what is known.
+        ready_workers: prev.ready_workers,
+        desired_workers: prev.desired_workers,
+        plan: prev.plan,
+        message: Some(message),
+    }
+}
+
+fn plan_status(plan: &PhysicalPlan) -> PlanStatus {
+    let summary = plan
+        .chains
+        .iter()
+        .map(|c| {
+            let names: Vec<&str> = c
+                .nodes
+                .iter()
+                .map(|&n| plan.nodes[n].name.as_str())
+                .collect();
+            format!("{} (x{})", names.join(" -> "), c.parallelism)
+        })
+        .collect::<Vec<_>>()
+        .join(" | ");
+    PlanStatus {
+        chains: plan.chains.len() as u32,
+        slots: plan.slots_needed(),
+        fingerprint: format!("{:016x}", plan.fingerprint()),
+        summary: Some(summary),
+    }
+}
+
+/// Status of a valid job whose children were applied.
+pub fn running(
+    job: &StreamJob,
+    plan: &PhysicalPlan,
+    workers: i32,
+    o: &Observed,
+) -> StreamJobStatus {
+    let suspended = job.spec.state == JobState::Suspended;
+    let desired = if suspended { 0 } else { workers };
+    let valid = condition(job, "SpecValid", true, "Valid", "the spec is valid");
+    let (phase, conditions, message) = if suspended {
+        let msg = if o.ready > 0 {
+            format!("suspending: {} worker(s) still running", o.ready)
+        } else {
+            "suspended: no workers run".to_string()
+        };
+        (
+            Phase::Suspended,
+            vec![
+                valid,
+                condition(job, "Ready", false, "Suspended", &msg),
+                condition(job, "Progressing", o.ready > 0, "Suspended", &msg),
+                condition(job, "Degraded", false, "Suspended", &msg),
+            ],
+            msg,
+        )
+    } else if o.ready >= desired && o.rolled_out {
+        let msg = format!("{desired}/{desired} workers ready");
+        (
+            Phase::Running,
+            vec![
+                valid,
+                condition(job, "Ready", true, "AllWorkersReady", &msg),
+                condition(job, "Progressing", false, "RolloutComplete", &msg),
+                condition(job, "Degraded", false, "AllWorkersReady", &msg),
+            ],
+            msg,
+        )
+    } else {
+        let msg = format!("{}/{desired} workers ready", o.ready.min(desired));
+        (
+            Phase::Deploying,
+            vec![
+                valid,
+                condition(job, "Ready", false, "WorkersNotReady", &msg),
+                condition(job, "Progressing", true, "RollingOut", &msg),
+                condition(job, "Degraded", false, "RollingOut", &msg),
+            ],
+            msg,
+        )
+    };
+    StreamJobStatus {
+        phase: Some(phase),
+        conditions,
+        observed_generation: job.metadata.generation,
+        ready_workers: Some(o.ready),
+        desired_workers: Some(desired),
+        plan: Some(plan_status(plan)),
+        message: Some(message),
+    }
+}
