@@ -29,8 +29,12 @@ test-deps: ## Install the Python test tools into a venv outside the repo (STREAM
 	@./scripts/test-deps.sh >/dev/null
 
 .PHONY: test
-test: setup test-deps check-examples ## Run every test (installs what they need, starts a Kafka broker)
+test: setup test-deps check-examples check-manifests ## Run every test (installs what they need, starts a Kafka broker)
 	./scripts/with-kafka.sh $(CARGO) test --workspace
+
+.PHONY: check-manifests
+check-manifests: test-deps ## Validate the CRD and the operator's generated objects against the Kubernetes schemas
+	./scripts/check-manifests.sh
 
 .PHONY: check-examples
 check-examples: test-deps ## Validate the example StreamJobs against the generated CRD schema

@@ -1,0 +1,245 @@
+//! Spec -> owned objects, as plain data.
+
+use k8s_openapi::api::core::v1::Container;
+use streamjob_crds::graph::to_logical_graph;
+use streamjob_crds::spec::StreamJob;
+use streamjob_crds::validate::parse_job;
+use streamjob_operator::resources::{self, Children, Defaults};
+
+pub fn job(yaml_spec: &str) -> StreamJob {
+    let mut job = parse_job(&format!(
+        "apiVersion: streamjob.dev/v1alpha1\nkind: StreamJob\nmetadata:\n  name: wc\n  namespace: prod\nspec:\n{yaml_spec}"
+    ))
+    .unwrap();
+    job.metadata.uid = Some("uid-1".into());
+    job.metadata.generation = Some(3);
+    job
+}
+
+const STEPS: &str = "  steps:
+    - {name: src, source: {collection: {values: [a, b]}}}
+    - {name: words, flatMap: {expr: value.words()}, parallelism: 5}
+    - {name: by, keyBy: {expr: value}}
+    - {name: n, reduce: {expr: acc}}
+    - {name: out, sink: {print: {}}}
+";
+
+fn build(job: &StreamJob) -> Children {
+    let plan = to_logical_graph(job).plan().unwrap();
+    resources::children(
+        job,
+        &plan,
+        &Defaults {
+            worker_image: "streamjob:test".into(),
+            image_pull_policy: None,
+        },
+    )
+    .unwrap()
+}
+
+fn container(c: &Children) -> &Container {
+    &c.stateful_set
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+}
+
+#[test]
+fn replicas_come_from_the_plan_and_slots() {
+    // highest parallelism 5 (the flatMap), 1 slot per worker -> 5 workers
+    let c = build(&job(&format!("  parallelism: 2\n{STEPS}")));
+    assert_eq!(c.workers, 5);
+    assert_eq!(c.stateful_set.spec.as_ref().unwrap().replicas, Some(5));
+    let c = build(&job(&format!(
+        "  parallelism: 2\n  slotsPerWorker: 2\n{STEPS}"
+    )));
+    assert_eq!(c.workers, 3);
+    let args = container(&c).args.clone().unwrap();
+    assert_eq!(
+        args,
+        [
+            "worker",
+            "/etc/streamjob/streamjob.yaml",
+            "--workers",
+            "3",
+            "--slots",
+            "2",
+            "--port",
+            "6121",
+            "--peer-pattern",
+            "{job}-worker-{i}.{job}-workers.{namespace}.svc:{port}",
+            "--idle-after-finish"
+        ]
+    );
+}
+
+#[test]
+fn suspended_jobs_scale_to_zero_without_a_pdb() {
+    let c = build(&job(&format!("  state: suspended\n{STEPS}")));
+    assert_eq!(c.stateful_set.spec.as_ref().unwrap().replicas, Some(0));
+    assert_eq!(c.workers, 5);
+    assert!(c.pdb.is_none());
+    let running = build(&job(STEPS));
+    assert_eq!(
+        running.pdb.unwrap().spec.unwrap().max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+    );
+}
+
+#[test]
+fn children_are_owned_labelled_and_named_after_the_job() {
+    let c = build(&job(STEPS));
+    for meta in [
+        &c.config_map.metadata,
+        &c.service.metadata,
+        &c.stateful_set.metadata,
+    ] {
+        assert_eq!(meta.namespace.as_deref(), Some("prod"));
+        let owner = &meta.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+            ("StreamJob", "wc", "uid-1")
+        );
+        assert_eq!(owner.controller, Some(true));
+        assert_eq!(
+            meta.labels.as_ref().unwrap()["app.kubernetes.io/instance"],
+            "wc"
+        );
+    }
+    assert_eq!(c.config_map.metadata.name.as_deref(), Some("wc-spec"));
+    assert_eq!(c.service.metadata.name.as_deref(), Some("wc-workers"));
+    assert_eq!(c.stateful_set.metadata.name.as_deref(), Some("wc-worker"));
+    let sts = c.stateful_set.spec.as_ref().unwrap();
+    assert_eq!(sts.service_name.as_deref(), Some("wc-workers"));
+    assert_eq!(sts.pod_management_policy.as_deref(), Some("Parallel"));
+    let svc = c.service.spec.as_ref().unwrap();
+    assert_eq!(svc.cluster_ip.as_deref(), Some("None"));
+    assert_eq!(svc.publish_not_ready_addresses, Some(true));
+}
+
+#[test]
+fn the_configmap_holds_a_manifest_the_worker_accepts() {
+    let j = job(STEPS);
+    let c = build(&j);
+    let text = &c.config_map.data.as_ref().unwrap()["streamjob.yaml"];
+    let parsed = parse_job(text).unwrap();
+    assert_eq!(parsed.spec, j.spec);
+    assert_eq!(parsed.metadata.name.as_deref(), Some("wc"));
+}
+
+#[test]
+fn pods_run_locked_down_with_token_probes_and_secrets() {
+    let c = build(&job(&format!(
+        "{STEPS}    - name: k\n      input: [n]\n      sink:\n        kafka:\n          bootstrapServers: k:9092\n          topic: t\n          secretProperties:\n            sasl.password: {{name: creds, key: pw}}\n  resources:\n    limits: {{cpu: '2', memory: 1Gi}}\n  podTemplate:\n    metadata: {{annotations: {{team: data}}}}\n    spec: {{nodeSelector: {{pool: streaming}}}}\n"
+    )));
+    let pod = c.stateful_set.spec.as_ref().unwrap().template.clone();
+    let spec = pod.spec.as_ref().unwrap();
+    let w = &spec.containers[0];
+    let sc = w.security_context.as_ref().unwrap();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(
+        sc.capabilities.as_ref().unwrap().drop.as_deref(),
+        Some(&["ALL".to_string()][..])
+    );
+    let env = w.env.as_ref().unwrap();
+    let token = env.iter().find(|e| e.name == "STREAMJOB_TOKEN").unwrap();
+    let key = token
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!((key.name.as_str(), key.key.as_str()), ("wc-token", "token"));
+    assert!(env.iter().any(|e| {
+        e.name == "POD_NAME"
+            && e.value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path
+                == "metadata.name"
+    }));
+    assert_eq!(
+        w.readiness_probe
+            .as_ref()
+            .unwrap()
+            .grpc
+            .as_ref()
+            .unwrap()
+            .service
+            .as_deref(),
+        Some("readiness")
+    );
+    let mounts = w.volume_mounts.as_ref().unwrap();
+    assert!(
+        mounts.iter().any(
+            |m| m.mount_path == "/var/run/secrets/streamjob/creds" && m.read_only == Some(true)
+        )
+    );
+    assert_eq!(
+        w.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0,
+        "1Gi"
+    );
+    // podTemplate merged in, generated fields kept
+    assert_eq!(spec.node_selector.as_ref().unwrap()["pool"], "streaming");
+    let annotations = pod.metadata.as_ref().unwrap().annotations.as_ref().unwrap();
+    assert_eq!(annotations["team"], "data");
+    assert!(annotations.contains_key("streamjob.dev/spec-hash"));
+}
+
+#[test]
+fn the_spec_hash_changes_with_the_spec_only() {
+    let hash = |c: &Children| {
+        c.stateful_set
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()["streamjob.dev/spec-hash"]
+            .clone()
+    };
+    let a = build(&job(STEPS));
+    let mut j = job(STEPS);
+    j.metadata.generation = Some(9);
+    assert_eq!(hash(&a), hash(&build(&j)));
+    let b = build(&job(
+        &STEPS.replace("value.words()", "value.lower().words()")
+    ));
+    assert_ne!(hash(&a), hash(&b));
+}
+
+#[test]
+fn a_pod_template_that_does_not_merge_is_an_error() {
+    let j = job(&format!(
+        "{STEPS}  podTemplate:\n    spec: {{containers: 7}}\n"
+    ));
+    let plan = to_logical_graph(&j).plan().unwrap();
+    let err = resources::children(
+        &j,
+        &plan,
+        &Defaults {
+            worker_image: "x".into(),
+            image_pull_policy: None,
+        },
+    )
+    .unwrap_err();
+    assert!(
+        err.starts_with("spec.podTemplate: does not merge into a pod template"),
+        "{err}"
+    );
+}
