@@ -35,6 +35,10 @@ struct Args {
     /// imagePullPolicy of worker containers (Kubernetes default when unset).
     #[arg(long, env = "STREAMJOB_IMAGE_PULL_POLICY")]
     image_pull_policy: Option<String>,
+    /// Worker container resources (JSON ResourceRequirements, e.g.
+    /// `{"requests":{"cpu":"500m","memory":"512Mi"}}`) for jobs that set no `spec.resources`.
+    #[arg(long, env = "STREAMJOB_WORKER_RESOURCES", value_parser = parse_resources)]
+    worker_resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "STREAMJOB_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
@@ -90,6 +94,10 @@ fn render(file: &std::path::Path, namespace: &str, defaults: &Defaults) -> Resul
     Ok(())
 }
 
+fn parse_resources(s: &str) -> Result<k8s_openapi::api::core::v1::ResourceRequirements, String> {
+    serde_json::from_str(s).map_err(|e| format!("not a JSON ResourceRequirements: {e}"))
+}
+
 fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STREAMJOB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -107,6 +115,7 @@ async fn main() -> Result<()> {
     let defaults = Defaults {
         worker_image: args.worker_image.clone(),
         image_pull_policy: args.image_pull_policy.clone(),
+        worker_resources: args.worker_resources.clone(),
     };
     if let Some(Command::Render { file, namespace }) = &args.command {
         return render(file, namespace, &defaults);

@@ -50,6 +50,8 @@ pub struct Defaults {
     /// Worker image when the spec sets none.
     pub worker_image: String,
     pub image_pull_policy: Option<String>,
+    /// Worker container resources for jobs that set no `spec.resources`.
+    pub worker_resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
 }
 
 /// Everything a job owns, except the token Secret (created once, never re-applied).
@@ -299,7 +301,11 @@ pub fn children(
         }]),
         liveness_probe: Some(probe("liveness", 10, 3)),
         readiness_probe: Some(probe("readiness", 5, 2)),
-        resources: job.spec.resources.clone(),
+        resources: job
+            .spec
+            .resources
+            .clone()
+            .or_else(|| defaults.worker_resources.clone()),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),

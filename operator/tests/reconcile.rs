@@ -121,6 +121,7 @@ async fn run(job: StreamJob, script: Vec<Expect>) -> Result<(), String> {
         Defaults {
             worker_image: "streamjob:test".into(),
             image_pull_policy: None,
+            worker_resources: None,
         },
         Arc::new(Metrics::default()),
     ));

@@ -32,6 +32,7 @@ fn build(job: &StreamJob) -> Children {
         &Defaults {
             worker_image: "streamjob:test".into(),
             image_pull_policy: None,
+            worker_resources: None,
         },
     )
     .unwrap()
@@ -235,6 +236,7 @@ fn a_pod_template_that_does_not_merge_is_an_error() {
         &Defaults {
             worker_image: "x".into(),
             image_pull_policy: None,
+            worker_resources: None,
         },
     )
     .unwrap_err();

@@ -91,6 +91,7 @@ spec:
         &Defaults {
             worker_image: "x".into(),
             image_pull_policy: None,
+            worker_resources: None,
         },
     )
     .unwrap();
