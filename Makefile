@@ -74,3 +74,22 @@ crds: ## Regenerate crds/streamjob.yaml from the Rust types
 verify-crds: crds ## Fail if the checked-in CRD differs from the types
 	@git diff --exit-code -- crds/streamjob.yaml && test -z "$$(git status --porcelain -- crds/streamjob.yaml)" \
 		|| { echo 'crds/streamjob.yaml is stale: run make crds and commit it'; exit 1; }
+
+# Helm chart of the operator (charts/streamjob-operator) and the plain install manifest made from it.
+CHART_CRD := charts/streamjob-operator/crds/streamjob.yaml
+
+.PHONY: chart-crds
+chart-crds: ## Copy crds/streamjob.yaml into the Helm chart
+	cp crds/streamjob.yaml $(CHART_CRD)
+
+.PHONY: install-manifest
+install-manifest: test-deps ## Regenerate manifests/install.yaml from the chart's default values
+	@"$$(./scripts/test-deps.sh)/bin/python" scripts/render-install.py
+
+.PHONY: check-chart
+check-chart: test-deps ## Lint, render and validate the Helm chart; fail if its CRD or install.yaml is stale
+	"$$(./scripts/test-deps.sh)/bin/python" scripts/check-chart.py
+	@$(MAKE) --no-print-directory chart-crds install-manifest >/dev/null
+	@git diff --exit-code -- $(CHART_CRD) manifests/install.yaml \
+		&& test -z "$$(git status --porcelain -- $(CHART_CRD) manifests/install.yaml)" \
+		|| { echo '$(CHART_CRD) or manifests/install.yaml is stale: run make chart-crds install-manifest and commit'; exit 1; }
