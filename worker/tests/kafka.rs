@@ -508,3 +508,51 @@ fn an_unreachable_broker_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// Regression: with an unbounded source, the last exactly-once transaction used to stay open
+/// forever once the input went idle (sinks were only flushed when records arrived).
+#[test]
+fn exactly_once_results_become_visible_while_an_unbounded_job_idles() {
+    let (input, output) = (unique("idle-in"), unique("idle-out"));
+    create_topic(&input, 1);
+    create_topic(&output, 1);
+    produce(&input, 1, &vec!["x y".to_string(); 300]);
+    let dir = tmp("idle");
+    let spec = write_job(
+        &dir,
+        &Job {
+            input: &input,
+            output: &output,
+            group: &unique("g"),
+            parallelism: 1,
+            starting: "earliest",
+            format: "string",
+            sink_extra: &format!(
+                "          deliveryGuarantee: exactly-once\n          transactionalIdPrefix: {}\n          commitIntervalMs: 300",
+                unique("tx")
+            ),
+            on_error: "fail",
+        },
+    );
+    let unbounded = std::fs::read_to_string(&spec)
+        .unwrap()
+        .replace("          bounded: true\n", "");
+    std::fs::write(&spec, unbounded).unwrap();
+    let mut job = Command::new(BIN)
+        .arg("run")
+        .arg(&spec)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut seen = 0;
+    while seen < 600 && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(500));
+        seen = consume_all(&output, true).len();
+    }
+    let still_running = job.try_wait().unwrap().is_none();
+    let _ = job.kill();
+    let _ = job.wait();
+    assert!(still_running, "the unbounded job must still run");
+    assert_eq!(seen, 600, "every count committed while the job idles");
+}

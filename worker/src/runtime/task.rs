@@ -108,6 +108,10 @@ impl<T: Send> Task for InputTask<T> {
                         if let Some(m) = self.gate.next_timeout(CANCEL_POLL)? {
                             break m;
                         }
+                        // Keep ticking while idle: time-driven work downstream (a Kafka
+                        // transaction due for commit, delivery reports) must not wait for
+                        // the next record. Flushing empty buffers costs nothing.
+                        self.head.flush()?;
                     }
                 }
             };
