@@ -3,12 +3,15 @@ SHELL := /bin/bash
 CARGO ?= cargo
 # One build directory outside the repo, shared by every target (and by .ci/run's cache).
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/streamjob-target
+VERSION := 0.1.0
+WORKER_IMAGE ?= ghcr.io/streamjob/streamjob:$(VERSION)
+OPERATOR_IMAGE ?= ghcr.io/streamjob/streamjob-operator:$(VERSION)
 
 .DEFAULT_GOAL := help
 
 .PHONY: help
 help: ## List targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 .PHONY: setup
 setup: ## Check the toolchain (Rust with clippy and rustfmt); install missing Debian build packages
@@ -29,8 +32,9 @@ test-deps: ## Install the Python test tools into a venv outside the repo (STREAM
 	@./scripts/test-deps.sh >/dev/null
 
 .PHONY: test
-test: setup test-deps check-examples check-manifests ## Run every test (installs what they need, starts a Kafka broker)
+test: setup test-deps check-examples check-manifests check-chart ## Run every test (installs what they need, starts a Kafka broker), then the local end-to-end
 	./scripts/with-kafka.sh $(CARGO) test --workspace
+	./e2e/local/run.sh
 
 .PHONY: check-manifests
 check-manifests: test-deps ## Validate the CRD and the operator's generated objects against the Kubernetes schemas
@@ -39,7 +43,7 @@ check-manifests: test-deps ## Validate the CRD and the operator's generated obje
 .PHONY: check-examples
 check-examples: test-deps ## Validate the example StreamJobs against the generated CRD schema
 	@"$$(./scripts/test-deps.sh)/bin/python" scripts/check-examples.py crds/streamjob.yaml \
-		--accept manifests/examples/*.yaml --reject crds/tests/schema-rejects/*.yaml
+		--accept manifests/examples/*.yaml e2e/kind/*.yaml --reject crds/tests/schema-rejects/*.yaml
 
 .PHONY: bench
 bench: setup bench-shuffle bench-kafka ## All benchmarks (word count, shuffle, Kafka)
@@ -62,7 +66,8 @@ fmt: ## Format the code
 	$(CARGO) fmt --all
 
 .PHONY: lint
-lint: setup ## rustfmt check + clippy with warnings as errors
+lint: setup ## rustfmt check + clippy with warnings as errors + shellcheck
+	shellcheck scripts/*.sh e2e/*/*.sh
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
@@ -93,3 +98,16 @@ check-chart: test-deps ## Lint, render and validate the Helm chart; fail if its 
 	@git diff --exit-code -- $(CHART_CRD) manifests/install.yaml \
 		&& test -z "$$(git status --porcelain -- $(CHART_CRD) manifests/install.yaml)" \
 		|| { echo '$(CHART_CRD) or manifests/install.yaml is stale: run make chart-crds install-manifest and commit'; exit 1; }
+
+.PHONY: e2e-local
+e2e-local: setup test-deps ## Local end-to-end: Kafka in/out, the operator's generated pods run as local processes
+	./e2e/local/run.sh
+
+.PHONY: images
+images: ## Build the worker and operator container images (needs Docker)
+	docker build --target worker -t $(WORKER_IMAGE) .
+	docker build --target operator -t $(OPERATOR_IMAGE) .
+
+.PHONY: e2e-kind
+e2e-kind: ## End-to-end on a kind cluster (needs Docker, kind, kubectl, helm)
+	./e2e/kind/run.sh
