@@ -290,7 +290,7 @@ fn sink_for(
 
 /// A line of a text source as a record.
 fn string_value(line: &str) -> Value {
-    Value::String(Arc::from(line))
+    Value::from(line)
 }
 
 /// Blackhole that counts into the run's shared counter.

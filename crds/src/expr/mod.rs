@@ -19,6 +19,7 @@
 //! double (`1 + 2.5 == 3.5`), ints promote to double when a double is involved; `string()`
 //! of a list or map gives its JSON text. Map keys are strings.
 
+mod small_str;
 mod value;
 
 use std::borrow::Cow;
@@ -29,6 +30,7 @@ use std::sync::Arc;
 
 use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue};
 
+pub use small_str::{INLINE_CAP, Str};
 pub use value::{Value, ValueMap, ValueType};
 
 /// An expression that does not compile: syntax error, unknown variable or function, or a
@@ -357,6 +359,12 @@ impl Program {
 
     /// Evaluates with `args[i]` bound to the `i`-th variable given to `compile`.
     pub fn eval(&self, args: &[&Value]) -> Result<Value, EvalError> {
+        if let Node::List(items) = &self.root {
+            // Records built by a list literal (`[value, 1]`, once per record of a map)
+            // skip the general evaluator and its borrowed-or-owned result.
+            let env = self.env(args)?;
+            return eval_list(items, &env).map(Value::List);
+        }
         self.eval_cow(args).map(Cow::into_owned)
     }
 
@@ -414,38 +422,43 @@ impl Program {
             && rest.len() < MAX_ARGS
         {
             // New elements are all computed before the list is touched, so a failing
-            // element leaves `acc` as it was. One changed element (a counter or a sum) needs
-            // no buffer.
-            let mut first: Option<(usize, Value)> = None;
-            let mut more: Vec<(usize, Value)> = Vec::new();
-            {
-                let mut all = [&NULL; MAX_ARGS];
-                all[0] = &*acc;
-                for (slot, v) in all[1..].iter_mut().zip(rest) {
-                    *slot = v;
-                }
-                let env = self.env(&all[..=rest.len()])?;
-                for (i, node) in items.iter().enumerate() {
-                    // `acc` is a list of this length, so `acc[i]` cannot fail and is the
-                    // element already in place.
-                    if !is_arg_element(node, 0, i) {
-                        let v = operand_of(node, &env)?.into_owned();
-                        if first.is_none() {
-                            first = Some((i, v));
-                        } else {
-                            more.push((i, v));
-                        }
-                    }
-                }
+            // element leaves `acc` as it was. `acc` is a list of this length, so an element
+            // written `acc[i]` at position `i` cannot fail and is the one already in place.
+            let mut all = [&NULL; MAX_ARGS];
+            all[0] = &*acc;
+            for (slot, v) in all[1..].iter_mut().zip(rest) {
+                *slot = v;
             }
+            let env = self.env(&all[..=rest.len()])?;
+            let mut changed = items
+                .iter()
+                .enumerate()
+                .filter(|(i, node)| !is_arg_element(node, 0, *i));
+            let Some((i, node)) = changed.next() else {
+                return Ok(());
+            };
+            let v = element_of(node, &env)?;
+            if changed.clone().next().is_none() {
+                // One changed element (a counter or a sum), the common case: it goes
+                // straight into its slot, without a buffer.
+                drop(env);
+                let Value::List(list) = acc else {
+                    unreachable!("matched above")
+                };
+                Arc::make_mut(list)[i] = v;
+                return Ok(());
+            }
+            let mut new = vec![(i, v)];
+            for (i, node) in changed {
+                new.push((i, element_of(node, &env)?));
+            }
+            drop(env);
             let Value::List(list) = acc else {
                 unreachable!("matched above")
             };
-            if first.is_some() {
-                let slots = Arc::make_mut(list);
-                for (i, v) in first.into_iter().chain(more) {
-                    slots[i] = v;
-                }
+            let slots = Arc::make_mut(list);
+            for (i, v) in new {
+                slots[i] = v;
             }
             return Ok(());
         }
@@ -514,7 +527,7 @@ fn literal(lit: &LiteralValue) -> Value {
         LiteralValue::Double(d) => Value::Double(*d.inner()),
         LiteralValue::Int(i) => Value::Int(*i.inner()),
         LiteralValue::Null => Value::Null,
-        LiteralValue::String(s) => Value::String(Arc::from(s.inner())),
+        LiteralValue::String(s) => Value::String(Str::new(s.inner())),
         LiteralValue::UInt(u) => Value::UInt(*u.inner()),
     }
 }
@@ -911,7 +924,7 @@ fn fold_map(entries: Vec<(Node, Node)>) -> Node {
         let map = entries
             .into_iter()
             .map(|e| match e {
-                (Node::Const(Value::String(k)), Node::Const(v)) => (k, v),
+                (Node::Const(Value::String(k)), Node::Const(v)) => (k.into_arc(), v),
                 _ => unreachable!(),
             })
             .collect();
@@ -955,6 +968,42 @@ fn operand_of<'a>(node: &'a Node, env: &Env<'a>) -> Result<Cow<'a, Value>, EvalE
     }
 }
 
+/// Whether `node` is a constant, a variable or a constant index of a variable: always a
+/// borrowed value, resolved by [`leaf_of`].
+fn is_leaf(node: &Node) -> bool {
+    matches!(node, Node::Const(_) | Node::Arg(_) | Node::ArgIndex { .. })
+}
+
+/// [`operand_of`] for a node [`is_leaf`] accepted, without the `Cow` (these are copied
+/// several times per record on the hot paths).
+#[inline(always)]
+fn leaf_of<'a>(node: &'a Node, env: &Env<'a>) -> Result<&'a Value, EvalError> {
+    match node {
+        Node::Const(v) => Ok(v),
+        Node::Arg(i) => Ok(env.args[*i]),
+        Node::ArgIndex { arg, index, path } => index_of(env.args[*arg], index, path),
+        _ => unreachable!("not a leaf"),
+    }
+}
+
+/// [`eval`] for a changed element of an accumulator: the usual one, `acc[1] + value[1]`,
+/// is a binary operation on two leaves, computed here without a call into the (large)
+/// evaluator and without wrapping its result.
+#[inline(always)]
+fn element_of<'a>(node: &'a Node, env: &Env<'a>) -> Result<Value, EvalError> {
+    if let Node::Bin(op, l, r) = node
+        && is_leaf(l)
+        && is_leaf(r)
+    {
+        let (a, b) = (leaf_of(l, env)?, leaf_of(r, env)?);
+        if let (Value::Int(x), Value::Int(y), BinOp::Add | BinOp::Sub | BinOp::Mul) = (a, b, op) {
+            return int_op(*op, *x, *y).map(Value::Int);
+        }
+        return binary(*op, a, b);
+    }
+    operand_of(node, env).map(Cow::into_owned)
+}
+
 fn eval<'a>(node: &'a Node, env: &Env<'a>) -> Result<Cow<'a, Value>, EvalError> {
     Ok(match node {
         Node::Const(v) => Cow::Borrowed(v),
@@ -965,7 +1014,7 @@ fn eval<'a>(node: &'a Node, env: &Env<'a>) -> Result<Cow<'a, Value>, EvalError> 
             let mut out = ValueMap::new();
             for (k, v) in entries {
                 let key = match eval(k, env)?.into_owned() {
-                    Value::String(s) => s,
+                    Value::String(s) => s.into_arc(),
                     other => {
                         return rerr(format!(
                             "map keys must be strings, got {}",
@@ -1058,13 +1107,21 @@ fn eval<'a>(node: &'a Node, env: &Env<'a>) -> Result<Cow<'a, Value>, EvalError> 
 /// Evaluates the elements of a list literal into one allocation: short lists (pairs,
 /// triples) go through the stack so the shared slice is allocated at its exact size once.
 fn eval_list<'a>(items: &'a [Node], env: &Env<'a>) -> Result<Arc<[Value]>, EvalError> {
-    const SHORT: usize = 4;
-    if items.len() <= SHORT {
-        let mut out: [Value; SHORT] = Default::default();
-        for (slot, n) in out.iter_mut().zip(items) {
-            *slot = operand_of(n, env)?.into_owned();
+    let item = |i: usize| {
+        let node = &items[i];
+        if is_leaf(node) {
+            leaf_of(node, env).cloned()
+        } else {
+            operand_of(node, env).map(Cow::into_owned)
         }
-        return Ok(out.into_iter().take(items.len()).collect());
+    };
+    // Short lists (pairs above all) from fixed-size arrays: one allocation and a copy of
+    // known size, no intermediate buffer.
+    match items.len() {
+        1 => return Ok(Arc::from([item(0)?])),
+        2 => return Ok(Arc::from([item(0)?, item(1)?])),
+        3 => return Ok(Arc::from([item(0)?, item(1)?, item(2)?])),
+        _ => {}
     }
     let mut out = Vec::with_capacity(items.len());
     for n in items {
@@ -1114,7 +1171,7 @@ fn comprehension(c: &Comprehension, env: &Env<'_>) -> Result<Value, EvalError> {
         }
         Value::Map(m) => {
             for (k, v) in m.iter() {
-                if !step(Value::String(k.clone()), Some(v.clone()))? {
+                if !step(Value::String(Str::from(k)), Some(v.clone()))? {
                     break;
                 }
             }
@@ -1316,7 +1373,7 @@ fn binary(op: BinOp, a: &Value, b: &Value) -> Result<Value, EvalError> {
             let mut s = String::with_capacity(x.len() + y.len());
             s.push_str(x);
             s.push_str(y);
-            Ok(Value::String(Arc::from(s)))
+            Ok(Value::String(Str::from(s)))
         }
         (Value::Bytes(x), Value::Bytes(y)) if op == BinOp::Add => {
             Ok(Value::Bytes(x.iter().chain(y.iter()).copied().collect()))
@@ -1334,6 +1391,7 @@ fn binary(op: BinOp, a: &Value, b: &Value) -> Result<Value, EvalError> {
     }
 }
 
+#[inline]
 fn int_op(op: BinOp, x: i64, y: i64) -> Result<i64, EvalError> {
     let r = match op {
         BinOp::Add => x.checked_add(y),
@@ -1421,9 +1479,9 @@ fn is_arg_element(node: &Node, arg: usize, i: usize) -> bool {
 /// intermediate results never become `Value`s (no shared allocation, no copy into one).
 enum Text<'a> {
     /// A whole string value, unchanged.
-    Whole(&'a Arc<str>),
+    Whole(&'a Str),
     /// A string value computed by a nested expression, unchanged.
-    Shared(Arc<str>),
+    Shared(Str),
     /// Part of a borrowed string (`trim`).
     Slice(&'a str),
     Owned(String),
@@ -1611,7 +1669,7 @@ fn call<'a>(f: Func, args: &'a [Node], env: &Env<'a>) -> Result<Value, EvalError
                     }
                 }
             }
-            Ok(Value::String(Arc::from(out)))
+            Ok(Value::String(Str::from(out)))
         }
         Func::Contains | Func::StartsWith | Func::EndsWith => {
             let s = str_arg(f, 0, r)?;
@@ -1633,7 +1691,7 @@ fn call<'a>(f: Func, args: &'a [Node], env: &Env<'a>) -> Result<Value, EvalError
                 Err(e) => rerr(format!("parseJson(): invalid JSON: {e}")),
             }
         }
-        Func::ToJson => Ok(Value::String(Arc::from(r.to_json_string()))),
+        Func::ToJson => Ok(Value::String(Str::from(r.to_json_string()))),
         Func::String => Ok(match r {
             Value::String(_) => r.clone(),
             Value::Bytes(b) => match std::str::from_utf8(b) {
@@ -1641,7 +1699,7 @@ fn call<'a>(f: Func, args: &'a [Node], env: &Env<'a>) -> Result<Value, EvalError
                 Err(_) => return rerr("string(): bytes are not valid UTF-8"),
             },
             Value::Null => Value::from("null"),
-            other => Value::String(Arc::from(other.to_json_string())),
+            other => Value::String(Str::from(other.to_json_string())),
         }),
         Func::Int => match r {
             Value::Int(_) => Ok(r.clone()),

@@ -367,6 +367,24 @@ fn update_matches_eval(src: &str, acc: serde_json::Value, value: serde_json::Val
 }
 
 #[test]
+fn list_literals_of_every_length() {
+    assert_eq!(ok("[value]", j!(1)), j!([1]));
+    assert_eq!(ok("[value, 2]", j!(1)), j!([1, 2]));
+    assert_eq!(ok("[value, 2, 'x']", j!(1)), j!([1, 2, "x"]));
+    assert_eq!(ok("[value, 2, 3, 4]", j!(1)), j!([1, 2, 3, 4]));
+    assert_eq!(ok("[value, 2, 3, 4, value]", j!(1)), j!([1, 2, 3, 4, 1]));
+    assert_eq!(
+        eval_err("[1, value.x]", j!(1)),
+        eval_err("[1, 2, value.x]", j!(1))
+    );
+    let p = Program::compile("[value, 1]", &["value"]).unwrap();
+    assert_eq!(
+        p.eval(&[]).unwrap_err().message,
+        "expression '[value, 1]' takes 1 variable(s), 0 given"
+    );
+}
+
+#[test]
 fn eval_update_is_eval() {
     let sum = "[acc[0], acc[1] + value[1]]";
     update_matches_eval(sum, j!(["a", 41]), j!(["a", 1]));
@@ -386,6 +404,30 @@ fn eval_update_is_eval() {
     update_matches_eval("[acc[1], acc[0]]", j!(["a", 1]), j!(null));
     update_matches_eval("[acc[0u], value]", j!(["a", 1]), j!(7));
     update_matches_eval("acc + value", j!(1), j!(2));
+    // Other operators and operand types of a binary element on two leaves.
+    update_matches_eval("[acc[0], acc[1] - value[1]]", j!(["a", 5]), j!(["a", 7]));
+    update_matches_eval("[acc[0], acc[1] * value[1]]", j!(["a", 5]), j!(["a", 7]));
+    update_matches_eval(
+        "[acc[0], acc[1] * value[1]]",
+        j!(["a", 1i64 << 62]),
+        j!(["a", 4]),
+    );
+    update_matches_eval("[acc[0], acc[1] / value[1]]", j!(["a", 5]), j!(["a", 0]));
+    update_matches_eval("[acc[0], acc[1] % value[1]]", j!(["a", 5]), j!(["a", 3]));
+    update_matches_eval("[acc[0], acc[1] + value[1]]", j!(["a", 5]), j!(["a", 0.5]));
+    update_matches_eval(
+        "[acc[0], acc[1] + value[1]]",
+        j!(["a", "b"]),
+        j!(["a", "c"]),
+    );
+    update_matches_eval("[acc[0], acc[1] < value[1]]", j!(["a", 1]), j!(["a", 2]));
+    update_matches_eval("[acc[0], acc[1] + 1]", j!(["a", 1]), j!(null));
+    update_matches_eval("[acc[0], value + acc[1]]", j!(["a", 1]), j!(2));
+    // Nothing changed; the first of several changed elements fails; three changed.
+    update_matches_eval("[acc[0], acc[1]]", j!(["a", 1]), j!(2));
+    update_matches_eval("[acc[0] + value, acc[1] + 1]", j!([1, 2]), j!("x"));
+    update_matches_eval("[acc[0] + 1, acc[1] + 1]", j!([1, 2]), j!(null));
+    update_matches_eval("[value, acc[1] * 2, acc[2] - 1]", j!([0, 2, 3]), j!(7));
     update_matches_eval("{'n': acc.n + value}", j!({"n": 1}), j!(2));
 }
 
@@ -476,11 +518,13 @@ fn string_function_chains() {
         eval_err("value.lower().trim()", j!(true)),
         "lower(): receiver must be string, got bool"
     );
-    // An unchanged string is the record's own string, not a copy.
+    // An unchanged (long, so shared) string is the record's own string, not a copy.
     let p = Program::compile("value.lower().trim()", &["value"]).unwrap();
-    let v = Value::from("already lower");
+    let v = Value::from("this string is already lower case");
     match (p.eval(&[&v]).unwrap(), &v) {
-        (Value::String(a), Value::String(b)) => assert!(Arc::ptr_eq(&a, b)),
+        (Value::String(a), Value::String(b)) => {
+            assert!(Arc::ptr_eq(a.as_arc().unwrap(), b.as_arc().unwrap()))
+        }
         _ => unreachable!(),
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use xxhash_rust::xxh3::xxh3_64;
 
+use super::small_str::Str;
 use crate::keygroup::StableKey;
 
 /// Map payload of [`Value::Map`]: string keys in sorted order (so printing and hashing are
@@ -14,7 +15,8 @@ use crate::keygroup::StableKey;
 pub type ValueMap = BTreeMap<Arc<str>, Value>;
 
 /// A record (or part of one). Compound variants share their payload through an [`Arc`], so
-/// `clone()` is a reference-count increment at most. A list is one allocation (`Arc<[_]>`,
+/// `clone()` is a reference-count increment at most; short strings are stored inline (see
+/// [`Str`]), so a word costs no allocation at all. A list is one allocation (`Arc<[_]>`,
 /// not `Arc<Vec<_>>`): every list costs an allocation and every element access a pointer
 /// less.
 ///
@@ -29,7 +31,7 @@ pub enum Value {
     Int(i64),
     UInt(u64),
     Double(f64),
-    String(Arc<str>),
+    String(Str),
     Bytes(Arc<[u8]>),
     List(Arc<[Value]>),
     Map(Arc<ValueMap>),
@@ -92,7 +94,7 @@ impl Value {
     }
 
     pub fn string(s: &str) -> Value {
-        Value::String(Arc::from(s))
+        Value::String(Str::new(s))
     }
 
     pub fn list(items: Vec<Value>) -> Value {
@@ -156,7 +158,7 @@ impl Value {
             Value::Int(i) => J::from(*i),
             Value::UInt(u) => J::from(*u),
             Value::Double(d) => serde_json::Number::from_f64(*d).map_or(J::Null, J::Number),
-            Value::String(s) => J::String(s.to_string()),
+            Value::String(s) => J::String(s.as_str().to_owned()),
             Value::Bytes(b) => J::String(base64(b)),
             Value::List(l) => J::Array(l.iter().map(Value::to_json).collect()),
             Value::Map(m) => J::Object(
@@ -277,6 +279,7 @@ fn base64(bytes: &[u8]) -> String {
 }
 
 impl PartialEq for Value {
+    #[inline]
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
             (Value::Null, Value::Null) => true,
@@ -369,7 +372,7 @@ impl From<&serde_json::Value> for Value {
                     Value::Double(n.as_f64().unwrap_or(f64::NAN))
                 }
             }
-            J::String(s) => Value::String(Arc::from(s.as_str())),
+            J::String(s) => Value::String(Str::new(s)),
             J::Array(a) => Value::List(a.iter().map(Value::from).collect()),
             J::Object(o) => Value::Map(Arc::new(
                 o.iter()
@@ -401,13 +404,19 @@ impl From<f64> for Value {
     }
 }
 impl From<&str> for Value {
+    #[inline]
     fn from(s: &str) -> Self {
-        Value::String(Arc::from(s))
+        Value::String(Str::new(s))
     }
 }
 impl From<String> for Value {
     fn from(s: String) -> Self {
-        Value::String(Arc::from(s))
+        Value::String(Str::from(s))
+    }
+}
+impl From<Str> for Value {
+    fn from(s: Str) -> Self {
+        Value::String(s)
     }
 }
 impl From<Vec<Value>> for Value {
@@ -449,6 +458,9 @@ impl serde::Serialize for Value {
         }
     }
 }
+
+// Records are moved and copied by the million: inline strings must not make them bigger.
+const _: () = assert!(std::mem::size_of::<Value>() == 24);
 
 #[cfg(test)]
 mod tests {

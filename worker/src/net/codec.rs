@@ -265,7 +265,7 @@ fn decode_value(input: &mut &[u8], depth: u32) -> Result<Value, DecodeError> {
             let b: [u8; 8] = take(input, 8)?.try_into().expect("8 bytes");
             Value::Double(f64::from_bits(u64::from_le_bytes(b)))
         }
-        STRING => Value::String(Arc::from(get_str(input)?)),
+        STRING => Value::from(get_str(input)?),
         BYTES => Value::Bytes(Arc::from(get_bytes(input)?)),
         LIST => {
             let n = get_varint(input)? as usize;
@@ -318,9 +318,35 @@ mod tests {
             Value::Int(i64::MAX),
             Value::UInt(u64::MAX),
             Value::Double(f64::NAN.copysign(-1.0)),
-            Value::String(Arc::from("é ✓")),
+            Value::from("é ✓"),
             Value::Bytes(Arc::from(&[0u8, 255][..])),
         ]);
+    }
+
+    #[test]
+    fn strings_encode_the_same_inline_or_shared() {
+        use streamjob_crds::expr::{INLINE_CAP, Str};
+        let long = "x".repeat(INLINE_CAP + 1);
+        for text in ["", "word", "é ✓", &"y".repeat(INLINE_CAP), &long] {
+            let mut expected = vec![STRING];
+            put_varint(&mut expected, text.len() as u64);
+            expected.extend_from_slice(text.as_bytes());
+            for v in [
+                Value::from(text),
+                Value::String(Str::from(Arc::<str>::from(text))),
+            ] {
+                let mut buf = Vec::new();
+                v.encode(&mut buf);
+                assert_eq!(buf, expected, "{text:?}");
+                let decoded = Value::decode(&mut &buf[..]).unwrap();
+                assert_eq!(decoded, v);
+                let s = match &decoded {
+                    Value::String(s) => s,
+                    _ => unreachable!(),
+                };
+                assert_eq!(s.is_inline(), text.len() <= INLINE_CAP);
+            }
+        }
     }
 
     #[test]
