@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use streamjob_crds::expr::{Program, Value};
+use streamjob_crds::expr::{Program, Str, Value};
 use streamjob_crds::spec::{self, RecordFormat};
 
 use super::source::KafkaRecord;
@@ -34,7 +34,7 @@ pub(crate) fn decode_payload(
     };
     match format {
         RecordFormat::String => std::str::from_utf8(p)
-            .map(|s| Value::String(Arc::from(s)))
+            .map(|s| Value::String(Str::from(s)))
             .map_err(|_| "payload is not UTF-8 (format: string)".to_string()),
         RecordFormat::Json => serde_json::from_slice::<serde_json::Value>(p)
             .map(Value::from)
@@ -47,7 +47,7 @@ fn key_value(key: Option<&[u8]>) -> Value {
     match key {
         None => Value::Null,
         Some(k) => match std::str::from_utf8(k) {
-            Ok(s) => Value::String(Arc::from(s)),
+            Ok(s) => Value::String(Str::from(s)),
             Err(_) => Value::Bytes(Arc::from(k)),
         },
     }
@@ -58,7 +58,7 @@ fn with_metadata(r: &KafkaRecord<'_>, value: Value) -> Value {
     let mut m = BTreeMap::new();
     m.insert(Arc::from("key"), key_value(r.key));
     m.insert(Arc::from("value"), value);
-    m.insert(Arc::from("topic"), Value::String(Arc::from(r.topic)));
+    m.insert(Arc::from("topic"), Value::String(Str::from(r.topic)));
     m.insert(Arc::from("partition"), Value::Int(i64::from(r.partition)));
     m.insert(Arc::from("offset"), Value::Int(r.offset));
     m.insert(
@@ -71,7 +71,7 @@ fn with_metadata(r: &KafkaRecord<'_>, value: Value) -> Value {
 /// What the dead-letter record says about a payload that failed to decode.
 pub(crate) fn describe_malformed(r: &KafkaRecord<'_>) -> Value {
     let payload = r.payload.map_or(Value::Null, |p| {
-        Value::String(Arc::from(String::from_utf8_lossy(p).as_ref()))
+        Value::String(Str::from(String::from_utf8_lossy(p).as_ref()))
     });
     with_metadata(r, payload)
 }
@@ -178,7 +178,7 @@ mod tests {
     fn payloads_decode_per_format() {
         assert_eq!(
             decode_payload(RecordFormat::String, Some(b"hi")).unwrap(),
-            Value::String(Arc::from("hi"))
+            Value::String(Str::from("hi"))
         );
         assert_eq!(
             decode_payload(RecordFormat::Json, Some(br#"{"user_id":"u1","n":2}"#))
@@ -211,7 +211,7 @@ mod tests {
             let mut out = Vec::new();
             encode_payload(f, v, &mut out).map(|()| String::from_utf8(out).unwrap())
         };
-        let s = Value::String(Arc::from("a\"b"));
+        let s = Value::String(Str::from("a\"b"));
         assert_eq!(enc(RecordFormat::String, &s).unwrap(), "a\"b");
         assert_eq!(enc(RecordFormat::Json, &s).unwrap(), r#""a\"b""#);
         let pair = Value::from(serde_json::json!(["the", 3]));
@@ -234,7 +234,7 @@ mod tests {
             payload: Some(b"x"),
         };
         assert_eq!(
-            with_metadata(&r, Value::String(Arc::from("x"))).to_string(),
+            with_metadata(&r, Value::String(Str::from("x"))).to_string(),
             r#"{"key":"u1","offset":17,"partition":3,"timestamp":1700000000000,"topic":"events","value":"x"}"#
         );
     }
