@@ -500,3 +500,124 @@ fn worker_arguments_are_checked() {
         "{err}"
     );
 }
+
+/// A CA and one certificate for 127.0.0.1 signed by it, made with the openssl CLI.
+fn tls_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let sh = |args: &str| {
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            ok.status.success(),
+            "{args}: {}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+    };
+    sh(
+        "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=test-ca -keyout ca.key -out ca.pem",
+    );
+    sh("openssl req -newkey rsa:2048 -nodes -subj /CN=worker -keyout worker.key -out worker.csr");
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .unwrap();
+    sh(
+        "openssl x509 -req -in worker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile ext.cnf -out worker.pem",
+    );
+    (
+        dir.join("worker.pem"),
+        dir.join("worker.key"),
+        dir.join("ca.pem"),
+    )
+}
+
+#[test]
+fn workers_exchange_over_mutual_tls() {
+    let dir = tmp("tls");
+    let (cert, key, ca) = tls_files(&dir);
+    let (input, expected) = text(5_000);
+    std::fs::write(dir.join("input.txt"), input).unwrap();
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let spec = dir.join("job.yaml");
+    std::fs::write(
+        &spec,
+        wordcount_spec(
+            "tls",
+            &dir.join("input.txt"),
+            &file_sink(&out.join("counts")),
+            2,
+        ),
+    )
+    .unwrap();
+    let tls = [
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--tls-ca",
+        ca.to_str().unwrap(),
+    ];
+    let peers = free_ports(2);
+    let w0 = Worker::start(&spec, 0, &peers, "t", &tls);
+    let w1 = Worker::start(&spec, 1, &peers, "t", &tls);
+    let (ok0, err0) = w0.wait(Duration::from_secs(60));
+    let (ok1, err1) = w1.wait(Duration::from_secs(60));
+    assert!(ok0 && ok1, "worker 0: {err0}\nworker 1: {err1}");
+    assert_eq!(final_counts(&out), expected);
+
+    // A worker without TLS cannot join a TLS peer.
+    let out2 = dir.join("out2");
+    std::fs::create_dir_all(&out2).unwrap();
+    std::fs::write(
+        &spec,
+        wordcount_spec(
+            "tls",
+            &dir.join("input.txt"),
+            &file_sink(&out2.join("counts")),
+            2,
+        ),
+    )
+    .unwrap();
+    let peers = free_ports(2);
+    let mut tls_short = tls.to_vec();
+    tls_short.extend(["--connect-timeout-secs", "3"]);
+    let w0 = Worker::start(&spec, 0, &peers, "t", &tls_short);
+    let w1 = Worker::start(&spec, 1, &peers, "t", &["--connect-timeout-secs", "3"]);
+    let (ok0, _) = w0.wait(Duration::from_secs(30));
+    let (ok1, _) = w1.wait(Duration::from_secs(30));
+    assert!(
+        !ok0 && !ok1,
+        "plaintext and TLS workers must not exchange records"
+    );
+
+    // Unreadable files are named.
+    let bad = Command::new(BIN)
+        .args([
+            "worker",
+            spec.to_str().unwrap(),
+            "--index",
+            "0",
+            "--workers",
+            "1",
+        ])
+        .args(["--peers", "127.0.0.1:1", "--tls-cert", "/nope.pem"])
+        .args([
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--tls-ca",
+            ca.to_str().unwrap(),
+        ])
+        .env("STREAMJOB_TOKEN", "t")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("cannot read TLS certificate /nope.pem"),
+        "{err}"
+    );
+}

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use streamjob::net::cluster::{ClusterConfig, index_from_pod_name, peers_from_pattern};
+use streamjob::net::cluster::{ClusterConfig, TlsPems, index_from_pod_name, peers_from_pattern};
 
 /// Environment variable holding the job's exchange token (the operator fills it from a
 /// Secret).
@@ -56,6 +56,16 @@ pub struct WorkerArgs {
     /// (set in pods, so the StatefulSet does not run a finished job again).
     #[arg(long, env = "STREAMJOB_IDLE_AFTER_FINISH")]
     pub idle_after_finish: bool,
+    /// This worker's TLS certificate (PEM) for the exchange; with --tls-key and --tls-ca,
+    /// turns on mutual TLS (every worker of the job must use it).
+    #[arg(long, env = "STREAMJOB_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "STREAMJOB_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificate (PEM) that signed every worker's certificate.
+    #[arg(long, env = "STREAMJOB_TLS_CA", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// Resolves the command line and environment into a cluster config for `job_name`.
@@ -118,5 +128,11 @@ pub fn cluster_config(
         job_hash: spec_hash,
         idle_after_finish: args.idle_after_finish,
         health: Default::default(),
+        tls: match (&args.tls_cert, &args.tls_key, &args.tls_ca) {
+            (Some(c), Some(k), Some(a)) => {
+                Some(TlsPems::load(c, k, a).map_err(anyhow::Error::msg)?)
+            }
+            _ => None,
+        },
     })
 }

@@ -30,6 +30,41 @@ pub struct ClusterConfig {
     pub idle_after_finish: bool,
     /// What the gRPC health service reports.
     pub health: std::sync::Arc<crate::net::health::HealthState>,
+    /// Mutual TLS for the exchange, if configured.
+    pub tls: Option<TlsPems>,
+}
+
+/// PEM contents for mutual TLS on the exchange: this worker's certificate and key, and the
+/// CA that signs every worker's certificate (checked on both ends).
+#[derive(Clone)]
+pub struct TlsPems {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+    pub ca: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsPems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsPems { .. }")
+    }
+}
+
+impl TlsPems {
+    /// Reads the three PEM files; errors name the file.
+    pub fn load(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        ca: &std::path::Path,
+    ) -> Result<Self, String> {
+        let read = |what: &str, p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| format!("cannot read TLS {what} {}: {e}", p.display()))
+        };
+        Ok(TlsPems {
+            cert: read("certificate", cert)?,
+            key: read("key", key)?,
+            ca: read("CA certificate", ca)?,
+        })
+    }
 }
 
 /// Worker index from a StatefulSet pod name (`wordcount-worker-2` -> 2).

@@ -17,12 +17,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument as _, debug, info_span};
 
 use crate::error::{Cause, TaskError};
 use crate::net::PROTOCOL_VERSION;
+use crate::net::cluster::TlsPems;
 use crate::net::codec::Wire;
 use crate::net::proto::exchange_client::ExchangeClient;
 use crate::net::proto::exchange_server::{Exchange, ExchangeServer};
@@ -327,9 +328,23 @@ pub(crate) async fn connect(
     addr: &str,
     timeout: Duration,
     cancel: &CancelFlag,
+    tls: Option<&TlsPems>,
 ) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("worker {peer}: bad address '{addr}': {e}"))?
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| format!("worker {peer}: bad address '{addr}': {e}"))?;
+    if let Some(t) = tls {
+        let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+        endpoint = endpoint
+            .tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(&t.ca))
+                    .identity(Identity::from_pem(&t.cert, &t.key))
+                    .domain_name(host.trim_start_matches('[').trim_end_matches(']')),
+            )
+            .map_err(|e| format!("worker {peer}: TLS setup: {e}"))?;
+    }
+    let endpoint = endpoint
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))

@@ -122,8 +122,19 @@ pub(crate) fn run_distributed(
             .map_err(|e| setup(format!("cannot listen on {}: {e}", cluster.listen)))?;
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let failures = failures.clone();
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(t) = &cluster.tls {
+            use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+            builder = builder
+                .tls_config(
+                    ServerTlsConfig::new()
+                        .identity(Identity::from_pem(&t.cert, &t.key))
+                        .client_ca_root(Certificate::from_pem(&t.ca)),
+                )
+                .map_err(|e| setup(format!("TLS setup: {e}")))?;
+        }
         runtime.spawn(async move {
-            let served = tonic::transport::Server::builder()
+            let served = builder
                 .tcp_nodelay(true)
                 .http2_keepalive_interval(Some(Duration::from_secs(5)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -172,10 +183,18 @@ pub(crate) fn run_distributed(
             let addr = cluster.peers[peer as usize].clone();
             let (failures, handshake, sent) = (failures.clone(), handshake.clone(), sent.clone());
             let (timeout, worker) = (cluster.connect_timeout, cluster.index);
+            let tls = cluster.tls.clone();
             let span = info_span!("exchange-out", peer, %addr);
             runtime.spawn(
                 async move {
-                    let conn = match exchange::connect(peer, &addr, timeout, &failures.cancel).await
+                    let conn = match exchange::connect(
+                        peer,
+                        &addr,
+                        timeout,
+                        &failures.cancel,
+                        tls.as_ref(),
+                    )
+                    .await
                     {
                         Ok(c) => c,
                         // Once cancelled, the reason is already reported.
