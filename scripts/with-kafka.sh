@@ -2,6 +2,7 @@
 # Runs a command with a Kafka-protocol broker (noida-db, from the test venv) on loopback:
 # starts it on a free port, exports STREAMJOB_TEST_KAFKA=127.0.0.1:<port>, runs "$@", stops
 # the broker whatever happens. A broker already given in STREAMJOB_TEST_KAFKA is used as is.
+# Also exports STREAMJOB_TEST_KAFKA_BIN, the broker binary, for tests that need a private one.
 set -euo pipefail
 if [[ -n "${STREAMJOB_TEST_KAFKA:-}" ]]; then exec "$@"; fi
 VENV="$("$(dirname "$0")/test-deps.sh")"
@@ -21,4 +22,6 @@ for _ in $(seq 1 200); do
 done
 echo "Kafka broker (noida-db) on 127.0.0.1:$PORT" >&2
 export STREAMJOB_TEST_KAFKA="127.0.0.1:$PORT"
+# Tests that restart a broker start their own from this binary.
+export STREAMJOB_TEST_KAFKA_BIN="$SP/noida_db/noida-db"
 "$@"

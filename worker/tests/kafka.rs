@@ -17,7 +17,15 @@ use rdkafka::{Offset, TopicPartitionList};
 
 const BIN: &str = env!("CARGO_BIN_EXE_streamjob");
 
+thread_local! {
+    /// A test's own broker address, for the helpers below (per test thread).
+    static OVERRIDE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
 fn broker() -> String {
+    if let Some(b) = OVERRIDE.with(|o| o.borrow().clone()) {
+        return b;
+    }
     std::env::var("STREAMJOB_TEST_KAFKA").expect(
         "STREAMJOB_TEST_KAFKA is not set: run the tests with `make test`, which starts a broker \
          (scripts/with-kafka.sh), or point it at a Kafka broker",
@@ -555,4 +563,164 @@ fn exactly_once_results_become_visible_while_an_unbounded_job_idles() {
     let _ = job.wait();
     assert!(still_running, "the unbounded job must still run");
     assert_eq!(seen, 600, "every count committed while the job idles");
+}
+
+/// A broker of this test's own (so restarting it disturbs no other test).
+struct PrivateBroker {
+    child: std::process::Child,
+}
+
+impl PrivateBroker {
+    fn start(port: u16, data: &Path) -> Self {
+        let bin = std::env::var("STREAMJOB_TEST_KAFKA_BIN").expect(
+            "STREAMJOB_TEST_KAFKA_BIN is not set: run the tests with `make test` (scripts/with-kafka.sh)",
+        );
+        let child = Command::new(bin)
+            .args([
+                "start",
+                "--only",
+                "kafka",
+                "--kafka-port",
+                &port.to_string(),
+                "--data-dir",
+            ])
+            .arg(data)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "broker did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        PrivateBroker { child }
+    }
+
+    /// Freezes the broker (SIGSTOP) for `pause`, then lets it continue: connections hang and
+    /// requests time out as during a broker outage. (A real restart cannot be tested here:
+    /// the test broker keeps no data across restarts.)
+    fn outage(&mut self, pause: Duration) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-STOP", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        std::thread::sleep(pause);
+        assert!(
+            Command::new("kill")
+                .args(["-CONT", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_broker_outage_during_a_run_loses_nothing_at_least_once() {
+    let dir = tmp("restart");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut broker = PrivateBroker::start(port, &dir.join("broker-data"));
+    let addr = format!("127.0.0.1:{port}");
+    // The helpers talk to STREAMJOB_TEST_KAFKA; point this test thread at its own broker.
+    OVERRIDE.with(|o| *o.borrow_mut() = Some(addr.clone()));
+    let (input, output) = (unique("r-in"), unique("r-out"));
+    let (first, mut expected) = text(3_000, 5);
+    let (second, more) = text(3_000, 6);
+    for (w, c) in more {
+        *expected.entry(w).or_insert(0) += c;
+    }
+    create_topic(&input, 2);
+    create_topic(&output, 2);
+    produce(&input, 2, &first);
+    let spec = {
+        let s = write_job(
+            &dir,
+            &Job {
+                input: &input,
+                output: &output,
+                group: &unique("g"),
+                parallelism: 2,
+                starting: "earliest",
+                format: "string",
+                sink_extra: "          deliveryGuarantee: at-least-once",
+                on_error: "fail",
+            },
+        );
+        let unbounded = std::fs::read_to_string(&s)
+            .unwrap()
+            .replace("          bounded: true\n", "");
+        std::fs::write(&s, unbounded).unwrap();
+        s
+    };
+    let log = dir.join("job.log");
+    let mut job = Command::new(BIN)
+        .arg("run")
+        .arg(&spec)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // Some output first, then the broker stops answering for a while, mid-run.
+    let started = Instant::now();
+    loop {
+        if !consume_all(&output, false).is_empty() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no output");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Input arrives while the broker is frozen: it is produced as soon as the broker is back.
+    let producer = std::thread::spawn({
+        let (input, addr) = (input.clone(), addr.clone());
+        move || {
+            OVERRIDE.with(|o| *o.borrow_mut() = Some(addr));
+            produce(&input, 2, &second);
+        }
+    });
+    broker.outage(Duration::from_secs(8));
+    producer.join().unwrap();
+    let total: u64 = expected.values().sum();
+    let mut finals_now = BTreeMap::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(90) {
+        let records = consume_all(&output, false);
+        finals_now = BTreeMap::new();
+        for (_, payload, _) in &records {
+            let v: serde_json::Value = serde_json::from_str(payload).unwrap();
+            let (w, c) = (
+                v["word"].as_str().unwrap().to_string(),
+                v["count"].as_u64().unwrap(),
+            );
+            let e = finals_now.entry(w).or_insert(0);
+            *e = c.max(*e);
+        }
+        if finals_now == expected {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let alive = job.try_wait().unwrap().is_none();
+    let _ = job.kill();
+    let _ = job.wait();
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(alive, "the job survives the broker outage: {log}");
+    assert_eq!(finals_now, expected, "all {total} words counted");
 }

@@ -1,7 +1,7 @@
 //! Kafka sink: one producer per subtask.
 //!
 //! - `none`: records are sent and delivery failures are only counted and logged.
-//! - `at-least-once`: idempotent producer, acks=all; every delivery report is checked and a
+//! - `at-least-once`: acks=all, unlimited retries; every delivery report is checked and a
 //!   failed delivery fails the job (never a silent drop); the end of input waits until every
 //!   record is acknowledged. librdkafka retries broker errors, so a broker restart during a
 //!   run loses nothing.
@@ -170,8 +170,12 @@ impl<T: Send + 'static> Sink<T> for KafkaSink<T> {
         match s.guarantee {
             DeliveryGuarantee::None => ours.push(("acks", "1".into())),
             DeliveryGuarantee::AtLeastOnce => {
+                // Not idempotent: an idempotent producer turns a broker that lost its
+                // producer state (a restart of some brokers) into a fatal error, and
+                // at-least-once accepts the duplicates plain retries may cause.
                 ours.push(("acks", "all".into()));
-                ours.push(("enable.idempotence", "true".into()));
+                ours.push(("enable.idempotence", "false".into()));
+                ours.push(("message.send.max.retries", "2147483647".into()));
             }
             DeliveryGuarantee::ExactlyOnce => {
                 let prefix = s
