@@ -198,6 +198,22 @@ struct Job<'a> {
     on_error: &'a str,
 }
 
+impl<'a> Job<'a> {
+    /// Parallelism 2, from the earliest offsets, string payloads, default sink, onError fail.
+    fn new(input: &'a str, output: &'a str, group: &'a str) -> Self {
+        Job {
+            input,
+            output,
+            group,
+            parallelism: 2,
+            starting: "earliest",
+            format: "string",
+            sink_extra: "",
+            on_error: "fail",
+        }
+    }
+}
+
 fn write_job(dir: &Path, j: &Job<'_>) -> PathBuf {
     let yaml = format!(
         r#"apiVersion: streamjob.dev/v1alpha1
@@ -295,14 +311,8 @@ fn word_count_from_kafka_to_kafka_gives_exact_counts() {
     let spec = write_job(
         &dir,
         &Job {
-            input: &input,
-            output: &output,
-            group: &unique("g"),
-            parallelism: 2,
-            starting: "earliest",
-            format: "string",
             sink_extra: "          deliveryGuarantee: at-least-once",
-            on_error: "fail",
+            ..Job::new(&input, &output, &unique("g"))
         },
     );
     let (ok, err) = run(&spec);
@@ -322,14 +332,8 @@ fn a_restarted_job_resumes_from_committed_offsets() {
     let spec = write_job(
         &dir,
         &Job {
-            input: &input,
-            output: &output,
-            group: &group,
-            parallelism: 2,
             starting: "committed",
-            format: "string",
-            sink_extra: "",
-            on_error: "fail",
+            ..Job::new(&input, &output, &group)
         },
     );
     produce(&input, 2, &vec!["a b".to_string(); 1000]);
@@ -366,17 +370,11 @@ fn exactly_once_output_is_seen_once_by_read_committed_consumers() {
     let spec = write_job(
         &dir,
         &Job {
-            input: &input,
-            output: &output,
-            group: &unique("g"),
-            parallelism: 2,
-            starting: "earliest",
-            format: "string",
             sink_extra: &format!(
                 "          deliveryGuarantee: exactly-once\n          transactionalIdPrefix: {}\n          commitIntervalMs: 200",
                 unique("tx")
             ),
-            on_error: "fail",
+            ..Job::new(&input, &output, &unique("g"))
         },
     );
     let (ok, err) = run(&spec);
@@ -398,17 +396,13 @@ fn a_failed_exactly_once_job_leaves_nothing_visible_to_read_committed() {
     let spec = write_job(
         &dir,
         &Job {
-            input: &input,
-            output: &output,
-            group: &unique("g"),
             parallelism: 1,
-            starting: "earliest",
             format: "json",
             sink_extra: &format!(
                 "          deliveryGuarantee: exactly-once\n          transactionalIdPrefix: {}\n          commitIntervalMs: 300000",
                 unique("tx")
             ),
-            on_error: "fail",
+            ..Job::new(&input, &output, &unique("g"))
         },
     );
     let (ok, err) = run(&spec);
@@ -443,14 +437,10 @@ fn malformed_records_follow_the_skip_policy() {
     let spec = write_job(
         &dir,
         &Job {
-            input: &input,
-            output: &output,
-            group: &unique("g"),
             parallelism: 1,
-            starting: "earliest",
             format: "json",
-            sink_extra: "",
             on_error: "skip",
+            ..Job::new(&input, &output, &unique("g"))
         },
     );
     let (ok, err) = run(&spec);
@@ -471,14 +461,8 @@ fn a_missing_topic_is_a_clear_error() {
     let spec = write_job(
         &dir,
         &Job {
-            input: &missing,
-            output: &output,
-            group: &unique("g"),
             parallelism: 1,
-            starting: "earliest",
-            format: "string",
-            sink_extra: "",
-            on_error: "fail",
+            ..Job::new(&missing, &output, &unique("g"))
         },
     );
     let (ok, err) = run(&spec);
@@ -495,14 +479,8 @@ fn an_unreachable_broker_is_a_clear_error() {
     let spec = write_job(
         &dir,
         &Job {
-            input: "t",
-            output: "o",
-            group: "g",
             parallelism: 1,
-            starting: "earliest",
-            format: "string",
-            sink_extra: "",
-            on_error: "fail",
+            ..Job::new("t", "o", "g")
         },
     );
     let yaml = std::fs::read_to_string(&spec)
@@ -529,17 +507,12 @@ fn exactly_once_results_become_visible_while_an_unbounded_job_idles() {
     let spec = write_job(
         &dir,
         &Job {
-            input: &input,
-            output: &output,
-            group: &unique("g"),
             parallelism: 1,
-            starting: "earliest",
-            format: "string",
             sink_extra: &format!(
                 "          deliveryGuarantee: exactly-once\n          transactionalIdPrefix: {}\n          commitIntervalMs: 300",
                 unique("tx")
             ),
-            on_error: "fail",
+            ..Job::new(&input, &output, &unique("g"))
         },
     );
     let unbounded = std::fs::read_to_string(&spec)
@@ -655,14 +628,8 @@ fn a_broker_outage_during_a_run_loses_nothing_at_least_once() {
         let s = write_job(
             &dir,
             &Job {
-                input: &input,
-                output: &output,
-                group: &unique("g"),
-                parallelism: 2,
-                starting: "earliest",
-                format: "string",
                 sink_extra: "          deliveryGuarantee: at-least-once",
-                on_error: "fail",
+                ..Job::new(&input, &output, &unique("g"))
             },
         );
         let unbounded = std::fs::read_to_string(&s)
