@@ -104,6 +104,12 @@ pub struct StreamJobSpec {
     #[serde(default = "default_buffer_timeout_ms")]
     pub buffer_timeout_ms: u64,
 
+    /// Periodic aligned checkpoints: a job started again restores from the latest complete
+    /// one (state, source positions; sinks drop or abort what came after). Single-process
+    /// runs only for now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpointing: Option<Checkpointing>,
+
     /// Slots per worker pod: worker i runs subtasks `i*slots .. (i+1)*slots` of every step,
     /// so the job gets `ceil(max step parallelism / slotsPerWorker)` pods.
     #[serde(default = "default_one")]
@@ -128,6 +134,27 @@ pub struct StreamJobSpec {
     /// The pipeline, in order. A step reads the previous step unless it names its `input`.
     #[schemars(length(min = 1, max = 100))]
     pub steps: Vec<Step>,
+}
+
+/// Checkpoint settings.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Checkpointing {
+    /// Time between checkpoints, in ms.
+    #[schemars(range(min = 10))]
+    pub interval_ms: u64,
+    /// Directory of the checkpoints (`file:///path` or a plain path; relative paths resolve
+    /// against the manifest's directory).
+    #[schemars(length(min = 1))]
+    pub directory: String,
+    /// Complete checkpoints kept.
+    #[serde(default = "default_retained")]
+    #[schemars(range(min = 1))]
+    pub retained: u32,
+}
+
+fn default_retained() -> u32 {
+    3
 }
 
 fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

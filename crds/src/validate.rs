@@ -227,6 +227,24 @@ impl Validator {
                 ),
             );
         }
+        if let Some(c) = &spec.checkpointing {
+            self.checkpointing(c);
+            for (i, step) in spec.steps.iter().enumerate() {
+                let eo = step
+                    .sink
+                    .as_ref()
+                    .and_then(|s| s.kafka.as_ref())
+                    .is_some_and(|k| {
+                        k.delivery_guarantee == crate::spec::DeliveryGuarantee::ExactlyOnce
+                    });
+                if eo {
+                    self.push(
+                        format!("spec.steps[{i}].sink.kafka.deliveryGuarantee"),
+                        "exactly-once Kafka sinks do not work with spec.checkpointing yet; use at-least-once, or no checkpointing",
+                    );
+                }
+            }
+        }
         if let Some(image) = &spec.image
             && image.trim().is_empty()
         {
@@ -681,6 +699,25 @@ impl Validator {
             &format!("{at}.commitIntervalMs"),
         );
         self.properties(&k.properties, &k.secret_properties, at);
+    }
+
+    fn checkpointing(&mut self, c: &crate::spec::Checkpointing) {
+        self.interval(c.interval_ms, 10, u64::MAX, "spec.checkpointing.intervalMs");
+        if c.retained == 0 {
+            self.push("spec.checkpointing.retained", "must be at least 1");
+        }
+        let dir = c.directory.strip_prefix("file://").unwrap_or(&c.directory);
+        if dir.trim().is_empty() {
+            self.push("spec.checkpointing.directory", "must not be empty");
+        } else if c.directory.contains("://") && !c.directory.starts_with("file://") {
+            self.push(
+                "spec.checkpointing.directory",
+                format!(
+                    "'{}': only file:// (or a plain path) is supported yet",
+                    c.directory
+                ),
+            );
+        }
     }
 
     fn interval(&mut self, ms: u64, min: u64, max: u64, at: &str) {

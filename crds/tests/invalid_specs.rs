@@ -532,3 +532,25 @@ fn kafka_source_discovery_interval_too_short() {
         "must be at least 100 ms, got 5",
     );
 }
+
+#[test]
+fn exactly_once_kafka_with_checkpointing_is_refused_for_now() {
+    assert_error(
+        &format!(
+            "checkpointing: {{intervalMs: 1000, directory: /tmp/c}}\nsteps:\n{SRC}\n- name: out\n  sink:\n    kafka: {{bootstrapServers: 'k:9092', topic: t, deliveryGuarantee: exactly-once, transactionalIdPrefix: p}}"
+        ),
+        "spec.steps[1].sink.kafka.deliveryGuarantee",
+        "exactly-once Kafka sinks do not work with spec.checkpointing yet",
+    );
+}
+
+#[test]
+fn checkpoint_storage_other_than_files_is_refused_for_now() {
+    assert_error(
+        &format!(
+            "checkpointing: {{intervalMs: 1000, directory: 's3://bucket/chk'}}\nsteps:\n{SRC}\n- name: out\n  sink: {{print: {{}}}}"
+        ),
+        "spec.checkpointing.directory",
+        "'s3://bucket/chk': only file:// (or a plain path) is supported yet",
+    );
+}

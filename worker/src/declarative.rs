@@ -29,7 +29,9 @@ use crate::connectors::kafka;
 use crate::connectors::print::PrintSink;
 use crate::connectors::socket::SocketSource;
 use crate::error::{BoxError, JobError, TaskError};
+use crate::net::codec::{Codec as _, get_varint, put_varint};
 use crate::operators::{OpId, SinkOp};
+use crate::runtime::checkpoint::Coordinator;
 use crate::runtime::context::SubtaskContext;
 use crate::runtime::message::Signal;
 use crate::runtime::output::Output;
@@ -68,6 +70,14 @@ pub fn build_job(
     env.set_parallelism(spec.parallelism)
         .set_max_parallelism(spec.max_parallelism)
         .set_buffer_timeout(std::time::Duration::from_millis(spec.buffer_timeout_ms));
+    if let Some(c) = &spec.checkpointing {
+        let dir = c.directory.strip_prefix("file://").unwrap_or(&c.directory);
+        env.enable_checkpointing(
+            std::time::Duration::from_millis(c.interval_ms),
+            resolve(base_dir, dir),
+            c.retained as usize,
+        );
+    }
     let run = SpecRun::default();
     let policy = Arc::new(ErrorPolicy {
         on_error: spec.on_error,
@@ -170,28 +180,38 @@ fn node_runtime(
             let p = p.clone();
             let policy = policy.clone();
             NodeRuntime::Transform(Arc::new(move |next: AnyBox, ctx: &SubtaskContext| {
-                let op = ExprReduce {
+                let mut op = ExprReduce {
                     key: key.clone(),
                     program: p.clone(),
                     state: HashMapValueState::new(ctx.key_groups),
                     max_parallelism: ctx.max_parallelism,
                     next: unbox(next),
                     handler: Handler::new(policy.clone(), ctx)?,
+                    checkpoints: ctx
+                        .checkpoints
+                        .clone()
+                        .map(|c| (c, ctx.uid.clone(), ctx.subtask)),
                 };
+                if let Some(c) = &ctx.checkpoints {
+                    let restore_error = |e: String| JobError::Setup {
+                        operator: ctx.operator.to_string(),
+                        message: format!("cannot restore keyed state: {e}"),
+                    };
+                    let snapshots = c
+                        .restored_states(&ctx.uid)
+                        .map_err(|e| restore_error(e.to_string()))?;
+                    op.restore(&snapshots).map_err(restore_error)?;
+                }
                 Ok(Box::new(Box::new(op) as Box<dyn Output<Value>>) as AnyBox)
             }))
         }
         StepOp::Sink { spec, key } => {
             let sink = sink_for(spec, key.clone(), base_dir, &format!("{path}.sink"), run)?;
             NodeRuntime::Sink(Arc::new(move |ctx: &SubtaskContext| {
-                let writer = sink.create_writer(ctx).map_err(|e| JobError::Setup {
-                    operator: ctx.operator.to_string(),
-                    message: e.to_string(),
-                })?;
-                Ok(Box::new(Box::new(SinkOp {
-                    writer,
-                    id: OpId::of(ctx),
-                }) as Box<dyn Output<Value>>) as AnyBox)
+                Ok(
+                    Box::new(Box::new(SinkOp::create(&*sink, ctx)?) as Box<dyn Output<Value>>)
+                        as AnyBox,
+                )
             }))
         }
         StepOp::KeyBy(_) | StepOp::Rebalance => {
@@ -344,21 +364,68 @@ impl Sink<Value> for FileSink {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
-        let file = std::fs::File::create(&path)
-            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-        Ok(Box::new(FileWriter(std::io::BufWriter::new(file))))
+        // With checkpoints the file is kept and cut back to the restored checkpoint's length
+        // (see `restore`); without, every run starts it afresh.
+        let file = if ctx.checkpoints.is_some() {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+        } else {
+            std::fs::File::create(&path)
+        }
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        if ctx
+            .checkpoints
+            .as_ref()
+            .is_some_and(|c| c.restored().is_none())
+        {
+            file.set_len(0)?;
+        }
+        Ok(Box::new(FileWriter {
+            out: std::io::BufWriter::new(file),
+            path,
+        }))
     }
 }
 
-struct FileWriter(std::io::BufWriter<std::fs::File>);
+/// Lines to a file. With checkpoints, exactly once: a snapshot records the file's length
+/// after a flush, and a restore truncates the file to it, dropping lines written after the
+/// checkpoint (they are produced again from the restored state and positions).
+struct FileWriter {
+    out: std::io::BufWriter<std::fs::File>,
+    path: PathBuf,
+}
 
 impl SinkWriter<Value> for FileWriter {
     fn write(&mut self, item: Value) -> Result<(), BoxError> {
-        writeln!(self.0, "{item}")?;
+        writeln!(self.out, "{item}")?;
         Ok(())
     }
     fn flush(&mut self) -> Result<(), BoxError> {
-        self.0.flush()?;
+        self.out.flush()?;
+        Ok(())
+    }
+    fn snapshot(&mut self, _checkpoint: u64) -> Result<Vec<u8>, BoxError> {
+        self.out.flush()?;
+        self.out.get_ref().sync_data()?;
+        Ok(self.out.get_ref().metadata()?.len().to_le_bytes().to_vec())
+    }
+    fn restore(&mut self, state: &[u8]) -> Result<(), BoxError> {
+        let len = u64::from_le_bytes(
+            state
+                .try_into()
+                .map_err(|_| format!("bad file sink snapshot for {}", self.path.display()))?,
+        );
+        let now = self.out.get_ref().metadata()?.len();
+        if now < len {
+            return Err(format!(
+                "{} has {now} bytes but had {len} at the checkpoint: it was changed outside the job",
+                self.path.display()
+            )
+            .into());
+        }
+        self.out.get_ref().set_len(len)?;
         Ok(())
     }
 }
@@ -503,6 +570,44 @@ struct ExprReduce {
     max_parallelism: u32,
     next: Box<dyn Output<Value>>,
     handler: Handler,
+    /// Where snapshots go: (coordinator, operator uid, subtask).
+    checkpoints: Option<(Arc<Coordinator>, Arc<str>, u32)>,
+}
+
+impl ExprReduce {
+    /// Keyed state as `(key group, key, accumulator)` entries, key group by key group.
+    fn snapshot(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for g in self.state.key_groups().as_range() {
+            self.state
+                .for_each_in_group(g, &mut |k: &Value, v: &Option<Value>| {
+                    put_varint(&mut out, u64::from(g));
+                    k.encode(&mut out);
+                    v.as_ref()
+                        .expect("reduce state slot is filled")
+                        .encode(&mut out);
+                });
+        }
+        out
+    }
+
+    /// Loads the entries of this subtask's key groups from every old subtask's snapshot, so
+    /// a restore may use another parallelism.
+    fn restore(&mut self, snapshots: &[Vec<u8>]) -> Result<(), String> {
+        for snap in snapshots {
+            let mut input = snap.as_slice();
+            while !input.is_empty() {
+                let g = get_varint(&mut input).map_err(|e| e.to_string())? as u32;
+                let key = Value::decode(&mut input).map_err(|e| e.to_string())?;
+                let acc = Value::decode(&mut input).map_err(|e| e.to_string())?;
+                if self.state.key_groups().contains(g) {
+                    let hash = key.stable_hash();
+                    self.state.put(g, hash, key, Some(acc));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Output<Value> for ExprReduce {
@@ -533,6 +638,16 @@ impl Output<Value> for ExprReduce {
     }
     fn signal(&mut self, signal: Signal) -> Result<(), TaskError> {
         self.handler.flush()?;
+        if let (Signal::Barrier(b), Some((c, uid, subtask))) = (signal, self.checkpoints.clone()) {
+            let started = std::time::Instant::now();
+            let bytes = self.snapshot();
+            c.write_state(b.id, &uid, subtask, &bytes).map_err(|e| {
+                self.handler
+                    .id
+                    .fail(format!("cannot write checkpoint {}: {e}", b.id))
+            })?;
+            tracing::debug!(checkpoint = b.id, keys = self.state.len(), bytes = bytes.len(), took = ?started.elapsed(), "reduce state snapshot");
+        }
         self.next.signal(signal)
     }
     fn flush(&mut self) -> Result<(), TaskError> {

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use streamjob_crds::StableKey;
 use streamjob_crds::keygroup::key_group_of_hash;
 
-use crate::api::functions::{Collector, SinkWriter};
-use crate::error::{BoxError, TaskError, panic_message};
+use crate::api::functions::{Collector, Sink, SinkWriter};
+use crate::error::{BoxError, JobError, TaskError, panic_message};
+use crate::runtime::checkpoint::Coordinator;
 use crate::runtime::context::SubtaskContext;
 use crate::runtime::message::Signal;
 use crate::runtime::output::Output;
@@ -177,6 +178,30 @@ where
 pub(crate) struct SinkOp<T> {
     pub writer: Box<dyn SinkWriter<T>>,
     pub id: OpId,
+    checkpoints: Option<(Arc<Coordinator>, Arc<str>)>,
+}
+
+impl<T: 'static> SinkOp<T> {
+    /// The writer of one sink subtask, restored if the job restarts from a checkpoint.
+    pub fn create(sink: &dyn Sink<T>, ctx: &SubtaskContext) -> Result<Self, JobError> {
+        let setup = |e: &dyn std::fmt::Display| JobError::Setup {
+            operator: ctx.operator.to_string(),
+            message: e.to_string(),
+        };
+        let mut writer = sink.create_writer(ctx).map_err(|e| setup(&e))?;
+        if let Some(c) = &ctx.checkpoints
+            && let Some(state) = c
+                .restored_state(&ctx.uid, ctx.subtask)
+                .map_err(|e| setup(&e))?
+        {
+            writer.restore(&state).map_err(|e| setup(&e))?;
+        }
+        Ok(SinkOp {
+            writer,
+            id: OpId::of(ctx),
+            checkpoints: ctx.checkpoints.clone().map(|c| (c, ctx.uid.clone())),
+        })
+    }
 }
 
 impl<T> SinkOp<T> {
@@ -194,7 +219,18 @@ impl<T: Send> Output<T> for SinkOp<T> {
     fn signal(&mut self, signal: Signal) -> Result<(), TaskError> {
         let r = match signal {
             Signal::EndOfInput => self.id.guard(|| self.writer.finish()),
-            Signal::Barrier(_) => self.id.guard(|| self.writer.flush()),
+            Signal::Barrier(b) => match self.id.guard(|| self.writer.snapshot(b.id)) {
+                Ok(Ok(state)) => match &self.checkpoints {
+                    Some((c, uid)) => Ok(c
+                        .write_state(b.id, uid, self.id.subtask, &state)
+                        .map_err(|e| format!("cannot write checkpoint {}: {e}", b.id).into())),
+                    None => Ok(Ok(())),
+                },
+                other => other.map(|r| r.map(drop)),
+            },
+            Signal::CheckpointComplete(n) => {
+                self.id.guard(|| self.writer.notify_checkpoint_complete(n))
+            }
             Signal::Watermark(_) => Ok(Ok(())),
         };
         self.check(r)

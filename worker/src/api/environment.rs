@@ -78,6 +78,7 @@ impl StreamExecutionEnvironment {
                 batch_size: DEFAULT_BATCH_SIZE,
                 buffer_timeout: DEFAULT_BUFFER_TIMEOUT,
                 channel_capacity: DEFAULT_CHANNEL_CAPACITY,
+                checkpointing: None,
                 nodes: Vec::new(),
                 edges: Vec::new(),
             })),
@@ -116,6 +117,25 @@ impl StreamExecutionEnvironment {
     /// Batches in flight per channel before the sender blocks (backpressure).
     pub fn set_channel_capacity(&self, batches: usize) -> &Self {
         self.graph.borrow_mut().channel_capacity = batches.max(1);
+        self
+    }
+
+    /// Takes an aligned checkpoint every `interval` into `dir` (keeping the last `retained`),
+    /// and restores from the latest complete one there when the job starts: a job killed at
+    /// any point and started again continues with its state and source positions, and sinks
+    /// that support it (files, exactly-once Kafka) drop or abort what came after.
+    pub fn enable_checkpointing(
+        &self,
+        interval: Duration,
+        dir: impl Into<PathBuf>,
+        retained: usize,
+    ) -> &Self {
+        self.graph.borrow_mut().checkpointing =
+            Some(crate::runtime::checkpoint::CheckpointConfig {
+                interval,
+                dir: dir.into(),
+                retained,
+            });
         self
     }
 

@@ -84,6 +84,31 @@ pub enum SourceStatus {
 /// cancellation.
 pub trait SourceReader<T>: Send {
     fn poll_next(&mut self, out: &mut Collector<'_, T>) -> Result<SourceStatus, BoxError>;
+
+    /// Position to resume from after the records emitted so far (taken at a checkpoint
+    /// barrier). Sources that cannot replay keep the default: nothing.
+    fn snapshot(&mut self) -> Result<Vec<u8>, BoxError> {
+        Ok(Vec::new())
+    }
+
+    /// Resumes from a [`SourceReader::snapshot`] of the checkpoint the job restarts from
+    /// (called before the first poll).
+    fn restore(&mut self, _state: &[u8]) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    /// Restores from the snapshots of every subtask of the checkpointed run, for sources
+    /// whose splits can move between subtasks (e.g. Kafka partitions when the parallelism
+    /// changed). Returns false if the source does not do this, and then gets
+    /// [`SourceReader::restore`] with its own snapshot instead.
+    fn restore_from_all(&mut self, _states: &[Vec<u8>]) -> Result<bool, BoxError> {
+        Ok(false)
+    }
+
+    /// Checkpoint `n` is complete (e.g. commit the offsets it recorded).
+    fn notify_checkpoint_complete(&mut self, _checkpoint: u64) -> Result<(), BoxError> {
+        Ok(())
+    }
 }
 
 /// A sink, instantiated once per subtask (Flink's `Sink`).
@@ -112,5 +137,23 @@ pub trait SinkWriter<T>: Send {
     /// End of input: flush and release resources.
     fn finish(&mut self) -> Result<(), BoxError> {
         self.flush()
+    }
+
+    /// Checkpoint barrier: make what was written so far durable or pre-committed, and return
+    /// what a restore needs (e.g. a file length). Default: flush, nothing to restore.
+    fn snapshot(&mut self, _checkpoint: u64) -> Result<Vec<u8>, BoxError> {
+        self.flush()?;
+        Ok(Vec::new())
+    }
+
+    /// Resumes from the snapshot of the checkpoint the job restarts from (called before the
+    /// first write), e.g. dropping output written after that checkpoint.
+    fn restore(&mut self, _state: &[u8]) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    /// Checkpoint `n` is complete: commit what was pre-committed for it.
+    fn notify_checkpoint_complete(&mut self, _checkpoint: u64) -> Result<(), BoxError> {
+        Ok(())
     }
 }

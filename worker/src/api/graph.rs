@@ -215,6 +215,8 @@ pub(crate) struct GraphBuilder {
     pub buffer_timeout: Duration,
     /// Batches in flight per channel (the local credit).
     pub channel_capacity: usize,
+    /// Periodic checkpoints, when enabled.
+    pub checkpointing: Option<crate::runtime::checkpoint::CheckpointConfig>,
     pub nodes: Vec<NodeDef>,
     pub edges: Vec<EdgeDef>,
 }

@@ -38,11 +38,15 @@ impl<T> FileSource<T> {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Split {
     pub path: PathBuf,
     pub start: u64,
     pub end: u64,
+    /// `start` is the first byte of a line (a restored position), not a split boundary
+    /// whose partial line belongs to the previous split.
+    #[serde(default)]
+    pub aligned: bool,
 }
 
 /// Files of `path` (itself if a file; sorted regular, non-hidden files if a directory).
@@ -78,6 +82,7 @@ pub(crate) fn splits_for(files: &[(PathBuf, u64)], subtask: u32, parallelism: u3
                 path: path.clone(),
                 start: 0,
                 end: *len,
+                aligned: false,
             })
             .collect();
     }
@@ -87,6 +92,7 @@ pub(crate) fn splits_for(files: &[(PathBuf, u64)], subtask: u32, parallelism: u3
             path: path.clone(),
             start: len * s as u64 / p as u64,
             end: len * (s as u64 + 1) / p as u64,
+            aligned: false,
         })
         .filter(|sp| sp.start < sp.end)
         .collect()
@@ -102,6 +108,7 @@ impl<T: Send + 'static> Source<T> for FileSource<T> {
         splits.reverse();
         Ok(Box::new(FileReader {
             make: self.make,
+            parallelism: ctx.parallelism,
             splits,
             current: None,
             scratch: Vec::with_capacity(256),
@@ -119,6 +126,7 @@ struct OpenSplit {
 
 struct FileReader<T> {
     make: LineToRecord<T>,
+    parallelism: u32,
     /// Remaining splits, next last.
     splits: Vec<Split>,
     current: Option<OpenSplit>,
@@ -130,7 +138,9 @@ fn open(split: &Split) -> Result<OpenSplit, BoxError> {
         .map_err(|e| format!("cannot open {}: {e}", split.path.display()))?;
     let mut reader = BufReader::with_capacity(256 * 1024, file);
     let mut pos = split.start;
-    if split.start > 0 {
+    if split.aligned {
+        reader.seek(SeekFrom::Start(split.start))?;
+    } else if split.start > 0 {
         // The line running through `start - 1` belongs to the previous split.
         reader.seek(SeekFrom::Start(split.start - 1))?;
         let mut skip = Vec::new();
@@ -184,6 +194,36 @@ impl<T: Send> SourceReader<T> for FileReader<T> {
             emitted += 1;
         }
         Ok(SourceStatus::MoreAvailable)
+    }
+
+    /// The splits still to read, the current one from the next line on, and the parallelism
+    /// they were dealt for.
+    fn snapshot(&mut self) -> Result<Vec<u8>, BoxError> {
+        let mut left: Vec<Split> = self.splits.clone();
+        if let Some(cur) = &self.current {
+            left.push(Split {
+                path: cur.path.clone(),
+                start: cur.pos,
+                end: cur.end,
+                aligned: true,
+            });
+        }
+        Ok(serde_json::to_vec(&(self.parallelism, left))?)
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), BoxError> {
+        let (parallelism, splits): (u32, Vec<Split>) = serde_json::from_slice(state)?;
+        if parallelism != self.parallelism {
+            return Err(format!(
+                "the file source was checkpointed at parallelism {parallelism}; restoring it at \
+                 {} is not supported (keyed state can be rescaled, file positions cannot yet)",
+                self.parallelism
+            )
+            .into());
+        }
+        self.splits = splits;
+        self.current = None;
+        Ok(())
     }
 }
 

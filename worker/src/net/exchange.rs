@@ -87,6 +87,9 @@ impl<T: Send + 'static> Outbound for TypedOutbound<T> {
                     timestamp_ms: b.timestamp_ms,
                 }),
                 Message::Signal(Signal::EndOfInput) => frame::Kind::EndOfInput(true),
+                Message::Signal(Signal::CheckpointComplete(_)) => {
+                    unreachable!("routers never send chain-local signals")
+                }
             })
         })
     }

@@ -191,6 +191,8 @@ impl<T> InputGate<T> {
                 self.pending_barrier = Some(b);
                 self.release_barrier_if_aligned();
             }
+            // Chain-local: routers never send it.
+            Message::Signal(Signal::CheckpointComplete(_)) => {}
             Message::Signal(Signal::EndOfInput) => {
                 self.state[i] = InputState::Finished;
                 self.open -= 1;

@@ -26,6 +26,8 @@ pub struct SubtaskContext {
     /// Longest time a partially filled batch waits before being sent.
     pub buffer_timeout: Duration,
     pub(crate) cancel: CancelFlag,
+    /// Checkpoints of this run, when enabled.
+    pub checkpoints: Option<Arc<crate::runtime::checkpoint::Coordinator>>,
 }
 
 impl SubtaskContext {

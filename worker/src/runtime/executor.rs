@@ -22,6 +22,7 @@ use crate::net::cluster::ClusterConfig;
 use crate::net::exchange::{
     self, ChannelId, ExchangeService, Failures, Handshake, InboundSlot, OutboundChannel,
 };
+use crate::runtime::checkpoint::Coordinator;
 use crate::runtime::context::{CancelFlag, SubtaskContext};
 use crate::runtime::task::Task;
 
@@ -32,15 +33,53 @@ pub(crate) fn run_local(
     let plan = graph.logical(job_name).plan()?;
     let started = Instant::now();
     let cancel = CancelFlag::default();
-    let built = build_tasks(graph, &plan, &cancel, None)?;
+    let coordinator = match &graph.checkpointing {
+        Some(config) => {
+            let tasks = plan.chains.iter().map(|c| c.parallelism as usize).sum();
+            Some(Arc::new(Coordinator::new(config, tasks).map_err(|e| {
+                JobError::Setup {
+                    operator: "checkpoints".into(),
+                    message: format!("cannot use {}: {e}", config.dir.display()),
+                }
+            })?))
+        }
+        None => None,
+    };
+    let built = build_tasks(graph, &plan, &cancel, None, coordinator.clone())?;
     info!(
         job = job_name,
         chains = plan.chains.len(),
         subtasks = built.tasks.len(),
+        restored = ?coordinator.as_ref().and_then(|c| c.restored()),
         "job started"
     );
     let errors = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Triggers checkpoints at the configured interval while the job runs.
+    let trigger = coordinator
+        .clone()
+        .zip(graph.checkpointing.clone())
+        .map(|(c, config)| {
+            let (stop, cancel) = (stop.clone(), cancel.clone());
+            std::thread::Builder::new()
+                .name("checkpoints".into())
+                .spawn(move || {
+                    let mut next = Instant::now() + config.interval;
+                    while !stop.load(Ordering::Acquire) && !cancel.is_set() {
+                        std::thread::sleep(Duration::from_millis(5).min(config.interval));
+                        if Instant::now() >= next {
+                            c.trigger();
+                            next = Instant::now() + config.interval;
+                        }
+                    }
+                })
+                .expect("spawn checkpoint thread")
+        });
     let stats = run_tasks(built.tasks, &cancel, &errors);
+    stop.store(true, Ordering::Release);
+    if let Some(t) = trigger {
+        let _ = t.join();
+    }
     finish(job_name, started, &errors, stats, 0)
 }
 
@@ -75,7 +114,13 @@ pub(crate) fn run_distributed(
         worker: cluster.index,
         slots: cluster.slots,
     };
-    let built = build_tasks(graph, &plan, &cancel, Some(placement))?;
+    if graph.checkpointing.is_some() {
+        return Err(setup(
+            "checkpoints are not supported in distributed runs yet (issue #8): run the job in one process"
+                .into(),
+        ));
+    }
+    let built = build_tasks(graph, &plan, &cancel, Some(placement), None)?;
     let errors = Arc::new(Mutex::new(Vec::new()));
     let failures = Failures {
         cancel: cancel.clone(),
@@ -346,6 +391,7 @@ fn build_tasks(
     plan: &PhysicalPlan,
     cancel: &CancelFlag,
     placement: Option<Placement>,
+    checkpoints: Option<Arc<Coordinator>>,
 ) -> Result<BuiltJob, JobError> {
     let kind_of = |from: usize, to: usize| {
         graph
@@ -459,6 +505,7 @@ fn build_tasks(
                     batch_size: graph.batch_size,
                     buffer_timeout: graph.buffer_timeout,
                     cancel: cancel.clone(),
+                    checkpoints: checkpoints.clone(),
                 }
             };
             let tail = *chain.nodes.last().expect("chains are never empty");

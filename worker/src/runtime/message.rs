@@ -18,6 +18,10 @@ pub enum Signal {
     Barrier(CheckpointBarrier),
     /// No more records will come on this input (end of a bounded stream).
     EndOfInput,
+    /// Checkpoint `n` is complete and durable: sinks commit what they pre-committed for it,
+    /// sources may commit their positions. Passed down a chain by its task; never sent
+    /// over a channel (every task learns it from the coordinator).
+    CheckpointComplete(u64),
 }
 
 /// One element on a channel. Records always travel in batches: one channel operation

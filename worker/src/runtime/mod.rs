@@ -2,6 +2,7 @@
 //! one subtask each, and the executor that wires a plan into running threads.
 
 pub mod channel;
+pub mod checkpoint;
 pub mod context;
 pub mod executor;
 pub mod message;

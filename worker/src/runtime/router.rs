@@ -98,6 +98,9 @@ impl<T: Clone + Send> Output<T> for Router<T> {
     }
 
     fn signal(&mut self, signal: Signal) -> Result<(), TaskError> {
+        if let Signal::CheckpointComplete(_) = signal {
+            return Ok(());
+        }
         // Signals stay in order with data: whatever is buffered goes first.
         self.flush()?;
         for tx in &self.senders {

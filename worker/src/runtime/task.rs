@@ -2,6 +2,7 @@
 //! reader or from the input gate, and pushing into the chain's head.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::debug;
@@ -9,8 +10,9 @@ use tracing::debug;
 use crate::api::functions::{Collector, SourceReader, SourceStatus};
 use crate::error::{TaskError, panic_message};
 use crate::runtime::channel::{Endpoint, InputGate, cancelled};
+use crate::runtime::checkpoint::Coordinator;
 use crate::runtime::context::{CANCEL_POLL, SubtaskContext};
-use crate::runtime::message::{Message, Signal};
+use crate::runtime::message::{CheckpointBarrier, Message, Signal};
 use crate::runtime::output::Output;
 
 /// One runnable subtask.
@@ -31,14 +33,111 @@ pub(crate) struct SourceTask<T> {
     pub ctx: SubtaskContext,
 }
 
+/// A task's view of the checkpoints: which barrier it injected or passed last, and which
+/// completion it announced to its chain last.
+struct CheckpointCursor {
+    coordinator: Arc<Coordinator>,
+    barrier: u64,
+    complete: u64,
+}
+
+impl CheckpointCursor {
+    fn of(ctx: &SubtaskContext) -> Option<Self> {
+        let c = ctx.checkpoints.clone()?;
+        Some(CheckpointCursor {
+            barrier: c.pending(),
+            complete: c.completed(),
+            coordinator: c,
+        })
+    }
+}
+
+fn io_error(ctx: &SubtaskContext, what: &str, e: impl std::fmt::Display) -> TaskError {
+    TaskError::user(&ctx.operator, ctx.subtask, format!("{what}: {e}"))
+}
+
+/// Tells the chain about a newly completed checkpoint (sinks commit).
+fn announce_complete<T>(
+    cursor: &mut Option<CheckpointCursor>,
+    head: &mut dyn Output<T>,
+) -> Result<Option<u64>, TaskError> {
+    let Some(c) = cursor else { return Ok(None) };
+    let done = c.coordinator.completed();
+    if done > c.complete {
+        c.complete = done;
+        head.signal(Signal::CheckpointComplete(done))?;
+        return Ok(Some(done));
+    }
+    Ok(None)
+}
+
+fn task_finished(
+    cursor: &Option<CheckpointCursor>,
+    ctx: &SubtaskContext,
+    final_state: Option<Vec<u8>>,
+) -> Result<(), TaskError> {
+    if let Some(c) = cursor {
+        c.coordinator
+            .task_finished(c.barrier, final_state.map(|b| (&*ctx.uid, ctx.subtask, b)))
+            .map_err(|e| io_error(ctx, "cannot complete a checkpoint", e))?;
+    }
+    Ok(())
+}
+
 impl<T: Send> Task for SourceTask<T> {
     fn run(mut self: Box<Self>) -> Result<TaskStats, TaskError> {
         let who = endpoint(&self.ctx);
         let mut stats = TaskStats::default();
         let mut last_flush = Instant::now();
+        let mut cursor = CheckpointCursor::of(&self.ctx);
+        if let Some(c) = &cursor
+            && c.coordinator.restored().is_some()
+        {
+            let read = |e| io_error(&self.ctx, "cannot read checkpoint", e);
+            let all = c.coordinator.restored_states(&self.ctx.uid).map_err(read)?;
+            let restore = |e| io_error(&self.ctx, "cannot restore from checkpoint", e);
+            if !self.reader.restore_from_all(&all).map_err(restore)? {
+                let own = c
+                    .coordinator
+                    .restored_state(&self.ctx.uid, self.ctx.subtask)
+                    .map_err(read)?;
+                if let Some(state) = own {
+                    self.reader.restore(&state).map_err(restore)?;
+                }
+            }
+        }
         loop {
             if self.ctx.is_cancelled() {
                 return Err(cancelled(&who));
+            }
+            if let Some(c) = &mut cursor {
+                let id = c.coordinator.pending();
+                if id > c.barrier {
+                    // Position first, then the barrier: everything before it is covered.
+                    let state = self
+                        .reader
+                        .snapshot()
+                        .map_err(|e| io_error(&self.ctx, "cannot snapshot the source", e))?;
+                    c.coordinator
+                        .write_state(id, &self.ctx.uid, self.ctx.subtask, &state)
+                        .map_err(|e| io_error(&self.ctx, "cannot write checkpoint", e))?;
+                    let barrier = CheckpointBarrier {
+                        id,
+                        timestamp_ms: std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as u64),
+                    };
+                    self.head.signal(Signal::Barrier(barrier))?;
+                    c.coordinator
+                        .ack(id)
+                        .map_err(|e| io_error(&self.ctx, "cannot complete a checkpoint", e))?;
+                    c.barrier = id;
+                }
+            }
+            if let Some(done) = announce_complete(&mut cursor, &mut *self.head)? {
+                self.reader
+                    .notify_checkpoint_complete(done)
+                    .map_err(|e| io_error(&self.ctx, "after checkpoint", e))?;
             }
             let mut out = Collector::new(&mut *self.head);
             let polled = catch_unwind(AssertUnwindSafe(|| self.reader.poll_next(&mut out)));
@@ -76,6 +175,14 @@ impl<T: Send> Task for SourceTask<T> {
                     debug!(operator = %self.ctx.operator, subtask = self.ctx.subtask, records = stats.records_in, "source finished");
                     self.head.signal(Signal::EndOfInput)?;
                     self.head.flush()?;
+                    let final_state =
+                        match &cursor {
+                            Some(_) => Some(self.reader.snapshot().map_err(|e| {
+                                io_error(&self.ctx, "cannot snapshot the source", e)
+                            })?),
+                            None => None,
+                        };
+                    task_finished(&cursor, &self.ctx, final_state)?;
                     return Ok(stats);
                 }
             }
@@ -94,7 +201,9 @@ impl<T: Send> Task for InputTask<T> {
         let who = endpoint(&self.ctx);
         let mut stats = TaskStats::default();
         let mut last_flush = Instant::now();
+        let mut cursor = CheckpointCursor::of(&self.ctx);
         loop {
+            announce_complete(&mut cursor, &mut *self.head)?;
             let msg = match self.gate.try_next()? {
                 Some(m) => m,
                 None => {
@@ -109,8 +218,10 @@ impl<T: Send> Task for InputTask<T> {
                             break m;
                         }
                         // Keep ticking while idle: time-driven work downstream (a Kafka
-                        // transaction due for commit, delivery reports) must not wait for
-                        // the next record. Flushing empty buffers costs nothing.
+                        // transaction due for commit, delivery reports, a completed
+                        // checkpoint to commit) must not wait for the next record.
+                        // Flushing empty buffers costs nothing.
+                        announce_complete(&mut cursor, &mut *self.head)?;
                         self.head.flush()?;
                     }
                 }
@@ -125,7 +236,18 @@ impl<T: Send> Task for InputTask<T> {
                 Message::Signal(Signal::EndOfInput) => {
                     self.head.signal(Signal::EndOfInput)?;
                     self.head.flush()?;
+                    task_finished(&cursor, &self.ctx, None)?;
                     return Ok(stats);
+                }
+                Message::Signal(Signal::Barrier(b)) => {
+                    // Operators of the chain snapshot as the barrier passes through them.
+                    self.head.signal(Signal::Barrier(b))?;
+                    if let Some(c) = &mut cursor {
+                        c.coordinator
+                            .ack(b.id)
+                            .map_err(|e| io_error(&self.ctx, "cannot complete a checkpoint", e))?;
+                        c.barrier = b.id;
+                    }
                 }
                 Message::Signal(s) => self.head.signal(s)?,
             }

@@ -259,6 +259,27 @@ impl<T> Writer<T> {
 }
 
 impl<T: Send> SinkWriter<T> for Writer<T> {
+    fn snapshot(&mut self, _checkpoint: u64) -> Result<Vec<u8>, BoxError> {
+        if self.settings.guarantee == DeliveryGuarantee::ExactlyOnce {
+            // Two-phase commit needs a transaction per pending checkpoint (a producer pool);
+            // committing here, before the checkpoint is durable, would not be exactly once.
+            return Err(
+                "exactly-once Kafka sinks do not support checkpoints yet (issue #8); use \
+                        at-least-once with checkpointing, or exactly-once without"
+                    .into(),
+            );
+        }
+        // At-least-once: everything before the barrier is acknowledged by the brokers.
+        self.producer.flush(FINISH_TIMEOUT).map_err(|e| {
+            format!(
+                "Kafka sink to '{}': cannot deliver every record: {e}",
+                self.settings.topic
+            )
+        })?;
+        self.check_deliveries()?;
+        Ok(Vec::new())
+    }
+
     fn write(&mut self, item: T) -> Result<(), BoxError> {
         self.key.clear();
         self.value.clear();

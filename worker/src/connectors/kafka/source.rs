@@ -233,6 +233,8 @@ impl<T: Send + 'static> Source<T> for KafkaSource<T> {
             last_commit: Instant::now(),
             uncommitted: false,
             last_poll_error: None,
+            checkpointed: false,
+            snapshot_offsets: Vec::new(),
         };
         reader.discover()?;
         Ok(Box::new(reader))
@@ -267,6 +269,18 @@ struct Reader<T> {
     last_commit: Instant,
     uncommitted: bool,
     last_poll_error: Option<String>,
+    /// Checkpoints drive offset commits (instead of the commit interval).
+    checkpointed: bool,
+    /// Offsets recorded by the last snapshot, committed when its checkpoint completes.
+    snapshot_offsets: Vec<(String, i32, i64)>,
+}
+
+/// Position of one partition in a snapshot.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedPartition {
+    topic: String,
+    partition: i32,
+    next: i64,
 }
 
 impl<T> Reader<T> {
@@ -455,6 +469,78 @@ impl<T> Reader<T> {
 }
 
 impl<T: Send + 'static> SourceReader<T> for Reader<T> {
+    /// Next offset per assigned partition.
+    fn snapshot(&mut self) -> Result<Vec<u8>, BoxError> {
+        self.checkpointed = true;
+        let saved: Vec<SavedPartition> = self
+            .partitions
+            .iter()
+            .filter_map(|((t, p), st)| {
+                Some(SavedPartition {
+                    topic: t.clone(),
+                    partition: *p,
+                    next: st.next?,
+                })
+            })
+            .collect();
+        self.snapshot_offsets = saved
+            .iter()
+            .map(|s| (s.topic.clone(), s.partition, s.next))
+            .collect();
+        Ok(serde_json::to_vec(&saved)?)
+    }
+
+    /// Takes the partitions this subtask owns now (the parallelism may have changed) from
+    /// every old subtask's snapshot and seeks them to the saved offsets.
+    fn restore_from_all(&mut self, states: &[Vec<u8>]) -> Result<bool, BoxError> {
+        self.checkpointed = true;
+        let mut tpl = TopicPartitionList::new();
+        for state in states {
+            let saved: Vec<SavedPartition> = serde_json::from_slice(state)?;
+            for s in saved {
+                if subtask_for_partition(&s.topic, s.partition, self.parallelism) != self.subtask {
+                    continue;
+                }
+                if let Some(st) = self.partitions.get_mut(&(s.topic.clone(), s.partition)) {
+                    st.next = Some(s.next);
+                    st.committed = None;
+                    tpl.add_partition_offset(&s.topic, s.partition, Offset::Offset(s.next))
+                        .map_err(|e| e.to_string())?;
+                    info!(topic = %s.topic, partition = s.partition, offset = s.next, "restored partition offset");
+                }
+            }
+        }
+        // Re-assign everything: restored offsets, and the rest as discovered.
+        for ((t, p), st) in &self.partitions {
+            if tpl.find_partition(t, *p).is_none() {
+                let at = st.next.map_or(Offset::Beginning, Offset::Offset);
+                tpl.add_partition_offset(t, *p, at)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        self.consumer
+            .assign(&tpl)
+            .map_err(|e| format!("cannot assign restored partitions: {e}"))?;
+        Ok(true)
+    }
+
+    /// Commits the offsets of the completed checkpoint to the consumer group (for
+    /// monitoring and for jobs started without the checkpoint).
+    fn notify_checkpoint_complete(&mut self, _checkpoint: u64) -> Result<(), BoxError> {
+        if self.settings.group_id.is_empty() || self.snapshot_offsets.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (t, p, o) in &self.snapshot_offsets {
+            tpl.add_partition_offset(t, *p, Offset::Offset(*o))
+                .map_err(|e| e.to_string())?;
+        }
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            warn!("offset commit after checkpoint failed, the next one retries: {e}");
+        }
+        Ok(())
+    }
+
     fn poll_next(&mut self, out: &mut Collector<'_, T>) -> Result<SourceStatus, BoxError> {
         if self.settings.bounded {
             if self.partitions.values().all(PartitionState::done) && self.initial_done {
@@ -464,7 +550,7 @@ impl<T: Send + 'static> SourceReader<T> for Reader<T> {
         } else if self.last_discovery.elapsed() >= self.settings.discovery {
             self.discover()?;
         }
-        if self.last_commit.elapsed() >= self.settings.commit_every {
+        if !self.checkpointed && self.last_commit.elapsed() >= self.settings.commit_every {
             self.commit(CommitMode::Async)?;
         }
         if !self.initial_done {
