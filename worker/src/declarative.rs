@@ -638,6 +638,10 @@ impl Output<Value> for ExprReduce {
     }
     fn signal(&mut self, signal: Signal) -> Result<(), TaskError> {
         self.handler.flush()?;
+        if let (Signal::EndOfInput, Some((c, uid, subtask))) = (signal, self.checkpoints.clone()) {
+            let bytes = self.snapshot();
+            c.register_final(&uid, subtask, bytes);
+        }
         if let (Signal::Barrier(b), Some((c, uid, subtask))) = (signal, self.checkpoints.clone()) {
             let started = std::time::Instant::now();
             let bytes = self.snapshot();

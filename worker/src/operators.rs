@@ -218,7 +218,20 @@ impl<T: Send> Output<T> for SinkOp<T> {
     }
     fn signal(&mut self, signal: Signal) -> Result<(), TaskError> {
         let r = match signal {
-            Signal::EndOfInput => self.id.guard(|| self.writer.finish()),
+            Signal::EndOfInput => match self.id.guard(|| self.writer.finish()) {
+                Ok(Ok(())) => match &self.checkpoints {
+                    // What a run started later from the final checkpoint restores.
+                    Some((c, uid)) => match self.id.guard(|| self.writer.snapshot(u64::MAX)) {
+                        Ok(Ok(state)) => {
+                            c.register_final(uid, self.id.subtask, state);
+                            Ok(Ok(()))
+                        }
+                        other => other.map(|r| r.map(drop)),
+                    },
+                    None => Ok(Ok(())),
+                },
+                other => other,
+            },
             Signal::Barrier(b) => match self.id.guard(|| self.writer.snapshot(b.id)) {
                 Ok(Ok(state)) => match &self.checkpoints {
                     Some((c, uid)) => Ok(c

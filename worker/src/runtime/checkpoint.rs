@@ -202,16 +202,35 @@ impl Coordinator {
         last_acked: u64,
         final_state: Option<(&str, u32, Vec<u8>)>,
     ) -> std::io::Result<()> {
+        if let Some((uid, subtask, bytes)) = final_state {
+            self.register_final(uid, subtask, bytes);
+        }
         let mut s = self.state.lock().unwrap();
         s.finished.push(last_acked);
-        if let Some((uid, subtask, bytes)) = final_state {
-            s.final_states.push((uid.to_string(), subtask, bytes));
-        }
         let id = self.pending();
         if id > self.completed() {
             self.maybe_complete(&mut s, id)?;
         }
         Ok(())
+    }
+
+    /// Final snapshot of an operator whose input ended: part of every later checkpoint.
+    pub fn register_final(&self, uid: &str, subtask: u32, bytes: Vec<u8>) {
+        let mut s = self.state.lock().unwrap();
+        s.final_states.retain(|(u, t, _)| !(u == uid && *t == subtask));
+        s.final_states.push((uid.to_string(), subtask, bytes));
+    }
+
+    /// After every task finished: one last checkpoint from the final snapshots, so a run
+    /// started later (with more input) continues exactly where this one ended.
+    pub fn final_checkpoint(&self) -> std::io::Result<()> {
+        let mut s = self.state.lock().unwrap();
+        if s.finished.len() < self.tasks {
+            return Ok(());
+        }
+        let id = self.pending().max(self.completed()) + 1;
+        self.triggered.store(id, Ordering::Release);
+        self.maybe_complete(&mut s, id)
     }
 
     fn maybe_complete(&self, s: &mut Acks, id: u64) -> std::io::Result<()> {

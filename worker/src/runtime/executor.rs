@@ -80,6 +80,15 @@ pub(crate) fn run_local(
     if let Some(t) = trigger {
         let _ = t.join();
     }
+    if let Some(c) = &coordinator
+        && errors.lock().unwrap().is_empty()
+        && let Err(e) = c.final_checkpoint()
+    {
+        return Err(JobError::Setup {
+            operator: "checkpoints".into(),
+            message: format!("cannot write the final checkpoint: {e}"),
+        });
+    }
     finish(job_name, started, &errors, stats, 0)
 }
 
