@@ -7,7 +7,7 @@
 //! runs in a child process so its peak RSS is its own. The hand-written loop is the ceiling.
 //!
 //! Usage: cargo bench -p streamjob-worker --bench wordcount -- [--lines N] [--runs R]
-//!        [--modes hand,1,2,compact1,compact2,spec1,spec2]
+//!        [--modes hand,1,2,compact1,compact2,spec1,spec2,ckpt1]
 //! `--modes` runs only the listed configurations (all by default), e.g. `--modes 1,spec1`.
 
 use std::collections::HashSet;
@@ -105,7 +105,17 @@ fn lowercase(line: String) -> String {
 
 /// The declarative word count (manifests/examples/wordcount.yaml's steps, CEL expressions,
 /// `Value` records) on the same input, with a blackhole sink.
-fn run_spec(input: &Path, parallelism: u32) -> (u64, f64) {
+fn run_spec(input: &Path, parallelism: u32, checkpoint_ms: Option<u64>) -> (u64, f64) {
+    let chk = std::env::temp_dir().join(format!("streamjob-bench-chk-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&chk);
+    let checkpointing = checkpoint_ms
+        .map(|ms| {
+            format!(
+                "  checkpointing: {{intervalMs: {ms}, directory: \"{}\"}}\n",
+                chk.display()
+            )
+        })
+        .unwrap_or_default();
     let yaml = format!(
         r#"apiVersion: streamjob.dev/v1alpha1
 kind: StreamJob
@@ -113,7 +123,7 @@ metadata:
   name: wordcount-bench
 spec:
   parallelism: {parallelism}
-  steps:
+{checkpointing}  steps:
     - {{name: lines, source: {{file: {{path: "{}"}}}}}}
     - {{name: words, flatMap: {{expr: "value.lower().words()"}}}}
     - {{name: pairs, map: {{expr: "[value, 1]"}}}}
@@ -130,7 +140,21 @@ spec:
     let start = Instant::now();
     env.execute("wordcount-spec-bench")
         .expect("benchmark job runs");
-    (run.blackhole.get(), start.elapsed().as_secs_f64())
+    let secs = start.elapsed().as_secs_f64();
+    if checkpoint_ms.is_some() {
+        // Longest checkpoint (trigger to complete) among those kept.
+        let longest = std::fs::read_dir(&chk)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("_metadata")).ok())
+            .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .filter_map(|m| Some(m["completedMs"].as_u64()? - m["triggeredMs"].as_u64()?))
+            .max();
+        eprintln!("longest checkpoint: {longest:?} ms");
+        let _ = std::fs::remove_dir_all(&chk);
+    }
+    (run.blackhole.get(), secs)
 }
 
 /// Runs one configuration in this process; returns (emitted running counts, seconds).
@@ -197,8 +221,10 @@ fn child(args: &[String]) {
     let input = PathBuf::from(&args[1]);
     let (emitted, secs) = if args[0] == "hand" {
         run_hand(&input)
+    } else if let Some(p) = args[0].strip_prefix("ckpt") {
+        run_spec(&input, p.parse().unwrap(), Some(1000))
     } else if let Some(p) = args[0].strip_prefix("spec") {
-        run_spec(&input, p.parse().unwrap())
+        run_spec(&input, p.parse().unwrap(), None)
     } else if let Some(p) = args[0].strip_prefix("compact") {
         run_engine::<CompactString>(&input, p.parse().unwrap())
     } else {
@@ -223,7 +249,7 @@ fn main() {
     let runs = arg("--runs", 3);
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!(
-            "usage: wordcount [--lines N] [--runs R] [--modes hand,1,2,compact1,compact2,spec1,spec2]"
+            "usage: wordcount [--lines N] [--runs R] [--modes hand,1,2,compact1,compact2,spec1,spec2,ckpt1]"
         );
         return;
     }
@@ -257,6 +283,7 @@ fn main() {
         ("streamjob p=2, CompactString", "compact2"),
         ("StreamJob spec (CEL) p=1", "spec1"),
         ("StreamJob spec (CEL) p=2", "spec2"),
+        ("spec p=1, checkpoint every 1 s", "ckpt1"),
     ] {
         if modes.as_ref().is_some_and(|m| !m.iter().any(|x| x == mode)) {
             continue;
@@ -272,6 +299,12 @@ fn main() {
                 "{}",
                 String::from_utf8_lossy(&out.stderr)
             );
+            if let Some(line) = String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .find(|l| l.starts_with("longest checkpoint"))
+            {
+                println!("  ({label}: {line})");
+            }
             let text = String::from_utf8(out.stdout).unwrap();
             let f: Vec<&str> = text.split_whitespace().collect();
             let emitted: u64 = f[0].parse().unwrap();
@@ -290,6 +323,12 @@ fn main() {
             words / secs
         );
         results.insert(mode, words / secs);
+    }
+    if let (Some(plain), Some(ck)) = (results.get("spec1"), results.get("ckpt1")) {
+        println!(
+            "checkpoints every 1 s cost {:.1}% of throughput at p=1",
+            100.0 * (1.0 - ck / plain)
+        );
     }
     if let (Some(api), Some(spec)) = (results.get("1"), results.get("spec1")) {
         println!(

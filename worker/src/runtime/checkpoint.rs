@@ -217,7 +217,8 @@ impl Coordinator {
     /// Final snapshot of an operator whose input ended: part of every later checkpoint.
     pub fn register_final(&self, uid: &str, subtask: u32, bytes: Vec<u8>) {
         let mut s = self.state.lock().unwrap();
-        s.final_states.retain(|(u, t, _)| !(u == uid && *t == subtask));
+        s.final_states
+            .retain(|(u, t, _)| !(u == uid && *t == subtask));
         s.final_states.push((uid.to_string(), subtask, bytes));
     }
 
