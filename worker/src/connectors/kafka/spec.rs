@@ -102,6 +102,16 @@ pub(crate) fn source(k: &spec::KafkaSource, at: &str) -> Result<KafkaSource<Valu
     }))
 }
 
+/// `fmt::Write` into a byte buffer.
+struct VecWriter<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for VecWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
 /// Writes a value as a payload per `format`.
 pub(crate) fn encode_payload(
     format: RecordFormat,
@@ -113,9 +123,10 @@ pub(crate) fn encode_payload(
         (RecordFormat::String, Value::String(s)) => out.extend_from_slice(s.as_bytes()),
         // Anything else is written as its compact JSON text.
         (RecordFormat::String, v) => write!(out, "{v}").expect("writes to a Vec"),
-        (RecordFormat::Json, v) => {
-            serde_json::to_writer(&mut *out, &v.to_json()).map_err(|e| e.to_string())?
-        }
+        // Straight from the value: no intermediate serde_json tree per record.
+        (RecordFormat::Json, v) => v
+            .write_json(&mut VecWriter(out))
+            .expect("writes to a Vec cannot fail"),
         (RecordFormat::Bytes, Value::Bytes(b)) => out.extend_from_slice(b),
         (RecordFormat::Bytes, Value::String(s)) => out.extend_from_slice(s.as_bytes()),
         (RecordFormat::Bytes, v) => {
