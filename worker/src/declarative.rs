@@ -574,21 +574,36 @@ struct ExprReduce {
     checkpoints: Option<(Arc<Coordinator>, Arc<str>, u32)>,
 }
 
+/// Keyed state as `(key group, key, accumulator)` entries, key group by key group.
+fn encode_entries(entries: &[(u32, Value, Value)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entries.len() * 24);
+    for (g, k, v) in entries {
+        put_varint(&mut out, u64::from(*g));
+        k.encode(&mut out);
+        v.encode(&mut out);
+    }
+    out
+}
+
 impl ExprReduce {
-    /// Keyed state as `(key group, key, accumulator)` entries, key group by key group.
-    fn snapshot(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
+    /// A copy of the keyed state (values share their payloads: clones are cheap).
+    fn entries(&mut self) -> Vec<(u32, Value, Value)> {
+        let mut out = Vec::with_capacity(self.state.len());
         for g in self.state.key_groups().as_range() {
             self.state
                 .for_each_in_group(g, &mut |k: &Value, v: &Option<Value>| {
-                    put_varint(&mut out, u64::from(g));
-                    k.encode(&mut out);
-                    v.as_ref()
-                        .expect("reduce state slot is filled")
-                        .encode(&mut out);
+                    out.push((
+                        g,
+                        k.clone(),
+                        v.clone().expect("reduce state slot is filled"),
+                    ));
                 });
         }
         out
+    }
+
+    fn snapshot(&mut self) -> Vec<u8> {
+        encode_entries(&self.entries())
     }
 
     /// Loads the entries of this subtask's key groups from every old subtask's snapshot, so
@@ -643,14 +658,19 @@ impl Output<Value> for ExprReduce {
             c.register_final(&uid, subtask, bytes);
         }
         if let (Signal::Barrier(b), Some((c, uid, subtask))) = (signal, self.checkpoints.clone()) {
+            // Processing pauses only to copy the entries (cheap clones); encoding and writing
+            // happen on another thread, and the checkpoint completes when the write is done.
             let started = std::time::Instant::now();
-            let bytes = self.snapshot();
-            c.write_state(b.id, &uid, subtask, &bytes).map_err(|e| {
-                self.handler
-                    .id
-                    .fail(format!("cannot write checkpoint {}: {e}", b.id))
-            })?;
-            tracing::debug!(checkpoint = b.id, keys = self.state.len(), bytes = bytes.len(), took = ?started.elapsed(), "reduce state snapshot");
+            let entries = self.entries();
+            let paused = started.elapsed();
+            c.begin_write(b.id);
+            let keys = entries.len();
+            std::thread::spawn(move || {
+                let bytes = encode_entries(&entries);
+                let written = c.write_state(b.id, &uid, subtask, &bytes);
+                tracing::debug!(checkpoint = b.id, keys, bytes = bytes.len(), ?paused, took = ?started.elapsed(), "reduce state snapshot");
+                let _ = c.end_write(b.id, written);
+            });
         }
         self.next.signal(signal)
     }

@@ -39,6 +39,8 @@ pub struct Coordinator {
     tasks: usize,
     triggered: AtomicU64,
     completed: AtomicU64,
+    /// Latest checkpoint that completed or failed: the next may start.
+    settled: AtomicU64,
     /// Checkpoint this run restored from.
     restored: Option<u64>,
     state: Mutex<Acks>,
@@ -54,6 +56,10 @@ struct Acks {
     /// Final snapshots of finished sources, part of every later checkpoint: a restore must
     /// not read a finished source again.
     final_states: Vec<(String, u32, Vec<u8>)>,
+    /// Snapshots still being written in the background, per checkpoint.
+    writing: HashMap<u64, usize>,
+    /// Checkpoints that can never complete (a write failed).
+    failed: Vec<u64>,
 }
 
 fn now_ms() -> u64 {
@@ -106,6 +112,7 @@ impl Coordinator {
             tasks,
             triggered: AtomicU64::new(base),
             completed: AtomicU64::new(base),
+            settled: AtomicU64::new(base),
             restored,
             state: Mutex::new(Acks::default()),
         })
@@ -127,7 +134,7 @@ impl Coordinator {
 
     /// Starts the next checkpoint unless one is still in flight; returns its id.
     pub fn trigger(&self) -> Option<u64> {
-        let done = self.completed();
+        let done = self.settled.load(Ordering::Acquire);
         let id = done + 1;
         // One checkpoint at a time: a new one only once the last completed.
         self.triggered
@@ -214,6 +221,31 @@ impl Coordinator {
         Ok(())
     }
 
+    /// A snapshot of checkpoint `id` will be written in the background; the checkpoint does
+    /// not complete before [`Coordinator::end_write`].
+    pub fn begin_write(&self, id: u64) {
+        *self.state.lock().unwrap().writing.entry(id).or_insert(0) += 1;
+    }
+
+    /// The background write of a snapshot of checkpoint `id` ended.
+    pub fn end_write(&self, id: u64, result: std::io::Result<()>) -> std::io::Result<()> {
+        let mut s = self.state.lock().unwrap();
+        if let Some(n) = s.writing.get_mut(&id) {
+            *n -= 1;
+        }
+        if let Err(e) = result {
+            // The checkpoint is abandoned; the next one is triggered once it would have
+            // completed, so failing it must also unblock triggering.
+            warn!(checkpoint = id, error = %e, "checkpoint failed: a snapshot could not be written");
+            s.failed.push(id);
+            s.writing.remove(&id);
+            s.acked.remove(&id);
+            self.settled.fetch_max(id, Ordering::AcqRel);
+            return Err(e);
+        }
+        self.maybe_complete(&mut s, id)
+    }
+
     /// Final snapshot of an operator whose input ended: part of every later checkpoint.
     pub fn register_final(&self, uid: &str, subtask: u32, bytes: Vec<u8>) {
         let mut s = self.state.lock().unwrap();
@@ -229,7 +261,7 @@ impl Coordinator {
         if s.finished.len() < self.tasks {
             return Ok(());
         }
-        let id = self.pending().max(self.completed()) + 1;
+        let id = self.pending().max(self.settled.load(Ordering::Acquire)) + 1;
         self.triggered.store(id, Ordering::Release);
         self.maybe_complete(&mut s, id)
     }
@@ -237,9 +269,15 @@ impl Coordinator {
     fn maybe_complete(&self, s: &mut Acks, id: u64) -> std::io::Result<()> {
         let acked = s.acked.get(&id).copied().unwrap_or(0);
         let stand_ins = s.finished.iter().filter(|&&last| last < id).count();
-        if acked + stand_ins < self.tasks || id <= self.completed() {
+        let writing = s.writing.get(&id).copied().unwrap_or(0);
+        if acked + stand_ins < self.tasks
+            || writing > 0
+            || id <= self.completed()
+            || s.failed.contains(&id)
+        {
             return Ok(());
         }
+        s.writing.remove(&id);
         // Only with at least one snapshot is there something to restore.
         let dir = chk_dir(&self.dir, id);
         std::fs::create_dir_all(&dir)?;
@@ -264,6 +302,7 @@ impl Coordinator {
         std::fs::rename(tmp, dir.join("_metadata"))?;
         s.acked.remove(&id);
         self.completed.store(id, Ordering::Release);
+        self.settled.fetch_max(id, Ordering::AcqRel);
         info!(
             checkpoint = id,
             took_ms = now_ms().saturating_sub(started),
@@ -366,6 +405,28 @@ mod tests {
             std::fs::read(cfg.dir.join("chk-2/src-0.state")).unwrap(),
             b"finished"
         );
+    }
+
+    #[test]
+    fn background_writes_hold_completion_and_a_failed_write_abandons_the_checkpoint() {
+        let cfg = config("writes");
+        let c = Coordinator::new(&cfg, 1).unwrap();
+        c.trigger();
+        c.begin_write(1);
+        c.ack(1).unwrap();
+        assert_eq!(c.completed(), 0, "a snapshot is still being written");
+        c.end_write(1, Ok(())).unwrap();
+        assert_eq!(c.completed(), 1);
+        c.trigger();
+        c.begin_write(2);
+        c.ack(2).unwrap();
+        assert!(
+            c.end_write(2, Err(std::io::Error::other("disk full")))
+                .is_err()
+        );
+        assert_eq!(c.completed(), 1, "checkpoint 2 never completes");
+        assert!(!cfg.dir.join("chk-2/_metadata").exists());
+        assert_eq!(c.trigger(), Some(3), "the next checkpoint may start");
     }
 
     #[test]
