@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use streamjob_crds::expr::{Program, Str, Value};
+use streamjob_crds::expr::{Program, Value};
 use streamjob_crds::spec::{self, RecordFormat};
 
 use super::source::KafkaRecord;
@@ -34,7 +34,7 @@ pub(crate) fn decode_payload(
     };
     match format {
         RecordFormat::String => std::str::from_utf8(p)
-            .map(|s| Value::String(Str::from(s)))
+            .map(Value::string)
             .map_err(|_| "payload is not UTF-8 (format: string)".to_string()),
         RecordFormat::Json => serde_json::from_slice::<serde_json::Value>(p)
             .map(Value::from)
@@ -47,7 +47,7 @@ fn key_value(key: Option<&[u8]>) -> Value {
     match key {
         None => Value::Null,
         Some(k) => match std::str::from_utf8(k) {
-            Ok(s) => Value::String(Str::from(s)),
+            Ok(s) => Value::string(s),
             Err(_) => Value::Bytes(Arc::from(k)),
         },
     }
@@ -55,24 +55,21 @@ fn key_value(key: Option<&[u8]>) -> Value {
 
 /// `{key, value, topic, partition, offset, timestamp}` of a record.
 fn with_metadata(r: &KafkaRecord<'_>, value: Value) -> Value {
-    let mut m = BTreeMap::new();
-    m.insert(Arc::from("key"), key_value(r.key));
-    m.insert(Arc::from("value"), value);
-    m.insert(Arc::from("topic"), Value::String(Str::from(r.topic)));
-    m.insert(Arc::from("partition"), Value::Int(i64::from(r.partition)));
-    m.insert(Arc::from("offset"), Value::Int(r.offset));
-    m.insert(
-        Arc::from("timestamp"),
-        r.timestamp.map_or(Value::Null, Value::Int),
-    );
-    Value::Map(Arc::new(m))
+    Value::map([
+        ("key", key_value(r.key)),
+        ("value", value),
+        ("topic", Value::string(r.topic)),
+        ("partition", Value::Int(i64::from(r.partition))),
+        ("offset", Value::Int(r.offset)),
+        ("timestamp", r.timestamp.map_or(Value::Null, Value::Int)),
+    ])
 }
 
 /// What the dead-letter record says about a payload that failed to decode.
 pub(crate) fn describe_malformed(r: &KafkaRecord<'_>) -> Value {
-    let payload = r.payload.map_or(Value::Null, |p| {
-        Value::String(Str::from(String::from_utf8_lossy(p).as_ref()))
-    });
+    let payload = r
+        .payload
+        .map_or(Value::Null, |p| Value::string(&String::from_utf8_lossy(p)));
     with_metadata(r, payload)
 }
 
@@ -189,7 +186,7 @@ mod tests {
     fn payloads_decode_per_format() {
         assert_eq!(
             decode_payload(RecordFormat::String, Some(b"hi")).unwrap(),
-            Value::String(Str::from("hi"))
+            Value::string("hi")
         );
         assert_eq!(
             decode_payload(RecordFormat::Json, Some(br#"{"user_id":"u1","n":2}"#))
@@ -222,7 +219,7 @@ mod tests {
             let mut out = Vec::new();
             encode_payload(f, v, &mut out).map(|()| String::from_utf8(out).unwrap())
         };
-        let s = Value::String(Str::from("a\"b"));
+        let s = Value::string("a\"b");
         assert_eq!(enc(RecordFormat::String, &s).unwrap(), "a\"b");
         assert_eq!(enc(RecordFormat::Json, &s).unwrap(), r#""a\"b""#);
         let pair = Value::from(serde_json::json!(["the", 3]));
@@ -245,7 +242,7 @@ mod tests {
             payload: Some(b"x"),
         };
         assert_eq!(
-            with_metadata(&r, Value::String(Str::from("x"))).to_string(),
+            with_metadata(&r, Value::string("x")).to_string(),
             r#"{"key":"u1","offset":17,"partition":3,"timestamp":1700000000000,"topic":"events","value":"x"}"#
         );
     }
