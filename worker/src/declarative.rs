@@ -608,8 +608,8 @@ impl ExprReduce {
 
     /// Loads the entries of this subtask's key groups from every old subtask's snapshot, so
     /// a restore may use another parallelism.
-    fn restore(&mut self, snapshots: &[Vec<u8>]) -> Result<(), String> {
-        for snap in snapshots {
+    fn restore(&mut self, snapshots: &[(u32, Vec<u8>)]) -> Result<(), String> {
+        for (_, snap) in snapshots {
             let mut input = snap.as_slice();
             while !input.is_empty() {
                 let g = get_varint(&mut input).map_err(|e| e.to_string())? as u32;

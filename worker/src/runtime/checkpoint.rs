@@ -173,9 +173,9 @@ impl Coordinator {
         }
     }
 
-    /// Every subtask's snapshot of `uid` in the restored checkpoint (keyed state is
-    /// redistributed by key group, whatever the old parallelism was).
-    pub fn restored_states(&self, uid: &str) -> std::io::Result<Vec<Vec<u8>>> {
+    /// Every subtask's snapshot of `uid` in the restored checkpoint, with its subtask index
+    /// (keyed state is redistributed by key group, whatever the old parallelism was).
+    pub fn restored_states(&self, uid: &str) -> std::io::Result<Vec<(u32, Vec<u8>)>> {
         let Some(id) = self.restored else {
             return Ok(Vec::new());
         };
@@ -184,12 +184,12 @@ impl Coordinator {
         for e in std::fs::read_dir(chk_dir(&self.dir, id))?.flatten() {
             let name = e.file_name();
             let Some(name) = name.to_str() else { continue };
-            let is_ours = name
+            let subtask = name
                 .strip_prefix(&prefix)
                 .and_then(|rest| rest.strip_suffix(".state"))
-                .is_some_and(|n| n.parse::<u32>().is_ok());
-            if is_ours {
-                out.push(std::fs::read(e.path())?);
+                .and_then(|n| n.parse::<u32>().ok());
+            if let Some(subtask) = subtask {
+                out.push((subtask, std::fs::read(e.path())?));
             }
         }
         Ok(out)
@@ -447,7 +447,7 @@ mod tests {
         assert_eq!(c.restored_state("reduce", 7).unwrap(), None);
         let mut all = c.restored_states("reduce").unwrap();
         all.sort();
-        assert_eq!(all, vec![b"one".to_vec(), b"two".to_vec()]);
+        assert_eq!(all, vec![(0, b"one".to_vec()), (1, b"two".to_vec())]);
         // ids continue after the restored checkpoint
         assert_eq!(c.trigger(), Some(2));
     }

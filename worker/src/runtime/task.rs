@@ -94,16 +94,14 @@ impl<T: Send> Task for SourceTask<T> {
             && c.coordinator.restored().is_some()
         {
             let read = |e| io_error(&self.ctx, "cannot read checkpoint", e);
-            let all = c.coordinator.restored_states(&self.ctx.uid).map_err(read)?;
+            let mut all = c.coordinator.restored_states(&self.ctx.uid).map_err(read)?;
+            all.sort_unstable_by_key(|(subtask, _)| *subtask);
+            let (subtasks, states): (Vec<u32>, Vec<Vec<u8>>) = all.into_iter().unzip();
             let restore = |e| io_error(&self.ctx, "cannot restore from checkpoint", e);
-            if !self.reader.restore_from_all(&all).map_err(restore)? {
-                let own = c
-                    .coordinator
-                    .restored_state(&self.ctx.uid, self.ctx.subtask)
-                    .map_err(read)?;
-                if let Some(state) = own {
-                    self.reader.restore(&state).map_err(restore)?;
-                }
+            if !self.reader.restore_from_all(&states).map_err(restore)?
+                && let Ok(own) = subtasks.binary_search(&self.ctx.subtask)
+            {
+                self.reader.restore(&states[own]).map_err(restore)?;
             }
         }
         loop {
