@@ -205,51 +205,48 @@ impl<T: 'static> SinkOp<T> {
 }
 
 impl<T> SinkOp<T> {
-    fn check(&self, r: Result<Result<(), BoxError>, TaskError>) -> Result<(), TaskError> {
-        r?.map_err(|e| self.id.fail(e))
+    /// Runs a writer call; a panic or an error fails the job naming this sink.
+    fn call<R>(
+        &mut self,
+        f: impl FnOnce(&mut dyn SinkWriter<T>) -> Result<R, BoxError>,
+    ) -> Result<R, TaskError> {
+        let (id, writer) = (&self.id, &mut *self.writer);
+        id.guard(|| f(writer))?.map_err(|e| id.fail(e))
     }
 }
 
 impl<T: Send> Output<T> for SinkOp<T> {
     #[inline]
     fn emit(&mut self, item: T) -> Result<(), TaskError> {
-        let r = self.id.guard(|| self.writer.write(item));
-        self.check(r)
+        self.call(|w| w.write(item))
     }
     fn signal(&mut self, signal: Signal) -> Result<(), TaskError> {
-        let r = match signal {
-            Signal::EndOfInput => match self.id.guard(|| self.writer.finish()) {
-                Ok(Ok(())) => match &self.checkpoints {
-                    // What a run started later from the final checkpoint restores.
-                    Some((c, uid)) => match self.id.guard(|| self.writer.snapshot(u64::MAX)) {
-                        Ok(Ok(state)) => {
-                            c.register_final(uid, self.id.subtask, state);
-                            Ok(Ok(()))
-                        }
-                        other => other.map(|r| r.map(drop)),
-                    },
-                    None => Ok(Ok(())),
-                },
-                other => other,
-            },
-            Signal::Barrier(b) => match self.id.guard(|| self.writer.snapshot(b.id)) {
-                Ok(Ok(state)) => match &self.checkpoints {
-                    Some((c, uid)) => Ok(c
-                        .write_state(b.id, uid, self.id.subtask, &state)
-                        .map_err(|e| format!("cannot write checkpoint {}: {e}", b.id).into())),
-                    None => Ok(Ok(())),
-                },
-                other => other.map(|r| r.map(drop)),
-            },
-            Signal::CheckpointComplete(n) => {
-                self.id.guard(|| self.writer.notify_checkpoint_complete(n))
+        match signal {
+            Signal::EndOfInput => {
+                self.call(|w| w.finish())?;
+                // What a run started later from the final checkpoint restores.
+                if let Some((c, uid)) = self.checkpoints.clone() {
+                    let state = self.call(|w| w.snapshot(u64::MAX))?;
+                    c.register_final(&uid, self.id.subtask, state);
+                }
+                Ok(())
             }
-            Signal::Watermark(_) => Ok(Ok(())),
-        };
-        self.check(r)
+            Signal::Barrier(b) => {
+                let state = self.call(|w| w.snapshot(b.id))?;
+                if let Some((c, uid)) = &self.checkpoints {
+                    c.write_state(b.id, uid, self.id.subtask, &state)
+                        .map_err(|e| {
+                            self.id
+                                .fail(format!("cannot write checkpoint {}: {e}", b.id))
+                        })?;
+                }
+                Ok(())
+            }
+            Signal::CheckpointComplete(n) => self.call(|w| w.notify_checkpoint_complete(n)),
+            Signal::Watermark(_) => Ok(()),
+        }
     }
     fn flush(&mut self) -> Result<(), TaskError> {
-        let r = self.id.guard(|| self.writer.flush());
-        self.check(r)
+        self.call(|w| w.flush())
     }
 }
