@@ -81,6 +81,32 @@ fn file_sink(path: &Path) -> String {
     format!("        file:\n          path: {}", path.display())
 }
 
+/// Writes `lines` lines of input and a word-count spec whose file sink writes under
+/// `dir/out`; returns (spec, output directory, expected final counts).
+fn file_job(
+    dir: &Path,
+    name: &str,
+    lines: usize,
+    parallelism: u32,
+) -> (PathBuf, PathBuf, BTreeMap<String, u64>) {
+    let (input, expected) = text(lines);
+    std::fs::write(dir.join("input.txt"), input).unwrap();
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let spec = dir.join("job.yaml");
+    std::fs::write(
+        &spec,
+        wordcount_spec(
+            name,
+            &dir.join("input.txt"),
+            &file_sink(&out.join("counts")),
+            parallelism,
+        ),
+    )
+    .unwrap();
+    (spec, out, expected)
+}
+
 /// Final count per word from the running counts the file sinks wrote (`["w1",3]` lines),
 /// checking that every word's counts arrive in order 1, 2, 3, ... within its subtask file.
 fn final_counts(dir: &Path) -> BTreeMap<String, u64> {
@@ -228,10 +254,7 @@ fn free_ports(n: usize) -> Vec<String> {
 fn a_slow_sink_on_one_worker_keeps_the_other_workers_memory_bounded() {
     let dir = tmp("slow");
     // ~46 MB of text: buffering it as records would take several hundred MB.
-    let (input, expected) = text(1_200_000);
-    std::fs::write(dir.join("input.txt"), input).unwrap();
-    let out = dir.join("out");
-    std::fs::create_dir_all(&out).unwrap();
+    let (spec, out, expected) = file_job(&dir, "slow", 1_200_000, 2);
     // Sink subtask 1 (on worker 1) writes into a pipe nobody reads yet.
     let fifo = out.join("counts.1");
     assert!(
@@ -241,17 +264,6 @@ fn a_slow_sink_on_one_worker_keeps_the_other_workers_memory_bounded() {
             .unwrap()
             .success()
     );
-    let spec = dir.join("job.yaml");
-    std::fs::write(
-        &spec,
-        wordcount_spec(
-            "slow",
-            &dir.join("input.txt"),
-            &file_sink(&out.join("counts")),
-            2,
-        ),
-    )
-    .unwrap();
     let peers = free_ports(2);
     let w0 = Worker::start(&spec, 0, &peers, "t", &[]);
     let w1 = Worker::start(&spec, 1, &peers, "t", &[]);
@@ -399,21 +411,7 @@ fn a_different_spec_is_refused_by_its_plan_hash() {
 #[test]
 fn an_unreachable_peer_is_named_after_the_connect_timeout() {
     let dir = tmp("unreachable");
-    let (input, _) = text(100);
-    std::fs::write(dir.join("input.txt"), input).unwrap();
-    let out = dir.join("out");
-    std::fs::create_dir_all(&out).unwrap();
-    let spec = dir.join("job.yaml");
-    std::fs::write(
-        &spec,
-        wordcount_spec(
-            "lonely",
-            &dir.join("input.txt"),
-            &file_sink(&out.join("counts")),
-            2,
-        ),
-    )
-    .unwrap();
+    let (spec, _, _) = file_job(&dir, "lonely", 100, 2);
     let peers = free_ports(2);
     let started = Instant::now();
     let w0 = Worker::start(&spec, 0, &peers, "t", &["--connect-timeout-secs", "2"]);
@@ -539,21 +537,7 @@ fn tls_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 fn workers_exchange_over_mutual_tls() {
     let dir = tmp("tls");
     let (cert, key, ca) = tls_files(&dir);
-    let (input, expected) = text(5_000);
-    std::fs::write(dir.join("input.txt"), input).unwrap();
-    let out = dir.join("out");
-    std::fs::create_dir_all(&out).unwrap();
-    let spec = dir.join("job.yaml");
-    std::fs::write(
-        &spec,
-        wordcount_spec(
-            "tls",
-            &dir.join("input.txt"),
-            &file_sink(&out.join("counts")),
-            2,
-        ),
-    )
-    .unwrap();
+    let (spec, out, expected) = file_job(&dir, "tls", 5_000, 2);
     let tls = [
         "--tls-cert",
         cert.to_str().unwrap(),
