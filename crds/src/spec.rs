@@ -27,6 +27,9 @@ fn default_max_parallelism() -> u32 {
 fn default_buffer_timeout_ms() -> u64 {
     5
 }
+fn default_transaction_timeout_ms() -> u64 {
+    900_000
+}
 
 /// A streaming job: a pipeline of sources, CEL transformations and sinks run on a set of
 /// worker pods.
@@ -127,9 +130,44 @@ pub struct StreamJobSpec {
     #[schemars(schema_with = "free_form_object")]
     pub pod_template: Option<serde_json::Value>,
 
-    /// Desired state: `running`, or `suspended` to stop the workers and keep the job.
+    /// Desired state: `running`, or `suspended` to stop the workers and keep the job
+    /// (with `upgradeMode` savepoint or last-state, a suspend takes a savepoint first).
     #[serde(default)]
     pub state: JobState,
+
+    /// How the operator carries state across spec changes, suspends and restarts:
+    /// `stateless` (start empty), `savepoint` (stop with a savepoint, restore from it) or
+    /// `last-state` (restore from the latest checkpoint). Stateful modes need
+    /// `checkpointing`; the operator never falls back to stateless on its own.
+    #[serde(default)]
+    pub upgrade_mode: UpgradeMode,
+
+    /// Change to any new value to take a savepoint of the running job (kept until deleted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub savepoint_trigger_nonce: Option<i64>,
+
+    /// Change to any new value to restart the workers (restoring as `upgradeMode` says).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_nonce: Option<i64>,
+
+    /// Savepoint or checkpoint directory (`file:///...`, a path, or `s3://bucket/prefix/...`)
+    /// the job starts from the first time it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_savepoint_path: Option<String>,
+
+    /// Start even if the savepoint holds state of an operator (`uid`) the job no longer has;
+    /// that state is dropped. Without it such a restore fails and names the operator.
+    #[serde(default)]
+    pub allow_non_restored_state: bool,
+
+    /// Take a final savepoint when the StreamJob is deleted (stateful upgrade modes only).
+    #[serde(default = "default_true")]
+    pub savepoint_on_deletion: bool,
+
+    /// What a worker does when a task fails: restart the job from the latest checkpoint
+    /// up to `attempts` times, waiting with exponential backoff in between.
+    #[serde(default)]
+    pub restart_strategy: RestartStrategy,
 
     /// The pipeline, in order. A step reads the previous step unless it names its `input`.
     #[schemars(length(min = 1, max = 100))]
@@ -151,10 +189,80 @@ pub struct Checkpointing {
     #[serde(default = "default_retained")]
     #[schemars(range(min = 1))]
     pub retained: u32,
+    /// Where savepoints are written; `<directory>/savepoints` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub savepoint_directory: Option<String>,
 }
 
 fn default_retained() -> u32 {
     3
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// How state is carried across upgrades (Flink operator's `upgradeMode`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpgradeMode {
+    /// Start from empty state (or `initialSavepointPath`) after every change.
+    #[default]
+    Stateless,
+    /// Stop with a savepoint before a change and restore from it.
+    Savepoint,
+    /// Restore from the latest complete checkpoint (no savepoint on the way down).
+    LastState,
+}
+
+/// Restarts after a failure (Flink's exponential-delay restart strategy).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RestartStrategy {
+    /// Restarts allowed before the job fails for good (0: never restart).
+    #[serde(default = "default_restart_attempts")]
+    #[schemars(range(max = 1000))]
+    pub attempts: u32,
+    /// Wait before the first restart, in ms; doubled after each failed attempt.
+    #[serde(default = "default_restart_delay_ms")]
+    #[schemars(range(max = 3600000))]
+    pub initial_delay_ms: u64,
+    /// Longest wait between restarts, in ms.
+    #[serde(default = "default_restart_max_delay_ms")]
+    #[schemars(range(max = 3600000))]
+    pub max_delay_ms: u64,
+}
+
+fn default_restart_attempts() -> u32 {
+    3
+}
+fn default_restart_delay_ms() -> u64 {
+    1000
+}
+fn default_restart_max_delay_ms() -> u64 {
+    30000
+}
+
+impl Default for RestartStrategy {
+    fn default() -> Self {
+        RestartStrategy {
+            attempts: default_restart_attempts(),
+            initial_delay_ms: default_restart_delay_ms(),
+            max_delay_ms: default_restart_max_delay_ms(),
+        }
+    }
+}
+
+impl RestartStrategy {
+    /// Wait before restart number `attempt` (1-based).
+    pub fn delay(&self, attempt: u32) -> std::time::Duration {
+        let factor = 1u64 << attempt.saturating_sub(1).min(20);
+        std::time::Duration::from_millis(
+            self.initial_delay_ms
+                .saturating_mul(factor)
+                .min(self.max_delay_ms.max(self.initial_delay_ms)),
+        )
+    }
 }
 
 fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -566,6 +674,13 @@ pub struct KafkaSink {
     /// required for `exactly-once`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transactional_id_prefix: Option<String>,
+    /// With `exactly-once`, the Kafka transaction timeout in ms. A transaction stays open
+    /// from one checkpoint until the next completes, and across a restart until it is
+    /// committed again, so this must exceed the checkpoint interval plus the restart time;
+    /// at most the brokers' `transaction.max.timeout.ms` (15 minutes by default).
+    #[serde(default = "default_transaction_timeout_ms")]
+    #[schemars(range(min = 1000, max = 3600000))]
+    pub transaction_timeout_ms: u64,
     /// Extra librdkafka producer properties. Secrets do not belong here: use `secretProperties`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub properties: BTreeMap<String, String>,
@@ -618,6 +733,57 @@ pub struct StreamJobStatus {
     /// Human-readable detail about the phase (e.g. the validation errors).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Latest complete checkpoint reported by the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_checkpoint: Option<SnapshotInfo>,
+    /// Latest savepoint taken (on demand, before an upgrade, on suspend or deletion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_savepoint: Option<SnapshotInfo>,
+    /// Checkpoint namespace of the running deployment: workers write checkpoints under
+    /// `<checkpointing.directory>/<runId>`; a stateless upgrade starts a new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// Checkpoint or savepoint path the running workers restored from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<String>,
+    /// The `savepointTriggerNonce` whose savepoint was taken (or failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_savepoint_trigger_nonce: Option<i64>,
+    /// The `restartNonce` the running workers were started with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_restart_nonce: Option<i64>,
+    /// An upgrade in progress (stop with savepoint, then restore), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<UpgradeStatus>,
+    /// The last failure of the job or of a savepoint, with its cause.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
+}
+
+/// A complete checkpoint or savepoint.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotInfo {
+    /// Checkpoint id.
+    pub id: u64,
+    /// When it completed (RFC 3339).
+    pub time: String,
+    /// Where it is stored; a valid `initialSavepointPath`.
+    pub path: String,
+}
+
+/// Progress of an upgrade.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeStatus {
+    /// `savepointing` (stopping the old workers with a savepoint) or `deploying` (new
+    /// workers restoring from it).
+    pub step: String,
+    /// The generation being rolled out.
+    pub target_generation: i64,
+    /// The savepoint the new workers restore from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub savepoint_path: Option<String>,
 }
 
 /// Summary of the physical plan.

@@ -28,6 +28,9 @@ pub const REDUCE_VARS: &[&str] = &["acc", "value", "key"];
 /// Longest job name: pods are named `<job>-worker-<i>` and the StatefulSet controller adds a
 /// revision-hash label built from `<job>-worker`, which must stay within 63 characters.
 pub const MAX_JOB_NAME_LEN: usize = 45;
+/// Time a restarted worker may take to come back and commit a pending Kafka transaction,
+/// beyond the restart strategy's delay (pod scheduling, image pull, broker reconnect).
+pub const RESTART_ALLOWANCE_MS: u64 = 60_000;
 
 /// One problem with a spec.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,16 +237,57 @@ impl Validator {
                     .sink
                     .as_ref()
                     .and_then(|s| s.kafka.as_ref())
-                    .is_some_and(|k| {
+                    .filter(|k| {
                         k.delivery_guarantee == crate::spec::DeliveryGuarantee::ExactlyOnce
                     });
-                if eo {
+                // A transaction stays open until the checkpoint after it completes and, after
+                // a crash, until the restarted job commits it: a broker that expires it first
+                // aborts committed output.
+                let needed = c
+                    .interval_ms
+                    .saturating_mul(2)
+                    .saturating_add(spec.restart_strategy.max_delay_ms)
+                    .saturating_add(RESTART_ALLOWANCE_MS);
+                if let Some(k) = eo
+                    && k.transaction_timeout_ms <= needed
+                {
                     self.push(
-                        format!("spec.steps[{i}].sink.kafka.deliveryGuarantee"),
-                        "exactly-once Kafka sinks do not work with spec.checkpointing yet; use at-least-once, or no checkpointing",
+                        format!("spec.steps[{i}].sink.kafka.transactionTimeoutMs"),
+                        format!(
+                            "{} ms is too short: it must exceed twice the checkpoint interval plus \
+                             restartStrategy.maxDelayMs plus {RESTART_ALLOWANCE_MS} ms to restart \
+                             (more than {needed} ms), or the broker may abort a transaction that \
+                             belongs to a complete checkpoint",
+                            k.transaction_timeout_ms
+                        ),
                     );
                 }
             }
+        } else if spec.upgrade_mode != crate::spec::UpgradeMode::Stateless {
+            self.push(
+                "spec.upgradeMode",
+                format!(
+                    "{} needs spec.checkpointing (savepoints and checkpoints are written there); \
+                     set checkpointing or use upgradeMode: stateless",
+                    serde_json::to_value(spec.upgrade_mode)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default()
+                ),
+            );
+        }
+        let r = &spec.restart_strategy;
+        if r.max_delay_ms < r.initial_delay_ms {
+            self.push(
+                "spec.restartStrategy.maxDelayMs",
+                format!(
+                    "{} is below initialDelayMs {}",
+                    r.max_delay_ms, r.initial_delay_ms
+                ),
+            );
+        }
+        if let Some(p) = &spec.initial_savepoint_path {
+            self.storage_url(p, "spec.initialSavepointPath");
         }
         if let Some(image) = &spec.image
             && image.trim().is_empty()
@@ -706,16 +750,20 @@ impl Validator {
         if c.retained == 0 {
             self.push("spec.checkpointing.retained", "must be at least 1");
         }
-        let dir = c.directory.strip_prefix("file://").unwrap_or(&c.directory);
+        self.storage_url(&c.directory, "spec.checkpointing.directory");
+        if let Some(d) = &c.savepoint_directory {
+            self.storage_url(d, "spec.checkpointing.savepointDirectory");
+        }
+    }
+
+    fn storage_url(&mut self, url: &str, at: &str) {
+        let dir = url.strip_prefix("file://").unwrap_or(url);
         if dir.trim().is_empty() {
-            self.push("spec.checkpointing.directory", "must not be empty");
-        } else if c.directory.contains("://") && !c.directory.starts_with("file://") {
+            self.push(at, "must not be empty");
+        } else if url.contains("://") && !url.starts_with("file://") {
             self.push(
-                "spec.checkpointing.directory",
-                format!(
-                    "'{}': only file:// (or a plain path) is supported yet",
-                    c.directory
-                ),
+                at,
+                format!("'{url}': only file:// (or a plain path) is supported yet"),
             );
         }
     }

@@ -534,13 +534,33 @@ fn kafka_source_discovery_interval_too_short() {
 }
 
 #[test]
-fn exactly_once_kafka_with_checkpointing_is_refused_for_now() {
+fn an_exactly_once_transaction_timeout_shorter_than_a_checkpoint_and_restart_is_refused() {
     assert_error(
         &format!(
-            "checkpointing: {{intervalMs: 1000, directory: /tmp/c}}\nsteps:\n{SRC}\n- name: out\n  sink:\n    kafka: {{bootstrapServers: 'k:9092', topic: t, deliveryGuarantee: exactly-once, transactionalIdPrefix: p}}"
+            "checkpointing: {{intervalMs: 60000, directory: /tmp/c}}\nrestartStrategy: {{maxDelayMs: 30000}}\nsteps:\n{SRC}\n- name: out\n  sink:\n    kafka: {{bootstrapServers: 'k:9092', topic: t, deliveryGuarantee: exactly-once, transactionalIdPrefix: p, transactionTimeoutMs: 200000}}"
         ),
-        "spec.steps[1].sink.kafka.deliveryGuarantee",
-        "exactly-once Kafka sinks do not work with spec.checkpointing yet",
+        "spec.steps[1].sink.kafka.transactionTimeoutMs",
+        "200000 ms is too short: it must exceed twice the checkpoint interval plus restartStrategy.maxDelayMs plus 60000 ms to restart (more than 210000 ms)",
+    );
+}
+
+#[test]
+fn stateful_upgrade_modes_need_checkpointing() {
+    assert_error(
+        &format!("upgradeMode: savepoint\nsteps:\n{SRC}\n{SINK}"),
+        "spec.upgradeMode",
+        "savepoint needs spec.checkpointing",
+    );
+}
+
+#[test]
+fn a_restart_strategy_whose_max_delay_is_below_the_initial_delay_is_refused() {
+    assert_error(
+        &format!(
+            "restartStrategy: {{initialDelayMs: 5000, maxDelayMs: 100}}\nsteps:\n{SRC}\n{SINK}"
+        ),
+        "spec.restartStrategy.maxDelayMs",
+        "100 is below initialDelayMs 5000",
     );
 }
 

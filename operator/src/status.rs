@@ -71,8 +71,10 @@ pub fn invalid(job: &StreamJob, errors: &[String]) -> StreamJobStatus {
         // Workers of an earlier valid spec keep running; report what is known.
         ready_workers: prev.ready_workers,
         desired_workers: prev.desired_workers,
-        plan: prev.plan,
+        plan: prev.plan.clone(),
         message: Some(message),
+        // Checkpoint and savepoint history stays as the running workers reported it.
+        ..prev
     }
 }
 
@@ -157,5 +159,6 @@ pub fn running(
         desired_workers: Some(desired),
         plan: Some(plan_status(plan)),
         message: Some(message),
+        ..job.status.clone().unwrap_or_default()
     }
 }
