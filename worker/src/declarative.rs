@@ -77,6 +77,12 @@ pub fn build_job(
             resolve(base_dir, dir),
             c.retained as usize,
         );
+        let local = |url: &str| resolve(base_dir, url.strip_prefix("file://").unwrap_or(url));
+        env.configure_checkpointing(|config| {
+            config.savepoint_dir = c.savepoint_directory.as_deref().map(local);
+            config.restore_from = spec.initial_savepoint_path.as_deref().map(local);
+            config.allow_non_restored_state = spec.allow_non_restored_state;
+        });
     }
     let run = SpecRun::default();
     let policy = Arc::new(ErrorPolicy {

@@ -130,12 +130,21 @@ impl StreamExecutionEnvironment {
         dir: impl Into<PathBuf>,
         retained: usize,
     ) -> &Self {
-        self.graph.borrow_mut().checkpointing =
-            Some(crate::runtime::checkpoint::CheckpointConfig {
-                interval,
-                dir: dir.into(),
-                retained,
-            });
+        self.graph.borrow_mut().checkpointing = Some(
+            crate::runtime::checkpoint::CheckpointConfig::new(interval, dir.into(), retained),
+        );
+        self
+    }
+
+    /// Adjusts the checkpoint settings (run directory, restore source, savepoints) after
+    /// [`StreamExecutionEnvironment::enable_checkpointing`]; no-op without checkpointing.
+    pub fn configure_checkpointing(
+        &self,
+        f: impl FnOnce(&mut crate::runtime::checkpoint::CheckpointConfig),
+    ) -> &Self {
+        if let Some(c) = self.graph.borrow_mut().checkpointing.as_mut() {
+            f(c);
+        }
         self
     }
 

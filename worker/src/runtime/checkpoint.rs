@@ -1,4 +1,4 @@
-//! Aligned checkpoints (Flink's barrier snapshots) for a job running in one process.
+//! Aligned checkpoints (Flink's barrier snapshots) and savepoints.
 //!
 //! The coordinator triggers checkpoint `n`; every source task snapshots its position, writes
 //! it, and sends a barrier downstream in order with its records. Input gates align barriers;
@@ -8,12 +8,19 @@
 //! durable — and tasks pass `CheckpointComplete(n)` down their chains, so sinks commit
 //! (two-phase commit) and sources commit offsets.
 //!
-//! Layout in the checkpoint directory: `chk-<n>/<operator uid>-<subtask>.state` per snapshot
-//! and `chk-<n>/_metadata` (JSON) when complete. A restarted job restores from the highest
-//! complete checkpoint; keyed state is stored by key group, so a restore may use another
-//! parallelism (each subtask reads every file of its operator and keeps its key groups).
+//! In a distributed run one coordinator (the *leader*, in worker 0) decides; the other
+//! workers hold a *follower* that forwards their tasks' acks to it over gRPC
+//! (`net::coordination`) and learns triggers and completions from it. Every worker writes
+//! its snapshots straight into the shared checkpoint directory.
+//!
+//! Layout: `<dir>[/<run id>]/chk-<n>/<operator uid>-<subtask>.state` per snapshot and
+//! `chk-<n>/_metadata` (JSON) when complete. A job restores from the highest complete
+//! checkpoint of its run directory, else from `restore_from` (a savepoint, a `chk-<n>`
+//! directory, or another run's directory). State is matched to operators by `uid`; keyed
+//! state is stored by key group, so a restore may use another parallelism. A savepoint is a
+//! checkpoint copied to the savepoint directory when it completes, and never pruned.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,25 +32,130 @@ use tracing::{debug, info, warn};
 #[derive(Debug, Clone)]
 pub struct CheckpointConfig {
     pub interval: Duration,
+    /// Base checkpoint directory (the spec's `checkpointing.directory`).
     pub dir: PathBuf,
     /// Complete checkpoints kept; older ones are deleted.
     pub retained: usize,
+    /// Checkpoints of this run go to `dir/<run id>`; `None`: straight into `dir`.
+    pub run_id: Option<String>,
+    /// Where savepoints go; `dir/savepoints` when unset.
+    pub savepoint_dir: Option<PathBuf>,
+    /// Snapshot to start from when the run directory has no complete checkpoint yet: a
+    /// snapshot directory (savepoint, `chk-<n>`) or a run directory (its latest).
+    pub restore_from: Option<PathBuf>,
+    /// Start even if the restored snapshot has state of operators the job no longer has.
+    pub allow_non_restored_state: bool,
+}
+
+impl CheckpointConfig {
+    pub fn new(interval: Duration, dir: PathBuf, retained: usize) -> Self {
+        CheckpointConfig {
+            interval,
+            dir,
+            retained,
+            run_id: None,
+            savepoint_dir: None,
+            restore_from: None,
+            allow_non_restored_state: false,
+        }
+    }
+
+    /// Directory of this run's checkpoints.
+    pub fn run_dir(&self) -> PathBuf {
+        match &self.run_id {
+            Some(id) => self.dir.join(id),
+            None => self.dir.clone(),
+        }
+    }
+
+    pub fn savepoint_dir(&self) -> PathBuf {
+        self.savepoint_dir
+            .clone()
+            .unwrap_or_else(|| self.dir.join("savepoints"))
+    }
+}
+
+/// A complete snapshot: where it is and when it completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub id: u64,
+    pub path: PathBuf,
+    pub completed_ms: u64,
+}
+
+/// What the coordinator has decided so far; followers and control clients watch it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Latest checkpoint triggered (sources inject its barrier).
+    pub pending: u64,
+    /// Latest complete checkpoint.
+    pub completed: u64,
+    /// A stop-with-savepoint: sources end after this checkpoint's barrier (0: none).
+    pub stop_at: u64,
+    pub last_checkpoint: Option<SnapshotInfo>,
+    pub last_savepoint: Option<SnapshotInfo>,
+    /// Checkpoints that can never complete, most recent last (bounded).
+    pub failed: Vec<(u64, String)>,
+}
+
+/// A follower's message to the leader: the leader's own method of the same name runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    Ack(u64),
+    Finished {
+        last_acked: u64,
+        final_state: Option<(String, u32, Vec<u8>)>,
+    },
+    Final(String, u32, Vec<u8>),
+    BeginWrite(u64),
+    EndWrite(u64, Option<String>),
+}
+
+enum Role {
+    Leader,
+    /// Reports go to the leader in order; the link turns a lost leader into a job failure.
+    Follower(tokio::sync::mpsc::UnboundedSender<Report>),
+}
+
+impl std::fmt::Debug for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Leader => "Leader",
+            Role::Follower(_) => "Follower",
+        })
+    }
+}
+
+/// The snapshot a run restored from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restored {
+    pub id: u64,
+    pub dir: PathBuf,
+}
+
+/// Savepoint requested for a checkpoint id.
+#[derive(Debug, Clone)]
+struct SavepointRequest {
+    dir: PathBuf,
 }
 
 /// Tracks checkpoints of one run: triggers, acknowledgements, completion and restore.
 #[derive(Debug)]
 pub struct Coordinator {
+    role: Role,
     dir: PathBuf,
+    savepoint_dir: PathBuf,
     retained: usize,
-    /// Tasks that must acknowledge every checkpoint.
+    /// Tasks that must acknowledge every checkpoint (in the whole job).
     tasks: usize,
     triggered: AtomicU64,
     completed: AtomicU64,
+    stop_at: AtomicU64,
     /// Latest checkpoint that completed or failed: the next may start.
     settled: AtomicU64,
-    /// Checkpoint this run restored from.
-    restored: Option<u64>,
+    restored: Option<Restored>,
     state: Mutex<Acks>,
+    progress: tokio::sync::watch::Sender<Progress>,
 }
 
 #[derive(Debug, Default)]
@@ -60,9 +172,10 @@ struct Acks {
     writing: HashMap<u64, usize>,
     /// Checkpoints that can never complete (a write failed).
     failed: Vec<u64>,
+    savepoints: HashMap<u64, SavepointRequest>,
 }
 
-fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -84,16 +197,71 @@ pub fn latest_complete(dir: &Path) -> Option<u64> {
         .max()
 }
 
+/// The complete snapshot at `path`: a snapshot directory (it has `_metadata`) or a
+/// directory of checkpoints (its latest complete one).
+pub fn resolve_snapshot(path: &Path) -> std::io::Result<Restored> {
+    let meta = path.join("_metadata");
+    if meta.is_file() {
+        let text = std::fs::read(&meta)?;
+        let id = serde_json::from_slice::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("id")?.as_u64())
+            .ok_or_else(|| {
+                std::io::Error::other(format!("{}: no checkpoint id in it", meta.display()))
+            })?;
+        return Ok(Restored {
+            id,
+            dir: path.to_path_buf(),
+        });
+    }
+    match latest_complete(path) {
+        Some(id) => Ok(Restored {
+            id,
+            dir: chk_dir(path, id),
+        }),
+        None => Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!(
+                "{}: neither a complete checkpoint or savepoint (no _metadata) nor a \
+                 directory holding one",
+                path.display()
+            ),
+        )),
+    }
+}
+
+/// Operator uids with state in a snapshot directory.
+fn uids_in(dir: &Path) -> std::io::Result<HashSet<String>> {
+    let mut out = HashSet::new();
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let name = e.file_name();
+        if let Some((uid, _)) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".state"))
+            .and_then(|n| n.rsplit_once('-'))
+        {
+            out.insert(uid.to_string());
+        }
+    }
+    Ok(out)
+}
+
 impl Coordinator {
-    /// A coordinator for `tasks` tasks, restoring from the latest complete checkpoint in
-    /// `config.dir` if there is one.
-    pub fn new(config: &CheckpointConfig, tasks: usize) -> std::io::Result<Coordinator> {
-        std::fs::create_dir_all(&config.dir)?;
-        let restored = latest_complete(&config.dir);
-        if let Some(id) = restored {
-            info!(checkpoint = id, dir = %config.dir.display(), "restoring from checkpoint");
+    /// The job's (leader) coordinator for `tasks` tasks. Restores from the latest complete
+    /// checkpoint of the run directory, else from `config.restore_from`. `uids` are the
+    /// job's operators: state of any other operator in the snapshot is an error unless
+    /// `allow_non_restored_state`.
+    pub fn new(
+        config: &CheckpointConfig,
+        tasks: usize,
+        uids: &[&str],
+    ) -> std::io::Result<Coordinator> {
+        let dir = config.run_dir();
+        std::fs::create_dir_all(&dir)?;
+        let own = latest_complete(&dir);
+        if let Some(id) = own {
             // Incomplete checkpoints after it are garbage from the crashed run.
-            for e in std::fs::read_dir(&config.dir)?.flatten() {
+            for e in std::fs::read_dir(&dir)?.flatten() {
                 let name = e.file_name();
                 let stale = name
                     .to_str()
@@ -105,21 +273,86 @@ impl Coordinator {
                 }
             }
         }
-        let base = restored.unwrap_or(0);
-        Ok(Coordinator {
-            dir: config.dir.clone(),
+        let restored = match (own, &config.restore_from) {
+            (Some(id), _) => Some(Restored {
+                id,
+                dir: chk_dir(&dir, id),
+            }),
+            (None, Some(from)) => Some(resolve_snapshot(from)?),
+            (None, None) => None,
+        };
+        if let Some(r) = &restored {
+            info!(checkpoint = r.id, dir = %r.dir.display(), "restoring");
+            let known: HashSet<&str> = uids.iter().copied().collect();
+            let mut unknown: Vec<String> = uids_in(&r.dir)?
+                .into_iter()
+                .filter(|u| !known.contains(u.as_str()))
+                .collect();
+            unknown.sort();
+            if !unknown.is_empty() {
+                if !config.allow_non_restored_state {
+                    return Err(std::io::Error::other(format!(
+                        "{} holds state of operator(s) {} that this job does not have; \
+                         give them back their uid, or set allowNonRestoredState to drop it",
+                        r.dir.display(),
+                        unknown.join(", ")
+                    )));
+                }
+                warn!(operators = %unknown.join(", "), "dropping state of operators the job no longer has");
+            }
+        }
+        Ok(Self::with_role(config, tasks, restored, Role::Leader))
+    }
+
+    /// A follower (a worker other than the leader): it restores what the leader chose and
+    /// sends `reports` to it.
+    pub fn follower(
+        config: &CheckpointConfig,
+        tasks: usize,
+        restored: Option<Restored>,
+        reports: tokio::sync::mpsc::UnboundedSender<Report>,
+    ) -> Coordinator {
+        Self::with_role(config, tasks, restored, Role::Follower(reports))
+    }
+
+    fn with_role(
+        config: &CheckpointConfig,
+        tasks: usize,
+        restored: Option<Restored>,
+        role: Role,
+    ) -> Coordinator {
+        let base = restored.as_ref().map_or(0, |r| r.id);
+        Coordinator {
+            role,
+            dir: config.run_dir(),
+            savepoint_dir: config.savepoint_dir(),
             retained: config.retained.max(1),
             tasks,
             triggered: AtomicU64::new(base),
             completed: AtomicU64::new(base),
+            stop_at: AtomicU64::new(0),
             settled: AtomicU64::new(base),
             restored,
             state: Mutex::new(Acks::default()),
-        })
+            progress: tokio::sync::watch::Sender::new(Progress {
+                pending: base,
+                completed: base,
+                ..Progress::default()
+            }),
+        }
     }
 
+    pub fn is_leader(&self) -> bool {
+        matches!(self.role, Role::Leader)
+    }
+
+    /// Checkpoint this run restored from.
     pub fn restored(&self) -> Option<u64> {
-        self.restored
+        self.restored.as_ref().map(|r| r.id)
+    }
+
+    pub fn restored_snapshot(&self) -> Option<&Restored> {
+        self.restored.as_ref()
     }
 
     /// Latest checkpoint sources should inject.
@@ -132,16 +365,78 @@ impl Coordinator {
         self.completed.load(Ordering::Acquire)
     }
 
+    /// Stop-with-savepoint: the checkpoint after whose barrier sources end (0: none).
+    pub fn stop_at(&self) -> u64 {
+        self.stop_at.load(Ordering::Acquire)
+    }
+
+    /// Whether checkpoint `id` can never complete.
+    pub fn has_failed(&self, id: u64) -> bool {
+        self.progress.borrow().failed.iter().any(|(f, _)| *f == id)
+    }
+
+    /// Watches what the coordinator decides (followers, control clients).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    pub fn progress(&self) -> Progress {
+        self.progress.borrow().clone()
+    }
+
+    /// A follower learns the leader's decisions.
+    pub fn observe(&self, p: &Progress) {
+        self.stop_at.store(p.stop_at, Ordering::Release);
+        self.triggered.fetch_max(p.pending, Ordering::AcqRel);
+        self.completed.fetch_max(p.completed, Ordering::AcqRel);
+        self.progress.send_replace(p.clone());
+    }
+
+    fn publish(&self, f: impl FnOnce(&mut Progress)) {
+        self.progress.send_modify(|p| {
+            f(p);
+            p.pending = self.pending();
+            p.completed = self.completed();
+            p.stop_at = self.stop_at();
+        });
+    }
+
     /// Starts the next checkpoint unless one is still in flight; returns its id.
     pub fn trigger(&self) -> Option<u64> {
+        self.start(None, false)
+    }
+
+    /// Starts a savepoint (a checkpoint copied to `dir`, or the savepoint directory, when
+    /// complete) unless a checkpoint is in flight. With `stop`, sources end after its barrier.
+    pub fn trigger_savepoint(&self, stop: bool, dir: Option<PathBuf>) -> Option<u64> {
+        let dir = dir.unwrap_or_else(|| self.savepoint_dir.clone());
+        self.start(Some(SavepointRequest { dir }), stop)
+    }
+
+    fn start(&self, savepoint: Option<SavepointRequest>, stop: bool) -> Option<u64> {
+        if !self.is_leader() || self.stop_at() != 0 {
+            return None;
+        }
         let done = self.settled.load(Ordering::Acquire);
         let id = done + 1;
+        // Record the request before the id is visible to sources.
+        let mut s = self.state.lock().unwrap();
         // One checkpoint at a time: a new one only once the last completed.
-        self.triggered
-            .compare_exchange(done, id, Ordering::AcqRel, Ordering::Acquire)
-            .ok()?;
-        self.state.lock().unwrap().started_ms.insert(id, now_ms());
-        debug!(checkpoint = id, "triggered");
+        if self.triggered.load(Ordering::Acquire) != done {
+            return None;
+        }
+        s.started_ms.insert(id, now_ms());
+        let is_savepoint = savepoint.is_some();
+        if let Some(sp) = savepoint {
+            s.savepoints.insert(id, sp);
+        }
+        if stop {
+            self.stop_at.store(id, Ordering::Release);
+        }
+        self.triggered.store(id, Ordering::Release);
+        drop(s);
+        self.publish(|_| {});
+        debug!(checkpoint = id, savepoint = is_savepoint, stop, "triggered");
         Some(id)
     }
 
@@ -163,10 +458,10 @@ impl Coordinator {
 
     /// The snapshot of (`uid`, `subtask`) in the restored checkpoint.
     pub fn restored_state(&self, uid: &str, subtask: u32) -> std::io::Result<Option<Vec<u8>>> {
-        let Some(id) = self.restored else {
+        let Some(r) = &self.restored else {
             return Ok(None);
         };
-        match std::fs::read(chk_dir(&self.dir, id).join(format!("{uid}-{subtask}.state"))) {
+        match std::fs::read(r.dir.join(format!("{uid}-{subtask}.state"))) {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -176,12 +471,12 @@ impl Coordinator {
     /// Every subtask's snapshot of `uid` in the restored checkpoint, with its subtask index
     /// (keyed state is redistributed by key group, whatever the old parallelism was).
     pub fn restored_states(&self, uid: &str) -> std::io::Result<Vec<(u32, Vec<u8>)>> {
-        let Some(id) = self.restored else {
+        let Some(r) = &self.restored else {
             return Ok(Vec::new());
         };
         let prefix = format!("{uid}-");
         let mut out = Vec::new();
-        for e in std::fs::read_dir(chk_dir(&self.dir, id))?.flatten() {
+        for e in std::fs::read_dir(&r.dir)?.flatten() {
             let name = e.file_name();
             let Some(name) = name.to_str() else { continue };
             let subtask = name
@@ -195,8 +490,49 @@ impl Coordinator {
         Ok(out)
     }
 
+    /// Sends a report to the leader; `false` on the leader itself.
+    fn forward(&self, report: impl FnOnce() -> Report) -> std::io::Result<bool> {
+        match &self.role {
+            Role::Leader => Ok(false),
+            Role::Follower(tx) => tx
+                .send(report())
+                .map(|()| true)
+                .map_err(|_| std::io::Error::other("the checkpoint coordinator is gone")),
+        }
+    }
+
+    /// Runs a follower's report on the leader.
+    pub fn apply(&self, report: Report) -> std::io::Result<()> {
+        match report {
+            Report::Ack(id) => self.ack(id),
+            Report::Finished {
+                last_acked,
+                final_state,
+            } => self.task_finished(
+                last_acked,
+                final_state
+                    .as_ref()
+                    .map(|(u, t, b)| (u.as_str(), *t, b.clone())),
+            ),
+            Report::Final(uid, subtask, bytes) => {
+                self.register_final(&uid, subtask, bytes);
+                Ok(())
+            }
+            Report::BeginWrite(id) => {
+                self.begin_write(id);
+                Ok(())
+            }
+            Report::EndWrite(id, error) => {
+                self.end_write(id, error.map_or(Ok(()), |e| Err(std::io::Error::other(e))))
+            }
+        }
+    }
+
     /// A task has taken checkpoint `id` (its barrier went through its whole chain).
     pub fn ack(&self, id: u64) -> std::io::Result<()> {
+        if self.forward(|| Report::Ack(id))? {
+            return Ok(());
+        }
         let mut s = self.state.lock().unwrap();
         *s.acked.entry(id).or_insert(0) += 1;
         self.maybe_complete(&mut s, id)
@@ -209,6 +545,13 @@ impl Coordinator {
         last_acked: u64,
         final_state: Option<(&str, u32, Vec<u8>)>,
     ) -> std::io::Result<()> {
+        let mut final_state = final_state;
+        if self.forward(|| Report::Finished {
+            last_acked,
+            final_state: final_state.take().map(|(u, t, b)| (u.to_string(), t, b)),
+        })? {
+            return Ok(());
+        }
         if let Some((uid, subtask, bytes)) = final_state {
             self.register_final(uid, subtask, bytes);
         }
@@ -221,19 +564,36 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Whether every task of the job has finished.
+    pub fn all_finished(&self) -> bool {
+        self.state.lock().unwrap().finished.len() >= self.tasks
+    }
+
     /// A snapshot of checkpoint `id` will be written in the background; the checkpoint does
     /// not complete before [`Coordinator::end_write`].
     pub fn begin_write(&self, id: u64) {
+        if self.forward(|| Report::BeginWrite(id)).unwrap_or(true) {
+            return;
+        }
         *self.state.lock().unwrap().writing.entry(id).or_insert(0) += 1;
     }
 
     /// The background write of a snapshot of checkpoint `id` ended.
     pub fn end_write(&self, id: u64, result: std::io::Result<()>) -> std::io::Result<()> {
+        let mut result = Some(result);
+        if self.forward(|| {
+            Report::EndWrite(
+                id,
+                result.take().and_then(|r| r.err()).map(|e| e.to_string()),
+            )
+        })? {
+            return Ok(());
+        }
         let mut s = self.state.lock().unwrap();
         if let Some(n) = s.writing.get_mut(&id) {
             *n -= 1;
         }
-        if let Err(e) = result {
+        if let Some(Err(e)) = result {
             // The checkpoint is abandoned; the next one is triggered once it would have
             // completed, so failing it must also unblock triggering.
             warn!(checkpoint = id, error = %e, "checkpoint failed: a snapshot could not be written");
@@ -241,6 +601,13 @@ impl Coordinator {
             s.writing.remove(&id);
             s.acked.remove(&id);
             self.settled.fetch_max(id, Ordering::AcqRel);
+            let cause = e.to_string();
+            self.publish(|p| {
+                p.failed.push((id, cause));
+                if p.failed.len() > 16 {
+                    p.failed.remove(0);
+                }
+            });
             return Err(e);
         }
         self.maybe_complete(&mut s, id)
@@ -248,15 +615,26 @@ impl Coordinator {
 
     /// Final snapshot of an operator whose input ended: part of every later checkpoint.
     pub fn register_final(&self, uid: &str, subtask: u32, bytes: Vec<u8>) {
+        let mut bytes = Some(bytes);
+        if self
+            .forward(|| Report::Final(uid.to_string(), subtask, bytes.take().unwrap_or_default()))
+            .unwrap_or(true)
+        {
+            return;
+        }
         let mut s = self.state.lock().unwrap();
         s.final_states
             .retain(|(u, t, _)| !(u == uid && *t == subtask));
-        s.final_states.push((uid.to_string(), subtask, bytes));
+        s.final_states
+            .push((uid.to_string(), subtask, bytes.unwrap_or_default()));
     }
 
     /// After every task finished: one last checkpoint from the final snapshots, so a run
     /// started later (with more input) continues exactly where this one ended.
     pub fn final_checkpoint(&self) -> std::io::Result<()> {
+        if !self.is_leader() {
+            return Ok(());
+        }
         let mut s = self.state.lock().unwrap();
         if s.finished.len() < self.tasks {
             return Ok(());
@@ -289,25 +667,49 @@ impl Coordinator {
             }
         }
         let started = s.started_ms.remove(&id).unwrap_or_else(now_ms);
-        let meta = serde_json::json!({
-            "id": id,
-            "triggeredMs": started,
-            "completedMs": now_ms(),
-            "tasks": self.tasks,
-            "acknowledged": acked,
-            "finished": stand_ins,
-        });
+        let completed_ms = now_ms();
+        let meta = |savepoint: bool| {
+            serde_json::to_vec_pretty(&serde_json::json!({
+                "id": id,
+                "triggeredMs": started,
+                "completedMs": completed_ms,
+                "tasks": self.tasks,
+                "acknowledged": acked,
+                "finished": stand_ins,
+                "savepoint": savepoint,
+            }))
+            .expect("json")
+        };
         let tmp = dir.join("._metadata.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&meta).expect("json"))?;
+        std::fs::write(&tmp, meta(false))?;
         std::fs::rename(tmp, dir.join("_metadata"))?;
+        let savepoint = match s.savepoints.remove(&id) {
+            Some(req) => Some(copy_snapshot(&dir, &req.dir, id, &meta(true))?),
+            None => None,
+        };
         s.acked.remove(&id);
         self.completed.store(id, Ordering::Release);
         self.settled.fetch_max(id, Ordering::AcqRel);
         info!(
             checkpoint = id,
-            took_ms = now_ms().saturating_sub(started),
+            took_ms = completed_ms.saturating_sub(started),
+            savepoint = ?savepoint.as_ref().map(|p| p.display().to_string()),
             "checkpoint complete"
         );
+        self.publish(|p| {
+            p.last_checkpoint = Some(SnapshotInfo {
+                id,
+                path: dir.clone(),
+                completed_ms,
+            });
+            if let Some(path) = savepoint {
+                p.last_savepoint = Some(SnapshotInfo {
+                    id,
+                    path,
+                    completed_ms,
+                });
+            }
+        });
         self.prune(id);
         Ok(())
     }
@@ -332,6 +734,23 @@ impl Coordinator {
     }
 }
 
+/// Copies a complete checkpoint into `<to>/savepoint-<id>-<ms>`; the metadata goes last, so
+/// a half-copied savepoint is never mistaken for a complete one.
+fn copy_snapshot(from: &Path, to: &Path, id: u64, meta: &[u8]) -> std::io::Result<PathBuf> {
+    let dest = to.join(format!("savepoint-{id}-{}", now_ms()));
+    std::fs::create_dir_all(&dest)?;
+    for e in std::fs::read_dir(from)?.flatten() {
+        let name = e.file_name();
+        if name.to_str().is_some_and(|n| n.ends_with(".state")) {
+            std::fs::copy(e.path(), dest.join(&name))?;
+        }
+    }
+    let tmp = dest.join("._metadata.tmp");
+    std::fs::write(&tmp, meta)?;
+    std::fs::rename(tmp, dest.join("_metadata"))?;
+    Ok(dest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,17 +758,13 @@ mod tests {
     fn config(name: &str) -> CheckpointConfig {
         let dir = std::env::temp_dir().join(format!("sj-chk-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        CheckpointConfig {
-            interval: Duration::from_millis(10),
-            dir,
-            retained: 2,
-        }
+        CheckpointConfig::new(Duration::from_millis(10), dir, 2)
     }
 
     #[test]
     fn a_checkpoint_completes_when_every_task_acked_or_finished() {
         let cfg = config("acks");
-        let c = Coordinator::new(&cfg, 3).unwrap();
+        let c = Coordinator::new(&cfg, 3, &[]).unwrap();
         assert_eq!(c.trigger(), Some(1));
         assert_eq!(c.trigger(), None, "one at a time");
         c.write_state(1, "op", 0, b"a").unwrap();
@@ -381,7 +796,7 @@ mod tests {
     #[test]
     fn a_task_that_acked_and_then_finished_counts_once() {
         let cfg = config("once");
-        let c = Coordinator::new(&cfg, 3).unwrap();
+        let c = Coordinator::new(&cfg, 3, &[]).unwrap();
         c.trigger();
         c.write_state(1, "src", 0, b"at-barrier").unwrap();
         c.ack(1).unwrap();
@@ -410,7 +825,7 @@ mod tests {
     #[test]
     fn background_writes_hold_completion_and_a_failed_write_abandons_the_checkpoint() {
         let cfg = config("writes");
-        let c = Coordinator::new(&cfg, 1).unwrap();
+        let c = Coordinator::new(&cfg, 1, &["reduce"]).unwrap();
         c.trigger();
         c.begin_write(1);
         c.ack(1).unwrap();
@@ -432,7 +847,7 @@ mod tests {
     #[test]
     fn a_restart_restores_the_latest_complete_checkpoint_and_drops_partial_ones() {
         let cfg = config("restore");
-        let c = Coordinator::new(&cfg, 1).unwrap();
+        let c = Coordinator::new(&cfg, 1, &["reduce"]).unwrap();
         c.trigger();
         c.write_state(1, "reduce", 0, b"one").unwrap();
         c.write_state(1, "reduce", 1, b"two").unwrap();
@@ -440,7 +855,7 @@ mod tests {
         c.trigger();
         c.write_state(2, "reduce", 0, b"partial").unwrap();
         drop(c); // crash before checkpoint 2 completes
-        let c = Coordinator::new(&cfg, 1).unwrap();
+        let c = Coordinator::new(&cfg, 1, &["reduce"]).unwrap();
         assert_eq!(c.restored(), Some(1));
         assert!(!cfg.dir.join("chk-2").exists());
         assert_eq!(c.restored_state("reduce", 1).unwrap().unwrap(), b"two");
@@ -450,5 +865,120 @@ mod tests {
         assert_eq!(all, vec![(0, b"one".to_vec()), (1, b"two".to_vec())]);
         // ids continue after the restored checkpoint
         assert_eq!(c.trigger(), Some(2));
+    }
+
+    #[test]
+    fn a_savepoint_is_copied_out_and_another_run_restores_from_it() {
+        let cfg = config("savepoint");
+        let c = Coordinator::new(&cfg, 1, &["count"]).unwrap();
+        assert_eq!(c.trigger_savepoint(true, None), Some(1));
+        assert_eq!(c.stop_at(), 1);
+        assert_eq!(c.trigger(), None, "nothing is triggered after a stop");
+        c.write_state(1, "count", 0, b"state").unwrap();
+        c.ack(1).unwrap();
+        let sp = c.progress().last_savepoint.expect("savepoint recorded");
+        assert_eq!(sp.id, 1);
+        assert!(sp.path.starts_with(cfg.dir.join("savepoints")));
+        assert_eq!(
+            std::fs::read(sp.path.join("count-0.state")).unwrap(),
+            b"state"
+        );
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(sp.path.join("_metadata")).unwrap()).unwrap();
+        assert_eq!(meta["savepoint"], true);
+        // A new deployment (another run directory) starts from the savepoint.
+        let mut next = cfg.clone();
+        next.run_id = Some("run-2".into());
+        next.restore_from = Some(sp.path.clone());
+        let c2 = Coordinator::new(&next, 1, &["count"]).unwrap();
+        assert_eq!(c2.restored(), Some(1));
+        assert_eq!(c2.restored_state("count", 0).unwrap().unwrap(), b"state");
+        assert_eq!(c2.trigger(), Some(2));
+        c2.ack(2).unwrap();
+        assert!(cfg.dir.join("run-2/chk-2/_metadata").is_file());
+        // Restarted again, the run's own checkpoint wins over the savepoint.
+        let c3 = Coordinator::new(&next, 1, &["count"]).unwrap();
+        assert_eq!(c3.restored(), Some(2));
+        // A run directory as the source means its latest complete checkpoint.
+        let mut third = cfg.clone();
+        third.run_id = Some("run-3".into());
+        third.restore_from = Some(cfg.dir.join("run-2"));
+        let c4 = Coordinator::new(&third, 1, &["count"]).unwrap();
+        assert_eq!(
+            c4.restored_snapshot().unwrap().dir,
+            cfg.dir.join("run-2/chk-2")
+        );
+    }
+
+    #[test]
+    fn state_of_an_operator_the_job_lost_is_refused_unless_allowed() {
+        let cfg = config("nonrestored");
+        let c = Coordinator::new(&cfg, 1, &["count", "old-filter"]).unwrap();
+        c.trigger();
+        c.write_state(1, "count", 0, b"c").unwrap();
+        c.write_state(1, "old-filter", 0, b"f").unwrap();
+        c.ack(1).unwrap();
+        let err = Coordinator::new(&cfg, 1, &["count"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("state of operator(s) old-filter that this job does not have"),
+            "{err}"
+        );
+        let mut allow = cfg.clone();
+        allow.allow_non_restored_state = true;
+        assert_eq!(
+            Coordinator::new(&allow, 1, &["count"]).unwrap().restored(),
+            Some(1)
+        );
+        let mut missing = cfg.clone();
+        missing.run_id = Some("empty".into());
+        missing.restore_from = Some(cfg.dir.join("nowhere"));
+        let err = Coordinator::new(&missing, 1, &["count"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("nowhere: neither a complete checkpoint"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_follower_forwards_its_tasks_reports_and_learns_the_leaders_decisions() {
+        let cfg = config("follower");
+        let leader = Coordinator::new(&cfg, 2, &[]).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let follower = Coordinator::follower(&cfg, 2, None, tx);
+        assert_eq!(follower.trigger(), None, "only the leader triggers");
+        leader.trigger();
+        follower.observe(&leader.progress());
+        assert_eq!(follower.pending(), 1);
+        leader.ack(1).unwrap();
+        follower.begin_write(1);
+        follower.ack(1).unwrap();
+        follower.end_write(1, Ok(())).unwrap();
+        follower
+            .task_finished(1, Some(("src", 1, b"end".to_vec())))
+            .unwrap();
+        let mut reports = Vec::new();
+        while let Ok(r) = rx.try_recv() {
+            reports.push(r);
+        }
+        assert_eq!(
+            reports,
+            vec![
+                Report::BeginWrite(1),
+                Report::Ack(1),
+                Report::EndWrite(1, None),
+                Report::Finished {
+                    last_acked: 1,
+                    final_state: Some(("src".into(), 1, b"end".to_vec()))
+                },
+            ]
+        );
+        for r in reports {
+            leader.apply(r).unwrap();
+        }
+        assert_eq!(leader.completed(), 1);
+        follower.observe(&leader.progress());
+        assert_eq!(follower.completed(), 1);
     }
 }

@@ -36,12 +36,13 @@ pub(crate) fn run_local(
     let coordinator = match &graph.checkpointing {
         Some(config) => {
             let tasks = plan.chains.iter().map(|c| c.parallelism as usize).sum();
-            Some(Arc::new(Coordinator::new(config, tasks).map_err(|e| {
-                JobError::Setup {
+            let uids: Vec<&str> = plan.nodes.iter().map(|n| n.uid.as_str()).collect();
+            Some(Arc::new(Coordinator::new(config, tasks, &uids).map_err(
+                |e| JobError::Setup {
                     operator: "checkpoints".into(),
-                    message: format!("cannot use {}: {e}", config.dir.display()),
-                }
-            })?))
+                    message: format!("cannot restore or checkpoint: {e}"),
+                },
+            )?))
         }
         None => None,
     };

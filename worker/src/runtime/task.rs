@@ -71,6 +71,38 @@ fn announce_complete<T>(
     Ok(None)
 }
 
+/// Stop-with-savepoint: once a task has passed the savepoint's barrier, it waits for the
+/// savepoint to complete and announces it (sinks commit) before it ends, so nothing the
+/// savepoint covers is left uncommitted. Returns whether this task is stopping.
+fn await_stop(
+    cursor: &mut Option<CheckpointCursor>,
+    head: &mut dyn Output<impl Sized>,
+    ctx: &SubtaskContext,
+) -> Result<bool, TaskError> {
+    let Some(c) = cursor.as_ref() else {
+        return Ok(false);
+    };
+    let stop = c.coordinator.stop_at();
+    if stop == 0 || c.barrier != stop {
+        return Ok(false);
+    }
+    while c.coordinator.completed() < stop {
+        if c.coordinator.has_failed(stop) {
+            return Err(io_error(
+                ctx,
+                "stop-with-savepoint",
+                format!("savepoint {stop} failed; the job stops without it"),
+            ));
+        }
+        if ctx.is_cancelled() {
+            return Err(cancelled(&endpoint(ctx)));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    announce_complete(cursor, head)?;
+    Ok(true)
+}
+
 fn task_finished(
     cursor: &Option<CheckpointCursor>,
     ctx: &SubtaskContext,
@@ -132,10 +164,17 @@ impl<T: Send> Task for SourceTask<T> {
                     c.barrier = id;
                 }
             }
-            if let Some(done) = announce_complete(&mut cursor, &mut *self.head)? {
+            let stopping = await_stop(&mut cursor, &mut *self.head, &self.ctx)?;
+            if let Some(done) = announce_complete(&mut cursor, &mut *self.head)?
+                .or(cursor.as_ref().filter(|_| stopping).map(|c| c.complete))
+            {
                 self.reader
                     .notify_checkpoint_complete(done)
                     .map_err(|e| io_error(&self.ctx, "after checkpoint", e))?;
+            }
+            if stopping {
+                // Stop-with-savepoint: nothing after the barrier is read.
+                return self.finish(cursor, stats);
             }
             let mut out = Collector::new(&mut *self.head);
             let polled = catch_unwind(AssertUnwindSafe(|| self.reader.poll_next(&mut out)));
@@ -169,22 +208,31 @@ impl<T: Send> Task for SourceTask<T> {
                     self.head.flush()?;
                     last_flush = Instant::now();
                 }
-                SourceStatus::Finished => {
-                    debug!(operator = %self.ctx.operator, subtask = self.ctx.subtask, records = stats.records_in, "source finished");
-                    self.head.signal(Signal::EndOfInput)?;
-                    self.head.flush()?;
-                    let final_state =
-                        match &cursor {
-                            Some(_) => Some(self.reader.snapshot().map_err(|e| {
-                                io_error(&self.ctx, "cannot snapshot the source", e)
-                            })?),
-                            None => None,
-                        };
-                    task_finished(&cursor, &self.ctx, final_state)?;
-                    return Ok(stats);
-                }
+                SourceStatus::Finished => return self.finish(cursor, stats),
             }
         }
+    }
+}
+
+impl<T: Send> SourceTask<T> {
+    fn finish(
+        mut self: Box<Self>,
+        cursor: Option<CheckpointCursor>,
+        stats: TaskStats,
+    ) -> Result<TaskStats, TaskError> {
+        debug!(operator = %self.ctx.operator, subtask = self.ctx.subtask, records = stats.records_in, "source finished");
+        self.head.signal(Signal::EndOfInput)?;
+        self.head.flush()?;
+        let final_state = match &cursor {
+            Some(_) => Some(
+                self.reader
+                    .snapshot()
+                    .map_err(|e| io_error(&self.ctx, "cannot snapshot the source", e))?,
+            ),
+            None => None,
+        };
+        task_finished(&cursor, &self.ctx, final_state)?;
+        Ok(stats)
     }
 }
 
@@ -232,6 +280,7 @@ impl<T: Send> Task for InputTask<T> {
                     }
                 }
                 Message::Signal(Signal::EndOfInput) => {
+                    await_stop(&mut cursor, &mut *self.head, &self.ctx)?;
                     self.head.signal(Signal::EndOfInput)?;
                     self.head.flush()?;
                     task_finished(&cursor, &self.ctx, None)?;
