@@ -1,7 +1,12 @@
-// Generates the gRPC exchange code from proto/exchange.proto with a pure-Rust protobuf
+// Generates the gRPC code (exchange, coordination, control, health) with a pure-Rust protobuf
 // compiler (protox), so a fresh machine needs no `protoc`.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/exchange.proto", "proto/health.proto"];
+    let protos = [
+        "proto/exchange.proto",
+        "proto/health.proto",
+        "proto/coordination.proto",
+        "proto/control.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

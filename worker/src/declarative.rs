@@ -361,11 +361,28 @@ impl Sink<Value> for FileSink {
         "file"
     }
     fn create_writer(&self, ctx: &SubtaskContext) -> Result<Box<dyn SinkWriter<Value>>, BoxError> {
-        let path = if ctx.parallelism > 1 {
-            PathBuf::from(format!("{}.{}", self.path.display(), ctx.subtask))
+        // With checkpoints, files are named by subtask at every parallelism, so a job
+        // restored at another parallelism finds the files its snapshots describe.
+        let path_of = |subtask: u32| PathBuf::from(format!("{}.{subtask}", self.path.display()));
+        let path = if ctx.parallelism > 1 || ctx.checkpoints.is_some() {
+            path_of(ctx.subtask)
         } else {
             self.path.clone()
         };
+        // Scaled in: subtask 0 cuts the files of subtasks that no longer exist back to
+        // their snapshot, so lines they wrote after it are not left behind as duplicates.
+        if let Some(c) = ctx.checkpoints.as_ref().filter(|_| ctx.subtask == 0) {
+            for (old, state) in c.restored_states(&ctx.uid)? {
+                if old >= ctx.parallelism
+                    && let Ok(len) = <[u8; 8]>::try_from(state.as_slice())
+                {
+                    let orphan = path_of(old);
+                    if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&orphan) {
+                        f.set_len(u64::from_le_bytes(len).min(f.metadata()?.len()))?;
+                    }
+                }
+            }
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;

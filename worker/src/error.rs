@@ -78,6 +78,17 @@ pub enum JobError {
     Setup { operator: String, message: String },
     #[error("{0}")]
     Task(TaskError),
+    /// A worker could not join the job's checkpoint coordinator (worker 0).
+    #[error("checkpoint coordination: {0}")]
+    Coordination(String),
+}
+
+impl JobError {
+    /// Whether running the job again may succeed (a task or network failure), as opposed to
+    /// a job that cannot start as defined.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, JobError::Task(_) | JobError::Coordination(_))
+    }
 }
 
 /// Message of a caught panic payload.

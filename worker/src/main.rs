@@ -51,6 +51,27 @@ enum Command {
         /// Slots per worker with --workers (default: spread the subtasks evenly).
         #[arg(long, requires = "workers")]
         slots: Option<u32>,
+        #[command(flatten)]
+        restore: commands::worker::RestoreArgs,
+    },
+    /// Take a savepoint of a running distributed job through worker 0's job control API
+    /// (needs STREAMJOB_TOKEN); prints the savepoint's path.
+    Savepoint {
+        /// Worker 0's `host:port`.
+        #[arg(long)]
+        address: String,
+        /// Stop the job right after the savepoint (stop-with-savepoint).
+        #[arg(long)]
+        stop: bool,
+        /// Directory for the savepoint; default: the job's savepoint directory.
+        #[arg(long)]
+        directory: Option<String>,
+    },
+    /// Print the run and checkpoint state of a running distributed job (JSON).
+    Status {
+        /// Worker 0's `host:port`.
+        #[arg(long)]
+        address: String,
     },
     /// Run one worker of a distributed StreamJob (the pod entrypoint): this worker's slots,
     /// exchanging records with its peers over gRPC. Needs STREAMJOB_TOKEN.
@@ -107,9 +128,16 @@ fn dispatch(command: Command) -> Result<()> {
             file,
             workers: Some(n),
             slots,
-        } => commands::minicluster::run(&file, n, slots),
-        Command::Run { file, .. } => run(&file, None),
-        Command::Worker(args) => run(&args.file.clone(), Some(args)),
+            restore,
+        } => commands::minicluster::run(&file, n, slots, &restore),
+        Command::Run { file, restore, .. } => run(&file, None, &restore),
+        Command::Worker(args) => run(&args.file.clone(), Some(args.clone()), &args.restore),
+        Command::Savepoint {
+            address,
+            stop,
+            directory,
+        } => commands::control::savepoint(&address, stop, directory),
+        Command::Status { address } => commands::control::status(&address),
         Command::Plan { file, format } => plan(&file, format),
         Command::Validate { file } => validate(&file),
         Command::Wordcount {
@@ -164,24 +192,67 @@ fn plan(file: &Path, format: PlanFormat) -> Result<()> {
     }
 }
 
-fn run(file: &Path, worker: Option<commands::worker::WorkerArgs>) -> Result<()> {
+fn run(
+    file: &Path,
+    worker: Option<commands::worker::WorkerArgs>,
+    restore: &commands::worker::RestoreArgs,
+) -> Result<()> {
     let job = load(file)?;
     let name = job.metadata.name.clone().unwrap_or_else(|| "job".into());
-    let env = StreamExecutionEnvironment::get_execution_environment();
-    let base = file.parent().unwrap_or(Path::new("."));
-    let counters = build_job(&env, &job, base).map_err(|e| match e {
-        SpecError::Invalid(errors) => invalid(file, &errors),
-        other => anyhow::anyhow!("{}: {other}", file.display()),
-    })?;
-    let result = match worker {
-        None => env.execute(&name)?,
-        Some(args) => {
-            let slots_needed = env.plan(&name)?.slots_needed();
-            let spec_hash = xxhash_rust::xxh3::xxh3_64(&serde_json::to_vec(&job.spec)?);
-            let cluster = commands::worker::cluster_config(&args, &name, slots_needed, spec_hash)?;
-            let index = cluster.index;
-            env.execute_as_worker(&name, &cluster)
-                .with_context(|| format!("worker {index} of job '{name}'"))?
+    // Without checkpoints a restart would repeat output from the start: it fails instead.
+    let strategy = &job.spec.restart_strategy;
+    let attempts = if job.spec.checkpointing.is_some() {
+        strategy.attempts
+    } else {
+        0
+    };
+    let mut restarts = 0;
+    let (result, counters) = loop {
+        let env = StreamExecutionEnvironment::get_execution_environment();
+        let base = file.parent().unwrap_or(Path::new("."));
+        let counters = build_job(&env, &job, base).map_err(|e| match e {
+            SpecError::Invalid(errors) => invalid(file, &errors),
+            other => anyhow::anyhow!("{}: {other}", file.display()),
+        })?;
+        env.configure_checkpointing(|c| {
+            if restore.run_id.is_some() {
+                c.run_id.clone_from(&restore.run_id);
+            }
+            if restore.restore_from.is_some() {
+                c.restore_from.clone_from(&restore.restore_from);
+            }
+        });
+        let outcome = match &worker {
+            None => env.execute(&name),
+            Some(args) => {
+                let slots_needed = env.plan(&name)?.slots_needed();
+                let spec_hash = xxhash_rust::xxh3::xxh3_64(&serde_json::to_vec(&job.spec)?);
+                let cluster =
+                    commands::worker::cluster_config(args, &name, slots_needed, spec_hash)?;
+                env.execute_as_worker(&name, &cluster)
+            }
+        };
+        match outcome {
+            Ok(r) => break (r, counters),
+            Err(e) if e.is_retryable() && restarts < attempts => {
+                restarts += 1;
+                let delay = strategy.delay(restarts);
+                tracing::warn!(error = %e, restart = restarts, of = attempts, ?delay, "job failed; restarting from the latest checkpoint");
+                eprintln!(
+                    "job '{name}' failed: {e}; restart {restarts} of {attempts} in {delay:?}"
+                );
+                std::thread::sleep(delay);
+            }
+            Err(e) => {
+                let e = anyhow::Error::from(e);
+                return Err(match &worker {
+                    Some(args) => e.context(format!(
+                        "worker {} of job '{name}'",
+                        args.index.map_or("?".into(), |i| i.to_string())
+                    )),
+                    None => e,
+                });
+            }
         }
     };
     let skipped = counters.skipped.load(std::sync::atomic::Ordering::Relaxed);
@@ -195,6 +266,9 @@ fn run(file: &Path, worker: Option<commands::worker::WorkerArgs>) -> Result<()> 
     }
     if result.bytes_sent > 0 {
         summary.push_str(&format!(", bytes sent to peers: {}", result.bytes_sent));
+    }
+    if restarts > 0 {
+        summary.push_str(&format!(", restarts: {restarts}"));
     }
     eprintln!(
         "job '{name}' finished in {:.3}s ({summary})",

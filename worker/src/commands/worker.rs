@@ -66,6 +66,37 @@ pub struct WorkerArgs {
     /// CA certificate (PEM) that signed every worker's certificate.
     #[arg(long, env = "STREAMJOB_TLS_CA", requires = "tls_cert")]
     pub tls_ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub restore: RestoreArgs,
+}
+
+/// Where a run keeps its checkpoints and what it starts from (with `spec.checkpointing`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RestoreArgs {
+    /// Checkpoint namespace of this deployment: checkpoints go to
+    /// `<checkpointing.directory>/<run id>`, and a restarted worker resumes from the latest
+    /// complete one there. The operator sets a new one for each upgrade.
+    #[arg(long, env = "STREAMJOB_RUN_ID")]
+    pub run_id: Option<String>,
+    /// Snapshot to start from while the run has no checkpoint of its own: a savepoint, a
+    /// `chk-<n>` directory or another run's directory (its latest checkpoint). Overrides the
+    /// spec's initialSavepointPath.
+    #[arg(long, env = "STREAMJOB_RESTORE_FROM")]
+    pub restore_from: Option<PathBuf>,
+}
+
+impl RestoreArgs {
+    /// Arguments that pass these settings on to a `streamjob worker` process.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(id) = &self.run_id {
+            args.extend(["--run-id".to_string(), id.clone()]);
+        }
+        if let Some(p) = &self.restore_from {
+            args.extend(["--restore-from".to_string(), p.display().to_string()]);
+        }
+        args
+    }
 }
 
 /// Resolves the command line and environment into a cluster config for `job_name`.

@@ -166,7 +166,10 @@ pub(crate) struct ExchangeService {
     pub failures: Failures,
 }
 
-fn check_token(token: &str, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+pub(crate) fn check_token(
+    token: &str,
+    metadata: &tonic::metadata::MetadataMap,
+) -> Result<(), Status> {
     let expected = format!("Bearer {token}");
     let got = metadata
         .get("authorization")
@@ -183,7 +186,7 @@ fn check_token(token: &str, metadata: &tonic::metadata::MetadataMap) -> Result<(
         Ok(())
     } else {
         Err(Status::unauthenticated(
-            "exchange stream without the job's token (STREAMJOB_TOKEN differs between workers)",
+            "request without the job's token (STREAMJOB_TOKEN differs between workers)",
         ))
     }
 }

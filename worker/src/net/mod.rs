@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod codec;
+pub(crate) mod coordination;
 pub(crate) mod exchange;
 pub mod health;
 
@@ -10,6 +11,18 @@ pub mod health;
 #[allow(clippy::all, rust_2018_idioms, missing_docs)]
 pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/streamjob.exchange.v1.rs"));
+}
+
+/// Code generated from `proto/coordination.proto`.
+#[allow(clippy::all, rust_2018_idioms, missing_docs)]
+pub mod coordination_proto {
+    include!(concat!(env!("OUT_DIR"), "/streamjob.coordination.v1.rs"));
+}
+
+/// Code generated from `proto/control.proto` (the operator's client uses the same file).
+#[allow(clippy::all, rust_2018_idioms, missing_docs)]
+pub mod control_proto {
+    include!(concat!(env!("OUT_DIR"), "/streamjob.control.v1.rs"));
 }
 
 /// The standard gRPC health service (Kubernetes `grpc` probes).

@@ -19,6 +19,7 @@ use crate::api::environment::JobExecutionResult;
 use crate::api::graph::{AnyBox, GraphBuilder, NodeRuntime};
 use crate::error::{JobError, TaskError, panic_message};
 use crate::net::cluster::ClusterConfig;
+use crate::net::coordination::{FollowerLink, LeaderService};
 use crate::net::exchange::{
     self, ChannelId, ExchangeService, Failures, Handshake, InboundSlot, OutboundChannel,
 };
@@ -56,26 +57,10 @@ pub(crate) fn run_local(
     );
     let errors = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // Triggers checkpoints at the configured interval while the job runs.
     let trigger = coordinator
         .clone()
-        .zip(graph.checkpointing.clone())
-        .map(|(c, config)| {
-            let (stop, cancel) = (stop.clone(), cancel.clone());
-            std::thread::Builder::new()
-                .name("checkpoints".into())
-                .spawn(move || {
-                    let mut next = Instant::now() + config.interval;
-                    while !stop.load(Ordering::Acquire) && !cancel.is_set() {
-                        std::thread::sleep(Duration::from_millis(5).min(config.interval));
-                        if Instant::now() >= next {
-                            c.trigger();
-                            next = Instant::now() + config.interval;
-                        }
-                    }
-                })
-                .expect("spawn checkpoint thread")
-        });
+        .zip(graph.checkpointing.as_ref())
+        .map(|(c, config)| spawn_trigger(c, config.interval, stop.clone(), cancel.clone()));
     let stats = run_tasks(built.tasks, &cancel, &errors);
     stop.store(true, Ordering::Release);
     if let Some(t) = trigger {
@@ -124,24 +109,84 @@ pub(crate) fn run_distributed(
         worker: cluster.index,
         slots: cluster.slots,
     };
-    if graph.checkpointing.is_some() {
-        return Err(setup(
-            "checkpoints are not supported in distributed runs yet (issue #8): run the job in one process"
-                .into(),
-        ));
-    }
-    let built = build_tasks(graph, &plan, &cancel, Some(placement), None)?;
     let errors = Arc::new(Mutex::new(Vec::new()));
     let failures = Failures {
         cancel: cancel.clone(),
         errors: errors.clone(),
         worker: cluster.index,
     };
-    let handshake = Handshake {
+    let mut handshake = Handshake {
         job: job_name.to_string(),
         plan_hash: format!("{:016x}-{:016x}", plan.fingerprint(), cluster.job_hash),
         token: Arc::from(cluster.token.as_str()),
     };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("exchange")
+        .enable_all()
+        .build()
+        .map_err(|e| setup(format!("cannot start the network runtime: {e}")))?;
+    // Checkpoints: worker 0 leads; the others join it before building their tasks, so
+    // every worker restores the snapshot the leader chose.
+    let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut leader = None;
+    let mut follower = None;
+    let coordinator = match &graph.checkpointing {
+        None => None,
+        Some(config) => {
+            let tasks = plan.chains.iter().map(|c| c.parallelism as usize).sum();
+            let chk_error = |e: String| JobError::Setup {
+                operator: "checkpoints".into(),
+                message: e,
+            };
+            if cluster.index == 0 {
+                let uids: Vec<&str> = plan.nodes.iter().map(|n| n.uid.as_str()).collect();
+                let c = Arc::new(
+                    Coordinator::new(config, tasks, &uids)
+                        .map_err(|e| chk_error(format!("cannot restore or checkpoint: {e}")))?,
+                );
+                let epoch = crate::runtime::checkpoint::now_ms();
+                leader = Some(LeaderService {
+                    coordinator: c.clone(),
+                    token: handshake.token.clone(),
+                    plan_hash: handshake.plan_hash.clone(),
+                    epoch,
+                    failures: failures.clone(),
+                    finished: finished.clone(),
+                });
+                // Workers of different incarnations of the job (one restarted, one not yet)
+                // must refuse each other's channels.
+                handshake.plan_hash = format!("{}-e{epoch}", handshake.plan_hash);
+                Some(c)
+            } else {
+                let (link, restored) = runtime
+                    .block_on(async {
+                        let ch = exchange::connect(
+                            0,
+                            &cluster.peers[0],
+                            cluster.connect_timeout,
+                            &cancel,
+                            cluster.tls.as_ref(),
+                        )
+                        .await?;
+                        FollowerLink::join(
+                            ch,
+                            handshake.token.clone(),
+                            cluster.index,
+                            &handshake.plan_hash,
+                        )
+                        .await
+                    })
+                    .map_err(JobError::Coordination)?;
+                handshake.plan_hash = format!("{}-e{}", handshake.plan_hash, link.epoch);
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let c = Arc::new(Coordinator::follower(config, tasks, restored, tx));
+                follower = Some((link, rx));
+                Some(c)
+            }
+        }
+    };
+    let built = build_tasks(graph, &plan, &cancel, Some(placement), coordinator.clone())?;
     info!(
         job = job_name,
         worker = cluster.index,
@@ -152,12 +197,6 @@ pub(crate) fn run_distributed(
         inbound = built.inbound.len(),
         "worker started"
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("exchange")
-        .enable_all()
-        .build()
-        .map_err(|e| setup(format!("cannot start the network runtime: {e}")))?;
     let listener = std::net::TcpListener::bind(cluster.listen)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|e| setup(format!("cannot listen on {}: {e}", cluster.listen)))?;
@@ -171,6 +210,12 @@ pub(crate) fn run_distributed(
         failures: failures.clone(),
     };
     let health = cluster.health.clone();
+    let leader_services = leader.map(|l| {
+        (
+            crate::net::coordination::coordination_server(l.clone()),
+            crate::net::coordination::control_server(l),
+        )
+    });
     let server = {
         let _guard = runtime.enter();
         let listener = tokio::net::TcpListener::from_std(listener)
@@ -189,6 +234,7 @@ pub(crate) fn run_distributed(
                 .map_err(|e| setup(format!("TLS setup: {e}")))?;
         }
         runtime.spawn(async move {
+            let (coordination, control) = leader_services.unzip();
             let served = builder
                 .tcp_nodelay(true)
                 .http2_keepalive_interval(Some(Duration::from_secs(5)))
@@ -197,6 +243,8 @@ pub(crate) fn run_distributed(
                 .initial_connection_window_size(Some(8 << 20))
                 .add_service(exchange::server(service))
                 .add_service(crate::net::health::server(health))
+                .add_optional_service(coordination)
+                .add_optional_service(control)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = server_stopped.await;
                 })
@@ -278,8 +326,45 @@ pub(crate) fn run_distributed(
         })
         .collect();
 
+    let link = follower.map(|(link, reports)| {
+        let weak = Arc::downgrade(coordinator.as_ref().expect("a follower has a coordinator"));
+        runtime.spawn(link.run(weak, reports, failures.clone(), finished.clone()))
+    });
+    let stop_trigger = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trigger = coordinator
+        .clone()
+        .filter(|c| c.is_leader())
+        .zip(graph.checkpointing.as_ref())
+        .map(|(c, config)| spawn_trigger(c, config.interval, stop_trigger.clone(), cancel.clone()));
+
     cluster.health.ready.store(true, Ordering::Release);
     let stats = run_tasks(built.tasks, &cancel, &errors);
+    if let Some(c) = &coordinator
+        && c.is_leader()
+    {
+        // The job ends when every worker's tasks have: followers report theirs.
+        while !c.all_finished() && !cancel.is_set() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        stop_trigger.store(true, Ordering::Release);
+        if !cancel.is_set()
+            && let Err(e) = c.final_checkpoint()
+        {
+            failures.fail(format!("cannot write the final checkpoint: {e}"));
+        }
+    }
+    stop_trigger.store(true, Ordering::Release);
+    if let Some(t) = trigger {
+        let _ = t.join();
+    }
+    finished.store(!cancel.is_set(), Ordering::Release);
+    // A follower's last reports (its tasks finished) must reach the leader before it exits:
+    // the link ends once its queue is drained and the coordinator is gone.
+    drop(coordinator);
+    if let Some(link) = link {
+        let _ =
+            runtime.block_on(async { tokio::time::timeout(Duration::from_secs(30), link).await });
+    }
     // Local tasks are done; wait for the senders to deliver what they still hold, unless the
     // job is failing (then give them a moment to report why, no more).
     let mut failing_since: Option<Instant> = None;
@@ -345,6 +430,28 @@ fn run_tasks(tasks: Vec<Built>, cancel: &CancelFlag, errors: &Mutex<Vec<TaskErro
         }
     });
     stats.into_inner().unwrap()
+}
+
+/// Triggers checkpoints at the configured interval while the job runs.
+fn spawn_trigger(
+    c: Arc<Coordinator>,
+    interval: Duration,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    cancel: CancelFlag,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("checkpoints".into())
+        .spawn(move || {
+            let mut next = Instant::now() + interval;
+            while !stop.load(Ordering::Acquire) && !cancel.is_set() {
+                std::thread::sleep(Duration::from_millis(5).min(interval));
+                if Instant::now() >= next {
+                    c.trigger();
+                    next = Instant::now() + interval;
+                }
+            }
+        })
+        .expect("spawn checkpoint thread")
 }
 
 fn finish(

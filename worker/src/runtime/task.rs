@@ -216,7 +216,7 @@ impl<T: Send> Task for SourceTask<T> {
 
 impl<T: Send> SourceTask<T> {
     fn finish(
-        mut self: Box<Self>,
+        &mut self,
         cursor: Option<CheckpointCursor>,
         stats: TaskStats,
     ) -> Result<TaskStats, TaskError> {
