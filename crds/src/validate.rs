@@ -760,10 +760,17 @@ impl Validator {
         let dir = url.strip_prefix("file://").unwrap_or(url);
         if dir.trim().is_empty() {
             self.push(at, "must not be empty");
+        } else if let Some(rest) = url.strip_prefix("s3://") {
+            if rest.split('/').next().is_none_or(str::is_empty) {
+                self.push(
+                    at,
+                    format!("'{url}': s3:// needs a bucket (s3://bucket/prefix)"),
+                );
+            }
         } else if url.contains("://") && !url.starts_with("file://") {
             self.push(
                 at,
-                format!("'{url}': only file:// (or a plain path) is supported yet"),
+                format!("'{url}': storage must be file:///path, a path, or s3://bucket/prefix"),
             );
         }
     }

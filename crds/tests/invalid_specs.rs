@@ -565,12 +565,19 @@ fn a_restart_strategy_whose_max_delay_is_below_the_initial_delay_is_refused() {
 }
 
 #[test]
-fn checkpoint_storage_other_than_files_is_refused_for_now() {
+fn checkpoint_storage_other_than_files_and_s3_is_refused() {
     assert_error(
         &format!(
-            "checkpointing: {{intervalMs: 1000, directory: 's3://bucket/chk'}}\nsteps:\n{SRC}\n- name: out\n  sink: {{print: {{}}}}"
+            "checkpointing: {{intervalMs: 1000, directory: 'gs://bucket/chk'}}\nsteps:\n{SRC}\n- name: out\n  sink: {{print: {{}}}}"
         ),
         "spec.checkpointing.directory",
-        "'s3://bucket/chk': only file:// (or a plain path) is supported yet",
+        "'gs://bucket/chk': storage must be file:///path, a path, or s3://bucket/prefix",
+    );
+    assert_error(
+        &format!(
+            "checkpointing: {{intervalMs: 1000, directory: 's3:///chk'}}\nsteps:\n{SRC}\n- name: out\n  sink: {{print: {{}}}}"
+        ),
+        "spec.checkpointing.directory",
+        "s3:// needs a bucket",
     );
 }

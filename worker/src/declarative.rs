@@ -71,13 +71,20 @@ pub fn build_job(
         .set_max_parallelism(spec.max_parallelism)
         .set_buffer_timeout(std::time::Duration::from_millis(spec.buffer_timeout_ms));
     if let Some(c) = &spec.checkpointing {
-        let dir = c.directory.strip_prefix("file://").unwrap_or(&c.directory);
+        // Relative local paths resolve against the manifest; URLs stay as they are.
+        let local = |url: &str| {
+            if url.starts_with("s3://") {
+                url.to_string()
+            } else {
+                let path = resolve(base_dir, url.strip_prefix("file://").unwrap_or(url));
+                path.display().to_string()
+            }
+        };
         env.enable_checkpointing(
             std::time::Duration::from_millis(c.interval_ms),
-            resolve(base_dir, dir),
+            local(&c.directory),
             c.retained as usize,
         );
-        let local = |url: &str| resolve(base_dir, url.strip_prefix("file://").unwrap_or(url));
         env.configure_checkpointing(|config| {
             config.savepoint_dir = c.savepoint_directory.as_deref().map(local);
             config.restore_from = spec.initial_savepoint_path.as_deref().map(local);

@@ -127,11 +127,13 @@ impl StreamExecutionEnvironment {
     pub fn enable_checkpointing(
         &self,
         interval: Duration,
-        dir: impl Into<PathBuf>,
+        dir: impl AsRef<std::ffi::OsStr>,
         retained: usize,
     ) -> &Self {
+        // A path, `file:///path` or `s3://bucket/prefix`.
+        let dir = dir.as_ref().to_string_lossy().into_owned();
         self.graph.borrow_mut().checkpointing = Some(
-            crate::runtime::checkpoint::CheckpointConfig::new(interval, dir.into(), retained),
+            crate::runtime::checkpoint::CheckpointConfig::new(interval, dir, retained),
         );
         self
     }

@@ -82,7 +82,7 @@ pub struct RestoreArgs {
     /// `chk-<n>` directory or another run's directory (its latest checkpoint). Overrides the
     /// spec's initialSavepointPath.
     #[arg(long, env = "STREAMJOB_RESTORE_FROM")]
-    pub restore_from: Option<PathBuf>,
+    pub restore_from: Option<String>,
 }
 
 impl RestoreArgs {
@@ -93,7 +93,7 @@ impl RestoreArgs {
             args.extend(["--run-id".to_string(), id.clone()]);
         }
         if let Some(p) = &self.restore_from {
-            args.extend(["--restore-from".to_string(), p.display().to_string()]);
+            args.extend(["--restore-from".to_string(), p.clone()]);
         }
         args
     }

@@ -96,7 +96,7 @@ fn report_from_wire(k: report_request::Kind) -> Report {
 fn snapshot(s: &SnapshotInfo) -> Snapshot {
     Snapshot {
         id: s.id,
-        path: s.path.display().to_string(),
+        path: s.path.clone(),
         completed_ms: s.completed_ms,
     }
 }
@@ -144,7 +144,7 @@ impl Coordination for LeaderService {
             epoch: self.epoch,
             restored: restored.is_some(),
             restored_id: restored.map_or(0, |r| r.id),
-            restored_path: restored.map_or(String::new(), |r| r.dir.display().to_string()),
+            restored_path: restored.map_or(String::new(), |r| r.dir.url().to_string()),
         }))
     }
 
@@ -223,9 +223,13 @@ impl JobControl for LeaderService {
                 "the job is already stopping with a savepoint",
             ));
         }
-        let dir = (!r.directory.is_empty()).then(|| {
-            std::path::PathBuf::from(r.directory.strip_prefix("file://").unwrap_or(&r.directory))
-        });
+        let dir = match r.directory.as_str() {
+            "" => None,
+            d => Some(
+                crate::runtime::storage::Location::parse(d)
+                    .map_err(|e| Status::invalid_argument(format!("savepoint directory: {e}")))?,
+            ),
+        };
         let deadline = tokio::time::Instant::now() + SAVEPOINT_TIMEOUT;
         // A periodic checkpoint may be in flight: the savepoint starts once it settles.
         let id = loop {
@@ -305,7 +309,7 @@ impl JobControl for LeaderService {
             restored_from: self
                 .coordinator
                 .restored_snapshot()
-                .map_or(String::new(), |r| r.dir.display().to_string()),
+                .map_or(String::new(), |r| r.dir.url().to_string()),
             failure,
             restarts: 0,
         }))
@@ -362,10 +366,14 @@ impl FollowerLink {
                 )
             })?
             .into_inner();
-        let restored = reply.restored.then(|| Restored {
-            id: reply.restored_id,
-            dir: reply.restored_path.into(),
-        });
+        let restored = match reply.restored {
+            false => None,
+            true => Some(Restored {
+                id: reply.restored_id,
+                dir: crate::runtime::storage::Location::parse(&reply.restored_path)
+                    .map_err(|e| format!("cannot open the snapshot to restore: {e}"))?,
+            }),
+        };
         Ok((
             FollowerLink {
                 client,

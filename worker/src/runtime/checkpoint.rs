@@ -21,34 +21,36 @@
 //! checkpoint copied to the savepoint directory when it completes, and never pruned.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::{debug, info, warn};
 
+use crate::runtime::storage::Location;
+
 /// Checkpointing settings of a run.
 #[derive(Debug, Clone)]
 pub struct CheckpointConfig {
     pub interval: Duration,
-    /// Base checkpoint directory (the spec's `checkpointing.directory`).
-    pub dir: PathBuf,
+    /// Base checkpoint directory (the spec's `checkpointing.directory`): a path,
+    /// `file:///path` or `s3://bucket/prefix`.
+    pub dir: String,
     /// Complete checkpoints kept; older ones are deleted.
     pub retained: usize,
     /// Checkpoints of this run go to `dir/<run id>`; `None`: straight into `dir`.
     pub run_id: Option<String>,
     /// Where savepoints go; `dir/savepoints` when unset.
-    pub savepoint_dir: Option<PathBuf>,
+    pub savepoint_dir: Option<String>,
     /// Snapshot to start from when the run directory has no complete checkpoint yet: a
     /// snapshot directory (savepoint, `chk-<n>`) or a run directory (its latest).
-    pub restore_from: Option<PathBuf>,
+    pub restore_from: Option<String>,
     /// Start even if the restored snapshot has state of operators the job no longer has.
     pub allow_non_restored_state: bool,
 }
 
 impl CheckpointConfig {
-    pub fn new(interval: Duration, dir: PathBuf, retained: usize) -> Self {
+    pub fn new(interval: Duration, dir: String, retained: usize) -> Self {
         CheckpointConfig {
             interval,
             dir,
@@ -61,17 +63,19 @@ impl CheckpointConfig {
     }
 
     /// Directory of this run's checkpoints.
-    pub fn run_dir(&self) -> PathBuf {
-        match &self.run_id {
-            Some(id) => self.dir.join(id),
-            None => self.dir.clone(),
-        }
+    pub fn run_dir(&self) -> std::io::Result<Location> {
+        let base = Location::parse(&self.dir)?;
+        Ok(match &self.run_id {
+            Some(id) => base.join(id),
+            None => base,
+        })
     }
 
-    pub fn savepoint_dir(&self) -> PathBuf {
-        self.savepoint_dir
-            .clone()
-            .unwrap_or_else(|| self.dir.join("savepoints"))
+    pub fn savepoint_dir(&self) -> std::io::Result<Location> {
+        match &self.savepoint_dir {
+            Some(d) => Location::parse(d),
+            None => Ok(Location::parse(&self.dir)?.join("savepoints")),
+        }
     }
 }
 
@@ -79,7 +83,8 @@ impl CheckpointConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotInfo {
     pub id: u64,
-    pub path: PathBuf,
+    /// Its location (URL or path): what `--restore-from` takes.
+    pub path: String,
     pub completed_ms: u64,
 }
 
@@ -130,21 +135,21 @@ impl std::fmt::Debug for Role {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Restored {
     pub id: u64,
-    pub dir: PathBuf,
+    pub dir: Location,
 }
 
 /// Savepoint requested for a checkpoint id.
 #[derive(Debug, Clone)]
 struct SavepointRequest {
-    dir: PathBuf,
+    dir: Location,
 }
 
 /// Tracks checkpoints of one run: triggers, acknowledgements, completion and restore.
 #[derive(Debug)]
 pub struct Coordinator {
     role: Role,
-    dir: PathBuf,
-    savepoint_dir: PathBuf,
+    dir: Location,
+    savepoint_dir: Location,
     retained: usize,
     /// Tasks that must acknowledge every checkpoint (in the whole job).
     tasks: usize,
@@ -181,69 +186,61 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn chk_dir(dir: &Path, id: u64) -> PathBuf {
-    dir.join(format!("chk-{id}"))
+fn chk_dir(dir: &Location, id: u64) -> Location {
+    dir.join(&format!("chk-{id}"))
 }
 
 /// Highest checkpoint in `dir` that has its metadata (complete).
-pub fn latest_complete(dir: &Path) -> Option<u64> {
-    std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let id: u64 = e.file_name().to_str()?.strip_prefix("chk-")?.parse().ok()?;
-            e.path().join("_metadata").is_file().then_some(id)
-        })
-        .max()
+pub fn latest_complete(dir: &Location) -> std::io::Result<Option<u64>> {
+    let (dirs, _) = dir.children()?;
+    let mut ids: Vec<u64> = dirs
+        .iter()
+        .filter_map(|n| n.strip_prefix("chk-")?.parse().ok())
+        .collect();
+    ids.sort_unstable();
+    for id in ids.into_iter().rev() {
+        if chk_dir(dir, id).join("_metadata").exists()? {
+            return Ok(Some(id));
+        }
+    }
+    Ok(None)
 }
 
-/// The complete snapshot at `path`: a snapshot directory (it has `_metadata`) or a
+/// The complete snapshot at `url`: a snapshot directory (it has `_metadata`) or a
 /// directory of checkpoints (its latest complete one).
-pub fn resolve_snapshot(path: &Path) -> std::io::Result<Restored> {
-    let meta = path.join("_metadata");
-    if meta.is_file() {
-        let text = std::fs::read(&meta)?;
+pub fn resolve_snapshot(url: &str) -> std::io::Result<Restored> {
+    let loc = Location::parse(url)?;
+    if let Some(text) = loc.join("_metadata").get()? {
         let id = serde_json::from_slice::<serde_json::Value>(&text)
             .ok()
             .and_then(|v| v.get("id")?.as_u64())
             .ok_or_else(|| {
-                std::io::Error::other(format!("{}: no checkpoint id in it", meta.display()))
+                std::io::Error::other(format!("{url}/_metadata: no checkpoint id in it"))
             })?;
-        return Ok(Restored {
-            id,
-            dir: path.to_path_buf(),
-        });
+        return Ok(Restored { id, dir: loc });
     }
-    match latest_complete(path) {
+    match latest_complete(&loc)? {
         Some(id) => Ok(Restored {
             id,
-            dir: chk_dir(path, id),
+            dir: chk_dir(&loc, id),
         }),
         None => Err(std::io::Error::new(
             std::io::ErrorKind::NotFound,
             format!(
-                "{}: neither a complete checkpoint or savepoint (no _metadata) nor a \
-                 directory holding one",
-                path.display()
+                "{url}: neither a complete checkpoint or savepoint (no _metadata) nor a \
+                 directory holding one"
             ),
         )),
     }
 }
 
 /// Operator uids with state in a snapshot directory.
-fn uids_in(dir: &Path) -> std::io::Result<HashSet<String>> {
-    let mut out = HashSet::new();
-    for e in std::fs::read_dir(dir)?.flatten() {
-        let name = e.file_name();
-        if let Some((uid, _)) = name
-            .to_str()
-            .and_then(|n| n.strip_suffix(".state"))
-            .and_then(|n| n.rsplit_once('-'))
-        {
-            out.insert(uid.to_string());
-        }
-    }
-    Ok(out)
+fn uids_in(dir: &Location) -> std::io::Result<HashSet<String>> {
+    let (_, files) = dir.children()?;
+    Ok(files
+        .iter()
+        .filter_map(|n| Some(n.strip_suffix(".state")?.rsplit_once('-')?.0.to_string()))
+        .collect())
 }
 
 impl Coordinator {
@@ -256,20 +253,17 @@ impl Coordinator {
         tasks: usize,
         uids: &[&str],
     ) -> std::io::Result<Coordinator> {
-        let dir = config.run_dir();
-        std::fs::create_dir_all(&dir)?;
-        let own = latest_complete(&dir);
+        let dir = config.run_dir()?;
+        let own = latest_complete(&dir)?;
         if let Some(id) = own {
             // Incomplete checkpoints after it are garbage from the crashed run.
-            for e in std::fs::read_dir(&dir)?.flatten() {
-                let name = e.file_name();
+            for name in dir.children()?.0 {
                 let stale = name
-                    .to_str()
-                    .and_then(|n| n.strip_prefix("chk-"))
+                    .strip_prefix("chk-")
                     .and_then(|n| n.parse::<u64>().ok())
                     .is_some_and(|n| n > id);
                 if stale {
-                    let _ = std::fs::remove_dir_all(e.path());
+                    let _ = dir.join(&name).delete_all();
                 }
             }
         }
@@ -282,7 +276,7 @@ impl Coordinator {
             (None, None) => None,
         };
         if let Some(r) = &restored {
-            info!(checkpoint = r.id, dir = %r.dir.display(), "restoring");
+            info!(checkpoint = r.id, dir = r.dir.url(), "restoring");
             let known: HashSet<&str> = uids.iter().copied().collect();
             let mut unknown: Vec<String> = uids_in(&r.dir)?
                 .into_iter()
@@ -294,14 +288,14 @@ impl Coordinator {
                     return Err(std::io::Error::other(format!(
                         "{} holds state of operator(s) {} that this job does not have; \
                          give them back their uid, or set allowNonRestoredState to drop it",
-                        r.dir.display(),
+                        r.dir.url(),
                         unknown.join(", ")
                     )));
                 }
                 warn!(operators = %unknown.join(", "), "dropping state of operators the job no longer has");
             }
         }
-        Ok(Self::with_role(config, tasks, restored, Role::Leader))
+        Self::with_role(config, tasks, restored, Role::Leader)
     }
 
     /// A follower (a worker other than the leader): it restores what the leader chose and
@@ -311,7 +305,7 @@ impl Coordinator {
         tasks: usize,
         restored: Option<Restored>,
         reports: tokio::sync::mpsc::UnboundedSender<Report>,
-    ) -> Coordinator {
+    ) -> std::io::Result<Coordinator> {
         Self::with_role(config, tasks, restored, Role::Follower(reports))
     }
 
@@ -320,12 +314,12 @@ impl Coordinator {
         tasks: usize,
         restored: Option<Restored>,
         role: Role,
-    ) -> Coordinator {
+    ) -> std::io::Result<Coordinator> {
         let base = restored.as_ref().map_or(0, |r| r.id);
-        Coordinator {
+        Ok(Coordinator {
             role,
-            dir: config.run_dir(),
-            savepoint_dir: config.savepoint_dir(),
+            dir: config.run_dir()?,
+            savepoint_dir: config.savepoint_dir()?,
             retained: config.retained.max(1),
             tasks,
             triggered: AtomicU64::new(base),
@@ -339,7 +333,7 @@ impl Coordinator {
                 completed: base,
                 ..Progress::default()
             }),
-        }
+        })
     }
 
     pub fn is_leader(&self) -> bool {
@@ -408,7 +402,7 @@ impl Coordinator {
 
     /// Starts a savepoint (a checkpoint copied to `dir`, or the savepoint directory, when
     /// complete) unless a checkpoint is in flight. With `stop`, sources end after its barrier.
-    pub fn trigger_savepoint(&self, stop: bool, dir: Option<PathBuf>) -> Option<u64> {
+    pub fn trigger_savepoint(&self, stop: bool, dir: Option<Location>) -> Option<u64> {
         let dir = dir.unwrap_or_else(|| self.savepoint_dir.clone());
         self.start(Some(SavepointRequest { dir }), stop)
     }
@@ -448,12 +442,9 @@ impl Coordinator {
         subtask: u32,
         bytes: &[u8],
     ) -> std::io::Result<()> {
-        let dir = chk_dir(&self.dir, id);
-        std::fs::create_dir_all(&dir)?;
-        let path = dir.join(format!("{uid}-{subtask}.state"));
-        let tmp = dir.join(format!(".{uid}-{subtask}.tmp"));
-        std::fs::write(&tmp, bytes)?;
-        std::fs::rename(tmp, path)
+        chk_dir(&self.dir, id)
+            .join(&format!("{uid}-{subtask}.state"))
+            .put(bytes.to_vec())
     }
 
     /// The snapshot of (`uid`, `subtask`) in the restored checkpoint.
@@ -461,11 +452,7 @@ impl Coordinator {
         let Some(r) = &self.restored else {
             return Ok(None);
         };
-        match std::fs::read(r.dir.join(format!("{uid}-{subtask}.state"))) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        r.dir.join(&format!("{uid}-{subtask}.state")).get()
     }
 
     /// Every subtask's snapshot of `uid` in the restored checkpoint, with its subtask index
@@ -476,15 +463,15 @@ impl Coordinator {
         };
         let prefix = format!("{uid}-");
         let mut out = Vec::new();
-        for e in std::fs::read_dir(&r.dir)?.flatten() {
-            let name = e.file_name();
-            let Some(name) = name.to_str() else { continue };
+        for name in r.dir.children()?.1 {
             let subtask = name
                 .strip_prefix(&prefix)
                 .and_then(|rest| rest.strip_suffix(".state"))
                 .and_then(|n| n.parse::<u32>().ok());
-            if let Some(subtask) = subtask {
-                out.push((subtask, std::fs::read(e.path())?));
+            if let Some(subtask) = subtask
+                && let Some(bytes) = r.dir.join(&name).get()?
+            {
+                out.push((subtask, bytes));
             }
         }
         Ok(out)
@@ -658,11 +645,10 @@ impl Coordinator {
         s.writing.remove(&id);
         // Only with at least one snapshot is there something to restore.
         let dir = chk_dir(&self.dir, id);
-        std::fs::create_dir_all(&dir)?;
         for (uid, subtask, bytes) in &s.final_states {
             // A source that took this checkpoint itself and finished later keeps its own
             // snapshot: what it emitted after the barrier is not in this checkpoint.
-            if !dir.join(format!("{uid}-{subtask}.state")).exists() {
+            if !dir.join(&format!("{uid}-{subtask}.state")).exists()? {
                 self.write_state(id, uid, *subtask, bytes)?;
             }
         }
@@ -680,9 +666,7 @@ impl Coordinator {
             }))
             .expect("json")
         };
-        let tmp = dir.join("._metadata.tmp");
-        std::fs::write(&tmp, meta(false))?;
-        std::fs::rename(tmp, dir.join("_metadata"))?;
+        dir.join("_metadata").put(meta(false))?;
         let savepoint = match s.savepoints.remove(&id) {
             Some(req) => Some(copy_snapshot(&dir, &req.dir, id, &meta(true))?),
             None => None,
@@ -693,13 +677,13 @@ impl Coordinator {
         info!(
             checkpoint = id,
             took_ms = completed_ms.saturating_sub(started),
-            savepoint = ?savepoint.as_ref().map(|p| p.display().to_string()),
+            savepoint = ?savepoint,
             "checkpoint complete"
         );
         self.publish(|p| {
             p.last_checkpoint = Some(SnapshotInfo {
                 id,
-                path: dir.clone(),
+                path: dir.url().to_string(),
                 completed_ms,
             });
             if let Some(path) = savepoint {
@@ -717,38 +701,34 @@ impl Coordinator {
     /// Deletes complete checkpoints beyond the retained number.
     fn prune(&self, latest: u64) {
         let keep_from = latest.saturating_sub(self.retained as u64 - 1);
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+        let Ok((dirs, _)) = self.dir.children() else {
             return;
         };
-        for e in entries.flatten() {
-            let old = e
-                .file_name()
-                .to_str()
-                .and_then(|n| n.strip_prefix("chk-"))
+        for name in dirs {
+            let old = name
+                .strip_prefix("chk-")
                 .and_then(|n| n.parse::<u64>().ok())
                 .is_some_and(|n| n < keep_from);
-            if old && let Err(err) = std::fs::remove_dir_all(e.path()) {
+            if old && let Err(err) = self.dir.join(&name).delete_all() {
                 warn!(error = %err, "cannot delete an old checkpoint");
             }
         }
     }
 }
 
-/// Copies a complete checkpoint into `<to>/savepoint-<id>-<ms>`; the metadata goes last, so
-/// a half-copied savepoint is never mistaken for a complete one.
-fn copy_snapshot(from: &Path, to: &Path, id: u64, meta: &[u8]) -> std::io::Result<PathBuf> {
-    let dest = to.join(format!("savepoint-{id}-{}", now_ms()));
-    std::fs::create_dir_all(&dest)?;
-    for e in std::fs::read_dir(from)?.flatten() {
-        let name = e.file_name();
-        if name.to_str().is_some_and(|n| n.ends_with(".state")) {
-            std::fs::copy(e.path(), dest.join(&name))?;
+/// Copies a complete checkpoint into `<to>/savepoint-<id>-<ms>` and returns where; the
+/// metadata goes last, so a half-copied savepoint is never taken for a complete one.
+fn copy_snapshot(from: &Location, to: &Location, id: u64, meta: &[u8]) -> std::io::Result<String> {
+    let dest = to.join(&format!("savepoint-{id}-{}", now_ms()));
+    for name in from.children()?.1 {
+        if name.ends_with(".state")
+            && let Some(bytes) = from.join(&name).get()?
+        {
+            dest.join(&name).put(bytes)?;
         }
     }
-    let tmp = dest.join("._metadata.tmp");
-    std::fs::write(&tmp, meta)?;
-    std::fs::rename(tmp, dest.join("_metadata"))?;
-    Ok(dest)
+    dest.join("_metadata").put(meta.to_vec())?;
+    Ok(dest.url().to_string())
 }
 
 #[cfg(test)]
@@ -758,7 +738,12 @@ mod tests {
     fn config(name: &str) -> CheckpointConfig {
         let dir = std::env::temp_dir().join(format!("sj-chk-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        CheckpointConfig::new(Duration::from_millis(10), dir, 2)
+        CheckpointConfig::new(Duration::from_millis(10), dir.display().to_string(), 2)
+    }
+
+    /// A file under the checkpoint directory.
+    fn at(cfg: &CheckpointConfig, rel: &str) -> std::path::PathBuf {
+        std::path::Path::new(&cfg.dir).join(rel)
     }
 
     #[test]
@@ -776,10 +761,10 @@ mod tests {
         assert_eq!(c.completed(), 1);
         // a finished source's final position is part of every later checkpoint
         assert_eq!(
-            std::fs::read(cfg.dir.join("chk-1/src-3.state")).unwrap(),
+            std::fs::read(at(&cfg, "chk-1/src-3.state")).unwrap(),
             b"done"
         );
-        assert!(cfg.dir.join("chk-1/_metadata").is_file());
+        assert!(at(&cfg, "chk-1/_metadata").is_file());
         // later checkpoints need the two running tasks only
         assert_eq!(c.trigger(), Some(2));
         c.ack(2).unwrap();
@@ -789,8 +774,8 @@ mod tests {
         c.ack(3).unwrap();
         c.ack(3).unwrap();
         // retained 2: chk-1 is gone
-        assert!(!cfg.dir.join("chk-1").exists());
-        assert!(cfg.dir.join("chk-2/_metadata").is_file());
+        assert!(!at(&cfg, "chk-1").exists());
+        assert!(at(&cfg, "chk-2/_metadata").is_file());
     }
 
     #[test]
@@ -809,7 +794,7 @@ mod tests {
         assert_eq!(c.completed(), 1);
         // its own snapshot of checkpoint 1 is kept, not replaced by the final one
         assert_eq!(
-            std::fs::read(cfg.dir.join("chk-1/src-0.state")).unwrap(),
+            std::fs::read(at(&cfg, "chk-1/src-0.state")).unwrap(),
             b"at-barrier"
         );
         c.trigger();
@@ -817,7 +802,7 @@ mod tests {
         c.ack(2).unwrap();
         assert_eq!(c.completed(), 2);
         assert_eq!(
-            std::fs::read(cfg.dir.join("chk-2/src-0.state")).unwrap(),
+            std::fs::read(at(&cfg, "chk-2/src-0.state")).unwrap(),
             b"finished"
         );
     }
@@ -840,7 +825,7 @@ mod tests {
                 .is_err()
         );
         assert_eq!(c.completed(), 1, "checkpoint 2 never completes");
-        assert!(!cfg.dir.join("chk-2/_metadata").exists());
+        assert!(!at(&cfg, "chk-2/_metadata").exists());
         assert_eq!(c.trigger(), Some(3), "the next checkpoint may start");
     }
 
@@ -857,7 +842,7 @@ mod tests {
         drop(c); // crash before checkpoint 2 completes
         let c = Coordinator::new(&cfg, 1, &["reduce"]).unwrap();
         assert_eq!(c.restored(), Some(1));
-        assert!(!cfg.dir.join("chk-2").exists());
+        assert!(!at(&cfg, "chk-2").exists());
         assert_eq!(c.restored_state("reduce", 1).unwrap().unwrap(), b"two");
         assert_eq!(c.restored_state("reduce", 7).unwrap(), None);
         let mut all = c.restored_states("reduce").unwrap();
@@ -878,13 +863,18 @@ mod tests {
         c.ack(1).unwrap();
         let sp = c.progress().last_savepoint.expect("savepoint recorded");
         assert_eq!(sp.id, 1);
-        assert!(sp.path.starts_with(cfg.dir.join("savepoints")));
+        assert!(
+            sp.path
+                .starts_with(&at(&cfg, "savepoints").display().to_string())
+        );
         assert_eq!(
-            std::fs::read(sp.path.join("count-0.state")).unwrap(),
+            std::fs::read(std::path::Path::new(&sp.path).join("count-0.state")).unwrap(),
             b"state"
         );
-        let meta: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(sp.path.join("_metadata")).unwrap()).unwrap();
+        let meta: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(std::path::Path::new(&sp.path).join("_metadata")).unwrap(),
+        )
+        .unwrap();
         assert_eq!(meta["savepoint"], true);
         // A new deployment (another run directory) starts from the savepoint.
         let mut next = cfg.clone();
@@ -895,18 +885,18 @@ mod tests {
         assert_eq!(c2.restored_state("count", 0).unwrap().unwrap(), b"state");
         assert_eq!(c2.trigger(), Some(2));
         c2.ack(2).unwrap();
-        assert!(cfg.dir.join("run-2/chk-2/_metadata").is_file());
+        assert!(at(&cfg, "run-2/chk-2/_metadata").is_file());
         // Restarted again, the run's own checkpoint wins over the savepoint.
         let c3 = Coordinator::new(&next, 1, &["count"]).unwrap();
         assert_eq!(c3.restored(), Some(2));
         // A run directory as the source means its latest complete checkpoint.
         let mut third = cfg.clone();
         third.run_id = Some("run-3".into());
-        third.restore_from = Some(cfg.dir.join("run-2"));
+        third.restore_from = Some(at(&cfg, "run-2").display().to_string());
         let c4 = Coordinator::new(&third, 1, &["count"]).unwrap();
         assert_eq!(
-            c4.restored_snapshot().unwrap().dir,
-            cfg.dir.join("run-2/chk-2")
+            c4.restored_snapshot().unwrap().dir.url(),
+            at(&cfg, "run-2/chk-2").display().to_string()
         );
     }
 
@@ -932,7 +922,7 @@ mod tests {
         );
         let mut missing = cfg.clone();
         missing.run_id = Some("empty".into());
-        missing.restore_from = Some(cfg.dir.join("nowhere"));
+        missing.restore_from = Some(at(&cfg, "nowhere").display().to_string());
         let err = Coordinator::new(&missing, 1, &["count"]).unwrap_err();
         assert!(
             err.to_string()
@@ -946,7 +936,7 @@ mod tests {
         let cfg = config("follower");
         let leader = Coordinator::new(&cfg, 2, &[]).unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let follower = Coordinator::follower(&cfg, 2, None, tx);
+        let follower = Coordinator::follower(&cfg, 2, None, tx).unwrap();
         assert_eq!(follower.trigger(), None, "only the leader triggers");
         leader.trigger();
         follower.observe(&leader.progress());

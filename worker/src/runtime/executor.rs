@@ -180,7 +180,10 @@ pub(crate) fn run_distributed(
                     .map_err(JobError::Coordination)?;
                 handshake.plan_hash = format!("{}-e{}", handshake.plan_hash, link.epoch);
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                let c = Arc::new(Coordinator::follower(config, tasks, restored, tx));
+                let c = Arc::new(
+                    Coordinator::follower(config, tasks, restored, tx)
+                        .map_err(|e| chk_error(format!("cannot use checkpoint storage: {e}")))?,
+                );
                 follower = Some((link, rx));
                 Some(c)
             }

@@ -8,4 +8,5 @@ pub mod executor;
 pub mod message;
 pub mod output;
 pub mod router;
+pub mod storage;
 pub mod task;
