@@ -33,7 +33,7 @@ test-deps: ## Install the Python test tools into a venv outside the repo (STREAM
 
 .PHONY: test
 test: setup test-deps check-examples check-manifests check-chart ## Run every test (installs what they need, starts a Kafka broker), then the local end-to-end
-	./scripts/with-kafka.sh $(CARGO) test --workspace
+	./scripts/with-kafka.sh ./scripts/with-s3.sh $(CARGO) test --workspace
 	./e2e/local/run.sh
 
 .PHONY: check-manifests

@@ -323,3 +323,72 @@ fn stop_with_savepoint_then_rescaling_2_to_3_to_1_continues_the_counts_exactly()
     // repeated, and each key's state followed its key group to its new owner.
     assert_eq!(exactly_once_finals(&dir.join("out")), expected);
 }
+
+/// The S3 bucket the test harness started (scripts/with-s3.sh).
+fn s3() -> String {
+    std::env::var("STREAMJOB_TEST_S3").expect(
+        "STREAMJOB_TEST_S3 is not set: run the tests with `make test`, which starts an S3 \
+         server (scripts/with-s3.sh), or point it and the AWS_* variables at a bucket",
+    )
+}
+
+/// Object keys under `prefix` in the test bucket (S3 ListObjectsV2 over plain HTTP).
+fn s3_keys(prefix: &str) -> Vec<String> {
+    use std::io::{Read as _, Write as _};
+    let endpoint = std::env::var("AWS_ENDPOINT").expect("AWS_ENDPOINT");
+    let host = endpoint.trim_start_matches("http://");
+    let bucket = s3().trim_start_matches("s3://").to_string();
+    let mut conn = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        conn,
+        "GET /{bucket}?list-type=2&prefix={prefix} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    conn.read_to_string(&mut body).unwrap();
+    body.split("<Key>")
+        .skip(1)
+        .filter_map(|k| k.split("</Key>").next().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn checkpoints_in_an_s3_bucket_survive_kills_exactly_once() {
+    let dir = tmp("s3");
+    let (input, expected) = text(200_000);
+    std::fs::write(dir.join("input.txt"), input).unwrap();
+    let prefix = format!("kill-{}", std::process::id());
+    let spec = spec(&dir, 2, 40);
+    let yaml = std::fs::read_to_string(&spec).unwrap().replace(
+        &format!("directory: {}", dir.join("chk").display()),
+        &format!("directory: '{}/{prefix}/chk'", s3()),
+    );
+    std::fs::write(&spec, yaml).unwrap();
+    let mut kills = 0;
+    for wait_ms in [400, 300, 500] {
+        let mut job = Command::new(BIN)
+            .arg("run")
+            .arg(&spec)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(wait_ms));
+        if job.try_wait().unwrap().is_some() {
+            break;
+        }
+        job.kill().unwrap();
+        job.wait().unwrap();
+        kills += 1;
+    }
+    assert!(kills >= 1, "the job must have been killed mid-run");
+    run_to_end(&spec);
+    assert_eq!(exactly_once_finals(&dir.join("out")), expected);
+    // The checkpoints are in the bucket, not on the local disk.
+    assert!(!dir.join("chk").exists());
+    let keys = s3_keys(&prefix);
+    assert!(
+        keys.iter().any(|k| k.ends_with("/_metadata"))
+            && keys.iter().any(|k| k.ends_with(".state")),
+        "no checkpoint in the bucket: {keys:?}"
+    );
+}
