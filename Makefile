@@ -46,7 +46,7 @@ check-examples: test-deps ## Validate the example StreamJobs against the generat
 		--accept manifests/examples/*.yaml e2e/kind/*.yaml --reject crds/tests/schema-rejects/*.yaml
 
 .PHONY: bench
-bench: setup bench-shuffle bench-kafka ## All benchmarks (word count, shuffle, Kafka)
+bench: setup bench-shuffle bench-kafka bench-checkpoint ## All benchmarks (word count, shuffle, Kafka, checkpoints)
 	$(CARGO) bench -p streamjob-worker --bench wordcount -- $(BENCH_ARGS)
 
 .PHONY: bench-wordcount
@@ -56,6 +56,10 @@ bench-wordcount: setup ## Word count: words/s and peak RSS vs a hand-written loo
 .PHONY: bench-shuffle
 bench-shuffle: setup ## Parallelism 2 in one process vs two worker processes (gRPC shuffle)
 	$(CARGO) bench -p streamjob-worker --bench shuffle -- $(SHUFFLE_ARGS)
+
+.PHONY: bench-checkpoint
+bench-checkpoint: setup ## Keyed count over 1M keys with and without checkpoints: cost, pause, snapshot time
+	$(CARGO) bench -p streamjob-worker --bench checkpoint -- $(CHECKPOINT_ARGS)
 
 .PHONY: bench-kafka
 bench-kafka: setup test-deps ## Kafka -> word count -> Kafka vs raw rdkafka, on a broker it starts

@@ -227,8 +227,9 @@ fn run(
             Some(args) => {
                 let slots_needed = env.plan(&name)?.slots_needed();
                 let spec_hash = xxhash_rust::xxh3::xxh3_64(&serde_json::to_vec(&job.spec)?);
-                let cluster =
+                let mut cluster =
                     commands::worker::cluster_config(args, &name, slots_needed, spec_hash)?;
+                cluster.restarts = restarts;
                 env.execute_as_worker(&name, &cluster)
             }
         };

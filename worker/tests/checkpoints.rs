@@ -248,7 +248,39 @@ fn stop_with_savepoint(spec: &Path, args: &[&str], after: Duration) -> String {
         .next()
         .expect("the mini-cluster names worker 0's address")
         .to_string();
+    // Once the job has completed a checkpoint (it is running and restored), let it work a
+    // little longer, then stop it.
+    let started = Instant::now();
+    let status = loop {
+        let out = Command::new(BIN)
+            .args(["status", "--address", &address])
+            .env("STREAMJOB_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if status["lastCheckpoint"]["id"].as_u64().is_some() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no checkpoint completed: {status} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status["state"], "running", "{status}");
     std::thread::sleep(after);
+    let wrong = Command::new(BIN)
+        .args(["status", "--address", &address])
+        .env("STREAMJOB_TOKEN", "not-the-token")
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("without the job's token"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
     let sp = Command::new(BIN)
         .args(["savepoint", "--stop", "--address", &address])
         .env("STREAMJOB_TOKEN", TOKEN)
@@ -281,7 +313,7 @@ fn stop_with_savepoint_then_rescaling_2_to_3_to_1_continues_the_counts_exactly()
     let sp1 = stop_with_savepoint(
         &spec_with(&dir, 2, 100, "", source),
         &["--workers", "2", "--run-id", "one"],
-        Duration::from_millis(600),
+        Duration::from_millis(200),
     );
     assert!(Path::new(&sp1).join("_metadata").is_file(), "{sp1}");
     let first = total(&exactly_once_finals(&dir.join("out")));
@@ -293,7 +325,7 @@ fn stop_with_savepoint_then_rescaling_2_to_3_to_1_continues_the_counts_exactly()
     let sp2 = stop_with_savepoint(
         &spec_with(&dir, 3, 100, "", source),
         &["--workers", "3", "--run-id", "two", "--restore-from", &sp1],
-        Duration::from_millis(600),
+        Duration::from_millis(200),
     );
     let second = total(&exactly_once_finals(&dir.join("out")));
     assert!(

@@ -165,5 +165,6 @@ pub fn cluster_config(
             }
             _ => None,
         },
+        restarts: 0,
     })
 }

@@ -32,6 +32,8 @@ pub struct ClusterConfig {
     pub health: std::sync::Arc<crate::net::health::HealthState>,
     /// Mutual TLS for the exchange, if configured.
     pub tls: Option<TlsPems>,
+    /// Times this worker has restarted the job (restart strategy), for the status API.
+    pub restarts: u32,
 }
 
 /// PEM contents for mutual TLS on the exchange: this worker's certificate and key, and the

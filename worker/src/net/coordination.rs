@@ -113,6 +113,8 @@ pub(crate) struct LeaderService {
     pub failures: Failures,
     /// Set once this worker's share of the job has finished (for `GetStatus`).
     pub finished: Arc<AtomicBool>,
+    /// Restarts of the job on this worker before this run.
+    pub restarts: u32,
 }
 
 impl LeaderService {
@@ -311,7 +313,7 @@ impl JobControl for LeaderService {
                 .restored_snapshot()
                 .map_or(String::new(), |r| r.dir.url().to_string()),
             failure,
-            restarts: 0,
+            restarts: self.restarts,
         }))
     }
 }

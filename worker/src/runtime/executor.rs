@@ -153,6 +153,7 @@ pub(crate) fn run_distributed(
                     epoch,
                     failures: failures.clone(),
                     finished: finished.clone(),
+                    restarts: cluster.restarts,
                 });
                 // Workers of different incarnations of the job (one restarted, one not yet)
                 // must refuse each other's channels.
