@@ -40,10 +40,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
@@ -78,6 +78,9 @@ pub const DELETION_SAVEPOINT_DEADLINE: Duration = Duration::from_secs(600);
 /// A job's report is reused for this long: our own status patch triggers the next reconcile at
 /// once, which must not poll again (and find a newer checkpoint, and patch again...).
 const REPORT_TTL: Duration = Duration::from_secs(5);
+/// An event with the same reason and note as the last one of its job is published again only
+/// after this long.
+const EVENT_REPEAT_AFTER: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -95,7 +98,8 @@ type Key = (String, String);
 /// Shared by every reconcile.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    /// Who publishes the events.
+    pub reporter: Reporter,
     pub defaults: Defaults,
     pub metrics: Arc<Metrics>,
     /// Savepoints and status of the jobs (worker 0's JobControl service).
@@ -108,6 +112,8 @@ pub struct Context {
     deletion_attempts: Mutex<HashMap<Key, u32>>,
     /// The last report of each job, and when it came.
     reports: Mutex<HashMap<Key, (Instant, JobReport)>>,
+    /// The last note of each job and event reason, and when it was published.
+    recent_events: Mutex<HashMap<(Key, String), (String, Instant)>>,
 }
 
 impl Context {
@@ -117,7 +123,7 @@ impl Context {
             instance: std::env::var("POD_NAME").ok(),
         };
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            reporter,
             client,
             defaults,
             metrics,
@@ -126,6 +132,7 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             deletion_attempts: Mutex::new(HashMap::new()),
             reports: Mutex::new(HashMap::new()),
+            recent_events: Mutex::new(HashMap::new()),
         }
     }
 
@@ -249,12 +256,18 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Error
     apply(ctx, &ns, &children.service).await?;
     let sts: StatefulSet = apply(ctx, &ns, &children.stateful_set).await?;
     sync_pdb(ctx, &ns, job, &children).await?;
+    replace_outdated_pods(ctx, &ns, &name, &sts).await?;
     let observed = Observed::from_statefulset(&sts);
 
-    let previous = before.as_ref().and_then(Run::of);
-    if previous.as_ref().map(|r| &r.id) != Some(&step.run.id) {
-        // A new run: until it reports, it restores what it was given.
-        st.restored_from = step.run.restore_from.clone();
+    if step.transition != Transition::Steady {
+        // New pods: what they restore is known only for a new run given a savepoint, until
+        // they report (a run's own checkpoint takes precedence over what it was given).
+        let previous = before.as_ref().and_then(Run::of);
+        let new_run = previous.is_none_or(|r| r.id != step.run.id);
+        st.restored_from = match step.transition {
+            Transition::Upgrade { .. } if new_run => step.run.restore_from.clone(),
+            _ => None,
+        };
         ctx.forget_report(&key(job));
     }
     st.run_id = Some(step.run.id.clone());
@@ -284,6 +297,45 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Error
         0 => Duration::from_secs(300),
         _ => ctx.poll_interval,
     }))
+}
+
+/// Deletes the worker pods of an older pod template, all at once, so the StatefulSet
+/// (`updateStrategy: OnDelete`) recreates them from the current one. Only once the StatefulSet
+/// controller has seen the current template: a pod deleted earlier could come back old.
+async fn replace_outdated_pods(
+    ctx: &Context,
+    ns: &str,
+    job: &str,
+    sts: &StatefulSet,
+) -> Result<(), Error> {
+    let Some(status) = &sts.status else {
+        return Ok(());
+    };
+    let current = status.observed_generation.unwrap_or(0) >= sts.metadata.generation.unwrap_or(0);
+    let outdated = status.replicas > status.updated_replicas.unwrap_or(0);
+    let Some(revision) = status
+        .update_revision
+        .as_deref()
+        .filter(|_| current && outdated)
+    else {
+        return Ok(());
+    };
+    let mut selector: Vec<String> = resources::selector(job)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    selector.push(format!("controller-revision-hash!={revision}"));
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    pods.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().labels(&selector.join(",")),
+    )
+    .await?;
+    info!(
+        outdated = status.replicas - status.updated_replicas.unwrap_or(0),
+        revision, "replacing worker pods of an older template"
+    );
+    Ok(())
 }
 
 fn replicas(sts: &StatefulSet) -> i32 {
@@ -1170,6 +1222,18 @@ async fn publish(
         note.truncate(cut);
         note.push_str(" ...");
     }
+    // The same note again soon (a blocked upgrade retried with backoff) is not repeated.
+    let recent = (key(job), reason.to_string());
+    {
+        let mut events = ctx.recent_events.lock().unwrap();
+        if let Some((last, at)) = events.get(&recent)
+            && *last == note
+            && at.elapsed() < EVENT_REPEAT_AFTER
+        {
+            return;
+        }
+        events.insert(recent, (note.clone(), Instant::now()));
+    }
     let ev = Event {
         type_,
         reason: reason.into(),
@@ -1177,8 +1241,11 @@ async fn publish(
         action: action.into(),
         secondary: None,
     };
+    // A recorder per event: kube's Recorder folds events of the same reason into one series
+    // and keeps the first note, and each note here matters (a savepoint's path, attempt n).
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
     // Events are best effort: failing to record one must not fail the reconcile.
-    if let Err(e) = ctx.recorder.publish(&ev, &job.object_ref(&())).await {
+    if let Err(e) = recorder.publish(&ev, &job.object_ref(&())).await {
         warn!(error = %e, reason, "cannot publish event");
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvVar, EnvVarSource, GRPCAction, ObjectFieldSelector, PodSecurityContext, PodSpec,
@@ -83,7 +83,8 @@ pub fn labels(job: &str) -> BTreeMap<String, String> {
     ])
 }
 
-fn selector(job: &str) -> BTreeMap<String, String> {
+/// The label selector of a job's worker pods.
+pub fn selector(job: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".into(), "streamjob".into()),
         ("app.kubernetes.io/instance".into(), job.into()),
@@ -487,6 +488,14 @@ pub fn children_for_run(
             replicas: Some(replicas),
             service_name: Some(service_name(&name)),
             pod_management_policy: Some("Parallel".into()),
+            // The workers of two pod templates cannot run one job together (the exchange
+            // handshake compares the spec), so a rolling update would wait forever for its
+            // first new pod to become ready. The operator replaces all the pods at once
+            // instead (controller::replace_outdated_pods).
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("OnDelete".into()),
+                rolling_update: None,
+            }),
             selector: LabelSelector {
                 match_labels: Some(selector(&name)),
                 match_expressions: None,
