@@ -237,7 +237,12 @@ async fn reconcile_inner(job: &StreamJob, ctx: &Context) -> Result<Action, Error
         false => None,
     };
     if let Some(Ok(r)) = &report {
-        merge_report(&mut st, r);
+        // While a change rolls out, the answer may come from an old pod.
+        let settled = st.upgrade.is_none()
+            || before
+                .as_ref()
+                .is_some_and(|s| Observed::from_statefulset(s).rolled_out);
+        merge_report(&mut st, r, settled);
     }
 
     take_requested_savepoint(ctx, job, &jobs, &target, &mut st, before.as_ref()).await?;
@@ -649,6 +654,9 @@ async fn announce(
         ),
         (_, UpgradeMode::Stateless) => "starts from empty state".to_string(),
     };
+    if matches!(step.transition, Transition::Create | Transition::Resume) {
+        st.upgrade = None;
+    }
     let (reason, action, note) = match step.transition {
         Transition::Create => (
             "Created",
@@ -802,8 +810,9 @@ async fn job_report(
     report
 }
 
-/// The report's checkpoint and savepoint history into the status.
-fn merge_report(st: &mut StreamJobStatus, r: &JobReport) {
+/// The report's checkpoint and savepoint history into the status; `restoredFrom` too unless
+/// a change is under way (the report may still come from the old pods).
+fn merge_report(st: &mut StreamJobStatus, r: &JobReport, restored_from: bool) {
     if let Some(c) = &r.last_checkpoint {
         st.last_checkpoint = Some(c.info());
     }
@@ -813,7 +822,9 @@ fn merge_report(st: &mut StreamJobStatus, r: &JobReport) {
             st.last_savepoint = Some(s);
         }
     }
-    st.restored_from = r.restored_from.clone();
+    if restored_from {
+        st.restored_from = r.restored_from.clone();
+    }
     if let Some(f) = &r.failure {
         st.last_failure = Some(f.clone());
     }

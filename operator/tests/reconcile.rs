@@ -21,6 +21,7 @@ use streamjob_operator::metrics::Metrics;
 use streamjob_operator::resources::{self, Defaults, Run};
 
 type Check = Box<dyn Fn(&Value) + Send>;
+type Answer = Box<dyn Fn(&Value) -> Value + Send>;
 type Journal = Arc<Mutex<Vec<String>>>;
 
 /// One expected request and the answer to it.
@@ -32,7 +33,7 @@ struct Expect {
     /// Answer body; `None` echoes the request body (what an apply returns, near enough).
     reply: Option<Value>,
     /// Answer made from the request body.
-    reply_with: Option<Box<dyn Fn(&Value) -> Value + Send>>,
+    reply_with: Option<Answer>,
 }
 
 fn expect(method: Method, path: &str) -> Expect {
@@ -299,7 +300,11 @@ async fn run_all(
                     "patches name our field manager: {q}"
                 );
                 let apply = req.headers()["content-type"] == "application/apply-patch+yaml";
-                assert_eq!(apply, q.contains("force=true"), "server-side apply forces: {q}");
+                assert_eq!(
+                    apply,
+                    q.contains("force=true"),
+                    "server-side apply forces: {q}"
+                );
             }
             if method == Method::DELETE
                 && let Some(q) = uri.query()
@@ -397,7 +402,11 @@ fn event(reason: &'static str) -> Expect {
 fn event_with(reason: &'static str, type_: &'static str, note: &str) -> Expect {
     let note = note.to_string();
     expect(Method::POST, &format!("/apis/events.k8s.io/v1{NS}/events")).check(move |b| {
-        assert_eq!((b["reason"].as_str(), b["type"].as_str()), (Some(reason), Some(type_)), "event {b}");
+        assert_eq!(
+            (b["reason"].as_str(), b["type"].as_str()),
+            (Some(reason), Some(type_)),
+            "event {b}"
+        );
         let text = b["note"].as_str().unwrap();
         assert!(text.contains(&note), "event note {text:?} lacks {note:?}");
     })
@@ -529,7 +538,10 @@ async fn a_new_job_gets_its_children_an_event_and_a_deploying_status() {
         .check(|b| {
             assert_eq!(env(b, "STREAMJOB_RUN_ID").as_deref(), Some("wc-uid1-2"));
             assert_eq!(env(b, "STREAMJOB_RESTORE_FROM"), None);
-            assert_eq!(annotation(b, "streamjob.dev/restart-nonce").as_deref(), Some("4"));
+            assert_eq!(
+                annotation(b, "streamjob.dev/restart-nonce").as_deref(),
+                Some("4")
+            );
             assert_eq!(b["spec"]["updateStrategy"], json!({"type": "OnDelete"}));
         })
         .reply(sts_reply(2, &hash, 0));
@@ -727,7 +739,11 @@ async fn pods_of_an_older_template_are_replaced_all_at_once() {
     let (result, journal) = run(j, script, fake).await;
     result.unwrap();
     let query = journal.iter().find(|e| e.starts_with("query ")).unwrap();
-    let query = query.replace("%3D", "=").replace("%21", "!").replace("%2C", ",").replace("%2F", "/");
+    let query = query
+        .replace("%3D", "=")
+        .replace("%21", "!")
+        .replace("%2C", ",")
+        .replace("%2F", "/");
     for part in [
         "app.kubernetes.io/instance=wc",
         "app.kubernetes.io/name=streamjob",
@@ -771,7 +787,10 @@ async fn a_stateless_upgrade_starts_a_fresh_run() {
         assert_eq!(s["phase"], "Deploying");
         assert_eq!(s["desiredWorkers"], 3);
         assert_eq!(s["runId"], "wc-uid1-2");
-        assert_eq!(s["upgrade"], json!({"step": "deploying", "targetGeneration": 2}));
+        assert_eq!(
+            s["upgrade"],
+            json!({"step": "deploying", "targetGeneration": 2})
+        );
         assert_eq!(condition(s, "Progressing")["reason"], "Upgrading");
         assert!(s.get("restoredFrom").is_none(), "{s}");
     }));
@@ -786,7 +805,11 @@ async fn a_last_state_upgrade_keeps_the_run_and_what_it_restores() {
     // The run restored a savepoint when it started; its new pods restore its latest
     // checkpoint, or that savepoint again if it has none yet.
     let old = stateful(&spec("last-state", 2, ""), 1);
-    let before = run_of("wc-uid1-1", Some("file:///ckpt/savepoints/savepoint-3"), None);
+    let before = run_of(
+        "wc-uid1-1",
+        Some("file:///ckpt/savepoints/savepoint-3"),
+        None,
+    );
     let j = stateful(&spec("last-state", 3, ""), 2);
     let mut script = vec![token_exists(), get_sts(deployed(&old, &before, 2))];
     script.extend(applies_checked(
@@ -809,7 +832,10 @@ async fn a_last_state_upgrade_keeps_the_run_and_what_it_restores() {
     script.push(status(|s| {
         assert_eq!(s["phase"], "Deploying");
         assert_eq!(s["runId"], "wc-uid1-1");
-        assert_eq!(s["upgrade"], json!({"step": "deploying", "targetGeneration": 2}));
+        assert_eq!(
+            s["upgrade"],
+            json!({"step": "deploying", "targetGeneration": 2})
+        );
         assert_eq!(s["lastCheckpoint"]["path"], "file:///ckpt/wc-uid1-1/chk-4");
     }));
     let fake = Job::default().status(Ok(running_with_checkpoint("wc-uid1-1", 4)));
@@ -827,7 +853,10 @@ async fn a_savepoint_upgrade_stops_with_a_savepoint_before_the_new_statefulset()
         get_sts(deployed(&old, &run_of("wc-uid1-1", None, None), 2)),
         // The intent first: an operator restarted now knows an upgrade was under way.
         status(|s| {
-            assert_eq!(s["upgrade"], json!({"step": "savepointing", "targetGeneration": 2}));
+            assert_eq!(
+                s["upgrade"],
+                json!({"step": "savepointing", "targetGeneration": 2})
+            );
         }),
         // Then the savepoint's path, before anything depends on it.
         status(|s| {
@@ -1103,7 +1132,10 @@ async fn savepoint_mode_suspends_after_a_savepoint_and_resumes_from_it() {
     result.unwrap();
     assert!(
         at(&journal, "TriggerSavepoint stop=true")
-            < at(&journal, &format!("PATCH /apis/apps/v1{NS}/statefulsets/wc-worker"))
+            < at(
+                &journal,
+                &format!("PATCH /apis/apps/v1{NS}/statefulsets/wc-worker")
+            )
     );
 
     let resumed = stateful(&spec("savepoint", 2, ""), 3);
@@ -1184,7 +1216,10 @@ async fn last_state_mode_suspends_at_once_and_resumes_from_the_latest_checkpoint
 async fn stateless_mode_suspends_at_once_and_resumes_empty() {
     let suspended = job_at(&format!("  state: suspended\n{SPEC}"), 2);
     let current = run_of("wc-uid1-1", None, None);
-    let mut script = vec![token_exists(), get_sts(deployed(&job_at(SPEC, 1), &current, 2))];
+    let mut script = vec![
+        token_exists(),
+        get_sts(deployed(&job_at(SPEC, 1), &current, 2)),
+    ];
     script.extend(applies_checked(
         |b| {
             assert_eq!(b["spec"]["replicas"], 0);
@@ -1289,7 +1324,12 @@ async fn a_new_savepoint_trigger_nonce_takes_a_savepoint_and_keeps_the_workers()
     );
     a[0] = expect(Method::PATCH, &format!("/api/v1{NS}/configmaps/wc-spec")).check(|b| {
         let manifest = b["data"]["streamjob.yaml"].as_str().unwrap();
-        for field in ["savepointTriggerNonce", "upgradeMode", "state:", "savepointOnDeletion"] {
+        for field in [
+            "savepointTriggerNonce",
+            "upgradeMode",
+            "state:",
+            "savepointOnDeletion",
+        ] {
             assert!(!manifest.contains(field), "{field} in {manifest}");
         }
         assert!(manifest.contains("checkpointing"), "{manifest}");
@@ -1355,7 +1395,10 @@ async fn a_new_restart_nonce_in_savepoint_mode_restarts_from_a_savepoint() {
     script.extend(applies_checked(
         move |b| {
             assert_eq!(annotation(b, "streamjob.dev/spec-hash"), old_hash);
-            assert_eq!(annotation(b, "streamjob.dev/restart-nonce").as_deref(), Some("7"));
+            assert_eq!(
+                annotation(b, "streamjob.dev/restart-nonce").as_deref(),
+                Some("7")
+            );
             assert_eq!(env(b, "STREAMJOB_RUN_ID").as_deref(), Some("wc-uid1-2"));
             assert_eq!(env(b, "STREAMJOB_RESTORE_FROM").as_deref(), Some(SAVEPOINT));
         },
@@ -1379,7 +1422,10 @@ async fn a_new_restart_nonce_in_savepoint_mode_restarts_from_a_savepoint() {
     result.unwrap();
     assert!(
         at(&journal, "TriggerSavepoint stop=true")
-            < at(&journal, &format!("PATCH /apis/apps/v1{NS}/statefulsets/wc-worker"))
+            < at(
+                &journal,
+                &format!("PATCH /apis/apps/v1{NS}/statefulsets/wc-worker")
+            )
     );
 }
 
@@ -1393,7 +1439,10 @@ async fn a_new_restart_nonce_in_last_state_mode_restarts_the_same_run() {
     ];
     script.extend(applies_checked(
         |b| {
-            assert_eq!(annotation(b, "streamjob.dev/restart-nonce").as_deref(), Some("7"));
+            assert_eq!(
+                annotation(b, "streamjob.dev/restart-nonce").as_deref(),
+                Some("7")
+            );
             assert_eq!(env(b, "STREAMJOB_RUN_ID").as_deref(), Some("wc-uid1-1"));
         },
         0,
@@ -1494,7 +1543,10 @@ async fn deleting_a_running_job_takes_a_savepoint_before_the_finalizer_goes() {
     result.unwrap();
     assert!(
         at(&journal, "TriggerSavepoint stop=true")
-            < at(&journal, &format!("PATCH /apis/streamjob.dev/v1alpha1{NS}/streamjobs/wc"))
+            < at(
+                &journal,
+                &format!("PATCH /apis/streamjob.dev/v1alpha1{NS}/streamjobs/wc")
+            )
     );
 }
 
