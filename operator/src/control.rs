@@ -129,6 +129,9 @@ pub trait JobControl: Send + Sync {
 /// poll per job every few tens of seconds, and savepoints).
 #[derive(Debug, Clone)]
 pub struct GrpcJobControl {
+    /// Connect here instead of worker 0's in-cluster name ([`Target::address`]): an operator
+    /// run outside the cluster through a port-forward, or a test.
+    pub address: Option<String>,
     pub connect_timeout: Duration,
     pub status_timeout: Duration,
     /// Longest wait for a savepoint to complete.
@@ -138,6 +141,7 @@ pub struct GrpcJobControl {
 impl Default for GrpcJobControl {
     fn default() -> Self {
         GrpcJobControl {
+            address: None,
             connect_timeout: Duration::from_secs(5),
             status_timeout: Duration::from_secs(10),
             savepoint_timeout: Duration::from_secs(300),
@@ -158,12 +162,16 @@ fn non_empty(s: String) -> Option<String> {
 }
 
 impl GrpcJobControl {
+    fn address_of(&self, target: &Target) -> String {
+        self.address.clone().unwrap_or_else(|| target.address())
+    }
+
     async fn client(
         &self,
         target: &Target,
     ) -> Result<proto::job_control_client::JobControlClient<tonic::transport::Channel>, ControlError>
     {
-        let address = target.address();
+        let address = self.address_of(target);
         let unreachable = |cause: String| ControlError::Unreachable {
             address: address.clone(),
             cause,
@@ -205,10 +213,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn call_error(target: &Target, status: tonic::Status) -> ControlError {
+fn call_error(address: String, status: tonic::Status) -> ControlError {
     match status.code() {
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => ControlError::Unreachable {
-            address: target.address(),
+            address,
             cause: status.message().to_string(),
         },
         code => ControlError::Failed(format!("{code:?}: {}", status.message())),
@@ -240,7 +248,7 @@ impl JobControl for GrpcJobControl {
                             self.savepoint_timeout.as_secs()
                         ))
                     })?
-                    .map_err(|s| call_error(target, s))?;
+                    .map_err(|s| call_error(self.address_of(target), s))?;
             snapshot(reply.into_inner().savepoint)
                 .ok_or_else(|| ControlError::Failed("the job answered without a savepoint".into()))
         })
@@ -253,10 +261,10 @@ impl JobControl for GrpcJobControl {
             let r = tokio::time::timeout(self.status_timeout, client.get_status(request))
                 .await
                 .map_err(|_| ControlError::Unreachable {
-                    address: target.address(),
+                    address: self.address_of(target),
                     cause: "GetStatus timed out".into(),
                 })?
-                .map_err(|s| call_error(target, s))?
+                .map_err(|s| call_error(self.address_of(target), s))?
                 .into_inner();
             let state = match r.state.as_str() {
                 "running" => RunState::Running,
