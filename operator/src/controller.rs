@@ -150,6 +150,16 @@ impl Context {
     fn forget_report(&self, key: &Key) {
         self.reports.lock().unwrap().remove(key);
     }
+
+    /// Drops what is kept about a deleted job.
+    fn forget(&self, key: &Key) {
+        self.forget_report(key);
+        self.deletion_attempts.lock().unwrap().remove(key);
+        self.recent_events
+            .lock()
+            .unwrap()
+            .retain(|(job, _), _| job != key);
+    }
 }
 
 fn key(job: &StreamJob) -> Key {
@@ -972,6 +982,7 @@ async fn set_finalizers(
 async fn finalize(job: &StreamJob, ctx: &Context, jobs: &Api<StreamJob>) -> Result<Action, Error> {
     if !job.finalizers().iter().any(|f| f == FINALIZER) {
         // Children carry owner references: the garbage collector deletes them.
+        ctx.forget(&key(job));
         return Ok(Action::await_change());
     }
     if wants_finalizer(job)
@@ -979,9 +990,8 @@ async fn finalize(job: &StreamJob, ctx: &Context, jobs: &Api<StreamJob>) -> Resu
     {
         return Err(Error::Savepoint(retry));
     }
-    ctx.deletion_attempts.lock().unwrap().remove(&key(job));
-    ctx.forget_report(&key(job));
     remove_finalizer(job, jobs).await?;
+    ctx.forget(&key(job));
     Ok(Action::await_change())
 }
 
@@ -1233,9 +1243,10 @@ async fn publish(
         note.truncate(cut);
         note.push_str(" ...");
     }
-    // The same note again soon (a blocked upgrade retried with backoff) is not repeated.
+    // The same warning again soon (a blocked upgrade retried with backoff) is not repeated;
+    // transitions always are.
     let recent = (key(job), reason.to_string());
-    {
+    if type_ == EventType::Warning {
         let mut events = ctx.recent_events.lock().unwrap();
         if let Some((last, at)) = events.get(&recent)
             && *last == note

@@ -1638,3 +1638,98 @@ async fn deleting_a_suspended_or_finished_job_needs_no_savepoint() {
     let j = deleted(j, std::time::Duration::from_secs(1));
     run(j, script, fake).await.0.unwrap();
 }
+
+#[tokio::test]
+async fn a_blocked_upgrade_retries_without_repeating_its_warning() {
+    let old = stateful(&spec("savepoint", 2, ""), 1);
+    let j = stateful(&spec("savepoint", 3, ""), 2);
+    let before = deployed(&old, &run_of("wc-uid1-1", None, None), 2);
+    let mut script = Vec::new();
+    for attempt in 0..2 {
+        script.push(token_exists());
+        script.push(get_sts(before.clone()));
+        script.push(status(|s| assert_eq!(s["upgrade"]["step"], "savepointing")));
+        if attempt == 0 {
+            script.push(event_with("SavepointFailed", "Warning", "disk full"));
+        }
+        script.push(status(|s| {
+            assert_eq!(condition(s, "Degraded")["reason"], "SavepointFailed")
+        }));
+    }
+    // A stop attempt may have changed the job: each retry asks it again.
+    let fake = Job::default()
+        .status(Ok(report(RunState::Running)))
+        .savepoint(true, Err(ControlError::Failed("disk full".into())))
+        .status(Ok(report(RunState::Running)))
+        .savepoint(true, Err(ControlError::Failed("disk full".into())));
+    let (results, _) = run_all(vec![j.clone(), j], script, fake).await;
+    assert!(results.iter().all(Result::is_err), "{results:?}");
+}
+
+#[tokio::test]
+async fn switching_a_blocked_upgrade_to_last_state_lets_it_through() {
+    let old = stateful(&spec("savepoint", 2, ""), 1);
+    let mut j = stateful(&spec("last-state", 3, ""), 3);
+    j.status = Some(StreamJobStatus {
+        upgrade: Some(UpgradeStatus {
+            step: "savepointing".into(),
+            target_generation: 2,
+            savepoint_path: None,
+        }),
+        last_failure: Some("stop-with-savepoint ... failed".into()),
+        ..Default::default()
+    });
+    let mut script = vec![
+        token_exists(),
+        get_sts(deployed(&old, &run_of("wc-uid1-1", None, None), 2)),
+    ];
+    script.extend(applies_checked(
+        |b| {
+            assert_eq!(b["spec"]["replicas"], 3);
+            assert_eq!(env(b, "STREAMJOB_RUN_ID").as_deref(), Some("wc-uid1-1"));
+        },
+        0,
+        true,
+    ));
+    script.push(event("UpgradeStarted"));
+    script.push(status(|s| {
+        assert_eq!(
+            s["upgrade"],
+            json!({"step": "deploying", "targetGeneration": 3})
+        );
+        assert_eq!(condition(s, "Degraded")["status"], "False");
+    }));
+    let fake = Job::default().status(Ok(report(RunState::Running)));
+    let (result, journal) = run(j, script, fake).await;
+    result.unwrap();
+    assert!(!journal.iter().any(|e| e.starts_with("TriggerSavepoint")));
+}
+
+#[tokio::test]
+async fn a_blocked_upgrade_whose_spec_is_reverted_is_cancelled() {
+    let mut j = stateful(&spec("savepoint", 2, ""), 3);
+    j.status = Some(StreamJobStatus {
+        upgrade: Some(UpgradeStatus {
+            step: "savepointing".into(),
+            target_generation: 2,
+            savepoint_path: None,
+        }),
+        ..Default::default()
+    });
+    let mut script = vec![
+        token_exists(),
+        get_sts(deployed(&j, &run_of("wc-uid1-1", None, None), 2)),
+    ];
+    script.extend(applies_checked(|_| {}, 2, true));
+    script.push(event_with(
+        "UpgradeCancelled",
+        "Normal",
+        "the spec matches the running workers again",
+    ));
+    script.push(status(|s| {
+        assert!(s.get("upgrade").is_none(), "{s}");
+        assert_eq!(s["phase"], "Running");
+    }));
+    let fake = Job::default().status(Ok(report(RunState::Running)));
+    run(j, script, fake).await.0.unwrap();
+}
