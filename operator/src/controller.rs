@@ -29,10 +29,15 @@
 //!   prepared run up (it restores the suspend savepoint, or its own latest checkpoint).
 //! - unchanged: re-apply the same run (drift repair); a finished rollout ends `upgrade`.
 //!
+//! Pods of an older template are deleted all at once, after the StatefulSet controller has
+//! seen the new one (`updateStrategy: OnDelete`): old and new pods cannot run one job together.
+//!
 //! `savepointTriggerNonce` takes a savepoint without stopping (`stop=false`); while the
 //! workers run, `GetStatus` fills `lastCheckpoint`, `lastSavepoint`, `restoredFrom`,
 //! `lastFailure` and detects finished and failed jobs. Deleting a job with
-//! `savepointOnDeletion` in a stateful mode goes through the [`FINALIZER`] (see [`finalize`]).
+//! `savepointOnDeletion` in a stateful mode goes through the [`FINALIZER`]: a
+//! stop-with-savepoint before the job goes, bounded by [`DELETION_SAVEPOINT_ATTEMPTS`] and
+//! [`DELETION_SAVEPOINT_DEADLINE`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -976,9 +981,11 @@ async fn set_finalizers(
 /// owner references, its children.
 ///
 /// Deletion is never blocked for good: a job whose savepoint fails gets
-/// [`DELETION_SAVEPOINT_ATTEMPTS`] tries (with the reconcile backoff in between) and none
-/// after [`DELETION_SAVEPOINT_DEADLINE`] since it was deleted; then a warning event names the
-/// latest checkpoint known and the finalizer goes.
+/// [`DELETION_SAVEPOINT_ATTEMPTS`] tries (with the reconcile backoff in between, 5 s then
+/// 10 s) and none once [`DELETION_SAVEPOINT_DEADLINE`] has passed since it was deleted (the
+/// deadline survives an operator restart, the attempt count does not); then a warning event
+/// names the latest checkpoint known and the finalizer goes. One attempt waits at most the
+/// client's savepoint timeout, so the longest wait is the deadline plus that timeout.
 async fn finalize(job: &StreamJob, ctx: &Context, jobs: &Api<StreamJob>) -> Result<Action, Error> {
     if !job.finalizers().iter().any(|f| f == FINALIZER) {
         // Children carry owner references: the garbage collector deletes them.
