@@ -38,12 +38,13 @@ NOT_IN_KUBERNETES_SCHEMAS = {"ServiceMonitor"}
 # The RBAC the operator needs on StreamJobs and their children, from its API calls
 # (operator/src/controller.rs): (apiGroup, resource) -> verbs.
 JOB_RULES = {
-    ("streamjob.dev", "streamjobs"): {"get", "list", "watch"},
+    ("streamjob.dev", "streamjobs"): {"get", "list", "watch", "patch"},  # patch: the finalizer
     ("streamjob.dev", "streamjobs/status"): {"patch"},
     ("apps", "statefulsets"): {"get", "list", "watch", "create", "patch"},
     ("", "configmaps"): {"get", "list", "watch", "create", "patch"},
     ("", "services"): {"get", "list", "watch", "create", "patch"},
     ("", "secrets"): {"get", "create"},
+    ("", "pods"): {"deletecollection"},  # pods of an older template, replaced at once
     ("policy", "poddisruptionbudgets"): {"create", "patch", "delete"},
     ("events.k8s.io", "events"): {"create", "patch"},
 }
@@ -159,7 +160,7 @@ def assert_common(objs, sa=FULLNAME):
     for o in objs:
         if o["kind"] in ("Role", "ClusterRole"):
             rm = rule_map(o)
-            assert ("streamjob.dev", "streamjobs/finalizers") not in rm, "finalizers rule (none are used)"
+            assert ("streamjob.dev", "streamjobs/finalizers") not in rm, "finalizers rule (the finalizer is patched on the StreamJob itself)"
             assert ("", "secrets") not in rm or rm[("", "secrets")] == {"get", "create"}, "secrets beyond get/create"
     dep, c = container(objs)
     pod = dep["spec"]["template"]

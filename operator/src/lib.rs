@@ -2,6 +2,7 @@
 //! `controller`), builds the owned objects as plain data (`resources`), and reports an
 //! honest status (`status`).
 
+pub mod control;
 pub mod controller;
 pub mod leader;
 pub mod metrics;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
+use streamjob_operator::control::GrpcJobControl;
 use streamjob_operator::controller::{self, Context};
 use streamjob_operator::leader::Elector;
 use streamjob_operator::metrics::{self, Metrics};
@@ -53,6 +54,16 @@ struct Args {
     lease_namespace: String,
     #[arg(long, default_value = "streamjob-operator")]
     lease_name: String,
+    /// Seconds between status reads (GetStatus on worker 0) of a running job.
+    #[arg(long, env = "STREAMJOB_STATUS_POLL_SECONDS", default_value_t = 30)]
+    status_poll_seconds: u64,
+    /// Longest wait, in seconds, for a savepoint to complete.
+    #[arg(
+        long,
+        env = "STREAMJOB_SAVEPOINT_TIMEOUT_SECONDS",
+        default_value_t = 300
+    )]
+    savepoint_timeout_seconds: u64,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -168,7 +179,15 @@ async fn main() -> Result<()> {
     } else {
         metrics.leader.store(true, Ordering::Relaxed);
     }
-    let ctx = Arc::new(Context::new(client, defaults, metrics));
+    let control = GrpcJobControl {
+        savepoint_timeout: Duration::from_secs(args.savepoint_timeout_seconds),
+        ..GrpcJobControl::default()
+    };
+    let ctx = Arc::new(
+        Context::new(client, defaults, metrics)
+            .with_control(Arc::new(control))
+            .with_poll_interval(Duration::from_secs(args.status_poll_seconds.max(1))),
+    );
     info!(namespaces = ?args.namespaces, "controller started");
     controller::run(ctx, args.namespaces).await;
     Ok(())

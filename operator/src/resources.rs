@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvVar, EnvVarSource, GRPCAction, ObjectFieldSelector, PodSecurityContext, PodSpec,
@@ -27,6 +27,11 @@ pub const SPEC_FILE: &str = "streamjob.yaml";
 pub const SECRETS_DIR: &str = "/var/run/secrets/streamjob";
 /// Annotation on the pod template that changes with the spec, so a spec change rolls the pods.
 pub const SPEC_HASH_ANNOTATION: &str = "streamjob.dev/spec-hash";
+/// Annotation on the pod template holding the `restartNonce` the pods were started for.
+pub const RESTART_NONCE_ANNOTATION: &str = "streamjob.dev/restart-nonce";
+/// Worker environment: the run's checkpoint namespace and the snapshot it starts from.
+pub const RUN_ID_ENV: &str = "STREAMJOB_RUN_ID";
+pub const RESTORE_FROM_ENV: &str = "STREAMJOB_RESTORE_FROM";
 /// UID the worker image runs as (distroless nonroot).
 const WORKER_UID: i64 = 65532;
 
@@ -78,7 +83,8 @@ pub fn labels(job: &str) -> BTreeMap<String, String> {
     ])
 }
 
-fn selector(job: &str) -> BTreeMap<String, String> {
+/// The label selector of a job's worker pods.
+pub fn selector(job: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".into(), "streamjob".into()),
         ("app.kubernetes.io/instance".into(), job.into()),
@@ -100,21 +106,121 @@ fn meta(job: &StreamJob, name: String) -> ObjectMeta {
     }
 }
 
+/// Spec fields only the operator acts on. They are left out of the manifest the workers read
+/// (and so out of [`spec_hash`]): changing them neither rolls the pods nor makes a pod that
+/// Kubernetes restarts disagree with its peers about the spec (the exchange handshake compares
+/// spec hashes). `initialSavepointPath` stays: the workers read it on the first run.
+pub const OPERATOR_ONLY_FIELDS: [&str; 5] = [
+    "state",
+    "upgradeMode",
+    "savepointTriggerNonce",
+    "restartNonce",
+    "savepointOnDeletion",
+];
+
+/// The spec as the workers see it: without [`OPERATOR_ONLY_FIELDS`].
+fn worker_spec(job: &StreamJob) -> serde_json::Value {
+    let mut spec = serde_json::to_value(&job.spec).expect("specs serialise");
+    if let Some(fields) = spec.as_object_mut() {
+        for f in OPERATOR_ONLY_FIELDS {
+            fields.remove(f);
+        }
+    }
+    spec
+}
+
 /// The manifest the workers read: the job with only the fields `streamjob worker` needs.
 pub fn worker_manifest(job: &StreamJob) -> String {
     let doc = serde_json::json!({
         "apiVersion": "streamjob.dev/v1alpha1",
         "kind": "StreamJob",
         "metadata": {"name": job.name_any(), "namespace": job.namespace()},
-        "spec": job.spec,
+        "spec": worker_spec(job),
     });
     serde_yaml::to_string(&doc).expect("specs serialise")
 }
 
 /// Hash of what the workers run; it changes exactly when the pods must be replaced.
 pub fn spec_hash(job: &StreamJob) -> String {
-    let json = serde_json::to_vec(&job.spec).expect("specs serialise");
+    let json = serde_json::to_vec(&worker_spec(job)).expect("specs serialise");
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&json))
+}
+
+/// Which checkpoints a deployment of the workers writes and where it starts from (the
+/// `STREAMJOB_RUN_ID` / `STREAMJOB_RESTORE_FROM` contract with the workers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    /// Checkpoint namespace: checkpoints go to `<checkpointing.directory>/<id>/chk-<n>`, and
+    /// pods that Kubernetes restarts with the same id restore the latest of them.
+    pub id: String,
+    /// Snapshot (or run directory) to start from while the run has no complete checkpoint.
+    pub restore_from: Option<String>,
+    /// The `restartNonce` the pods were started for (a pod template annotation, so a new
+    /// nonce replaces the pods even when the run stays the same).
+    pub restart_nonce: Option<i64>,
+}
+
+/// The run id of a deployment started at the job's current generation:
+/// `<name>-<first 8 characters of the uid>-<generation>`. Deterministic, so a reconcile that
+/// is repeated (or an operator restarted mid-upgrade) picks the same one; unique per job
+/// incarnation, so a job deleted and created again under the same name (or a job of the same
+/// name in another namespace sharing the checkpoint directory) never restores the old one's
+/// checkpoints. `restartNonce` needs no part of its own: changing it bumps the generation.
+pub fn run_id(job: &StreamJob) -> String {
+    let uid: String = job
+        .uid()
+        .unwrap_or_default()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(8)
+        .collect();
+    format!(
+        "{}-{uid}-{}",
+        job.name_any(),
+        job.metadata.generation.unwrap_or(0)
+    )
+}
+
+impl Run {
+    /// A fresh run at the job's current generation, with nothing to restore.
+    pub fn fresh(job: &StreamJob) -> Self {
+        Run {
+            id: run_id(job),
+            restore_from: None,
+            restart_nonce: job.spec.restart_nonce,
+        }
+    }
+
+    /// The run a StatefulSet's pod template describes (`None` when it names none: a
+    /// StatefulSet of an operator without runs).
+    pub fn of(sts: &StatefulSet) -> Option<Run> {
+        let template = &sts.spec.as_ref()?.template;
+        let env = template
+            .spec
+            .as_ref()?
+            .containers
+            .iter()
+            .find(|c| c.name == "worker")?
+            .env
+            .as_deref()
+            .unwrap_or_default();
+        let var = |name: &str| {
+            env.iter()
+                .find(|e| e.name == name)
+                .and_then(|e| e.value.clone())
+        };
+        let restart_nonce = template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get(RESTART_NONCE_ANNOTATION))
+            .and_then(|v| v.parse().ok());
+        Some(Run {
+            id: var(RUN_ID_ENV)?,
+            restore_from: var(RESTORE_FROM_ENV),
+            restart_nonce,
+        })
+    }
 }
 
 /// Secrets referenced by the job's Kafka `secretProperties`.
@@ -139,12 +245,22 @@ pub fn referenced_secrets(job: &StreamJob) -> Vec<String> {
     names.into_iter().collect()
 }
 
-/// Builds the children of a valid job with `plan`. Fails only on a `podTemplate` that does
-/// not merge into a pod template.
+/// Builds the children of a valid job with `plan` for its first run (what `render` prints).
+/// Fails only on a `podTemplate` that does not merge into a pod template.
 pub fn children(
     job: &StreamJob,
     plan: &PhysicalPlan,
     defaults: &Defaults,
+) -> Result<Children, String> {
+    children_for_run(job, plan, defaults, &Run::fresh(job))
+}
+
+/// Builds the children of a valid job with `plan` whose pods start `run`.
+pub fn children_for_run(
+    job: &StreamJob,
+    plan: &PhysicalPlan,
+    defaults: &Defaults,
+    run: &Run,
 ) -> Result<Children, String> {
     let name = job.name_any();
     let slots = job.spec.slots_per_worker.max(1);
@@ -275,24 +391,34 @@ pub fn children(
             "{job}-worker-{i}.{job}-workers.{namespace}.svc:{port}".into(),
             "--idle-after-finish".into(),
         ]),
-        env: Some(vec![
-            field("POD_NAME", "metadata.name"),
-            field("POD_NAMESPACE", "metadata.namespace"),
-            EnvVar {
-                name: "STREAMJOB_TOKEN".into(),
-                value: None,
-                value_from: Some(EnvVarSource {
-                    secret_key_ref: Some(SecretKeySelector {
-                        name: token_secret_name(&name),
-                        key: "token".into(),
-                        optional: Some(false),
+        env: Some(
+            vec![
+                field("POD_NAME", "metadata.name"),
+                field("POD_NAMESPACE", "metadata.namespace"),
+                EnvVar {
+                    name: "STREAMJOB_TOKEN".into(),
+                    value: None,
+                    value_from: Some(EnvVarSource {
+                        secret_key_ref: Some(SecretKeySelector {
+                            name: token_secret_name(&name),
+                            key: "token".into(),
+                            optional: Some(false),
+                        }),
+                        ..Default::default()
                     }),
-                    ..Default::default()
-                }),
-            },
-            env("STREAMJOB_SECRETS_DIR", SECRETS_DIR),
-            env("STREAMJOB_LOG", "info"),
-        ]),
+                },
+                env("STREAMJOB_SECRETS_DIR", SECRETS_DIR),
+                env("STREAMJOB_LOG", "info"),
+                env(RUN_ID_ENV, &run.id),
+            ]
+            .into_iter()
+            .chain(
+                run.restore_from
+                    .as_deref()
+                    .map(|r| env(RESTORE_FROM_ENV, r)),
+            )
+            .collect(),
+        ),
         ports: Some(vec![ContainerPort {
             name: Some("exchange".into()),
             container_port: EXCHANGE_PORT,
@@ -322,10 +448,15 @@ pub fn children(
     let mut template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels(&name)),
-            annotations: Some(BTreeMap::from([(
-                SPEC_HASH_ANNOTATION.to_string(),
-                spec_hash(job),
-            )])),
+            annotations: Some(
+                [(SPEC_HASH_ANNOTATION.to_string(), spec_hash(job))]
+                    .into_iter()
+                    .chain(
+                        run.restart_nonce
+                            .map(|n| (RESTART_NONCE_ANNOTATION.to_string(), n.to_string())),
+                    )
+                    .collect(),
+            ),
             ..Default::default()
         }),
         spec: Some(PodSpec {
@@ -357,6 +488,14 @@ pub fn children(
             replicas: Some(replicas),
             service_name: Some(service_name(&name)),
             pod_management_policy: Some("Parallel".into()),
+            // The workers of two pod templates cannot run one job together (the exchange
+            // handshake compares the spec), so a rolling update would wait forever for its
+            // first new pod to become ready. The operator replaces all the pods at once
+            // instead (controller::replace_outdated_pods).
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("OnDelete".into()),
+                rolling_update: None,
+            }),
             selector: LabelSelector {
                 match_labels: Some(selector(&name)),
                 match_expressions: None,

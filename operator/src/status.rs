@@ -7,6 +7,8 @@ use k8s_openapi::jiff::Timestamp;
 use streamjob_crds::plan::PhysicalPlan;
 use streamjob_crds::spec::{JobState, Phase, PlanStatus, StreamJob, StreamJobStatus};
 
+use crate::control::{JobReport, RunState};
+
 /// What the StatefulSet reports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Observed {
@@ -100,54 +102,137 @@ fn plan_status(plan: &PhysicalPlan) -> PlanStatus {
     }
 }
 
-/// Status of a valid job whose children were applied.
+/// What a reconcile learned beyond the StatefulSet.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Report<'a> {
+    /// The job's own answer (`GetStatus` of worker 0) about the workers that run now.
+    pub job: Option<&'a JobReport>,
+    /// Why a change waits: the savepoint it needs failed, so the old workers keep running.
+    pub blocked: Option<&'a str>,
+}
+
+/// Status of a valid job: `base` (run, snapshots, upgrade) with the phase, conditions and
+/// workers from the StatefulSet, the job's own report and a blocked change.
 pub fn running(
     job: &StreamJob,
+    base: &StreamJobStatus,
     plan: &PhysicalPlan,
     workers: i32,
     o: &Observed,
+    report: &Report<'_>,
 ) -> StreamJobStatus {
-    let suspended = job.spec.state == JobState::Suspended;
+    let suspended = job.spec.state == JobState::Suspended && report.blocked.is_none();
     let desired = if suspended { 0 } else { workers };
     let valid = condition(job, "SpecValid", true, "Valid", "the spec is valid");
-    let (phase, conditions, message) = if suspended {
+    let all_ready = o.ready >= desired && o.rolled_out;
+    let upgrading = base.upgrade.as_ref().map(|u| u.target_generation);
+    let four = |phase: Phase,
+                ready: (bool, &str),
+                progressing: (bool, &str),
+                degraded: (bool, &str),
+                msg: String| {
+        (
+            phase,
+            vec![
+                valid.clone(),
+                condition(job, "Ready", ready.0, ready.1, &msg),
+                condition(job, "Progressing", progressing.0, progressing.1, &msg),
+                condition(job, "Degraded", degraded.0, degraded.1, &msg),
+            ],
+            msg,
+        )
+    };
+    let (phase, conditions, message) = if let Some(why) = report.blocked {
+        // The old workers keep running: their phase, with the reason nothing moves.
+        let phase = if all_ready {
+            Phase::Running
+        } else {
+            Phase::Deploying
+        };
+        four(
+            phase,
+            (
+                all_ready,
+                if all_ready {
+                    "AllWorkersReady"
+                } else {
+                    "WorkersNotReady"
+                },
+            ),
+            (false, "SavepointFailed"),
+            (true, "SavepointFailed"),
+            why.to_string(),
+        )
+    } else if suspended {
         let msg = if o.ready > 0 {
             format!("suspending: {} worker(s) still running", o.ready)
         } else {
             "suspended: no workers run".to_string()
         };
-        (
+        four(
             Phase::Suspended,
-            vec![
-                valid,
-                condition(job, "Ready", false, "Suspended", &msg),
-                condition(job, "Progressing", o.ready > 0, "Suspended", &msg),
-                condition(job, "Degraded", false, "Suspended", &msg),
-            ],
+            (false, "Suspended"),
+            (o.ready > 0, "Suspended"),
+            (false, "Suspended"),
             msg,
         )
-    } else if o.ready >= desired && o.rolled_out {
-        let msg = format!("{desired}/{desired} workers ready");
-        (
+    } else if let Some(r) = report.job.filter(|_| all_ready && upgrading.is_none()) {
+        let cause = r.failure.as_deref().unwrap_or("no cause reported");
+        match &r.state {
+            RunState::Finished => four(
+                Phase::Finished,
+                (false, "Finished"),
+                (false, "Finished"),
+                (false, "Finished"),
+                "finished: every source ended; the workers idle".into(),
+            ),
+            RunState::Failed => four(
+                Phase::Failed,
+                (false, "JobFailed"),
+                (false, "JobFailed"),
+                (true, "JobFailed"),
+                format!("the job failed after {} restart(s): {cause}", r.restarts),
+            ),
+            RunState::Restarting => four(
+                Phase::Deploying,
+                (false, "Restarting"),
+                (true, "Restarting"),
+                (true, "Restarting"),
+                format!(
+                    "restarting after a failure ({} so far): {cause}",
+                    r.restarts
+                ),
+            ),
+            RunState::Running | RunState::Other(_) => four(
+                Phase::Running,
+                (true, "AllWorkersReady"),
+                (false, "RolloutComplete"),
+                (false, "AllWorkersReady"),
+                format!("{desired}/{desired} workers ready"),
+            ),
+        }
+    } else if all_ready && upgrading.is_none() {
+        four(
             Phase::Running,
-            vec![
-                valid,
-                condition(job, "Ready", true, "AllWorkersReady", &msg),
-                condition(job, "Progressing", false, "RolloutComplete", &msg),
-                condition(job, "Degraded", false, "AllWorkersReady", &msg),
-            ],
-            msg,
+            (true, "AllWorkersReady"),
+            (false, "RolloutComplete"),
+            (false, "AllWorkersReady"),
+            format!("{desired}/{desired} workers ready"),
         )
     } else {
-        let msg = format!("{}/{desired} workers ready", o.ready.min(desired));
-        (
+        let ready = format!("{}/{desired} workers ready", o.ready.min(desired));
+        let (reason, msg) = match &base.upgrade {
+            Some(u) => (
+                "Upgrading",
+                format!("upgrading to generation {}: {ready}", u.target_generation),
+            ),
+            None => ("RollingOut", ready),
+        };
+        four(
             Phase::Deploying,
-            vec![
-                valid,
-                condition(job, "Ready", false, "WorkersNotReady", &msg),
-                condition(job, "Progressing", true, "RollingOut", &msg),
-                condition(job, "Degraded", false, "RollingOut", &msg),
-            ],
+            (false, "WorkersNotReady"),
+            (true, reason),
+            (false, reason),
             msg,
         )
     };
@@ -159,6 +244,6 @@ pub fn running(
         desired_workers: Some(desired),
         plan: Some(plan_status(plan)),
         message: Some(message),
-        ..job.status.clone().unwrap_or_default()
+        ..base.clone()
     }
 }

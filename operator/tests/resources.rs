@@ -245,3 +245,93 @@ fn a_pod_template_that_does_not_merge_is_an_error() {
         "{err}"
     );
 }
+
+fn template_hash(c: &Children) -> String {
+    c.stateful_set
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .as_ref()
+        .unwrap()["streamjob.dev/spec-hash"]
+        .clone()
+}
+
+#[test]
+fn operator_only_fields_neither_reach_the_workers_nor_roll_the_pods() {
+    let ckpt = "  checkpointing: {intervalMs: 1000, directory: 'file:///ckpt'}\n";
+    let plain = job(&format!("{ckpt}{STEPS}"));
+    let operator_fields = job(&format!(
+        "{ckpt}  state: suspended\n  upgradeMode: savepoint\n  savepointTriggerNonce: 3\n  restartNonce: 4\n  savepointOnDeletion: false\n{STEPS}"
+    ));
+    let (a, b) = (build(&plain), build(&operator_fields));
+    assert_eq!(template_hash(&a), template_hash(&b));
+    assert_eq!(a.config_map, b.config_map);
+    let manifest = &b.config_map.data.as_ref().unwrap()["streamjob.yaml"];
+    for field in resources::OPERATOR_ONLY_FIELDS {
+        assert!(!manifest.contains(field), "{field} in {manifest}");
+    }
+    // What the workers read does roll them, initialSavepointPath included.
+    let restore = job(&format!(
+        "{ckpt}  initialSavepointPath: file:///sp/1\n{STEPS}"
+    ));
+    assert_ne!(template_hash(&a), template_hash(&build(&restore)));
+}
+
+#[test]
+fn the_run_is_in_the_pod_environment_and_read_back_from_it() {
+    let mut j = job(STEPS);
+    j.metadata.uid = Some("6f1d2c3b-9a8e-4f00-b1c2-d3e4f5a6b7c8".into());
+    assert_eq!(resources::run_id(&j), "wc-6f1d2c3b-3");
+    let plan = to_logical_graph(&j).plan().unwrap();
+    let defaults = Defaults {
+        worker_image: "streamjob:test".into(),
+        image_pull_policy: None,
+        worker_resources: None,
+    };
+    let var = |c: &Children, name: &str| {
+        container(c)
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == name)
+            .map(|e| e.value.clone().unwrap())
+    };
+    // The first run: nothing to restore (the workers read initialSavepointPath themselves).
+    let first = build(&j);
+    assert_eq!(
+        var(&first, "STREAMJOB_RUN_ID").as_deref(),
+        Some("wc-6f1d2c3b-3")
+    );
+    assert_eq!(var(&first, "STREAMJOB_RESTORE_FROM"), None);
+    assert_eq!(
+        resources::Run::of(&first.stateful_set),
+        Some(resources::Run::fresh(&j))
+    );
+
+    let run = resources::Run {
+        id: "wc-6f1d2c3b-2".into(),
+        restore_from: Some("file:///ckpt/savepoints/savepoint-7".into()),
+        restart_nonce: Some(5),
+    };
+    let c = resources::children_for_run(&j, &plan, &defaults, &run).unwrap();
+    assert_eq!(
+        var(&c, "STREAMJOB_RUN_ID").as_deref(),
+        Some("wc-6f1d2c3b-2")
+    );
+    assert_eq!(
+        var(&c, "STREAMJOB_RESTORE_FROM").as_deref(),
+        Some("file:///ckpt/savepoints/savepoint-7")
+    );
+    assert_eq!(resources::Run::of(&c.stateful_set), Some(run));
+    let sts = c.stateful_set.spec.as_ref().unwrap();
+    assert_eq!(
+        sts.update_strategy.as_ref().unwrap().type_.as_deref(),
+        Some("OnDelete")
+    );
+}

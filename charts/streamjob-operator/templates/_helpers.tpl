@@ -94,9 +94,11 @@ No finalizers are used (child objects carry owner references and are garbage col
 rule on streamjobs/finalizers is needed.
 */}}
 {{- define "streamjob-operator.jobRules" -}}
+# patch: the savepoint finalizer (added to jobs with savepointOnDeletion in a stateful
+# upgradeMode, removed once the deletion savepoint is taken or given up).
 - apiGroups: ["streamjob.dev"]
   resources: ["streamjobs"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["streamjob.dev"]
   resources: ["streamjobs/status"]
   verbs: ["patch"]
@@ -109,6 +111,11 @@ rule on streamjobs/finalizers is needed.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "create"]
+# deletecollection: worker pods of an older template are replaced all at once (the
+# StatefulSet's updateStrategy is OnDelete).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["deletecollection"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["create", "patch", "delete"]
