@@ -31,10 +31,12 @@ impl Drop for Pods {
 fn finals(dir: &Path) -> BTreeMap<String, u64> {
     let mut m = BTreeMap::new();
     for e in std::fs::read_dir(dir).unwrap() {
+        // Files are read while workers append to them: a last line may be partial.
         for line in std::fs::read_to_string(e.unwrap().path()).unwrap().lines() {
-            let (w, c): (String, u64) = serde_json::from_str(line).unwrap();
-            let e = m.entry(w).or_insert(0);
-            *e = (*e).max(c);
+            if let Ok((w, c)) = serde_json::from_str::<(String, u64)>(line) {
+                let e = m.entry(w).or_insert(0);
+                *e = (*e).max(c);
+            }
         }
     }
     m
@@ -71,6 +73,7 @@ kind: StreamJob
 metadata: {{name: wc, namespace: prod}}
 spec:
   parallelism: 3
+  checkpointing: {{intervalMs: 50, directory: {chk}}}
   steps:
     - {{name: lines, source: {{file: {{path: {input}}}}}}}
     - {{name: words, flatMap: {{expr: value.words()}}}}
@@ -80,7 +83,8 @@ spec:
     - {{name: out, sink: {{file: {{path: {out}}}}}}}
 ",
         input = dir.join("in.txt").display(),
-        out = dir.join("out/counts").display()
+        out = dir.join("out/counts").display(),
+        chk = dir.join("chk").display()
     ))
     .unwrap();
     job.metadata.uid = Some("uid".into());
@@ -113,6 +117,7 @@ spec:
         .unwrap()
         .port();
     let mut pods = Pods(Vec::new());
+    let mut run_id = None;
     for i in 0..replicas {
         let pod = format!(
             "{}-{i}",
@@ -162,6 +167,9 @@ spec:
                     e.name
                 ),
             };
+            if e.name == "STREAMJOB_RUN_ID" {
+                run_id = Some(value.clone());
+            }
             cmd.env(&e.name, value);
         }
         pods.0.push(cmd.spawn().unwrap());
@@ -195,4 +203,34 @@ spec:
             Some(ServingStatus::Serving)
         );
     }
+    // Checkpoints went to the run directory the operator named, and worker 0's job control
+    // API (which the operator polls) reports the job finished with its last checkpoint.
+    let run_id = run_id.expect("the operator sets STREAMJOB_RUN_ID");
+    let run_dir = dir.join("chk").join(&run_id);
+    assert!(
+        std::fs::read_dir(&run_dir)
+            .unwrap()
+            .flatten()
+            .any(|e| e.path().join("_metadata").is_file()),
+        "no complete checkpoint in {}",
+        run_dir.display()
+    );
+    let status = rt.block_on(async {
+        use streamjob::net::control_proto::StatusRequest;
+        use streamjob::net::control_proto::job_control_client::JobControlClient;
+        let mut client = JobControlClient::connect(format!("http://127.0.0.1:{port}"))
+            .await
+            .unwrap();
+        let mut request = tonic::Request::new(StatusRequest {});
+        request
+            .metadata_mut()
+            .insert("authorization", "Bearer token-from-secret".parse().unwrap());
+        client.get_status(request).await.unwrap().into_inner()
+    });
+    assert_eq!(status.state, "finished");
+    assert!(
+        status
+            .last_checkpoint
+            .is_some_and(|c| c.path.starts_with(&run_dir.display().to_string())),
+    );
 }
