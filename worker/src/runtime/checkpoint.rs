@@ -234,9 +234,34 @@ pub fn resolve_snapshot(url: &str) -> std::io::Result<Restored> {
     }
 }
 
+/// The state files of a complete snapshot, as its metadata lists them (older snapshots
+/// without the list: what the directory holds).
+fn state_files(dir: &Location) -> std::io::Result<Vec<String>> {
+    let listed = dir
+        .join("_metadata")
+        .get()?
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|m| {
+            m.get("states")?.as_array().map(|a| {
+                a.iter()
+                    .filter_map(|s| Some(s.get("file")?.as_str()?.to_string()))
+                    .collect::<Vec<_>>()
+            })
+        });
+    match listed {
+        Some(files) => Ok(files),
+        None => Ok(dir
+            .children()?
+            .1
+            .into_iter()
+            .filter(|n| n.ends_with(".state"))
+            .collect()),
+    }
+}
+
 /// Operator uids with state in a snapshot directory.
 fn uids_in(dir: &Location) -> std::io::Result<HashSet<String>> {
-    let (_, files) = dir.children()?;
+    let files = state_files(dir)?;
     Ok(files
         .iter()
         .filter_map(|n| Some(n.strip_suffix(".state")?.rsplit_once('-')?.0.to_string()))
@@ -463,7 +488,7 @@ impl Coordinator {
         };
         let prefix = format!("{uid}-");
         let mut out = Vec::new();
-        for name in r.dir.children()?.1 {
+        for name in state_files(&r.dir)? {
             let subtask = name
                 .strip_prefix(&prefix)
                 .and_then(|rest| rest.strip_suffix(".state"))
@@ -652,6 +677,17 @@ impl Coordinator {
                 self.write_state(id, uid, *subtask, bytes)?;
             }
         }
+        // Every state handle of the checkpoint, so a restore reads exactly these.
+        let states: Vec<serde_json::Value> = dir
+            .children()?
+            .1
+            .into_iter()
+            .filter_map(|file| {
+                let (uid, subtask) = file.strip_suffix(".state")?.rsplit_once('-')?;
+                let subtask: u32 = subtask.parse().ok()?;
+                Some(serde_json::json!({"operator": uid, "subtask": subtask, "file": file}))
+            })
+            .collect();
         let started = s.started_ms.remove(&id).unwrap_or_else(now_ms);
         let completed_ms = now_ms();
         let meta = |savepoint: bool| {
@@ -663,6 +699,7 @@ impl Coordinator {
                 "acknowledged": acked,
                 "finished": stand_ins,
                 "savepoint": savepoint,
+                "states": states,
             }))
             .expect("json")
         };
@@ -720,10 +757,8 @@ impl Coordinator {
 /// metadata goes last, so a half-copied savepoint is never taken for a complete one.
 fn copy_snapshot(from: &Location, to: &Location, id: u64, meta: &[u8]) -> std::io::Result<String> {
     let dest = to.join(&format!("savepoint-{id}-{}", now_ms()));
-    for name in from.children()?.1 {
-        if name.ends_with(".state")
-            && let Some(bytes) = from.join(&name).get()?
-        {
+    for name in state_files(from)? {
+        if let Some(bytes) = from.join(&name).get()? {
             dest.join(&name).put(bytes)?;
         }
     }
@@ -876,6 +911,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(meta["savepoint"], true);
+        assert_eq!(
+            meta["states"],
+            serde_json::json!([{"operator": "count", "subtask": 0, "file": "count-0.state"}])
+        );
         // A new deployment (another run directory) starts from the savepoint.
         let mut next = cfg.clone();
         next.run_id = Some("run-2".into());
