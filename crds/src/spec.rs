@@ -123,6 +123,12 @@ pub struct StreamJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
 
+    /// Extra environment variables of the worker container, e.g. the `AWS_*` settings of
+    /// `s3://` checkpoint storage (credentials through `valueFrom.secretKeyRef`). Names
+    /// starting with `STREAMJOB_` or `POD_` are reserved for the operator.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<k8s_openapi::api::core::v1::EnvVar>,
+
     /// A partial pod template merged over the generated worker pod template (JSON merge
     /// patch: maps merge, lists replace), e.g. `{spec: {nodeSelector: {...}}}` or extra
     /// labels and annotations.

@@ -276,6 +276,17 @@ impl Validator {
                 ),
             );
         }
+        for (i, e) in spec.env.iter().enumerate() {
+            if e.name.starts_with("STREAMJOB_") || e.name.starts_with("POD_") {
+                self.push(
+                    format!("spec.env[{i}].name"),
+                    format!(
+                        "'{}' is reserved: the operator sets STREAMJOB_* and POD_* variables",
+                        e.name
+                    ),
+                );
+            }
+        }
         let r = &spec.restart_strategy;
         if r.max_delay_ms < r.initial_delay_ms {
             self.push(

@@ -545,6 +545,15 @@ fn an_exactly_once_transaction_timeout_shorter_than_a_checkpoint_and_restart_is_
 }
 
 #[test]
+fn operator_owned_environment_variables_are_reserved() {
+    assert_error(
+        &format!("env: [{{name: STREAMJOB_TOKEN, value: x}}]\nsteps:\n{SRC}\n{SINK}"),
+        "spec.env[0].name",
+        "'STREAMJOB_TOKEN' is reserved",
+    );
+}
+
+#[test]
 fn stateful_upgrade_modes_need_checkpointing() {
     assert_error(
         &format!("upgradeMode: savepoint\nsteps:\n{SRC}\n{SINK}"),

@@ -110,12 +110,14 @@ fn meta(job: &StreamJob, name: String) -> ObjectMeta {
 /// (and so out of [`spec_hash`]): changing them neither rolls the pods nor makes a pod that
 /// Kubernetes restarts disagree with its peers about the spec (the exchange handshake compares
 /// spec hashes). `initialSavepointPath` stays: the workers read it on the first run.
-pub const OPERATOR_ONLY_FIELDS: [&str; 5] = [
+pub const OPERATOR_ONLY_FIELDS: [&str; 6] = [
     "state",
     "upgradeMode",
     "savepointTriggerNonce",
     "restartNonce",
     "savepointOnDeletion",
+    // Set on the container; values may be sensitive and do not belong in the ConfigMap.
+    "env",
 ];
 
 /// The spec as the workers see it: without [`OPERATOR_ONLY_FIELDS`].
@@ -417,6 +419,7 @@ pub fn children_for_run(
                     .as_deref()
                     .map(|r| env(RESTORE_FROM_ENV, r)),
             )
+            .chain(job.spec.env.iter().cloned())
             .collect(),
         ),
         ports: Some(vec![ContainerPort {

@@ -335,3 +335,31 @@ fn the_run_is_in_the_pod_environment_and_read_back_from_it() {
         Some("OnDelete")
     );
 }
+
+#[test]
+fn spec_env_reaches_the_worker_container_but_not_the_config_map() {
+    let j = job(&format!(
+        "  env:\n    - {{name: AWS_ENDPOINT, value: 'http://minio:9000'}}\n    - name: AWS_SECRET_ACCESS_KEY\n      valueFrom: {{secretKeyRef: {{name: s3, key: secret}}}}\n{STEPS}"
+    ));
+    let c = build(&j);
+    let env = container(&c).env.as_ref().unwrap();
+    let endpoint = env.iter().find(|e| e.name == "AWS_ENDPOINT").unwrap();
+    assert_eq!(endpoint.value.as_deref(), Some("http://minio:9000"));
+    let secret = env
+        .iter()
+        .find(|e| e.name == "AWS_SECRET_ACCESS_KEY")
+        .unwrap();
+    assert_eq!(
+        secret
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap()
+            .name,
+        "s3"
+    );
+    let manifest = &c.config_map.data.as_ref().unwrap()["streamjob.yaml"];
+    assert!(!manifest.contains("AWS_"), "{manifest}");
+}
