@@ -112,7 +112,11 @@ fn parse_resources(s: &str) -> Result<k8s_openapi::api::core::v1::ResourceRequir
 fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STREAMJOB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour codes only on a terminal: pod logs stay plain text.
+    use std::io::IsTerminal as _;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
     if format == "json" {
         builder.json().init();
     } else {
