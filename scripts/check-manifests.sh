@@ -10,7 +10,7 @@ OUT="$(mktemp -d)"; trap 'rm -rf "$OUT"' EXIT
 cargo build -q -p streamjob-operator
 OPERATOR="${CARGO_TARGET_DIR:-target}/debug/streamjob-operator"
 "${KV[@]}" crds/streamjob.yaml
-"${KV[@]}" manifests/kafka/kafka.yaml
+"${KV[@]}" manifests/kafka/kafka.yaml manifests/s3/s3.yaml
 for f in manifests/examples/*.yaml e2e/kind/*.yaml; do
   "$OPERATOR" render "$f" > "$OUT/$(basename "$f")"
   "${KV[@]}" "$OUT/$(basename "$f")"
