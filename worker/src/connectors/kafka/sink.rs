@@ -304,8 +304,9 @@ enum SlotState {
 
 struct Slot {
     transactional_id: Option<String>,
-    producer: BaseProducer<DeliveryReports>,
-    /// Captured after `init_transactions` (two-phase commit only).
+    /// Shared with the thread that initialises it.
+    producer: Arc<BaseProducer<DeliveryReports>>,
+    /// Captured at the first pre-commit (two-phase commit only).
     producer_id: Option<ProducerId>,
     state: SlotState,
 }
@@ -374,8 +375,8 @@ impl<T> KafkaSink<T> {
             Mode::TwoPhase => s.pool_size.max(3),
         };
         let client_id = format!("streamjob-{}-{}", ctx.job_name, ctx.subtask);
-        // Created here (a bad property fails the setup); initialised on first use, after a
-        // restore committed what the restored checkpoint lists.
+        // Created here (a bad property fails the setup); initialised in the background once
+        // a restore committed what the restored checkpoint lists.
         let slots = (0..slots)
             .map(|slot| {
                 let id = prefix
@@ -384,13 +385,17 @@ impl<T> KafkaSink<T> {
                 let producer = create_producer(s, mode, &client_id, id.as_deref())?;
                 Ok(Slot {
                     transactional_id: id,
-                    producer,
+                    producer: Arc::new(producer),
                     producer_id: None,
                     state: SlotState::Free,
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
-        Ok(Writer {
+        let restoring = ctx
+            .checkpoints
+            .as_ref()
+            .is_some_and(|c| c.restored().is_some());
+        let mut writer = Writer {
             settings: s.clone(),
             encode: self.encode.clone(),
             mode,
@@ -400,6 +405,7 @@ impl<T> KafkaSink<T> {
             slots,
             current: 0,
             started: mode == Mode::Plain,
+            init: None,
             fence: BTreeSet::new(),
             key: Vec::new(),
             value: Vec::new(),
@@ -409,7 +415,11 @@ impl<T> KafkaSink<T> {
             in_transaction: 0,
             last_barrier: 0,
             finished: false,
-        })
+        };
+        if !restoring {
+            writer.begin_init();
+        }
+        Ok(writer)
     }
 }
 
@@ -460,28 +470,129 @@ fn create_producer(
         .map_err(|e| format!("cannot create Kafka producer: {e}"))
 }
 
-/// Initialises a transactional producer and, for two-phase commit, waits for its producer id
-/// and epoch.
-fn init_slot(slot: &Slot, want_id: bool) -> Result<Option<ProducerId>, String> {
-    let id = slot.transactional_id.as_deref().unwrap_or_default();
-    // Fences the previous producer with this id and aborts its open transaction.
-    slot.producer
-        .init_transactions(INIT_TIMEOUT)
-        .map_err(|e| format!("cannot initialise Kafka transactions ({id}): {e}"))?;
-    if !want_id {
-        return Ok(None);
+fn coordinators(settings: &Settings, client_id: &str) -> txn_client::Client {
+    txn_client::Client::new(
+        settings.bootstrap_servers(),
+        &format!("{client_id}-recovery"),
+        Instant::now() + INIT_TIMEOUT,
+    )
+}
+
+/// Transactional ids of subtasks >= `parallelism` (with this prefix and pool size) that hold
+/// an open transaction: a run at a higher parallelism that crashed before any of its
+/// checkpoints completed leaves them, and no restored state names them. They would hold back
+/// `read_committed` readers until the broker's transaction timeout. Probes subtask after
+/// subtask until two in a row whose first id the coordinator does not know (every subtask
+/// initialises its whole pool at start; the second one covers a run killed while its subtasks
+/// were still starting).
+fn lingering_ids(
+    settings: &Settings,
+    client_id: &str,
+    parallelism: u32,
+    pool_size: u32,
+) -> Result<Vec<String>, String> {
+    let prefix = settings
+        .transactional_id_prefix
+        .as_deref()
+        .unwrap_or_default();
+    let client = coordinators(settings, client_id);
+    let state = |id: &str| {
+        client
+            .state(id)
+            .map_err(|e| format!("cannot look up Kafka transactional id {id}: {e}"))
+    };
+    let mut open = Vec::new();
+    let mut unknown_in_a_row = 0;
+    for subtask in parallelism..parallelism.saturating_add(1024) {
+        let first = transactional_id(prefix, subtask, 0);
+        match state(&first)? {
+            None => {
+                info!(
+                    "the Kafka brokers do not support DescribeTransactions (Kafka < 3.0): \
+                     transactions left open by a crashed run at a higher parallelism end on \
+                     the broker's transaction timeout"
+                );
+                return Ok(open);
+            }
+            Some(txn_client::TxnState::Unknown) => {
+                unknown_in_a_row += 1;
+                if unknown_in_a_row == 2 {
+                    break;
+                }
+                continue;
+            }
+            Some(s) => {
+                unknown_in_a_row = 0;
+                if s.is_open() {
+                    open.push(first);
+                }
+            }
+        }
+        for slot in 1..pool_size {
+            let id = transactional_id(prefix, subtask, slot);
+            if state(&id)?.is_some_and(|s| s.is_open()) {
+                open.push(id);
+            }
+        }
     }
-    let started = Instant::now();
-    loop {
-        slot.producer.poll(Duration::from_millis(10));
-        if let Some(p) = *slot.producer.context().producer_id.lock().unwrap() {
-            return Ok(Some(p));
+    Ok(open)
+}
+
+/// What a writer's background initialisation needs.
+struct InitJob {
+    settings: Settings,
+    client_id: String,
+    own: Vec<(String, Arc<BaseProducer<DeliveryReports>>)>,
+    fence: Vec<String>,
+    /// Subtask 0 with two-phase commit also aborts what removed subtasks left open.
+    probe: Option<(u32, u32)>,
+}
+
+impl InitJob {
+    /// `init_transactions` on every producer of the pool (fencing their previous incarnations
+    /// and aborting their open transactions) and on the ids to fence, all in parallel.
+    fn run(self) -> Result<(), String> {
+        let mut fence = self.fence;
+        if let Some((parallelism, pool)) = self.probe {
+            fence.extend(lingering_ids(
+                &self.settings,
+                &self.client_id,
+                parallelism,
+                pool,
+            )?);
         }
-        if started.elapsed() > Duration::from_secs(10) {
-            return Err(format!(
-                "librdkafka reported no producer id for {id} in its statistics within 10 s"
-            ));
+        let (settings, client_id) = (&self.settings, &self.client_id);
+        let results: Vec<Result<(), String>> = std::thread::scope(|scope| {
+            let own = self.own.iter().map(|(id, producer)| {
+                scope.spawn(move || {
+                    producer
+                        .init_transactions(INIT_TIMEOUT)
+                        .map_err(|e| format!("cannot initialise Kafka transactions ({id}): {e}"))
+                })
+            });
+            let others = fence.iter().map(|id| {
+                scope.spawn(move || {
+                    let producer = create_producer(settings, Mode::Timed, client_id, Some(id))?;
+                    producer
+                        .init_transactions(INIT_TIMEOUT)
+                        .map_err(|e| format!("cannot fence Kafka transactional id {id}: {e}"))
+                })
+            });
+            let handles: Vec<_> = own.chain(others).collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err("a Kafka producer set-up thread panicked".to_string())
+                    })
+                })
+                .collect()
+        });
+        results.into_iter().collect::<Result<(), String>>()?;
+        if !fence.is_empty() {
+            info!(ids = ?fence, "fenced transactional ids left by an earlier run");
         }
+        Ok(())
     }
 }
 
@@ -495,8 +606,10 @@ struct Writer<T> {
     /// One producer, or the two-phase-commit pool; `current` receives the records.
     slots: Vec<Slot>,
     current: usize,
-    /// Transactional producers are initialised (on first use, after a restore).
+    /// Transactional producers are initialised and a transaction is open.
     started: bool,
+    /// The background initialisation, started at creation or after a restore.
+    init: Option<std::thread::JoinHandle<Result<(), String>>>,
     /// Transactional ids of a restored checkpoint that are not this subtask's own (old
     /// subtasks taken over, a larger old pool, another prefix): initialised once at start to
     /// abort what they left open, then dropped.
@@ -515,8 +628,38 @@ struct Writer<T> {
 }
 
 impl<T> Writer<T> {
-    /// Initialises the transactional producers (in parallel), fences the ids taken over from
-    /// a restored checkpoint, and opens the first transaction.
+    /// Starts initialising the transactional producers in the background (after a restore
+    /// committed what it had to: initialising aborts open transactions).
+    fn begin_init(&mut self) {
+        if self.mode == Mode::Plain || self.init.is_some() {
+            return;
+        }
+        let job = InitJob {
+            settings: self.settings.clone(),
+            client_id: self.client_id.clone(),
+            own: self
+                .slots
+                .iter()
+                .map(|s| {
+                    (
+                        s.transactional_id.clone().unwrap_or_default(),
+                        s.producer.clone(),
+                    )
+                })
+                .collect(),
+            fence: std::mem::take(&mut self.fence).into_iter().collect(),
+            probe: (self.mode == Mode::TwoPhase && self.subtask == 0)
+                .then_some((self.parallelism, self.slots.len() as u32)),
+        };
+        self.init = Some(
+            std::thread::Builder::new()
+                .name(format!("kafka-sink-init-{}", self.subtask))
+                .spawn(move || job.run())
+                .expect("spawn a thread"),
+        );
+    }
+
+    /// Waits for the initialisation and opens the first transaction.
     fn start(&mut self) -> Result<(), BoxError> {
         if self.started {
             return Ok(());
@@ -524,54 +667,48 @@ impl<T> Writer<T> {
         if self.mode == Mode::TwoPhase {
             txn_client::check_security(self.settings.effective("security.protocol"))?;
         }
-        if self.mode == Mode::TwoPhase && self.subtask == 0 {
-            let lingering = self.lingering_ids()?;
-            self.fence.extend(lingering);
-        }
-        let want_id = self.mode == Mode::TwoPhase;
-        let fence: Vec<String> = std::mem::take(&mut self.fence).into_iter().collect();
-        let (settings, client_id) = (&self.settings, &self.client_id);
-        let (ids, fenced) = std::thread::scope(|scope| {
-            let own: Vec<_> = self
-                .slots
-                .iter()
-                .map(|slot| scope.spawn(move || init_slot(slot, want_id)))
-                .collect();
-            let others: Vec<_> = fence
-                .iter()
-                .map(|id| {
-                    scope.spawn(move || {
-                        let producer = create_producer(settings, Mode::Timed, client_id, Some(id))?;
-                        producer
-                            .init_transactions(INIT_TIMEOUT)
-                            .map_err(|e| format!("cannot fence Kafka transactional id {id}: {e}"))
-                    })
-                })
-                .collect();
-            fn join<R>(
-                h: std::thread::ScopedJoinHandle<'_, Result<R, String>>,
-            ) -> Result<R, String> {
-                h.join()
-                    .unwrap_or_else(|_| Err("a Kafka producer set-up thread panicked".to_string()))
-            }
-            (
-                own.into_iter().map(join).collect::<Vec<_>>(),
-                others.into_iter().map(join).collect::<Vec<_>>(),
-            )
-        });
-        for (slot, id) in self.slots.iter_mut().zip(ids) {
-            slot.producer_id = id?;
-        }
-        for r in fenced {
-            r?;
-        }
-        if !fence.is_empty() {
-            info!(ids = ?fence, "fenced the transactional ids of a restored checkpoint");
+        self.begin_init();
+        if let Some(init) = self.init.take() {
+            init.join()
+                .unwrap_or_else(|_| Err("the Kafka sink's set-up thread panicked".into()))?;
         }
         self.current = 0;
         self.open_transaction()?;
         self.started = true;
         Ok(())
+    }
+
+    /// The producer id and epoch of a two-phase-commit producer, from librdkafka's
+    /// statistics (reported every `STATS_INTERVAL_MS` once the id is assigned).
+    fn producer_id(&mut self, slot: usize) -> Result<ProducerId, BoxError> {
+        let s = &mut self.slots[slot];
+        let started = Instant::now();
+        loop {
+            let reported = *s.producer.context().producer_id.lock().unwrap();
+            match (s.producer_id, reported) {
+                (Some(known), Some(now)) if known == now => return Ok(known),
+                (Some(known), now) => {
+                    return Err(format!(
+                        "the Kafka producer {} changed its producer id or epoch \
+                         ({known:?} -> {now:?})",
+                        s.transactional_id.as_deref().unwrap_or_default()
+                    )
+                    .into());
+                }
+                (None, Some(now)) => {
+                    s.producer_id = Some(now);
+                    return Ok(now);
+                }
+                (None, None) if started.elapsed() > Duration::from_secs(10) => {
+                    return Err(format!(
+                        "librdkafka reported no producer id for {} in its statistics within 10 s",
+                        s.transactional_id.as_deref().unwrap_or_default()
+                    )
+                    .into());
+                }
+                (None, None) => s.producer.poll(Duration::from_millis(10)),
+            }
+        }
     }
 
     fn open_transaction(&mut self) -> Result<(), BoxError> {
@@ -714,17 +851,7 @@ impl<T> Writer<T> {
             let cur = self.current;
             // Every record of the transaction acknowledged: only the commit is left.
             self.flush_all(cur)?;
-            let slot = &self.slots[cur];
-            let reported = *slot.producer.context().producer_id.lock().unwrap();
-            if reported != slot.producer_id {
-                return Err(format!(
-                    "the Kafka producer {} changed its producer id or epoch mid-transaction \
-                     ({:?} -> {reported:?})",
-                    slot.transactional_id.as_deref().unwrap_or_default(),
-                    slot.producer_id
-                )
-                .into());
-            }
+            self.producer_id(cur)?;
             let next = self
                 .slots
                 .iter()
@@ -751,51 +878,6 @@ impl<T> Writer<T> {
         Ok(())
     }
 
-    fn coordinators(&self) -> txn_client::Client {
-        txn_client::Client::new(
-            self.settings.bootstrap_servers(),
-            &format!("{}-recovery", self.client_id),
-            Instant::now() + INIT_TIMEOUT,
-        )
-    }
-
-    /// Transactional ids of subtasks >= the parallelism (with this prefix and pool size) that
-    /// hold an open transaction: a run at a higher parallelism that crashed before any of its
-    /// checkpoints completed leaves them, and no restored state names them. They would hold
-    /// back `read_committed` readers until the broker's transaction timeout. Probes subtask
-    /// after subtask until one whose first id the coordinator does not know.
-    fn lingering_ids(&self) -> Result<Vec<String>, BoxError> {
-        let prefix = self
-            .settings
-            .transactional_id_prefix
-            .as_deref()
-            .unwrap_or_default();
-        let client = self.coordinators();
-        let mut open = Vec::new();
-        for subtask in self.parallelism..self.parallelism.saturating_add(1024) {
-            for slot in 0..self.slots.len() as u32 {
-                let id = transactional_id(prefix, subtask, slot);
-                let state = client
-                    .state(&id)
-                    .map_err(|e| format!("cannot look up Kafka transactional id {id}: {e}"))?;
-                match state {
-                    None => {
-                        info!(
-                            "the Kafka brokers do not support DescribeTransactions (Kafka < 3.0): \
-                             transactions left open by a crashed run at a higher parallelism \
-                             end on the broker's transaction timeout"
-                        );
-                        return Ok(open);
-                    }
-                    Some(txn_client::TxnState::Unknown) if slot == 0 => return Ok(open),
-                    Some(s) if s.is_open() => open.push(id),
-                    Some(_) => {}
-                }
-            }
-        }
-        Ok(open)
-    }
-
     /// Commits the transactions a restored checkpoint lists and remembers which ids to fence.
     fn recover(&mut self, old_subtask: u32, bytes: &[u8]) -> Result<(), BoxError> {
         if bytes.is_empty() {
@@ -813,7 +895,7 @@ impl<T> Writer<T> {
         if !state.pending.is_empty() {
             txn_client::check_security(self.settings.effective("security.protocol"))?;
         }
-        let client = self.coordinators();
+        let client = coordinators(&self.settings, &self.client_id);
         for p in &state.pending {
             let txn = txn_client::Txn {
                 transactional_id: p.transactional_id.clone(),
@@ -883,7 +965,7 @@ impl<T: Send> SinkWriter<T> for Writer<T> {
     }
 
     fn restore_from_all(&mut self, states: &[(u32, Vec<u8>)]) -> Result<bool, BoxError> {
-        if self.started && self.mode != Mode::Plain {
+        if self.init.is_some() || (self.started && self.mode != Mode::Plain) {
             return Err("internal error: Kafka sink restored after it started".into());
         }
         for (old_subtask, bytes) in states {
@@ -899,6 +981,7 @@ impl<T: Send> SinkWriter<T> for Writer<T> {
                     .map_err(|e| format!("cannot fence Kafka transactional id {id}: {e}"))?;
             }
         }
+        self.begin_init();
         Ok(true)
     }
 

@@ -79,8 +79,14 @@ fn read_committed(topic: &str) -> Vec<String> {
     out
 }
 
-fn ctx(subtask: u32, parallelism: u32) -> SubtaskContext {
+/// A subtask's context with checkpointing on; `restoring`: the run restores a checkpoint (the
+/// writer then waits for `restore_from_all` before it initialises its producers).
+fn ctx(subtask: u32, parallelism: u32, restoring: bool) -> SubtaskContext {
     let dir = std::env::temp_dir().join(unique("sj-sink-chk"));
+    if restoring {
+        std::fs::create_dir_all(dir.join("chk-1")).unwrap();
+        std::fs::write(dir.join("chk-1/_metadata"), "{}").unwrap();
+    }
     let config = CheckpointConfig {
         interval: Duration::from_secs(1),
         dir,
@@ -97,12 +103,21 @@ fn ctx(subtask: u32, parallelism: u32) -> SubtaskContext {
         batch_size: 1024,
         buffer_timeout: Duration::from_millis(5),
         cancel: CancelFlag::default(),
-        // Only tells the sink that checkpointing is on.
+        // Only tells the sink that checkpointing is on and whether a restore follows.
         checkpoints: Some(Arc::new(Coordinator::new(&config, 1).unwrap())),
     }
 }
 
 fn writer(prefix: &str, topic: &str, subtask: u32, parallelism: u32) -> Writer<String> {
+    new_writer(prefix, topic, ctx(subtask, parallelism, false))
+}
+
+/// A writer of a run that restores: `restore_from_all` comes next.
+fn restoring(prefix: &str, topic: &str, subtask: u32, parallelism: u32) -> Writer<String> {
+    new_writer(prefix, topic, ctx(subtask, parallelism, true))
+}
+
+fn sink(prefix: &str, topic: &str) -> KafkaSink<String> {
     KafkaSink::builder()
         .bootstrap_servers(&broker())
         .topic(topic)
@@ -110,8 +125,14 @@ fn writer(prefix: &str, topic: &str, subtask: u32, parallelism: u32) -> Writer<S
         .transactional_id_prefix(prefix)
         .transaction_timeout(Duration::from_secs(120))
         .build()
-        .writer(&ctx(subtask, parallelism))
-        .unwrap()
+}
+
+fn first_settings(prefix: &str, topic: &str) -> Settings {
+    sink(prefix, topic).settings
+}
+
+fn new_writer(prefix: &str, topic: &str, ctx: SubtaskContext) -> Writer<String> {
+    sink(prefix, topic).writer(&ctx).unwrap()
 }
 
 fn lines(tag: &str, n: usize) -> Vec<String> {
@@ -152,14 +173,18 @@ fn a_pre_committed_transaction_of_a_dead_process_is_committed_by_the_restored_wr
     crash(first);
     assert_eq!(read_committed(&topic), Vec::<String>::new());
 
-    // Restart 1 commits the a's and dies before initialising its producers.
-    let mut restart = writer(&prefix, &topic, 0, 1);
+    // A restart that committed the a's and died before initialising its producers: the
+    // next one commits them again, which the coordinator accepts (already committed).
+    let txn = txn_client::Txn {
+        transactional_id: parsed.pending[0].transactional_id.clone(),
+        producer_id: parsed.pending[0].producer_id,
+        producer_epoch: parsed.pending[0].producer_epoch,
+    };
+    let client = coordinators(&first_settings(&prefix, &topic), "test");
+    assert_eq!(client.commit(&txn).unwrap(), Committed::Now);
+    let mut restart = restoring(&prefix, &topic, 0, 1);
     assert!(restart.restore_from_all(&[(0, state.clone())]).unwrap());
-    drop(restart);
-    // Restart 2 finds them committed already (a retried commit is fine), then aborts the
-    // b's by initialising the pool and carries on.
-    let mut restart = writer(&prefix, &topic, 0, 1);
-    assert!(restart.restore_from_all(&[(0, state.clone())]).unwrap());
+    // Initialising the pool aborts the b's.
     restart.flush().unwrap();
     write(&mut restart, &lines("c", 10));
     restart.snapshot(2).unwrap();
@@ -170,7 +195,7 @@ fn a_pre_committed_transaction_of_a_dead_process_is_committed_by_the_restored_wr
 
     // Restoring checkpoint 1 once more: its transaction's epoch is fenced now, which means
     // it was ended before; nothing is committed twice.
-    let mut again = writer(&prefix, &topic, 0, 1);
+    let mut again = restoring(&prefix, &topic, 0, 1);
     assert!(again.restore_from_all(&[(0, state)]).unwrap());
     again.finish().unwrap();
     assert_eq!(read_committed(&topic), expected);
@@ -193,7 +218,7 @@ fn a_committed_producer_takes_no_new_transaction_until_a_later_checkpoint_comple
     write(&mut w, &lines("c", 10));
     // Checkpoint 2 never completes; the job restarts from checkpoint 1.
     crash(w);
-    let mut r = writer(&prefix, &topic, 0, 1);
+    let mut r = restoring(&prefix, &topic, 0, 1);
     r.restore_from_all(&[(0, first)]).unwrap();
     r.flush().unwrap();
     assert_eq!(read_committed(&topic), lines("a", 10));
@@ -246,7 +271,7 @@ fn a_smaller_parallelism_commits_and_fences_what_removed_subtasks_left() {
     }
     states.sort();
     // Restored at parallelism 2: subtask 0 also takes over old subtask 2.
-    let mut restored: Vec<_> = (0..2).map(|s| writer(&prefix, &topic, s, 2)).collect();
+    let mut restored: Vec<_> = (0..2).map(|s| restoring(&prefix, &topic, s, 2)).collect();
     for w in &mut restored {
         assert!(w.restore_from_all(&states).unwrap());
     }
@@ -258,4 +283,25 @@ fn a_smaller_parallelism_commits_and_fences_what_removed_subtasks_left() {
     let mut expected: Vec<String> = (0..3).flat_map(|s| lines(&format!("s{s}-"), 20)).collect();
     expected.sort();
     assert_eq!(seen, expected);
+}
+
+#[test]
+fn subtask_0_aborts_what_a_crashed_run_at_a_higher_parallelism_left_open() {
+    let (topic, prefix) = (unique("eo-linger"), unique("tx"));
+    create_topic(&topic);
+    // A run at parallelism 4 dies before any checkpoint completed: no state names its ids.
+    let mut gone: Vec<_> = (2..4).map(|s| writer(&prefix, &topic, s, 4)).collect();
+    gone[1].flush().unwrap();
+    write(&mut gone[1], &lines("lost", 5));
+    gone.into_iter().for_each(crash);
+    // The next run, at parallelism 2, commits something behind that open transaction...
+    let mut one = writer(&prefix, &topic, 1, 2);
+    write(&mut one, &lines("x", 3));
+    one.snapshot(1).unwrap();
+    one.notify_checkpoint_complete(1).unwrap();
+    assert_eq!(read_committed(&topic), Vec::<String>::new(), "held back");
+    // ...and its subtask 0 finds and aborts it.
+    let mut zero = writer(&prefix, &topic, 0, 2);
+    zero.flush().unwrap();
+    assert_eq!(read_committed(&topic), lines("x", 3));
 }
