@@ -111,9 +111,11 @@ fn produce(topic: &str, partitions: i32, lines: &[String]) {
     producer.flush(Duration::from_secs(30)).unwrap();
 }
 
-/// Every record currently in `topic` as (key, payload, partition), read with the given
-/// isolation level.
-fn consume_all(topic: &str, read_committed: bool) -> Vec<(Option<String>, String, i32)> {
+/// A record as (key, payload, partition).
+type Record = (Option<String>, String, i32);
+
+/// Every record currently in `topic`, read with the given isolation level.
+fn consume_all(topic: &str, read_committed: bool) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", broker())
         .set("group.id", unique("check"))
@@ -286,7 +288,7 @@ fn run(spec: &Path) -> (bool, String) {
 
 /// Final count per word, checking running counts per word are 1, 2, 3, ... in order and
 /// every word stays in one partition (keyed by word).
-fn finals(records: &[(Option<String>, String, i32)]) -> BTreeMap<String, u64> {
+fn finals(records: &[Record]) -> BTreeMap<String, u64> {
     let mut last: BTreeMap<String, (u64, i32)> = BTreeMap::new();
     for (key, payload, partition) in records {
         let v: serde_json::Value = serde_json::from_str(payload).unwrap();
@@ -737,7 +739,7 @@ fn checkpointed_counts_continue_exactly_after_rescaling_2_to_3() {
 }
 
 /// A checkpointed Kafka -> keyBy -> reduce (count per word) -> Kafka job, started as a
-/// `streamjob run` child process and SIGKILLed at a random point (150-1350 ms after its start)
+/// `streamjob run` child process and SIGKILLed at a random point (200-2000 ms after its start)
 /// `kills` times, each run restoring from the checkpoint its killed predecessor left; then a
 /// last run reads to the end. Runs alternate between parallelism 2 and 3, so every restore
 /// rescales. Returns the output as a reader with the given isolation level sees it, and the
@@ -754,7 +756,7 @@ fn kill_and_finish(
     read_committed: bool,
     kills: u32,
     seed: u64,
-) -> (Vec<(Option<String>, String, i32)>, BTreeMap<String, u64>) {
+) -> (Vec<Record>, BTreeMap<String, u64>) {
     let (input, output) = (
         unique(&format!("{name}-in")),
         unique(&format!("{name}-out")),
@@ -799,7 +801,7 @@ fn kill_and_finish(
         x = x
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        std::thread::sleep(Duration::from_millis(150 + (x >> 33) % 1200));
+        std::thread::sleep(Duration::from_millis(200 + (x >> 33) % 1800));
         if let Some(status) = job.try_wait().unwrap() {
             let log = std::fs::read_to_string(&log).unwrap_or_default();
             panic!("run {run} ended by itself ({status}) before it was killed: {log}");

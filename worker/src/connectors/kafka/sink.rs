@@ -9,34 +9,39 @@
 //! - `exactly-once` with checkpointing: two-phase commit (Flink's `KafkaSink`). Each subtask
 //!   has a small pool of transactional producers with stable ids
 //!   `<prefix>-<subtask>-<slot>`, so a restart knows every id this subtask could have used.
-//!   At the barrier of checkpoint n the open transaction is pre-committed (flushed: every
-//!   record acknowledged), recorded in the checkpoint with its producer id and epoch, and
-//!   writing continues in a transaction on the next free producer of the pool (already
-//!   initialised, so the switch costs the flush only). When checkpoint n is complete, every
-//!   pending transaction of a checkpoint <= n commits (a failed checkpoint never completes, so
-//!   a later one commits its transaction too). A committed producer takes a new transaction
-//!   only after a later checkpoint completed: until then the checkpoints that list its
-//!   previous transaction may be restored, and the restore must not commit the new one
-//!   (both have the same producer id and epoch). If every producer holds a transaction of a
-//!   checkpoint that has not completed, the checkpoint fails with an error naming the pool
-//!   size (`producer_pool_size`).
+//!   They are created and initialised (`init_transactions`, in parallel, in the background)
+//!   when the job starts. At the barrier of checkpoint n the open transaction is
+//!   pre-committed (flushed: every record acknowledged), recorded in the checkpoint with its
+//!   producer id and epoch, and writing continues in a transaction on the next free producer
+//!   of the pool (ready, so the switch costs the flush only). When checkpoint n is complete,
+//!   every pending transaction of a checkpoint <= n commits (a failed checkpoint never
+//!   completes, so a later one commits its transaction too). A committed producer takes a new
+//!   transaction only after a later checkpoint completed: until then the checkpoints that
+//!   list its previous transaction may be restored, and the restore must not commit the new
+//!   one (both have the same producer id and epoch). If no producer is free, the checkpoint
+//!   fails with an error naming the pool size (`producer_pool_size`).
 //!
-//!   A restore first commits the transactions listed in the restored checkpoint — its
+//!   A restore first commits the transactions listed in the restored checkpoint: its
 //!   completion means they must become visible, and the process that pre-committed them may
 //!   have died before committing. librdkafka cannot resume another process's transaction, so
-//!   the sink asks the transaction coordinator itself (see `txn_client`) with the
-//!   producer id and epoch it recorded (librdkafka reports them in its statistics, `eos`
-//!   section). Only then does it initialise the pool's ids, which aborts whatever transaction
-//!   began after the checkpoint (those records are written again). With a smaller
-//!   parallelism, subtask `i` also takes over the checkpointed transactions and ids of old
-//!   subtasks `j >= parallelism` with `j % parallelism == i`.
+//!   the sink asks the transaction coordinator itself (`FindCoordinator` + `EndTxn`, see
+//!   `txn_client`) with the producer id and epoch it recorded (librdkafka reports them in its
+//!   statistics, `eos` section). A fenced epoch means an earlier restore committed it. Only
+//!   then does it initialise the pool's ids, which aborts whatever transaction began after
+//!   the checkpoint (those records are written again). With a smaller parallelism, subtask
+//!   `i` also commits the checkpointed transactions and fences the ids of old subtasks
+//!   `j >= parallelism` with `j % parallelism == i`; and subtask 0 looks up the ids of
+//!   subtasks >= parallelism (`DescribeTransactions`, Kafka 3.0+) and fences those with an
+//!   open transaction, which a run at a higher parallelism that crashed before completing a
+//!   checkpoint leaves (no restored state names them).
 //!
 //!   Limits: the transaction timeout (`transactionTimeoutMs`) must outlast a checkpoint
 //!   interval plus a restart, or the broker aborts a pending transaction first (its output is
-//!   then lost, and the restore cannot tell); the end of a bounded input commits what is
-//!   pending before the job's final checkpoint is written, so a crash in between repeats the
-//!   records after the last complete checkpoint; recovery connects in plaintext only (TLS or
-//!   SASL make the sink refuse to start in this mode).
+//!   then lost, and the restore cannot tell). At the end of a bounded input the sink commits
+//!   what is pending and its last transaction, because nothing tells it when the job's final
+//!   checkpoint is durable (the executor writes it after every task ended): a crash between
+//!   the two repeats the records after the last complete checkpoint. Recovery connects in
+//!   plaintext only (TLS or SASL make the sink refuse to start in this mode).
 //! - `exactly-once` without checkpointing: one transactional producer per subtask
 //!   (`<prefix>-<subtask>-0`); the transaction commits every `commitIntervalMs` and at end of
 //!   input. A restarted job fences the old producer and its open transaction is aborted: a
@@ -369,6 +374,9 @@ impl<T> KafkaSink<T> {
                     .ok_or("exactly-once needs a transactionalIdPrefix")?,
             ),
         };
+        if mode == Mode::TwoPhase {
+            txn_client::check_security(s.effective("security.protocol"))?;
+        }
         let slots = match mode {
             Mode::Plain => 1,
             Mode::Timed => 1,
@@ -663,9 +671,6 @@ impl<T> Writer<T> {
     fn start(&mut self) -> Result<(), BoxError> {
         if self.started {
             return Ok(());
-        }
-        if self.mode == Mode::TwoPhase {
-            txn_client::check_security(self.settings.effective("security.protocol"))?;
         }
         self.begin_init();
         if let Some(init) = self.init.take() {

@@ -100,6 +100,9 @@ pub(crate) fn check_security(protocol: Option<&str>) -> Result<(), String> {
     }
 }
 
+/// (api key, lowest version, highest version) of each request a broker supports.
+type ApiVersions = Vec<(i16, i16, i16)>;
+
 /// One try of a request: done, worth another try, or failed for good.
 enum Attempt<R> {
     Done(R),
@@ -197,8 +200,8 @@ impl Conn {
         Ok(resp[r.pos..].to_vec())
     }
 
-    /// The (api key, lowest, highest version) ranges the broker supports.
-    fn api_versions(&mut self, deadline: Instant) -> Result<Vec<(i16, i16, i16)>, String> {
+    /// The requests the broker supports.
+    fn api_versions(&mut self, deadline: Instant) -> Result<ApiVersions, String> {
         let resp = self.call(API_VERSIONS, 0, false, &[], deadline)?;
         let mut r = Reader::new(&resp);
         let error = r.i16()?;
@@ -372,7 +375,7 @@ impl Client {
 
     /// A connection to the coordinator of `transactional_id` and the API versions of the
     /// cluster (as a bootstrap broker reports them).
-    fn coordinator(&self, transactional_id: &str) -> Attempt<(Conn, Vec<(i16, i16, i16)>)> {
+    fn coordinator(&self, transactional_id: &str) -> Attempt<(Conn, ApiVersions)> {
         let mut conn = None;
         let mut last = String::new();
         for b in &self.bootstrap {
