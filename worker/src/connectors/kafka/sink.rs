@@ -54,7 +54,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Message as _};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use serde::{Deserialize, Serialize};
@@ -446,6 +446,10 @@ fn create_producer(
     match (mode, transactional_id) {
         (_, Some(id)) => {
             ours.push(("transactional.id", id.to_string()));
+            // Connect to the brokers right away: with sparse connections the transaction
+            // coordinator lookup of `init_transactions` often finds no usable connection yet
+            // and retries after 500 ms.
+            ours.push(("enable.sparse.connections", "false".into()));
             let timeout = s.transaction_timeout.unwrap_or(match mode {
                 Mode::TwoPhase => Duration::from_secs(900),
                 // Longer than the commit interval, so an open transaction is not expired by
@@ -604,6 +608,20 @@ impl InitJob {
     }
 }
 
+/// Waits until every record sent by `producer` is acknowledged (or failed), serving delivery
+/// callbacks. rdkafka's `flush` waits in steps of 100 ms (its poll keeps waiting until the
+/// timeout even after events arrived), which would add up to 100 ms to every checkpoint.
+fn flush(producer: &BaseProducer<DeliveryReports>, timeout: Duration) -> KafkaResult<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match producer.flush(Duration::from_millis(1)) {
+            Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut))
+                if Instant::now() < deadline => {}
+            done => return done,
+        }
+    }
+}
+
 struct Writer<T> {
     settings: Settings,
     encode: Encode<T>,
@@ -673,10 +691,15 @@ impl<T> Writer<T> {
             return Ok(());
         }
         self.begin_init();
+        let waited = Instant::now();
         if let Some(init) = self.init.take() {
             init.join()
                 .unwrap_or_else(|_| Err("the Kafka sink's set-up thread panicked".into()))?;
         }
+        debug!(
+            waited_ms = waited.elapsed().as_millis() as u64,
+            "Kafka sink producers ready"
+        );
         self.current = 0;
         self.open_transaction()?;
         self.started = true;
@@ -747,22 +770,19 @@ impl<T> Writer<T> {
     }
 
     fn flush_all(&self, slot: usize) -> Result<(), BoxError> {
-        self.slots[slot]
-            .producer
-            .flush(FINISH_TIMEOUT)
-            .map_err(|e| {
-                format!(
-                    "Kafka sink to '{}': cannot deliver every record: {e}",
-                    self.settings.topic
-                )
-            })?;
+        flush(&self.slots[slot].producer, FINISH_TIMEOUT).map_err(|e| {
+            format!(
+                "Kafka sink to '{}': cannot deliver every record: {e}",
+                self.settings.topic
+            )
+        })?;
         self.check_slot(slot)
     }
 
     fn commit_transaction(&mut self) -> Result<(), BoxError> {
-        self.slots[self.current]
-            .producer
-            .commit_transaction(FINISH_TIMEOUT)
+        let producer = &self.slots[self.current].producer;
+        flush(producer, FINISH_TIMEOUT)
+            .and_then(|()| producer.commit_transaction(FINISH_TIMEOUT))
             .map_err(|e| format!("cannot commit the Kafka transaction: {e}"))?;
         info!(records = self.in_transaction, "committed Kafka transaction");
         self.in_transaction = 0;
@@ -854,9 +874,16 @@ impl<T> Writer<T> {
     fn pre_commit(&mut self, checkpoint: u64) -> Result<(), BoxError> {
         if self.in_transaction > 0 {
             let cur = self.current;
+            let started = Instant::now();
             // Every record of the transaction acknowledged: only the commit is left.
             self.flush_all(cur)?;
             self.producer_id(cur)?;
+            debug!(
+                checkpoint,
+                records = self.in_transaction,
+                flush_ms = started.elapsed().as_millis() as u64,
+                "pre-committed Kafka transaction"
+            );
             let next = self
                 .slots
                 .iter()
