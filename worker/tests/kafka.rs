@@ -741,9 +741,9 @@ fn checkpointed_counts_continue_exactly_after_rescaling_2_to_3() {
 /// A checkpointed Kafka -> keyBy -> reduce (count per word) -> Kafka job, started as a
 /// `streamjob run` child process and SIGKILLed at a random point (200-2000 ms after its start)
 /// `kills` times, each run restoring from the checkpoint its killed predecessor left; then a
-/// last run reads to the end. Runs alternate between parallelism 2 and 3, so every restore
-/// rescales. Returns the output as a reader with the given isolation level sees it, and the
-/// expected final count per word.
+/// last run reads to the end. 25k more words arrive before each run. Runs alternate between
+/// parallelism 2 and 3, so every restore rescales. Returns the output as a reader with the
+/// given isolation level sees it, and the expected final count per word.
 ///
 /// The killed runs read the input unbounded: they never reach its end, where a bounded run
 /// commits its last transactions before the job's final checkpoint is written (the executor
@@ -763,8 +763,16 @@ fn kill_and_finish(
     );
     create_topic(&input, 4);
     create_topic(&output, 3);
-    let (lines, expected) = text(40_000, seed);
-    produce(&input, 4, &lines);
+    let mut expected = BTreeMap::new();
+    // Input keeps arriving: a chunk before every run, so every run has records in flight
+    // when it is killed.
+    let mut more_input = |chunk: u64| {
+        let (lines, counts) = text(5_000, seed * 100 + chunk);
+        produce(&input, 4, &lines);
+        for (w, c) in counts {
+            *expected.entry(w).or_insert(0) += c;
+        }
+    };
     let dir = tmp(name);
     let group = unique("g");
     let spec_of_run = |run: u32| {
@@ -791,6 +799,7 @@ fn kill_and_finish(
     };
     let mut x = seed;
     for run in 0..kills {
+        more_input(u64::from(run));
         let log = dir.join(format!("run-{run}.log"));
         let mut job = Command::new(BIN)
             .arg("run")
