@@ -190,11 +190,17 @@ impl<T: 'static> SinkOp<T> {
         };
         let mut writer = sink.create_writer(ctx).map_err(|e| setup(&e))?;
         if let Some(c) = &ctx.checkpoints
-            && let Some(state) = c
-                .restored_state(&ctx.uid, ctx.subtask)
-                .map_err(|e| setup(&e))?
+            && c.restored().is_some()
         {
-            writer.restore(&state).map_err(|e| setup(&e))?;
+            // Every old subtask's snapshot: after a rescale, someone must finish what the
+            // subtasks that no longer exist left (e.g. pending Kafka transactions).
+            let mut all = c.restored_states(&ctx.uid).map_err(|e| setup(&e))?;
+            all.sort_unstable_by_key(|(subtask, _)| *subtask);
+            if !writer.restore_from_all(&all).map_err(|e| setup(&e))?
+                && let Some((_, own)) = all.iter().find(|(s, _)| *s == ctx.subtask)
+            {
+                writer.restore(own).map_err(|e| setup(&e))?;
+            }
         }
         Ok(SinkOp {
             writer,

@@ -111,9 +111,11 @@ fn produce(topic: &str, partitions: i32, lines: &[String]) {
     producer.flush(Duration::from_secs(30)).unwrap();
 }
 
-/// Every record currently in `topic` as (key, payload, partition), read with the given
-/// isolation level.
-fn consume_all(topic: &str, read_committed: bool) -> Vec<(Option<String>, String, i32)> {
+/// A record as (key, payload, partition).
+type Record = (Option<String>, String, i32);
+
+/// Every record currently in `topic`, read with the given isolation level.
+fn consume_all(topic: &str, read_committed: bool) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", broker())
         .set("group.id", unique("check"))
@@ -286,7 +288,7 @@ fn run(spec: &Path) -> (bool, String) {
 
 /// Final count per word, checking running counts per word are 1, 2, 3, ... in order and
 /// every word stays in one partition (keyed by word).
-fn finals(records: &[(Option<String>, String, i32)]) -> BTreeMap<String, u64> {
+fn finals(records: &[Record]) -> BTreeMap<String, u64> {
     let mut last: BTreeMap<String, (u64, i32)> = BTreeMap::new();
     for (key, payload, partition) in records {
         let v: serde_json::Value = serde_json::from_str(payload).unwrap();
@@ -734,4 +736,132 @@ fn checkpointed_counts_continue_exactly_after_rescaling_2_to_3() {
     // Running counts are 1..n per word across both runs: nothing replayed or lost, and the
     // restored state moved to the new owners of its key groups.
     assert_eq!(finals(&consume_all(&output, false)), expected);
+}
+
+/// A checkpointed Kafka -> keyBy -> reduce (count per word) -> Kafka job, started as a
+/// `streamjob run` child process and SIGKILLed at a random point (200-2000 ms after its start)
+/// `kills` times, each run restoring from the checkpoint its killed predecessor left; then a
+/// last run reads to the end. 25k more words arrive before each run. Runs alternate between
+/// parallelism 2 and 3, so every restore rescales. Returns the output as a reader with the
+/// given isolation level sees it, and the expected final count per word.
+///
+/// The killed runs read the input unbounded: they never reach its end, where a bounded run
+/// commits its last transactions before the job's final checkpoint is written (the executor
+/// writes it after every task ended; a kill in between repeats the records after the last
+/// complete checkpoint — a gap the runtime must close, see the sink's module docs). The last
+/// run is bounded and ends by itself.
+fn kill_and_finish(
+    name: &str,
+    sink_extra: &str,
+    read_committed: bool,
+    kills: u32,
+    seed: u64,
+) -> (Vec<Record>, BTreeMap<String, u64>) {
+    let (input, output) = (
+        unique(&format!("{name}-in")),
+        unique(&format!("{name}-out")),
+    );
+    create_topic(&input, 4);
+    create_topic(&output, 3);
+    let mut expected = BTreeMap::new();
+    // Input keeps arriving: a chunk before every run, so every run has records in flight
+    // when it is killed.
+    let mut more_input = |chunk: u64| {
+        let (lines, counts) = text(5_000, seed * 100 + chunk);
+        produce(&input, 4, &lines);
+        for (w, c) in counts {
+            *expected.entry(w).or_insert(0) += c;
+        }
+    };
+    let dir = tmp(name);
+    let group = unique("g");
+    let spec_of_run = |run: u32| {
+        let spec = write_job(
+            &dir,
+            &Job {
+                parallelism: 2 + run % 2,
+                sink_extra,
+                ..Job::new(&input, &output, &group)
+            },
+        );
+        let mut yaml = std::fs::read_to_string(&spec).unwrap().replace(
+            "  steps:\n",
+            &format!(
+                "  checkpointing: {{intervalMs: 150, directory: {}, retained: 2}}\n  steps:\n",
+                dir.join("chk").display()
+            ),
+        );
+        if run < kills {
+            yaml = yaml.replace("          bounded: true\n", "");
+        }
+        std::fs::write(&spec, yaml).unwrap();
+        spec
+    };
+    let mut x = seed;
+    for run in 0..kills {
+        more_input(u64::from(run));
+        let log = dir.join(format!("run-{run}.log"));
+        let mut job = Command::new(BIN)
+            .arg("run")
+            .arg(spec_of_run(run))
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        std::thread::sleep(Duration::from_millis(200 + (x >> 33) % 1800));
+        if let Some(status) = job.try_wait().unwrap() {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!("run {run} ended by itself ({status}) before it was killed: {log}");
+        }
+        job.kill().unwrap(); // SIGKILL: no cleanup of any kind
+        job.wait().unwrap();
+    }
+    let (ok, err) = run(&spec_of_run(kills));
+    assert!(ok, "the last run failed: {err}");
+    (consume_all(&output, read_committed), expected)
+}
+
+/// Exactly once across crashes: the sink pre-commits a Kafka transaction per checkpoint and
+/// commits it when the checkpoint completes; a restart commits the transactions of the
+/// restored checkpoint its killed predecessor did not get to, and aborts the rest. A
+/// `read_committed` reader sees every word's running counts 1..n once, in order.
+#[test]
+fn exactly_once_counts_survive_ten_sigkills_at_random_points() {
+    let extra = format!(
+        "          deliveryGuarantee: exactly-once\n          transactionalIdPrefix: {}",
+        unique("tx")
+    );
+    let (records, expected) = kill_and_finish("eo-kill", &extra, true, 10, 40);
+    let total: u64 = expected.values().sum();
+    assert_eq!(records.len() as u64, total);
+    assert_eq!(finals(&records), expected);
+}
+
+/// The same job at least once: after the kills nothing is missing (every running count
+/// 1..n of every word), though counts after a restored checkpoint may repeat.
+#[test]
+fn at_least_once_counts_survive_ten_sigkills_with_nothing_missing() {
+    let extra = "          deliveryGuarantee: at-least-once";
+    let (records, expected) = kill_and_finish("alo-kill", extra, false, 10, 50);
+    let mut seen: BTreeMap<String, std::collections::BTreeSet<u64>> = BTreeMap::new();
+    for (_, payload, _) in &records {
+        let v: serde_json::Value = serde_json::from_str(payload).unwrap();
+        seen.entry(v["word"].as_str().unwrap().to_string())
+            .or_default()
+            .insert(v["count"].as_u64().unwrap());
+    }
+    assert_eq!(seen.len(), expected.len());
+    for (w, n) in &expected {
+        assert!(
+            seen[w].iter().copied().eq(1..=*n),
+            "{w}: running counts are not 1..={n}"
+        );
+    }
+    assert!(
+        records.len() as u64 >= expected.values().sum::<u64>(),
+        "{} records",
+        records.len()
+    );
 }

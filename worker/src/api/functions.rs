@@ -152,6 +152,15 @@ pub trait SinkWriter<T>: Send {
         Ok(())
     }
 
+    /// Restores from the snapshots of every subtask of the checkpointed run, as (old subtask,
+    /// snapshot), for sinks that must also finish what subtasks which no longer exist left
+    /// (e.g. commit their pre-committed transactions after the parallelism shrank). Returns
+    /// false if the sink does not do this, and then gets [`SinkWriter::restore`] with its own
+    /// snapshot instead.
+    fn restore_from_all(&mut self, _states: &[(u32, Vec<u8>)]) -> Result<bool, BoxError> {
+        Ok(false)
+    }
+
     /// Checkpoint `n` is complete: commit what was pre-committed for it.
     fn notify_checkpoint_complete(&mut self, _checkpoint: u64) -> Result<(), BoxError> {
         Ok(())

@@ -4,11 +4,13 @@
 //! and parallelism, as Flink does) instead of relying on consumer-group rebalancing, so every
 //! worker agrees on who reads what and a rescaled job moves partitions predictably. The group
 //! id is only used to commit offsets. The sink is a producer per subtask; `exactly-once` makes
-//! it transactional.
+//! it transactional, with two-phase commit on checkpoints when checkpointing is on (see
+//! [`sink`]).
 
 pub mod sink;
 pub mod source;
 pub(crate) mod spec;
+mod txn_client;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,25 +1,66 @@
-//! Kafka sink: one producer per subtask.
+//! Kafka sink: producers per subtask.
 //!
 //! - `none`: records are sent and delivery failures are only counted and logged.
 //! - `at-least-once`: acks=all, unlimited retries; every delivery report is checked and a
-//!   failed delivery fails the job (never a silent drop); the end of input waits until every
-//!   record is acknowledged. librdkafka retries broker errors, so a broker restart during a
-//!   run loses nothing.
-//! - `exactly-once`: a transactional producer per subtask (`<prefix>-<subtask>`), so a
-//!   restarted job fences the old one and its open transaction is aborted. Until checkpoints
-//!   exist (issue #8) the transaction commits every `commitIntervalMs` and at end of input: a
+//!   failed delivery fails the job (never a silent drop); every checkpoint barrier and the
+//!   end of input wait until every record is acknowledged. librdkafka retries broker errors,
+//!   so a broker restart during a run loses nothing; a restore replays what came after the
+//!   checkpoint, so output may repeat.
+//! - `exactly-once` with checkpointing: two-phase commit (Flink's `KafkaSink`). Each subtask
+//!   has a small pool of transactional producers with stable ids
+//!   `<prefix>-<subtask>-<slot>`, so a restart knows every id this subtask could have used.
+//!   They are created and initialised (`init_transactions`, in parallel, in the background)
+//!   when the job starts. At the barrier of checkpoint n the open transaction is
+//!   pre-committed (flushed: every record acknowledged), recorded in the checkpoint with its
+//!   producer id and epoch, and writing continues in a transaction on the next free producer
+//!   of the pool (ready, so the switch costs the flush only). When checkpoint n is complete,
+//!   every pending transaction of a checkpoint <= n commits (a failed checkpoint never
+//!   completes, so a later one commits its transaction too). A committed producer takes a new
+//!   transaction only after a later checkpoint completed: until then the checkpoints that
+//!   list its previous transaction may be restored, and the restore must not commit the new
+//!   one (both have the same producer id and epoch). If no producer is free, the checkpoint
+//!   fails with an error naming the pool size (`producer_pool_size`).
+//!
+//!   A restore first commits the transactions listed in the restored checkpoint: its
+//!   completion means they must become visible, and the process that pre-committed them may
+//!   have died before committing. librdkafka cannot resume another process's transaction, so
+//!   the sink asks the transaction coordinator itself (`FindCoordinator` + `EndTxn`, see
+//!   `txn_client`) with the producer id and epoch it recorded (librdkafka reports them in its
+//!   statistics, `eos` section). A fenced epoch means an earlier restore committed it. Only
+//!   then does it initialise the pool's ids, which aborts whatever transaction began after
+//!   the checkpoint (those records are written again). With a smaller parallelism, subtask
+//!   `i` also commits the checkpointed transactions and fences the ids of old subtasks
+//!   `j >= parallelism` with `j % parallelism == i`; and subtask 0 looks up the ids of
+//!   subtasks >= parallelism (`DescribeTransactions`, Kafka 3.0+) and fences those with an
+//!   open transaction, which a run at a higher parallelism that crashed before completing a
+//!   checkpoint leaves (no restored state names them).
+//!
+//!   Limits: the transaction timeout (`transactionTimeoutMs`) must outlast a checkpoint
+//!   interval plus a restart, or the broker aborts a pending transaction first (its output is
+//!   then lost, and the restore cannot tell). At the end of a bounded input the sink commits
+//!   what is pending and its last transaction, because nothing tells it when the job's final
+//!   checkpoint is durable (the executor writes it after every task ended): a crash between
+//!   the two repeats the records after the last complete checkpoint. Recovery connects in
+//!   plaintext only (TLS or SASL make the sink refuse to start in this mode).
+//! - `exactly-once` without checkpointing: one transactional producer per subtask
+//!   (`<prefix>-<subtask>-0`); the transaction commits every `commitIntervalMs` and at end of
+//!   input. A restarted job fences the old producer and its open transaction is aborted: a
 //!   failure loses nothing that was committed, but the records of the open transaction are
 //!   only written again if the source re-reads them.
 
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Message as _};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
-use tracing::{info, warn};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
 
+use super::txn_client::{self, Committed};
 use super::{ClientProperties, DeliveryGuarantee};
 use crate::api::functions::{Sink, SinkWriter};
 use crate::error::BoxError;
@@ -27,6 +68,18 @@ use crate::runtime::context::SubtaskContext;
 
 /// How long the end of input waits for outstanding deliveries and transaction commits.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long initialising a transactional producer, or committing a restored transaction,
+/// may take.
+const INIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// librdkafka statistics interval of two-phase-commit producers: they report the producer id
+/// and epoch. A producer reports within this time after its initialisation.
+const STATS_INTERVAL_MS: &str = "100";
+/// Producers per subtask with checkpointing: one open transaction, one pending for the
+/// checkpoint in flight, one just committed (see the module docs), and spares for a
+/// completion that arrives after the next barrier or a failed checkpoint.
+pub const DEFAULT_PRODUCER_POOL_SIZE: u32 = 5;
+/// Version of the checkpointed sink state.
+const STATE_VERSION: u32 = 1;
 
 /// Writes `T` into `key` and `value`; returns whether the record has a key.
 type Encode<T> =
@@ -39,6 +92,24 @@ struct Settings {
     guarantee: DeliveryGuarantee,
     transactional_id_prefix: Option<String>,
     commit_every: Duration,
+    transaction_timeout: Option<Duration>,
+    pool_size: u32,
+}
+
+impl Settings {
+    /// A property as librdkafka sees it: secrets win over properties.
+    fn effective(&self, key: &str) -> Option<&str> {
+        self.client
+            .secrets
+            .get(key)
+            .or_else(|| self.client.properties.get(key))
+            .map(String::as_str)
+    }
+
+    fn bootstrap_servers(&self) -> &str {
+        self.effective("bootstrap.servers")
+            .unwrap_or(&self.client.bootstrap_servers)
+    }
 }
 
 /// Writes records to a Kafka topic (Flink's `KafkaSink`). Build with [`KafkaSink::builder`].
@@ -60,6 +131,8 @@ impl KafkaSink<String> {
                 guarantee: DeliveryGuarantee::AtLeastOnce,
                 transactional_id_prefix: None,
                 commit_every: Duration::from_secs(5),
+                transaction_timeout: None,
+                pool_size: DEFAULT_PRODUCER_POOL_SIZE,
             },
         }
     }
@@ -83,9 +156,23 @@ impl KafkaSinkBuilder {
         self.settings.transactional_id_prefix = Some(prefix.to_string());
         self
     }
-    /// With `exactly-once`, how often the open transaction commits.
+    /// With `exactly-once` and no checkpointing, how often the open transaction commits.
     pub fn commit_interval(mut self, every: Duration) -> Self {
         self.settings.commit_every = every;
+        self
+    }
+    /// With `exactly-once`, the transaction timeout (librdkafka's `transaction.timeout.ms`,
+    /// at most the brokers' `transaction.max.timeout.ms`). With checkpointing it must outlast
+    /// a checkpoint interval plus a restart. Default: 15 minutes with checkpointing, four
+    /// commit intervals (at least a minute) without.
+    pub fn transaction_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.transaction_timeout = Some(timeout);
+        self
+    }
+    /// With `exactly-once` and checkpointing, the transactional producers per subtask
+    /// (default [`DEFAULT_PRODUCER_POOL_SIZE`], at least 3).
+    pub fn producer_pool_size(mut self, size: u32) -> Self {
+        self.settings.pool_size = size.max(3);
         self
     }
     /// Any librdkafka producer property.
@@ -125,22 +212,59 @@ impl KafkaSinkBuilder {
     }
 }
 
-/// Collects delivery failures reported by librdkafka's callback.
+/// Producer id and epoch of a transactional producer: with the transactional id, all the
+/// transaction coordinator needs to end its transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ProducerId {
+    id: i64,
+    epoch: i16,
+}
+
+/// The `eos` section of librdkafka's statistics JSON (STATISTICS.md): the producer id and
+/// epoch once one is assigned.
+fn parse_eos(json: &[u8]) -> Option<ProducerId> {
+    #[derive(Deserialize)]
+    struct Eos {
+        idemp_state: String,
+        producer_id: i64,
+        producer_epoch: i16,
+    }
+    const KEY: &[u8] = b"\"eos\"";
+    // The section comes last; a topic named "eos" comes before it.
+    let at = json.windows(KEY.len()).rposition(|w| w == KEY)?;
+    let rest = &json[at + KEY.len()..];
+    let open = rest.iter().position(|&b| b == b'{')?;
+    let close = open + rest[open..].iter().position(|&b| b == b'}')?;
+    let eos: Eos = serde_json::from_slice(&rest[open..=close]).ok()?;
+    (eos.idemp_state == "Assigned" && eos.producer_id >= 0).then_some(ProducerId {
+        id: eos.producer_id,
+        epoch: eos.producer_epoch,
+    })
+}
+
+/// Delivery failures reported by librdkafka's callback, and the producer id from its
+/// statistics.
 #[derive(Default)]
 pub(crate) struct DeliveryReports {
     first_failure: Mutex<Option<String>>,
-    failures: std::sync::atomic::AtomicU64,
+    failures: AtomicU64,
+    producer_id: Mutex<Option<ProducerId>>,
 }
 
-impl ClientContext for DeliveryReports {}
+impl ClientContext for DeliveryReports {
+    fn stats_raw(&self, statistics: &[u8]) {
+        if let Some(p) = parse_eos(statistics) {
+            *self.producer_id.lock().unwrap() = Some(p);
+        }
+    }
+}
 
 impl ProducerContext for DeliveryReports {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         if let Err((e, m)) = result {
-            self.failures
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.failures.fetch_add(1, Ordering::Relaxed);
             let mut first = self.first_failure.lock().unwrap();
             if first.is_none() {
                 *first = Some(format!(
@@ -153,92 +277,490 @@ impl ProducerContext for DeliveryReports {
     }
 }
 
+/// How the writer delivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// `none` or `at-least-once`: one plain producer.
+    Plain,
+    /// `exactly-once` without checkpointing: one transactional producer, committed on a timer.
+    Timed,
+    /// `exactly-once` with checkpointing: a pool of transactional producers, two-phase commit.
+    TwoPhase,
+}
+
+/// What a producer of the pool is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Free,
+    /// Receives the records written now.
+    Open,
+    /// Pre-committed at the barrier of `checkpoint`; commits once a checkpoint >= it completes.
+    Pending {
+        checkpoint: u64,
+        records: u64,
+    },
+    /// Committed while `after_barrier` was the latest barrier: the snapshots up to that
+    /// checkpoint may list its transaction, so it takes no new one (which a restore of them
+    /// would commit) until a later checkpoint completed.
+    Committed {
+        after_barrier: u64,
+    },
+}
+
+struct Slot {
+    transactional_id: Option<String>,
+    /// Shared with the thread that initialises it.
+    producer: Arc<BaseProducer<DeliveryReports>>,
+    /// Captured at the first pre-commit (two-phase commit only).
+    producer_id: Option<ProducerId>,
+    state: SlotState,
+}
+
+/// A transaction pre-committed for a checkpoint, as the checkpoint records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PendingTxn {
+    checkpoint: u64,
+    transactional_id: String,
+    producer_id: i64,
+    producer_epoch: i16,
+    records: u64,
+}
+
+/// The checkpointed state of an exactly-once (two-phase commit) subtask.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SinkState {
+    version: u32,
+    /// Ids are `<prefix>-<subtask>-<slot>` for slot < `pool_size`.
+    transactional_id_prefix: String,
+    subtask: u32,
+    pool_size: u32,
+    pending: Vec<PendingTxn>,
+}
+
+fn transactional_id(prefix: &str, subtask: u32, slot: u32) -> String {
+    format!("{prefix}-{subtask}-{slot}")
+}
+
+/// The new subtask that takes over an old subtask's transactions after a rescale.
+fn owner_of(old_subtask: u32, parallelism: u32) -> u32 {
+    old_subtask % parallelism
+}
+
 impl<T: Send + 'static> Sink<T> for KafkaSink<T> {
     fn kind(&self) -> &'static str {
         "kafka"
     }
 
     fn create_writer(&self, ctx: &SubtaskContext) -> Result<Box<dyn SinkWriter<T>>, BoxError> {
+        Ok(Box::new(self.writer(ctx)?))
+    }
+}
+
+impl<T> KafkaSink<T> {
+    fn writer(&self, ctx: &SubtaskContext) -> Result<Writer<T>, BoxError> {
         let s = &self.settings;
+        let mode = match s.guarantee {
+            DeliveryGuarantee::ExactlyOnce if ctx.checkpoints.is_some() => Mode::TwoPhase,
+            DeliveryGuarantee::ExactlyOnce => Mode::Timed,
+            _ => Mode::Plain,
+        };
+        let prefix = match mode {
+            Mode::Plain => None,
+            _ => Some(
+                s.transactional_id_prefix
+                    .clone()
+                    .ok_or("exactly-once needs a transactionalIdPrefix")?,
+            ),
+        };
+        if mode == Mode::TwoPhase {
+            txn_client::check_security(s.effective("security.protocol"))?;
+        }
+        let slots = match mode {
+            Mode::Plain => 1,
+            Mode::Timed => 1,
+            Mode::TwoPhase => s.pool_size.max(3),
+        };
         let client_id = format!("streamjob-{}-{}", ctx.job_name, ctx.subtask);
-        let mut ours: Vec<(&str, String)> = vec![
-            ("client.id", client_id),
-            ("linger.ms", "5".into()),
-            ("batch.num.messages", "10000".into()),
-        ];
-        let txn_id;
-        match s.guarantee {
-            DeliveryGuarantee::None => ours.push(("acks", "1".into())),
-            DeliveryGuarantee::AtLeastOnce => {
-                // Not idempotent: an idempotent producer turns a broker that lost its
-                // producer state (a restart of some brokers) into a fatal error, and
-                // at-least-once accepts the duplicates plain retries may cause.
-                ours.push(("acks", "all".into()));
-                ours.push(("enable.idempotence", "false".into()));
-                ours.push(("message.send.max.retries", "2147483647".into()));
-            }
-            DeliveryGuarantee::ExactlyOnce => {
-                let prefix = s
-                    .transactional_id_prefix
+        // Created here (a bad property fails the setup); initialised in the background once
+        // a restore committed what the restored checkpoint lists.
+        let slots = (0..slots)
+            .map(|slot| {
+                let id = prefix
                     .as_deref()
-                    .ok_or("exactly-once needs a transactionalIdPrefix")?;
-                txn_id = format!("{prefix}-{}", ctx.subtask);
-                ours.push(("transactional.id", txn_id.clone()));
-                // Longer than the commit interval, so an open transaction is not expired by
-                // the broker while the job is healthy; within the brokers' default maximum
-                // (transaction.max.timeout.ms, 15 minutes).
-                let timeout = (s.commit_every.as_millis() as u64 * 4).clamp(60_000, 900_000);
-                ours.push(("transaction.timeout.ms", timeout.to_string()));
-            }
-        }
-        let ours_ref: Vec<(&str, &str)> = ours.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let producer: BaseProducer<DeliveryReports> = s
-            .client
-            .client_config(&ours_ref)
-            .create_with_context(DeliveryReports::default())
-            .map_err(|e| format!("cannot create Kafka producer: {e}"))?;
-        if s.guarantee == DeliveryGuarantee::ExactlyOnce {
-            // Fences a previous incarnation of this subtask and aborts its open transaction.
-            producer
-                .init_transactions(Duration::from_secs(60))
-                .map_err(|e| format!("cannot initialise Kafka transactions: {e}"))?;
-            producer
-                .begin_transaction()
-                .map_err(|e| format!("cannot begin a Kafka transaction: {e}"))?;
-        }
-        Ok(Box::new(Writer {
-            producer,
+                    .map(|p| transactional_id(p, ctx.subtask, slot));
+                let producer = create_producer(s, mode, &client_id, id.as_deref())?;
+                Ok(Slot {
+                    transactional_id: id,
+                    producer: Arc::new(producer),
+                    producer_id: None,
+                    state: SlotState::Free,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let restoring = ctx
+            .checkpoints
+            .as_ref()
+            .is_some_and(|c| c.restored().is_some());
+        let mut writer = Writer {
             settings: s.clone(),
             encode: self.encode.clone(),
+            mode,
+            subtask: ctx.subtask,
+            parallelism: ctx.parallelism,
+            client_id,
+            slots,
+            current: 0,
+            started: mode == Mode::Plain,
+            init: None,
+            fence: BTreeSet::new(),
             key: Vec::new(),
             value: Vec::new(),
             since_poll: 0,
             last_commit: Instant::now(),
+            last_idle_poll: Instant::now(),
             in_transaction: 0,
-        }))
+            last_barrier: 0,
+            finished: false,
+        };
+        if !restoring {
+            writer.begin_init();
+        }
+        Ok(writer)
+    }
+}
+
+/// A producer of this sink; `transactional_id` makes it transactional.
+fn create_producer(
+    s: &Settings,
+    mode: Mode,
+    client_id: &str,
+    transactional_id: Option<&str>,
+) -> Result<BaseProducer<DeliveryReports>, String> {
+    let mut ours: Vec<(&str, String)> = vec![
+        ("client.id", client_id.to_string()),
+        ("linger.ms", "5".into()),
+        ("batch.num.messages", "10000".into()),
+    ];
+    match (mode, transactional_id) {
+        (_, Some(id)) => {
+            ours.push(("transactional.id", id.to_string()));
+            // Connect to the brokers right away: with sparse connections the transaction
+            // coordinator lookup of `init_transactions` often finds no usable connection yet
+            // and retries after 500 ms.
+            ours.push(("enable.sparse.connections", "false".into()));
+            let timeout = s.transaction_timeout.unwrap_or(match mode {
+                Mode::TwoPhase => Duration::from_secs(900),
+                // Longer than the commit interval, so an open transaction is not expired by
+                // the broker while the job is healthy; within the brokers' default maximum
+                // (transaction.max.timeout.ms, 15 minutes).
+                _ => Duration::from_millis(
+                    (s.commit_every.as_millis() as u64 * 4).clamp(60_000, 900_000),
+                ),
+            });
+            ours.push(("transaction.timeout.ms", timeout.as_millis().to_string()));
+        }
+        (_, None) if s.guarantee == DeliveryGuarantee::None => ours.push(("acks", "1".into())),
+        (_, None) => {
+            // Not idempotent: an idempotent producer turns a broker that lost its producer
+            // state (a restart of some brokers) into a fatal error, and at-least-once accepts
+            // the duplicates plain retries may cause.
+            ours.push(("acks", "all".into()));
+            ours.push(("enable.idempotence", "false".into()));
+            ours.push(("message.send.max.retries", "2147483647".into()));
+        }
+    }
+    let ours_ref: Vec<(&str, &str)> = ours.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut config = s.client.client_config(&ours_ref);
+    if mode == Mode::TwoPhase {
+        // After the user's properties: the producer id and epoch come from the statistics.
+        config.set("statistics.interval.ms", STATS_INTERVAL_MS);
+    }
+    config
+        .create_with_context(DeliveryReports::default())
+        .map_err(|e| format!("cannot create Kafka producer: {e}"))
+}
+
+fn coordinators(settings: &Settings, client_id: &str) -> txn_client::Client {
+    txn_client::Client::new(
+        settings.bootstrap_servers(),
+        &format!("{client_id}-recovery"),
+        Instant::now() + INIT_TIMEOUT,
+    )
+}
+
+/// Transactional ids of subtasks >= `parallelism` (with this prefix and pool size) that hold
+/// an open transaction: a run at a higher parallelism that crashed before any of its
+/// checkpoints completed leaves them, and no restored state names them. They would hold back
+/// `read_committed` readers until the broker's transaction timeout. Probes subtask after
+/// subtask until two in a row whose first id the coordinator does not know (every subtask
+/// initialises its whole pool at start; the second one covers a run killed while its subtasks
+/// were still starting).
+fn lingering_ids(
+    settings: &Settings,
+    client_id: &str,
+    parallelism: u32,
+    pool_size: u32,
+) -> Result<Vec<String>, String> {
+    let prefix = settings
+        .transactional_id_prefix
+        .as_deref()
+        .unwrap_or_default();
+    let client = coordinators(settings, client_id);
+    let state = |id: &str| {
+        client
+            .state(id)
+            .map_err(|e| format!("cannot look up Kafka transactional id {id}: {e}"))
+    };
+    let mut open = Vec::new();
+    let mut unknown_in_a_row = 0;
+    for subtask in parallelism..parallelism.saturating_add(1024) {
+        let first = transactional_id(prefix, subtask, 0);
+        match state(&first)? {
+            None => {
+                info!(
+                    "the Kafka brokers do not support DescribeTransactions (Kafka < 3.0): \
+                     transactions left open by a crashed run at a higher parallelism end on \
+                     the broker's transaction timeout"
+                );
+                return Ok(open);
+            }
+            Some(txn_client::TxnState::Unknown) => {
+                unknown_in_a_row += 1;
+                if unknown_in_a_row == 2 {
+                    break;
+                }
+                continue;
+            }
+            Some(s) => {
+                unknown_in_a_row = 0;
+                if s.is_open() {
+                    open.push(first);
+                }
+            }
+        }
+        for slot in 1..pool_size {
+            let id = transactional_id(prefix, subtask, slot);
+            if state(&id)?.is_some_and(|s| s.is_open()) {
+                open.push(id);
+            }
+        }
+    }
+    Ok(open)
+}
+
+/// What a writer's background initialisation needs.
+struct InitJob {
+    settings: Settings,
+    client_id: String,
+    own: Vec<(String, Arc<BaseProducer<DeliveryReports>>)>,
+    fence: Vec<String>,
+    /// Subtask 0 with two-phase commit also aborts what removed subtasks left open.
+    probe: Option<(u32, u32)>,
+}
+
+impl InitJob {
+    /// `init_transactions` on every producer of the pool (fencing their previous incarnations
+    /// and aborting their open transactions) and on the ids to fence, all in parallel.
+    fn run(self) -> Result<(), String> {
+        let mut fence = self.fence;
+        if let Some((parallelism, pool)) = self.probe {
+            fence.extend(lingering_ids(
+                &self.settings,
+                &self.client_id,
+                parallelism,
+                pool,
+            )?);
+        }
+        let (settings, client_id) = (&self.settings, &self.client_id);
+        let results: Vec<Result<(), String>> = std::thread::scope(|scope| {
+            let own = self.own.iter().map(|(id, producer)| {
+                scope.spawn(move || {
+                    producer
+                        .init_transactions(INIT_TIMEOUT)
+                        .map_err(|e| format!("cannot initialise Kafka transactions ({id}): {e}"))
+                })
+            });
+            let others = fence.iter().map(|id| {
+                scope.spawn(move || {
+                    let producer = create_producer(settings, Mode::Timed, client_id, Some(id))?;
+                    producer
+                        .init_transactions(INIT_TIMEOUT)
+                        .map_err(|e| format!("cannot fence Kafka transactional id {id}: {e}"))
+                })
+            });
+            let handles: Vec<_> = own.chain(others).collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err("a Kafka producer set-up thread panicked".to_string())
+                    })
+                })
+                .collect()
+        });
+        results.into_iter().collect::<Result<(), String>>()?;
+        if !fence.is_empty() {
+            info!(ids = ?fence, "fenced transactional ids left by an earlier run");
+        }
+        Ok(())
+    }
+}
+
+/// Waits until every record sent by `producer` is acknowledged (or failed), serving delivery
+/// callbacks. rdkafka's `flush` waits in steps of 100 ms (its poll keeps waiting until the
+/// timeout even after events arrived), which would add up to 100 ms to every checkpoint.
+fn flush(producer: &BaseProducer<DeliveryReports>, timeout: Duration) -> KafkaResult<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match producer.flush(Duration::from_millis(1)) {
+            Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut))
+                if Instant::now() < deadline => {}
+            done => return done,
+        }
     }
 }
 
 struct Writer<T> {
-    producer: BaseProducer<DeliveryReports>,
     settings: Settings,
     encode: Encode<T>,
+    mode: Mode,
+    subtask: u32,
+    parallelism: u32,
+    client_id: String,
+    /// One producer, or the two-phase-commit pool; `current` receives the records.
+    slots: Vec<Slot>,
+    current: usize,
+    /// Transactional producers are initialised and a transaction is open.
+    started: bool,
+    /// The background initialisation, started at creation or after a restore.
+    init: Option<std::thread::JoinHandle<Result<(), String>>>,
+    /// Transactional ids of a restored checkpoint that are not this subtask's own (old
+    /// subtasks taken over, a larger old pool, another prefix): initialised once at start to
+    /// abort what they left open, then dropped.
+    fence: BTreeSet<String>,
     key: Vec<u8>,
     value: Vec<u8>,
     since_poll: u32,
     last_commit: Instant,
+    last_idle_poll: Instant,
     /// Records sent in the open transaction.
     in_transaction: u64,
+    /// Latest checkpoint barrier seen.
+    last_barrier: u64,
+    /// End of input: everything is committed.
+    finished: bool,
 }
 
 impl<T> Writer<T> {
+    /// Starts initialising the transactional producers in the background (after a restore
+    /// committed what it had to: initialising aborts open transactions).
+    fn begin_init(&mut self) {
+        if self.mode == Mode::Plain || self.init.is_some() {
+            return;
+        }
+        let job = InitJob {
+            settings: self.settings.clone(),
+            client_id: self.client_id.clone(),
+            own: self
+                .slots
+                .iter()
+                .map(|s| {
+                    (
+                        s.transactional_id.clone().unwrap_or_default(),
+                        s.producer.clone(),
+                    )
+                })
+                .collect(),
+            fence: std::mem::take(&mut self.fence).into_iter().collect(),
+            probe: (self.mode == Mode::TwoPhase && self.subtask == 0)
+                .then_some((self.parallelism, self.slots.len() as u32)),
+        };
+        self.init = Some(
+            std::thread::Builder::new()
+                .name(format!("kafka-sink-init-{}", self.subtask))
+                .spawn(move || job.run())
+                .expect("spawn a thread"),
+        );
+    }
+
+    /// Waits for the initialisation and opens the first transaction.
+    fn start(&mut self) -> Result<(), BoxError> {
+        if self.started {
+            return Ok(());
+        }
+        self.begin_init();
+        let waited = Instant::now();
+        if let Some(init) = self.init.take() {
+            init.join()
+                .unwrap_or_else(|_| Err("the Kafka sink's set-up thread panicked".into()))?;
+        }
+        debug!(
+            waited_ms = waited.elapsed().as_millis() as u64,
+            "Kafka sink producers ready"
+        );
+        self.current = 0;
+        self.open_transaction()?;
+        self.started = true;
+        Ok(())
+    }
+
+    /// The producer id and epoch of a two-phase-commit producer, from librdkafka's
+    /// statistics (reported every `STATS_INTERVAL_MS` once the id is assigned).
+    fn producer_id(&mut self, slot: usize) -> Result<ProducerId, BoxError> {
+        let s = &mut self.slots[slot];
+        let started = Instant::now();
+        loop {
+            let reported = *s.producer.context().producer_id.lock().unwrap();
+            match (s.producer_id, reported) {
+                (Some(known), Some(now)) if known == now => return Ok(known),
+                (Some(known), now) => {
+                    return Err(format!(
+                        "the Kafka producer {} changed its producer id or epoch \
+                         ({known:?} -> {now:?})",
+                        s.transactional_id.as_deref().unwrap_or_default()
+                    )
+                    .into());
+                }
+                (None, Some(now)) => {
+                    s.producer_id = Some(now);
+                    return Ok(now);
+                }
+                (None, None) if started.elapsed() > Duration::from_secs(10) => {
+                    return Err(format!(
+                        "librdkafka reported no producer id for {} in its statistics within 10 s",
+                        s.transactional_id.as_deref().unwrap_or_default()
+                    )
+                    .into());
+                }
+                (None, None) => s.producer.poll(Duration::from_millis(10)),
+            }
+        }
+    }
+
+    fn open_transaction(&mut self) -> Result<(), BoxError> {
+        let slot = &mut self.slots[self.current];
+        slot.producer
+            .begin_transaction()
+            .map_err(|e| format!("cannot begin a Kafka transaction: {e}"))?;
+        slot.state = SlotState::Open;
+        self.in_transaction = 0;
+        Ok(())
+    }
+
     /// Serves delivery callbacks and turns a reported failure into an error.
     fn check_deliveries(&self) -> Result<(), BoxError> {
-        self.producer.poll(Duration::ZERO);
-        let ctx = self.producer.context();
+        self.check_slot(self.current)
+    }
+
+    fn check_slot(&self, slot: usize) -> Result<(), BoxError> {
+        let producer = &self.slots[slot].producer;
+        producer.poll(Duration::ZERO);
+        let ctx = producer.context();
         if let Some(f) = ctx.first_failure.lock().unwrap().take() {
             if self.settings.guarantee == DeliveryGuarantee::None {
-                let n = ctx.failures.load(std::sync::atomic::Ordering::Relaxed);
+                let n = ctx.failures.load(Ordering::Relaxed);
                 warn!(failures = n, "Kafka sink (delivery guarantee none): {f}");
             } else {
                 return Err(format!("Kafka sink to '{}': {f}", self.settings.topic).into());
@@ -247,40 +769,273 @@ impl<T> Writer<T> {
         Ok(())
     }
 
+    fn flush_all(&self, slot: usize) -> Result<(), BoxError> {
+        flush(&self.slots[slot].producer, FINISH_TIMEOUT).map_err(|e| {
+            format!(
+                "Kafka sink to '{}': cannot deliver every record: {e}",
+                self.settings.topic
+            )
+        })?;
+        self.check_slot(slot)
+    }
+
     fn commit_transaction(&mut self) -> Result<(), BoxError> {
-        self.producer
-            .commit_transaction(FINISH_TIMEOUT)
+        let producer = &self.slots[self.current].producer;
+        flush(producer, FINISH_TIMEOUT)
+            .and_then(|()| producer.commit_transaction(FINISH_TIMEOUT))
             .map_err(|e| format!("cannot commit the Kafka transaction: {e}"))?;
         info!(records = self.in_transaction, "committed Kafka transaction");
         self.in_transaction = 0;
         self.last_commit = Instant::now();
         Ok(())
     }
+
+    /// Two-phase commit: commits every pending transaction of a checkpoint <= `upto`, oldest
+    /// first.
+    fn commit_pending(&mut self, upto: u64) -> Result<(), BoxError> {
+        let mut due: Vec<(u64, usize)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s.state {
+                SlotState::Pending { checkpoint, .. } if checkpoint <= upto => {
+                    Some((checkpoint, i))
+                }
+                _ => None,
+            })
+            .collect();
+        due.sort_unstable();
+        for (checkpoint, i) in due {
+            let slot = &mut self.slots[i];
+            let records = match slot.state {
+                SlotState::Pending { records, .. } => records,
+                _ => 0,
+            };
+            slot.producer
+                .commit_transaction(FINISH_TIMEOUT)
+                .map_err(|e| {
+                    format!(
+                        "cannot commit the Kafka transaction of checkpoint {checkpoint} ({}): {e}",
+                        slot.transactional_id.as_deref().unwrap_or_default()
+                    )
+                })?;
+            slot.state = SlotState::Committed {
+                after_barrier: self.last_barrier,
+            };
+            debug!(
+                checkpoint,
+                records,
+                id = slot.transactional_id.as_deref().unwrap_or_default(),
+                "committed Kafka transaction"
+            );
+        }
+        Ok(())
+    }
+
+    /// The checkpointed state: the pending transactions.
+    fn state(&self) -> Result<Vec<u8>, BoxError> {
+        let mut pending: Vec<PendingTxn> = self
+            .slots
+            .iter()
+            .filter_map(|s| match s.state {
+                SlotState::Pending {
+                    checkpoint,
+                    records,
+                } => {
+                    let p = s.producer_id.expect("two-phase producers have an id");
+                    Some(PendingTxn {
+                        checkpoint,
+                        transactional_id: s.transactional_id.clone().unwrap_or_default(),
+                        producer_id: p.id,
+                        producer_epoch: p.epoch,
+                        records,
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        pending.sort_by_key(|p| p.checkpoint);
+        let state = SinkState {
+            version: STATE_VERSION,
+            transactional_id_prefix: self
+                .settings
+                .transactional_id_prefix
+                .clone()
+                .unwrap_or_default(),
+            subtask: self.subtask,
+            pool_size: self.slots.len() as u32,
+            pending,
+        };
+        Ok(serde_json::to_vec(&state)?)
+    }
+
+    /// Two-phase commit at the barrier of `checkpoint`: pre-commits the open transaction and
+    /// moves on to a free producer.
+    fn pre_commit(&mut self, checkpoint: u64) -> Result<(), BoxError> {
+        if self.in_transaction > 0 {
+            let cur = self.current;
+            let started = Instant::now();
+            // Every record of the transaction acknowledged: only the commit is left.
+            self.flush_all(cur)?;
+            self.producer_id(cur)?;
+            debug!(
+                checkpoint,
+                records = self.in_transaction,
+                flush_ms = started.elapsed().as_millis() as u64,
+                "pre-committed Kafka transaction"
+            );
+            let next = self
+                .slots
+                .iter()
+                .position(|s| s.state == SlotState::Free)
+                .ok_or_else(|| {
+                    format!(
+                        "Kafka sink: no free transactional producer at checkpoint \
+                         {checkpoint}: all {} of subtask {} hold a transaction of a checkpoint \
+                         that has not completed, or wait for a later checkpoint to complete \
+                         after their commit (checkpoints are not completing; or raise the \
+                         producer pool size)",
+                        self.slots.len(),
+                        self.subtask
+                    )
+                })?;
+            self.slots[cur].state = SlotState::Pending {
+                checkpoint,
+                records: self.in_transaction,
+            };
+            self.current = next;
+            self.open_transaction()?;
+        }
+        self.last_barrier = checkpoint;
+        Ok(())
+    }
+
+    /// Commits the transactions a restored checkpoint lists and remembers which ids to fence.
+    fn recover(&mut self, old_subtask: u32, bytes: &[u8]) -> Result<(), BoxError> {
+        if bytes.is_empty() {
+            return Ok(()); // not exactly-once then: nothing pending
+        }
+        let state: SinkState = serde_json::from_slice(bytes)
+            .map_err(|e| format!("cannot read the Kafka sink's checkpointed state: {e}"))?;
+        if state.version != STATE_VERSION {
+            return Err(format!(
+                "the Kafka sink's checkpointed state has version {}, this build reads {STATE_VERSION}",
+                state.version
+            )
+            .into());
+        }
+        if !state.pending.is_empty() {
+            txn_client::check_security(self.settings.effective("security.protocol"))?;
+        }
+        let client = coordinators(&self.settings, &self.client_id);
+        for p in &state.pending {
+            let txn = txn_client::Txn {
+                transactional_id: p.transactional_id.clone(),
+                producer_id: p.producer_id,
+                producer_epoch: p.producer_epoch,
+            };
+            let outcome = client.commit(&txn).map_err(|e| {
+                format!(
+                    "cannot commit Kafka transaction {} (producer id {}, epoch {}) of restored \
+                     checkpoint {}: {e}",
+                    p.transactional_id, p.producer_id, p.producer_epoch, p.checkpoint
+                )
+            })?;
+            match outcome {
+                Committed::Now => info!(
+                    id = %p.transactional_id,
+                    checkpoint = p.checkpoint,
+                    records = p.records,
+                    "committed a transaction of the restored checkpoint"
+                ),
+                Committed::Earlier => info!(
+                    id = %p.transactional_id,
+                    checkpoint = p.checkpoint,
+                    "a transaction of the restored checkpoint was committed before (fenced epoch)"
+                ),
+            }
+        }
+        let own: BTreeSet<&str> = self
+            .slots
+            .iter()
+            .filter_map(|s| s.transactional_id.as_deref())
+            .collect();
+        for slot in 0..state.pool_size {
+            let id = transactional_id(&state.transactional_id_prefix, old_subtask, slot);
+            if !own.contains(id.as_str()) {
+                self.fence.insert(id);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl<T: Send> SinkWriter<T> for Writer<T> {
-    fn snapshot(&mut self, _checkpoint: u64) -> Result<Vec<u8>, BoxError> {
-        if self.settings.guarantee == DeliveryGuarantee::ExactlyOnce {
-            // Two-phase commit needs a transaction per pending checkpoint (a producer pool);
-            // committing here, before the checkpoint is durable, would not be exactly once.
-            return Err(
-                "exactly-once Kafka sinks do not support checkpoints yet (issue #8); use \
-                        at-least-once with checkpointing, or exactly-once without"
-                    .into(),
-            );
+    fn snapshot(&mut self, checkpoint: u64) -> Result<Vec<u8>, BoxError> {
+        match self.mode {
+            Mode::TwoPhase => {
+                self.start()?;
+                // u64::MAX: the final snapshot after `finish`, which committed everything.
+                if !self.finished && checkpoint != u64::MAX {
+                    self.pre_commit(checkpoint)?;
+                }
+                self.state()
+            }
+            // Without checkpointing there are no barriers; nothing to restore.
+            Mode::Timed => Ok(Vec::new()),
+            Mode::Plain => {
+                // At-least-once: everything before the barrier is acknowledged by the brokers.
+                self.flush_all(self.current)?;
+                Ok(Vec::new())
+            }
         }
-        // At-least-once: everything before the barrier is acknowledged by the brokers.
-        self.producer.flush(FINISH_TIMEOUT).map_err(|e| {
-            format!(
-                "Kafka sink to '{}': cannot deliver every record: {e}",
-                self.settings.topic
-            )
-        })?;
-        self.check_deliveries()?;
-        Ok(Vec::new())
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), BoxError> {
+        let own = [(self.subtask, state.to_vec())];
+        self.restore_from_all(&own).map(|_| ())
+    }
+
+    fn restore_from_all(&mut self, states: &[(u32, Vec<u8>)]) -> Result<bool, BoxError> {
+        if self.init.is_some() || (self.started && self.mode != Mode::Plain) {
+            return Err("internal error: Kafka sink restored after it started".into());
+        }
+        for (old_subtask, bytes) in states {
+            if owner_of(*old_subtask, self.parallelism) == self.subtask {
+                self.recover(*old_subtask, bytes)?;
+            }
+        }
+        if self.mode == Mode::Plain {
+            // Switched away from exactly-once: still abort what the old ids left open.
+            for id in std::mem::take(&mut self.fence) {
+                let p = create_producer(&self.settings, Mode::Timed, &self.client_id, Some(&id))?;
+                p.init_transactions(INIT_TIMEOUT)
+                    .map_err(|e| format!("cannot fence Kafka transactional id {id}: {e}"))?;
+            }
+        }
+        self.begin_init();
+        Ok(true)
+    }
+
+    fn notify_checkpoint_complete(&mut self, checkpoint: u64) -> Result<(), BoxError> {
+        if self.mode != Mode::TwoPhase || !self.started {
+            return Ok(());
+        }
+        // Producers committed before this checkpoint's barrier are not in it or any later one.
+        for s in &mut self.slots {
+            if let SlotState::Committed { after_barrier } = s.state
+                && after_barrier < checkpoint
+            {
+                s.state = SlotState::Free;
+            }
+        }
+        self.commit_pending(checkpoint)
     }
 
     fn write(&mut self, item: T) -> Result<(), BoxError> {
+        if !self.started {
+            self.start()?;
+        }
         self.key.clear();
         self.value.clear();
         let has_key = (self.encode)(&item, &mut self.key, &mut self.value)?;
@@ -288,13 +1043,14 @@ impl<T: Send> SinkWriter<T> for Writer<T> {
         if has_key {
             record = record.key(&self.key);
         }
+        let producer = &self.slots[self.current].producer;
         loop {
-            match self.producer.send(record) {
+            match producer.send(record) {
                 Ok(()) => break,
                 // The local queue is full: wait for deliveries to make room (backpressure).
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
-                    self.producer.poll(Duration::from_millis(10));
+                    producer.poll(Duration::from_millis(10));
                     self.check_deliveries()?;
                 }
                 Err((e, _)) => {
@@ -316,31 +1072,81 @@ impl<T: Send> SinkWriter<T> for Writer<T> {
     }
 
     fn flush(&mut self) -> Result<(), BoxError> {
+        if self.finished {
+            return Ok(());
+        }
+        self.start()?;
         self.check_deliveries()?;
-        if self.settings.guarantee == DeliveryGuarantee::ExactlyOnce
-            && self.in_transaction > 0
-            && self.last_commit.elapsed() >= self.settings.commit_every
-        {
-            self.commit_transaction()?;
-            self.producer
-                .begin_transaction()
-                .map_err(|e| format!("cannot begin a Kafka transaction: {e}"))?;
+        match self.mode {
+            Mode::Timed
+                if self.in_transaction > 0
+                    && self.last_commit.elapsed() >= self.settings.commit_every =>
+            {
+                self.commit_transaction()?;
+                self.open_transaction()?;
+            }
+            Mode::TwoPhase if self.last_idle_poll.elapsed() >= Duration::from_millis(200) => {
+                // Producers not in use still queue statistics events: serve them.
+                self.last_idle_poll = Instant::now();
+                for (i, s) in self.slots.iter().enumerate() {
+                    if i != self.current {
+                        s.producer.poll(Duration::ZERO);
+                    }
+                }
+            }
+            _ => {}
         }
         Ok(())
     }
 
     fn finish(&mut self) -> Result<(), BoxError> {
-        if self.settings.guarantee == DeliveryGuarantee::ExactlyOnce {
-            // Commits flush first and fail if any record of the transaction failed.
-            self.commit_transaction()?;
-        } else {
-            self.producer.flush(FINISH_TIMEOUT).map_err(|e| {
-                format!(
-                    "Kafka sink to '{}': cannot deliver every record: {e}",
-                    self.settings.topic
-                )
-            })?;
+        if self.finished {
+            return Ok(());
         }
+        self.start()?;
+        match self.mode {
+            Mode::TwoPhase => {
+                // No checkpoint follows while the job runs (the final one is written after
+                // every task ended): commit what is pending, then the open transaction.
+                self.commit_pending(u64::MAX)?;
+                self.commit_transaction()?;
+                self.slots[self.current].state = SlotState::Committed {
+                    after_barrier: self.last_barrier,
+                };
+            }
+            // Commits flush first and fail if any record of the transaction failed.
+            Mode::Timed => self.commit_transaction()?,
+            Mode::Plain => self.flush_all(self.current)?,
+        }
+        self.finished = true;
         self.check_deliveries()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn producer_ids_come_from_the_statistics_eos_section() {
+        let stats = br#"{"name":"p#producer-1","topics":{"eos":{"partitions":{}}},"eos": { "idemp_state": "Assigned", "idemp_stateage": 47, "txn_state": "InTransaction", "txn_stateage": 9, "txn_may_enq": true, "producer_id": 1000, "producer_epoch": 3, "epoch_cnt": 1 }}"#;
+        assert_eq!(parse_eos(stats), Some(ProducerId { id: 1000, epoch: 3 }));
+        let unassigned = br#"{"eos": { "idemp_state": "WaitPID", "idemp_stateage": 1, "txn_state": "Init", "txn_stateage": 1, "txn_may_enq": false, "producer_id": -1, "producer_epoch": -1, "epoch_cnt": 0 }}"#;
+        assert_eq!(parse_eos(unassigned), None);
+        assert_eq!(parse_eos(br#"{"name":"x"}"#), None);
+    }
+
+    #[test]
+    fn rescaled_subtasks_take_over_old_ones_round_robin() {
+        // 5 -> 2: old 0, 2, 4 go to new 0; old 1, 3 to new 1.
+        let owners: Vec<u32> = (0..5).map(|old| owner_of(old, 2)).collect();
+        assert_eq!(owners, vec![0, 1, 0, 1, 0]);
+        // 2 -> 3: everyone keeps their own.
+        assert_eq!(owner_of(1, 3), 1);
+    }
+}
+
+/// The recovery path against a real broker (STREAMJOB_TEST_KAFKA).
+#[cfg(test)]
+#[path = "sink_recovery_tests.rs"]
+mod recovery_tests;

@@ -229,6 +229,7 @@ impl<T: Send + 'static> Source<T> for KafkaSource<T> {
             parallelism: ctx.parallelism,
             partitions: HashMap::new(),
             initial_done: false,
+            assigned: false,
             last_discovery: Instant::now(),
             last_commit: Instant::now(),
             uncommitted: false,
@@ -265,6 +266,11 @@ struct Reader<T> {
     partitions: HashMap<(String, i32), PartitionState>,
     /// The first assignment (which uses the starting offsets) has been made.
     initial_done: bool,
+    /// The consumer has been given its partitions. The first assignment waits for the first
+    /// poll, after a restore moved the offsets: assigning and then re-assigning at once
+    /// trips an assertion in librdkafka 2.12 (a partition stopped twice,
+    /// confluentinc/librdkafka#5573).
+    assigned: bool,
     last_discovery: Instant,
     last_commit: Instant,
     uncommitted: bool,
@@ -369,9 +375,26 @@ impl<T> Reader<T> {
                 },
             );
         }
+        if self.assigned {
+            self.consumer
+                .incremental_assign(&tpl)
+                .map_err(|e| format!("cannot assign partitions: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The first assignment: every known partition at its next offset.
+    fn assign(&mut self) -> Result<(), BoxError> {
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), st) in &self.partitions {
+            let at = st.next.map_or(Offset::Beginning, Offset::Offset);
+            tpl.add_partition_offset(t, *p, at)
+                .map_err(|e| e.to_string())?;
+        }
         self.consumer
             .incremental_assign(&tpl)
             .map_err(|e| format!("cannot assign partitions: {e}"))?;
+        self.assigned = true;
         Ok(())
     }
 
@@ -510,6 +533,9 @@ impl<T: Send + 'static> SourceReader<T> for Reader<T> {
                 }
             }
         }
+        if !self.assigned {
+            return Ok(true); // the first poll assigns from the restored offsets
+        }
         // Re-assign everything: restored offsets, and the rest as discovered.
         for ((t, p), st) in &self.partitions {
             if tpl.find_partition(t, *p).is_none() {
@@ -542,6 +568,9 @@ impl<T: Send + 'static> SourceReader<T> for Reader<T> {
     }
 
     fn poll_next(&mut self, out: &mut Collector<'_, T>) -> Result<SourceStatus, BoxError> {
+        if !self.assigned {
+            self.assign()?;
+        }
         if self.settings.bounded {
             if self.partitions.values().all(PartitionState::done) && self.initial_done {
                 self.commit(CommitMode::Sync)?;

@@ -150,7 +150,8 @@ pub(crate) fn sink(
         )?)
         .topic(&k.topic)
         .delivery_guarantee(k.delivery_guarantee)
-        .commit_interval(Duration::from_millis(k.commit_interval_ms));
+        .commit_interval(Duration::from_millis(k.commit_interval_ms))
+        .transaction_timeout(Duration::from_millis(k.transaction_timeout_ms));
     if let Some(p) = &k.transactional_id_prefix {
         b = b.transactional_id_prefix(p);
     }
