@@ -87,11 +87,7 @@ fn ctx(subtask: u32, parallelism: u32, restoring: bool) -> SubtaskContext {
         std::fs::create_dir_all(dir.join("chk-1")).unwrap();
         std::fs::write(dir.join("chk-1/_metadata"), "{}").unwrap();
     }
-    let config = CheckpointConfig {
-        interval: Duration::from_secs(1),
-        dir,
-        retained: 2,
-    };
+    let config = CheckpointConfig::new(Duration::from_secs(1), dir.display().to_string(), 2);
     SubtaskContext {
         job_name: "eo-test".into(),
         operator: "out".into(),
@@ -104,7 +100,7 @@ fn ctx(subtask: u32, parallelism: u32, restoring: bool) -> SubtaskContext {
         buffer_timeout: Duration::from_millis(5),
         cancel: CancelFlag::default(),
         // Only tells the sink that checkpointing is on and whether a restore follows.
-        checkpoints: Some(Arc::new(Coordinator::new(&config, 1).unwrap())),
+        checkpoints: Some(Arc::new(Coordinator::new(&config, 1, &["out"]).unwrap())),
     }
 }
 
