@@ -12,7 +12,7 @@ use crate::api::functions::{Collector, Sink, SinkWriter};
 use crate::error::{BoxError, JobError, TaskError, panic_message};
 use crate::runtime::checkpoint::Coordinator;
 use crate::runtime::context::SubtaskContext;
-use crate::runtime::message::Signal;
+use crate::runtime::message::{FINAL_CHECKPOINT, Signal};
 use crate::runtime::output::Output;
 use crate::state::{HashMapValueState, ValueState};
 
@@ -232,7 +232,7 @@ impl<T: Send> Output<T> for SinkOp<T> {
                 self.call(|w| w.finish())?;
                 // What a run started later from the final checkpoint restores.
                 if let Some((c, uid)) = self.checkpoints.clone() {
-                    let state = self.call(|w| w.snapshot(u64::MAX))?;
+                    let state = self.call(|w| w.snapshot(FINAL_CHECKPOINT))?;
                     c.register_final(&uid, self.id.subtask, state);
                 }
                 Ok(())

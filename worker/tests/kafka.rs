@@ -739,17 +739,16 @@ fn checkpointed_counts_continue_exactly_after_rescaling_2_to_3() {
 }
 
 /// A checkpointed Kafka -> keyBy -> reduce (count per word) -> Kafka job, started as a
-/// `streamjob run` child process and SIGKILLed at a random point (200-2000 ms after its start)
+/// `streamjob run` child process and SIGKILLed at a random point (80-780 ms after its start)
 /// `kills` times, each run restoring from the checkpoint its killed predecessor left; then a
 /// last run reads to the end. 25k more words arrive before each run. Runs alternate between
 /// parallelism 2 and 3, so every restore rescales. Returns the output as a reader with the
 /// given isolation level sees it, and the expected final count per word.
 ///
-/// The killed runs read the input unbounded: they never reach its end, where a bounded run
-/// commits its last transactions before the job's final checkpoint is written (the executor
-/// writes it after every task ended; a kill in between repeats the records after the last
-/// complete checkpoint — a gap the runtime must close, see the sink's module docs). The last
-/// run is bounded and ends by itself.
+/// Every run reads the input bounded, so kills also land while a run shuts down: its tasks
+/// have finished and wait for the final checkpoint, before which nothing of the last
+/// transaction may become visible. A run that ends before its kill is simply followed by the
+/// next; runs continue until `kills` kills have landed (at most 4 * kills runs).
 fn kill_and_finish(
     name: &str,
     sink_extra: &str,
@@ -784,41 +783,47 @@ fn kill_and_finish(
                 ..Job::new(&input, &output, &group)
             },
         );
-        let mut yaml = std::fs::read_to_string(&spec).unwrap().replace(
+        let yaml = std::fs::read_to_string(&spec).unwrap().replace(
             "  steps:\n",
             &format!(
                 "  checkpointing: {{intervalMs: 150, directory: {}, retained: 2}}\n  steps:\n",
                 dir.join("chk").display()
             ),
         );
-        if run < kills {
-            yaml = yaml.replace("          bounded: true\n", "");
-        }
         std::fs::write(&spec, yaml).unwrap();
         spec
     };
     let mut x = seed;
-    for run in 0..kills {
-        more_input(u64::from(run));
-        let log = dir.join(format!("run-{run}.log"));
+    let (mut landed, mut runs) = (0, 0);
+    while landed < kills {
+        assert!(
+            runs < 3 * kills,
+            "only {landed} of {kills} kills landed in {runs} runs"
+        );
+        more_input(u64::from(runs));
+        let log = dir.join(format!("run-{runs}.log"));
         let mut job = Command::new(BIN)
             .arg("run")
-            .arg(spec_of_run(run))
+            .arg(spec_of_run(runs))
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         x = x
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        std::thread::sleep(Duration::from_millis(200 + (x >> 33) % 1800));
+        // Bounded runs end within about a second: kills land mid-run and in the shutdown.
+        std::thread::sleep(Duration::from_millis(80 + (x >> 33) % 700));
+        runs += 1;
         if let Some(status) = job.try_wait().unwrap() {
             let log = std::fs::read_to_string(&log).unwrap_or_default();
-            panic!("run {run} ended by itself ({status}) before it was killed: {log}");
+            assert!(status.success(), "run {runs} failed: {log}");
+            continue; // it finished first; the next run gets more input
         }
         job.kill().unwrap(); // SIGKILL: no cleanup of any kind
         job.wait().unwrap();
+        landed += 1;
     }
-    let (ok, err) = run(&spec_of_run(kills));
+    let (ok, err) = run(&spec_of_run(runs));
     assert!(ok, "the last run failed: {err}");
     (consume_all(&output, read_committed), expected)
 }

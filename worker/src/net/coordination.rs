@@ -38,6 +38,7 @@ fn to_wire(p: &Progress) -> Wire {
         stop_at: p.stop_at,
         failed: p.failed.iter().map(|(id, _)| *id).collect(),
         failed_causes: p.failed.iter().map(|(_, c)| c.clone()).collect(),
+        final_checkpoint: p.final_checkpoint,
     }
 }
 
@@ -47,6 +48,7 @@ fn from_wire(w: Wire) -> Progress {
         completed: w.completed,
         stop_at: w.stop_at,
         failed: w.failed.into_iter().zip(w.failed_causes).collect(),
+        final_checkpoint: w.final_checkpoint,
         ..Progress::default()
     }
 }

@@ -101,6 +101,9 @@ pub struct Progress {
     pub last_savepoint: Option<SnapshotInfo>,
     /// Checkpoints that can never complete, most recent last (bounded).
     pub failed: Vec<(u64, String)>,
+    /// The final checkpoint, once every task has finished and it is complete (0: not yet).
+    /// Tasks wait for it before they end, so sinks commit only what it covers.
+    pub final_checkpoint: u64,
 }
 
 /// A follower's message to the leader: the leader's own method of the same name runs.
@@ -178,6 +181,8 @@ struct Acks {
     /// Checkpoints that can never complete (a write failed).
     failed: Vec<u64>,
     savepoints: HashMap<u64, SavepointRequest>,
+    /// Id of the final checkpoint once written.
+    final_id: u64,
 }
 
 pub fn now_ms() -> u64 {
@@ -404,8 +409,14 @@ impl Coordinator {
     }
 
     /// A follower learns the leader's decisions.
+    /// The complete final checkpoint (0 until every task finished and it is written).
+    pub fn final_checkpoint_id(&self) -> u64 {
+        self.progress.borrow().final_checkpoint
+    }
+
     pub fn observe(&self, p: &Progress) {
         self.stop_at.store(p.stop_at, Ordering::Release);
+        // (`final_checkpoint` travels in the progress itself.)
         self.triggered.fetch_max(p.pending, Ordering::AcqRel);
         self.completed.fetch_max(p.completed, Ordering::AcqRel);
         self.progress.send_replace(p.clone());
@@ -440,6 +451,9 @@ impl Coordinator {
         let id = done + 1;
         // Record the request before the id is visible to sources.
         let mut s = self.state.lock().unwrap();
+        if s.final_id != 0 {
+            return None;
+        }
         // One checkpoint at a time: a new one only once the last completed.
         if self.triggered.load(Ordering::Acquire) != done {
             return None;
@@ -573,7 +587,8 @@ impl Coordinator {
         if id > self.completed() {
             self.maybe_complete(&mut s, id)?;
         }
-        Ok(())
+        // The last task: write the final checkpoint now; the finished tasks wait for it.
+        self.write_final(&mut s)
     }
 
     /// Whether every task of the job has finished.
@@ -642,18 +657,23 @@ impl Coordinator {
     }
 
     /// After every task finished: one last checkpoint from the final snapshots, so a run
-    /// started later (with more input) continues exactly where this one ended.
+    /// started later (with more input) continues exactly where this one ended. Written when
+    /// the last task reports; calling it again does nothing.
     pub fn final_checkpoint(&self) -> std::io::Result<()> {
-        if !self.is_leader() {
-            return Ok(());
-        }
         let mut s = self.state.lock().unwrap();
-        if s.finished.len() < self.tasks {
+        self.write_final(&mut s)
+    }
+
+    fn write_final(&self, s: &mut Acks) -> std::io::Result<()> {
+        if !self.is_leader() || s.final_id != 0 || s.finished.len() < self.tasks {
             return Ok(());
         }
         let id = self.pending().max(self.settled.load(Ordering::Acquire)) + 1;
         self.triggered.store(id, Ordering::Release);
-        self.maybe_complete(&mut s, id)
+        self.maybe_complete(s, id)?;
+        s.final_id = id;
+        self.publish(|p| p.final_checkpoint = id);
+        Ok(())
     }
 
     fn maybe_complete(&self, s: &mut Acks, id: u64) -> std::io::Result<()> {

@@ -20,9 +20,15 @@ pub enum Signal {
     EndOfInput,
     /// Checkpoint `n` is complete and durable: sinks commit what they pre-committed for it,
     /// sources may commit their positions. Passed down a chain by its task; never sent
-    /// over a channel (every task learns it from the coordinator).
+    /// over a channel (every task learns it from the coordinator). After the end of input,
+    /// `CheckpointComplete(FINAL_CHECKPOINT)` says the job's final checkpoint (which covers
+    /// everything) is complete: sinks commit all they hold.
     CheckpointComplete(u64),
 }
+
+/// The id a finished task announces for the job's final checkpoint (see
+/// [`Signal::CheckpointComplete`]); sinks snapshot at the end of input with the same id.
+pub const FINAL_CHECKPOINT: u64 = u64::MAX;
 
 /// One element on a channel. Records always travel in batches: one channel operation
 /// moves many records.

@@ -12,7 +12,7 @@ use crate::error::{TaskError, panic_message};
 use crate::runtime::channel::{Endpoint, InputGate, cancelled};
 use crate::runtime::checkpoint::Coordinator;
 use crate::runtime::context::{CANCEL_POLL, SubtaskContext};
-use crate::runtime::message::{CheckpointBarrier, Message, Signal};
+use crate::runtime::message::{CheckpointBarrier, FINAL_CHECKPOINT, Message, Signal};
 use crate::runtime::output::Output;
 
 /// One runnable subtask.
@@ -103,17 +103,28 @@ fn await_stop(
     Ok(true)
 }
 
-fn task_finished(
+/// Reports a finished task, then waits until the job's final checkpoint is complete and
+/// announces it down the chain: sinks commit what they pre-committed at the end of input
+/// only once a checkpoint covers it (Flink's final checkpoint), so a crash before that
+/// replays from the previous checkpoint without duplicates.
+fn task_finished<T>(
     cursor: &Option<CheckpointCursor>,
+    head: &mut dyn Output<T>,
     ctx: &SubtaskContext,
     final_state: Option<Vec<u8>>,
 ) -> Result<(), TaskError> {
-    if let Some(c) = cursor {
-        c.coordinator
-            .task_finished(c.barrier, final_state.map(|b| (&*ctx.uid, ctx.subtask, b)))
-            .map_err(|e| io_error(ctx, "cannot complete a checkpoint", e))?;
+    let Some(c) = cursor else { return Ok(()) };
+    c.coordinator
+        .task_finished(c.barrier, final_state.map(|b| (&*ctx.uid, ctx.subtask, b)))
+        .map_err(|e| io_error(ctx, "cannot complete a checkpoint", e))?;
+    while c.coordinator.final_checkpoint_id() == 0 {
+        if ctx.is_cancelled() {
+            return Err(cancelled(&endpoint(ctx)));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
-    Ok(())
+    head.signal(Signal::CheckpointComplete(FINAL_CHECKPOINT))?;
+    head.flush()
 }
 
 impl<T: Send> Task for SourceTask<T> {
@@ -231,7 +242,7 @@ impl<T: Send> SourceTask<T> {
             ),
             None => None,
         };
-        task_finished(&cursor, &self.ctx, final_state)?;
+        task_finished(&cursor, &mut *self.head, &self.ctx, final_state)?;
         Ok(stats)
     }
 }
@@ -283,7 +294,7 @@ impl<T: Send> Task for InputTask<T> {
                     await_stop(&mut cursor, &mut *self.head, &self.ctx)?;
                     self.head.signal(Signal::EndOfInput)?;
                     self.head.flush()?;
-                    task_finished(&cursor, &self.ctx, None)?;
+                    task_finished(&cursor, &mut *self.head, &self.ctx, None)?;
                     return Ok(stats);
                 }
                 Message::Signal(Signal::Barrier(b)) => {

@@ -37,11 +37,13 @@
 //!
 //!   Limits: the transaction timeout (`transactionTimeoutMs`) must outlast a checkpoint
 //!   interval plus a restart, or the broker aborts a pending transaction first (its output is
-//!   then lost, and the restore cannot tell). At the end of a bounded input the sink commits
-//!   what is pending and its last transaction, because nothing tells it when the job's final
-//!   checkpoint is durable (the executor writes it after every task ended): a crash between
-//!   the two repeats the records after the last complete checkpoint. Recovery connects in
-//!   plaintext only (TLS or SASL make the sink refuse to start in this mode).
+//!   then lost, and the restore cannot tell). Recovery connects in plaintext only (TLS or
+//!   SASL make the sink refuse to start in this mode).
+//!
+//!   End of a bounded input: `finish` only pre-commits the last transaction; the job's final
+//!   checkpoint (written once every task has finished; the tasks wait for it) lists it, and
+//!   its completion, `CheckpointComplete(FINAL_CHECKPOINT)`, commits it. A crash before then
+//!   restores the previous checkpoint and aborts it; a crash after commits it on restore.
 //! - `exactly-once` without checkpointing: one transactional producer per subtask
 //!   (`<prefix>-<subtask>-0`); the transaction commits every `commitIntervalMs` and at end of
 //!   input. A restarted job fences the old producer and its open transaction is aborted: a
@@ -65,6 +67,7 @@ use super::{ClientProperties, DeliveryGuarantee};
 use crate::api::functions::{Sink, SinkWriter};
 use crate::error::BoxError;
 use crate::runtime::context::SubtaskContext;
+use crate::runtime::message::FINAL_CHECKPOINT;
 
 /// How long the end of input waits for outstanding deliveries and transaction commits.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(120);
@@ -884,6 +887,17 @@ impl<T> Writer<T> {
                 flush_ms = started.elapsed().as_millis() as u64,
                 "pre-committed Kafka transaction"
             );
+            if checkpoint == FINAL_CHECKPOINT {
+                // End of input: nothing follows, so no new transaction; the final checkpoint
+                // commits this one.
+                self.slots[cur].state = SlotState::Pending {
+                    checkpoint,
+                    records: self.in_transaction,
+                };
+                self.in_transaction = 0;
+                self.last_barrier = checkpoint;
+                return Ok(());
+            }
             let next = self
                 .slots
                 .iter()
@@ -975,8 +989,8 @@ impl<T: Send> SinkWriter<T> for Writer<T> {
         match self.mode {
             Mode::TwoPhase => {
                 self.start()?;
-                // u64::MAX: the final snapshot after `finish`, which committed everything.
-                if !self.finished && checkpoint != u64::MAX {
+                // After `finish` (the final snapshot) everything is pre-committed already.
+                if !self.finished {
                     self.pre_commit(checkpoint)?;
                 }
                 self.state()
@@ -1106,13 +1120,11 @@ impl<T: Send> SinkWriter<T> for Writer<T> {
         self.start()?;
         match self.mode {
             Mode::TwoPhase => {
-                // No checkpoint follows while the job runs (the final one is written after
-                // every task ended): commit what is pending, then the open transaction.
-                self.commit_pending(u64::MAX)?;
-                self.commit_transaction()?;
-                self.slots[self.current].state = SlotState::Committed {
-                    after_barrier: self.last_barrier,
-                };
+                // Pre-commit only: the job's final checkpoint, written once every task has
+                // finished, covers this transaction, and its completion
+                // (`CheckpointComplete(FINAL_CHECKPOINT)`) commits it. A crash before then
+                // replays from the previous checkpoint; the restart aborts this one.
+                self.pre_commit(FINAL_CHECKPOINT)?;
             }
             // Commits flush first and fail if any record of the transaction failed.
             Mode::Timed => self.commit_transaction()?,
