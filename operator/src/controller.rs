@@ -589,8 +589,7 @@ async fn savepoint_for_change(
             });
             patch_status(jobs, &job.name_any(), st).await?;
             let note = format!("stop-with-savepoint for {what}: {}", savepoint.path);
-            info!("{note}");
-            publish(
+            inform(
                 ctx,
                 job,
                 EventType::Normal,
@@ -618,17 +617,8 @@ async fn blocked(
     st: &mut StreamJobStatus,
     why: String,
 ) -> Result<Action, Error> {
-    warn!("{why}");
     st.last_failure = Some(why.clone());
-    publish(
-        ctx,
-        job,
-        EventType::Warning,
-        "SavepointFailed",
-        "Savepoint",
-        &why,
-    )
-    .await;
+    warn_event(ctx, job, "SavepointFailed", "Savepoint", &why).await;
     let mut status = status::running(
         job,
         st,
@@ -760,8 +750,7 @@ async fn announce(
             (reason, "Upgrade", note)
         }
     };
-    info!("{note}");
-    publish(ctx, job, EventType::Normal, reason, action, &note).await;
+    inform(ctx, job, EventType::Normal, reason, action, &note).await;
 }
 
 /// JobFinished and JobFailed events when the job reports the change.
@@ -793,8 +782,7 @@ async fn announce_job_state(
         ),
         _ => return,
     };
-    info!("{note}");
-    publish(ctx, job, type_, reason, "Observe", &note).await;
+    inform(ctx, job, type_, reason, "Observe", &note).await;
 }
 
 /// The job's own report, reused for [`REPORT_TTL`].
@@ -896,8 +884,7 @@ async fn take_requested_savepoint(
                 "savepoint for savepointTriggerNonce {nonce}: {}",
                 savepoint.path
             );
-            info!("{note}");
-            publish(
+            inform(
                 ctx,
                 job,
                 EventType::Normal,
@@ -909,17 +896,8 @@ async fn take_requested_savepoint(
         }
         Err(e) => {
             let note = format!("savepoint for savepointTriggerNonce {nonce} failed: {e}");
-            warn!("{note}");
             st.last_failure = Some(note.clone());
-            publish(
-                ctx,
-                job,
-                EventType::Warning,
-                "SavepointFailed",
-                "Savepoint",
-                &note,
-            )
-            .await;
+            warn_event(ctx, job, "SavepointFailed", "Savepoint", &note).await;
         }
     }
     // Recorded at once: a later failure of this reconcile must not take it again.
@@ -1033,16 +1011,7 @@ async fn deletion_savepoint(job: &StreamJob, ctx: &Context) -> Result<Option<Str
             "no savepoint {} s after the deletion",
             DELETION_SAVEPOINT_DEADLINE.as_secs()
         ));
-        warn!("{note}");
-        publish(
-            ctx,
-            job,
-            EventType::Warning,
-            "SavepointFailed",
-            "Delete",
-            &note,
-        )
-        .await;
+        warn_event(ctx, job, "SavepointFailed", "Delete", &note).await;
         return Ok(None);
     }
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -1076,8 +1045,7 @@ async fn deletion_savepoint(job: &StreamJob, ctx: &Context) -> Result<Option<Str
                     ),
                 ),
             };
-            info!("{note}");
-            publish(ctx, job, type_, "SavepointSkipped", "Delete", &note).await;
+            inform(ctx, job, type_, "SavepointSkipped", "Delete", &note).await;
             return Ok(None);
         }
         Ok(_) => ctx.control.trigger_savepoint(&target, true).await,
@@ -1086,8 +1054,7 @@ async fn deletion_savepoint(job: &StreamJob, ctx: &Context) -> Result<Option<Str
     match result {
         Ok(savepoint) => {
             let note = format!("savepoint before deletion: {}", savepoint.path);
-            info!("{note}");
-            publish(
+            inform(
                 ctx,
                 job,
                 EventType::Normal,
@@ -1109,33 +1076,12 @@ async fn deletion_savepoint(job: &StreamJob, ctx: &Context) -> Result<Option<Str
                 "stop-with-savepoint before deletion failed (attempt {attempt} of \
                  {DELETION_SAVEPOINT_ATTEMPTS}): {e}"
             );
-            if attempt >= DELETION_SAVEPOINT_ATTEMPTS {
-                let note = give_up(why);
-                warn!("{note}");
-                publish(
-                    ctx,
-                    job,
-                    EventType::Warning,
-                    "SavepointFailed",
-                    "Delete",
-                    &note,
-                )
-                .await;
-                Ok(None)
-            } else {
-                let note = format!("{why}; retrying");
-                warn!("{note}");
-                publish(
-                    ctx,
-                    job,
-                    EventType::Warning,
-                    "SavepointFailed",
-                    "Delete",
-                    &note,
-                )
-                .await;
-                Ok(Some(note))
-            }
+            let (note, retry) = match attempt >= DELETION_SAVEPOINT_ATTEMPTS {
+                true => (give_up(why), false),
+                false => (format!("{why}; retrying"), true),
+            };
+            warn_event(ctx, job, "SavepointFailed", "Delete", &note).await;
+            Ok(retry.then_some(note))
         }
     }
 }
@@ -1230,6 +1176,26 @@ fn random_token() -> std::io::Result<String> {
     let mut bytes = [0u8; 16];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Logs `note` and publishes it as an event of the job (of any type: a failed job is news,
+/// not an operator problem).
+async fn inform(
+    ctx: &Context,
+    job: &StreamJob,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: &str,
+) {
+    info!("{note}");
+    publish(ctx, job, type_, reason, action, note).await;
+}
+
+/// Logs `note` as a warning and publishes it as a Warning event of the job.
+async fn warn_event(ctx: &Context, job: &StreamJob, reason: &str, action: &str, note: &str) {
+    warn!("{note}");
+    publish(ctx, job, EventType::Warning, reason, action, note).await;
 }
 
 async fn publish(

@@ -271,9 +271,10 @@ const SAVEPOINT: &str = "file:///ckpt/savepoints/savepoint-7";
 /// result and the journal.
 async fn run_all(
     jobs: Vec<StreamJob>,
-    script: Vec<Expect>,
+    script: impl Into<Vec<Expect>>,
     fake: Job,
 ) -> (Vec<Result<(), String>>, Vec<String>) {
+    let script: Vec<Expect> = script.into();
     let journal = fake.journal.clone();
     let server_journal = journal.clone();
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
@@ -365,7 +366,11 @@ async fn run_all(
 }
 
 /// One reconcile; see [`run_all`].
-async fn run(job: StreamJob, script: Vec<Expect>, fake: Job) -> (Result<(), String>, Vec<String>) {
+async fn run(
+    job: StreamJob,
+    script: impl Into<Vec<Expect>>,
+    fake: Job,
+) -> (Result<(), String>, Vec<String>) {
     let (mut results, journal) = run_all(vec![job], script, fake).await;
     (results.remove(0), journal)
 }
@@ -407,6 +412,7 @@ fn event_with(reason: &'static str, type_: &'static str, note: &str) -> Expect {
             (Some(reason), Some(type_)),
             "event {b}"
         );
+        assert_eq!(b["regarding"]["name"], "wc");
         let text = b["note"].as_str().unwrap();
         assert!(text.contains(&note), "event note {text:?} lacks {note:?}");
     })
@@ -506,6 +512,97 @@ fn job_patch(check: impl Fn(&Value) + Send + 'static) -> Expect {
     .reply(json!({"apiVersion": "streamjob.dev/v1alpha1", "kind": "StreamJob", "metadata": {"name": "wc"}, "spec": {"steps": []}}))
 }
 
+/// The requests a reconcile must make, in the order they must come.
+struct Script(Vec<Expect>);
+
+impl Script {
+    /// A reconcile of a job with workers: it reads the job's token, then the workers'
+    /// StatefulSet, which the server holds as `sts`.
+    fn workers(sts: Value) -> Self {
+        Script(vec![token_exists(), get_sts(sts)])
+    }
+
+    /// A reconcile of a job whose workers run unchanged: the StatefulSet the server holds as
+    /// `sts` is read, and the children applied again (the StatefulSet answered with `sts`).
+    fn steady(sts: Value) -> Self {
+        let mut script = Script::workers(sts.clone());
+        script.0.extend(applies(sts, true));
+        script
+    }
+
+    fn then(mut self, e: Expect) -> Self {
+        self.0.push(e);
+        self
+    }
+
+    /// The children applied; see [`applies_checked`].
+    fn applies(
+        mut self,
+        check: impl Fn(&Value) + Send + 'static,
+        ready: i32,
+        pdb_present: bool,
+    ) -> Self {
+        self.0.extend(applies_checked(check, ready, pdb_present));
+        self
+    }
+
+    /// A stop-with-savepoint for a change to `generation` that worker 0 answers with
+    /// [`SAVEPOINT`] (savepoint 7).
+    fn stop_with_savepoint(self, generation: i64) -> Self {
+        // The intent first: an operator restarted now knows a change was under way.
+        self.then(status(move |s| {
+            assert_eq!(
+                s["upgrade"],
+                json!({"step": "savepointing", "targetGeneration": generation})
+            );
+        }))
+        // Then the savepoint's path, before anything depends on it.
+        .then(status(move |s| {
+            assert_eq!(
+                s["upgrade"],
+                json!({"step": "deploying", "targetGeneration": generation, "savepointPath": SAVEPOINT})
+            );
+            assert_eq!(
+                s["lastSavepoint"],
+                json!({"id": 7, "time": "2023-11-14T22:13:27Z", "path": SAVEPOINT})
+            );
+        }))
+        .then(event_with("SavepointTaken", "Normal", SAVEPOINT))
+    }
+}
+
+impl From<Script> for Vec<Expect> {
+    fn from(script: Script) -> Self {
+        script.0
+    }
+}
+
+/// Asserts that the StatefulSet sent has `replicas` pods that run `run_id`, restoring
+/// `restore_from` while the run has no checkpoint of its own.
+fn assert_run(sts: &Value, replicas: i32, run_id: &str, restore_from: Option<&str>) {
+    assert_eq!(sts["spec"]["replicas"], replicas, "replicas");
+    assert_eq!(env(sts, "STREAMJOB_RUN_ID").as_deref(), Some(run_id));
+    assert_eq!(env(sts, "STREAMJOB_RESTORE_FROM").as_deref(), restore_from);
+}
+
+/// Asserts that the workers were stopped with a savepoint before the StatefulSet changed.
+fn assert_stopped_before_apply(journal: &[String]) {
+    let sts = format!("PATCH /apis/apps/v1{NS}/statefulsets/wc-worker");
+    assert!(
+        at(journal, "TriggerSavepoint stop=true") < at(journal, &sts),
+        "{journal:#?}"
+    );
+}
+
+/// The status of a job whose upgrade to generation 2 is at `step`.
+fn upgrading(step: &str, savepoint_path: Option<&str>) -> Option<UpgradeStatus> {
+    Some(UpgradeStatus {
+        step: step.into(),
+        target_generation: 2,
+        savepoint_path: savepoint_path.map(String::from),
+    })
+}
+
 // ---------------------------------------------------------------------------------------
 // Creation, steady state, invalid specs, API errors
 // ---------------------------------------------------------------------------------------
@@ -536,8 +633,7 @@ async fn a_new_job_gets_its_children_an_event_and_a_deploying_status() {
     let mut a = applies(sts_reply(2, &hash, 0), true);
     a[2] = statefulset()
         .check(|b| {
-            assert_eq!(env(b, "STREAMJOB_RUN_ID").as_deref(), Some("wc-uid1-2"));
-            assert_eq!(env(b, "STREAMJOB_RESTORE_FROM"), None);
+            assert_run(b, 2, "wc-uid1-2", None);
             assert_eq!(
                 annotation(b, "streamjob.dev/restart-nonce").as_deref(),
                 Some("4")
@@ -572,19 +668,19 @@ async fn a_new_job_gets_its_children_an_event_and_a_deploying_status() {
 async fn ready_workers_make_the_job_running_and_report_their_checkpoints() {
     let j = job(SPEC);
     let current = run_of("wc-uid1-2", None, None);
-    let mut script = vec![token_exists(), get_sts(deployed(&j, &current, 2))];
-    script.extend(applies_checked(|_| {}, 2, true));
-    script.push(status(|s| {
-        assert_eq!(s["phase"], "Running");
-        assert_eq!(condition(s, "Ready")["status"], "True");
-        assert_eq!(condition(s, "Ready")["message"], "2/2 workers ready");
-        assert_eq!(condition(s, "Degraded")["status"], "False");
-        assert_eq!(
-            s["lastCheckpoint"],
-            json!({"id": 4, "time": "2023-11-14T22:13:24Z", "path": "file:///ckpt/wc-uid1-2/chk-4"})
-        );
-        assert_eq!(s["restoredFrom"], "file:///ckpt/savepoints/savepoint-1");
-    }));
+    let script = Script::workers(deployed(&j, &current, 2))
+        .applies(|_| {}, 2, true)
+        .then(status(|s| {
+            assert_eq!(s["phase"], "Running");
+            assert_eq!(condition(s, "Ready")["status"], "True");
+            assert_eq!(condition(s, "Ready")["message"], "2/2 workers ready");
+            assert_eq!(condition(s, "Degraded")["status"], "False");
+            assert_eq!(
+                s["lastCheckpoint"],
+                json!({"id": 4, "time": "2023-11-14T22:13:24Z", "path": "file:///ckpt/wc-uid1-2/chk-4"})
+            );
+            assert_eq!(s["restoredFrom"], "file:///ckpt/savepoints/savepoint-1");
+        }));
     let fake = Job::default().status(Ok(JobReport {
         restored_from: Some("file:///ckpt/savepoints/savepoint-1".into()),
         ..running_with_checkpoint("wc-uid1-2", 4)
@@ -596,9 +692,7 @@ async fn ready_workers_make_the_job_running_and_report_their_checkpoints() {
 async fn an_unreachable_worker_0_changes_nothing_in_a_steady_job() {
     let j = job(SPEC);
     let hash = resources::spec_hash(&j);
-    let mut script = vec![token_exists(), get_sts(sts_reply(2, &hash, 2))];
-    script.extend(applies(sts_reply(2, &hash, 2), true));
-    script.push(status(|s| {
+    let script = Script::steady(sts_reply(2, &hash, 2)).then(status(|s| {
         assert_eq!(s["phase"], "Running");
         assert!(s.get("lastFailure").is_none(), "{s}");
     }));
@@ -617,19 +711,18 @@ async fn a_finished_job_is_reported_finished_once() {
         ..Default::default()
     });
     let hash = resources::spec_hash(&j);
-    let mut script = vec![token_exists(), get_sts(sts_reply(2, &hash, 2))];
-    script.extend(applies(sts_reply(2, &hash, 2), true));
-    script.push(event_with(
-        "JobFinished",
-        "Normal",
-        "final snapshot file:///ckpt/wc-uid1-2/chk-9",
-    ));
-    script.push(status(|s| {
-        assert_eq!(s["phase"], "Finished");
-        assert_eq!(condition(s, "Ready")["reason"], "Finished");
-        assert_eq!(condition(s, "Degraded")["status"], "False");
-        assert_eq!(s["lastCheckpoint"]["id"], 9);
-    }));
+    let script = Script::steady(sts_reply(2, &hash, 2))
+        .then(event_with(
+            "JobFinished",
+            "Normal",
+            "final snapshot file:///ckpt/wc-uid1-2/chk-9",
+        ))
+        .then(status(|s| {
+            assert_eq!(s["phase"], "Finished");
+            assert_eq!(condition(s, "Ready")["reason"], "Finished");
+            assert_eq!(condition(s, "Degraded")["status"], "False");
+            assert_eq!(s["lastCheckpoint"]["id"], 9);
+        }));
     let fake = Job::default().status(Ok(JobReport {
         state: RunState::Finished,
         ..running_with_checkpoint("wc-uid1-2", 9)
@@ -641,19 +734,18 @@ async fn a_finished_job_is_reported_finished_once() {
 async fn a_failed_job_is_reported_failed_with_its_cause() {
     let j = job(SPEC);
     let hash = resources::spec_hash(&j);
-    let mut script = vec![token_exists(), get_sts(sts_reply(2, &hash, 2))];
-    script.extend(applies(sts_reply(2, &hash, 2), true));
-    script.push(event_with(
-        "JobFailed",
-        "Warning",
-        "after 3 restart(s): task n[1]: division by zero",
-    ));
-    script.push(status(|s| {
-        assert_eq!(s["phase"], "Failed");
-        assert_eq!(condition(s, "Degraded")["reason"], "JobFailed");
-        assert_eq!(condition(s, "Degraded")["status"], "True");
-        assert_eq!(s["lastFailure"], "task n[1]: division by zero");
-    }));
+    let script = Script::steady(sts_reply(2, &hash, 2))
+        .then(event_with(
+            "JobFailed",
+            "Warning",
+            "after 3 restart(s): task n[1]: division by zero",
+        ))
+        .then(status(|s| {
+            assert_eq!(s["phase"], "Failed");
+            assert_eq!(condition(s, "Degraded")["reason"], "JobFailed");
+            assert_eq!(condition(s, "Degraded")["status"], "True");
+            assert_eq!(s["lastFailure"], "task n[1]: division by zero");
+        }));
     let fake = Job::default().status(Ok(JobReport {
         failure: Some("task n[1]: division by zero".into()),
         restarts: 3,
@@ -728,13 +820,12 @@ async fn pods_of_an_older_template_are_replaced_all_at_once() {
     let mut seen = sts_reply(2, &hash, 2);
     seen["status"] = json!({"replicas": 2, "readyReplicas": 2, "updatedReplicas": 0, "observedGeneration": 1,
         "currentRevision": "wc-worker-5b6c", "updateRevision": "wc-worker-7d9f"});
-    let mut script = vec![token_exists(), get_sts(seen.clone())];
-    script.extend(applies(seen, true));
-    script.push(
-        expect(Method::DELETE, &format!("/api/v1{NS}/pods"))
-            .reply(json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []})),
-    );
-    script.push(status(|s| assert_eq!(s["phase"], "Deploying")));
+    let script = Script::steady(seen)
+        .then(
+            expect(Method::DELETE, &format!("/api/v1{NS}/pods"))
+                .reply(json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []})),
+        )
+        .then(status(|s| assert_eq!(s["phase"], "Deploying")));
     let fake = Job::default().status(Ok(report(RunState::Running)));
     let (result, journal) = run(j, script, fake).await;
     result.unwrap();
@@ -761,39 +852,34 @@ async fn pods_of_an_older_template_are_replaced_all_at_once() {
 async fn a_stateless_upgrade_starts_a_fresh_run() {
     let old = job_at(SPEC, 1);
     let j = job(&SPEC.replace("parallelism: 2", "parallelism: 3"));
-    let mut script = vec![
-        token_exists(),
-        get_sts(deployed(&old, &run_of("wc-uid1-1", None, None), 2)),
-    ];
-    script.extend(applies_checked(
-        |b| {
-            assert_eq!(b["spec"]["replicas"], 3);
+    let script = Script::workers(deployed(&old, &run_of("wc-uid1-1", None, None), 2))
+        .applies(
+            |b| {
+                assert_run(b, 3, "wc-uid1-2", None);
+                assert_eq!(
+                    b["spec"]["template"]["spec"]["containers"][0]["args"][3],
+                    "3"
+                );
+            },
+            0,
+            true,
+        )
+        .then(event_with(
+            "UpgradeStarted",
+            "Normal",
+            "rolling generation 2 onto 3 worker(s) (stateless): new run wc-uid1-2 starts from empty state",
+        ))
+        .then(status(|s| {
+            assert_eq!(s["phase"], "Deploying");
+            assert_eq!(s["desiredWorkers"], 3);
+            assert_eq!(s["runId"], "wc-uid1-2");
             assert_eq!(
-                b["spec"]["template"]["spec"]["containers"][0]["args"][3],
-                "3"
+                s["upgrade"],
+                json!({"step": "deploying", "targetGeneration": 2})
             );
-            assert_eq!(env(b, "STREAMJOB_RUN_ID").as_deref(), Some("wc-uid1-2"));
-            assert_eq!(env(b, "STREAMJOB_RESTORE_FROM"), None);
-        },
-        0,
-        true,
-    ));
-    script.push(event_with(
-        "UpgradeStarted",
-        "Normal",
-        "rolling generation 2 onto 3 worker(s) (stateless): new run wc-uid1-2 starts from empty state",
-    ));
-    script.push(status(|s| {
-        assert_eq!(s["phase"], "Deploying");
-        assert_eq!(s["desiredWorkers"], 3);
-        assert_eq!(s["runId"], "wc-uid1-2");
-        assert_eq!(
-            s["upgrade"],
-            json!({"step": "deploying", "targetGeneration": 2})
-        );
-        assert_eq!(condition(s, "Progressing")["reason"], "Upgrading");
-        assert!(s.get("restoredFrom").is_none(), "{s}");
-    }));
+            assert_eq!(condition(s, "Progressing")["reason"], "Upgrading");
+            assert!(s.get("restoredFrom").is_none(), "{s}");
+        }));
     let fake = Job::default().status(Ok(running_with_checkpoint("wc-uid1-1", 4)));
     let (result, journal) = run(j, script, fake).await;
     result.unwrap();
@@ -811,33 +897,33 @@ async fn a_last_state_upgrade_keeps_the_run_and_what_it_restores() {
         None,
     );
     let j = stateful(&spec("last-state", 3, ""), 2);
-    let mut script = vec![token_exists(), get_sts(deployed(&old, &before, 2))];
-    script.extend(applies_checked(
-        |b| {
-            assert_eq!(b["spec"]["replicas"], 3);
-            assert_eq!(env(b, "STREAMJOB_RUN_ID").as_deref(), Some("wc-uid1-1"));
+    let script = Script::workers(deployed(&old, &before, 2))
+        .applies(
+            |b| {
+                assert_run(
+                    b,
+                    3,
+                    "wc-uid1-1",
+                    Some("file:///ckpt/savepoints/savepoint-3"),
+                )
+            },
+            0,
+            true,
+        )
+        .then(event_with(
+            "UpgradeStarted",
+            "Normal",
+            "(last-state): the new pods restore the latest checkpoint of run wc-uid1-1",
+        ))
+        .then(status(|s| {
+            assert_eq!(s["phase"], "Deploying");
+            assert_eq!(s["runId"], "wc-uid1-1");
             assert_eq!(
-                env(b, "STREAMJOB_RESTORE_FROM").as_deref(),
-                Some("file:///ckpt/savepoints/savepoint-3")
+                s["upgrade"],
+                json!({"step": "deploying", "targetGeneration": 2})
             );
-        },
-        0,
-        true,
-    ));
-    script.push(event_with(
-        "UpgradeStarted",
-        "Normal",
-        "(last-state): the new pods restore the latest checkpoint of run wc-uid1-1",
-    ));
-    script.push(status(|s| {
-        assert_eq!(s["phase"], "Deploying");
-        assert_eq!(s["runId"], "wc-uid1-1");
-        assert_eq!(
-            s["upgrade"],
-            json!({"step": "deploying", "targetGeneration": 2})
-        );
-        assert_eq!(s["lastCheckpoint"]["path"], "file:///ckpt/wc-uid1-1/chk-4");
-    }));
+            assert_eq!(s["lastCheckpoint"]["path"], "file:///ckpt/wc-uid1-1/chk-4");
+        }));
     let fake = Job::default().status(Ok(running_with_checkpoint("wc-uid1-1", 4)));
     let (result, journal) = run(j, script, fake).await;
     result.unwrap();
@@ -848,50 +934,21 @@ async fn a_last_state_upgrade_keeps_the_run_and_what_it_restores() {
 async fn a_savepoint_upgrade_stops_with_a_savepoint_before_the_new_statefulset() {
     let old = stateful(&spec("savepoint", 2, ""), 1);
     let j = stateful(&spec("savepoint", 3, ""), 2);
-    let mut script = vec![
-        token_exists(),
-        get_sts(deployed(&old, &run_of("wc-uid1-1", None, None), 2)),
-        // The intent first: an operator restarted now knows an upgrade was under way.
-        status(|s| {
-            assert_eq!(
-                s["upgrade"],
-                json!({"step": "savepointing", "targetGeneration": 2})
-            );
-        }),
-        // Then the savepoint's path, before anything depends on it.
-        status(|s| {
-            assert_eq!(
-                s["upgrade"],
-                json!({"step": "deploying", "targetGeneration": 2, "savepointPath": SAVEPOINT})
-            );
-            assert_eq!(
-                s["lastSavepoint"],
-                json!({"id": 7, "time": "2023-11-14T22:13:27Z", "path": SAVEPOINT})
-            );
-        }),
-        event_with("SavepointTaken", "Normal", SAVEPOINT),
-    ];
-    script.extend(applies_checked(
-        |b| {
-            assert_eq!(b["spec"]["replicas"], 3);
-            assert_eq!(env(b, "STREAMJOB_RUN_ID").as_deref(), Some("wc-uid1-2"));
-            assert_eq!(env(b, "STREAMJOB_RESTORE_FROM").as_deref(), Some(SAVEPOINT));
-        },
-        0,
-        true,
-    ));
-    script.push(event_with(
-        "UpgradeStarted",
-        "Normal",
-        &format!("(savepoint): new run wc-uid1-2 restores {SAVEPOINT}"),
-    ));
-    script.push(status(|s| {
-        assert_eq!(s["phase"], "Deploying");
-        assert_eq!(s["runId"], "wc-uid1-2");
-        assert_eq!(s["restoredFrom"], SAVEPOINT);
-        assert_eq!(s["upgrade"]["savepointPath"], SAVEPOINT);
-        assert_eq!(s["lastSavepoint"]["path"], SAVEPOINT);
-    }));
+    let script = Script::workers(deployed(&old, &run_of("wc-uid1-1", None, None), 2))
+        .stop_with_savepoint(2)
+        .applies(|b| assert_run(b, 3, "wc-uid1-2", Some(SAVEPOINT)), 0, true)
+        .then(event_with(
+            "UpgradeStarted",
+            "Normal",
+            &format!("(savepoint): new run wc-uid1-2 restores {SAVEPOINT}"),
+        ))
+        .then(status(|s| {
+            assert_eq!(s["phase"], "Deploying");
+            assert_eq!(s["runId"], "wc-uid1-2");
+            assert_eq!(s["restoredFrom"], SAVEPOINT);
+            assert_eq!(s["upgrade"]["savepointPath"], SAVEPOINT);
+            assert_eq!(s["lastSavepoint"]["path"], SAVEPOINT);
+        }));
     let fake = Job::default()
         .status(Ok(running_with_checkpoint("wc-uid1-1", 6)))
         .savepoint(true, Ok(snap(7, SAVEPOINT)));
@@ -899,9 +956,8 @@ async fn a_savepoint_upgrade_stops_with_a_savepoint_before_the_new_statefulset()
     result.unwrap();
     let savepoint = at(&journal, "TriggerSavepoint stop=true");
     let status_path = format!("PATCH /apis/streamjob.dev/v1alpha1{NS}/streamjobs/wc/status");
-    let sts_path = format!("PATCH /apis/apps/v1{NS}/statefulsets/wc-worker");
     assert!(at(&journal, &status_path) < savepoint, "{journal:#?}");
-    assert!(savepoint < at(&journal, &sts_path), "{journal:#?}");
+    assert_stopped_before_apply(&journal);
     assert!(
         savepoint < at(&journal, &format!("PATCH /api/v1{NS}/configmaps/wc-spec")),
         "the old workers keep their spec until they stopped: {journal:#?}"
@@ -912,27 +968,23 @@ async fn a_savepoint_upgrade_stops_with_a_savepoint_before_the_new_statefulset()
 async fn a_finished_upgrade_is_announced_and_cleared() {
     let mut j = stateful(&spec("savepoint", 3, ""), 2);
     j.status = Some(StreamJobStatus {
-        upgrade: Some(UpgradeStatus {
-            step: "deploying".into(),
-            target_generation: 2,
-            savepoint_path: Some(SAVEPOINT.into()),
-        }),
+        upgrade: upgrading("deploying", Some(SAVEPOINT)),
         run_id: Some("wc-uid1-2".into()),
         ..Default::default()
     });
     let current = run_of("wc-uid1-2", Some(SAVEPOINT), None);
-    let mut script = vec![token_exists(), get_sts(deployed(&j, &current, 3))];
-    script.extend(applies_checked(|_| {}, 3, true));
-    script.push(event_with(
-        "UpgradeFinished",
-        "Normal",
-        "generation 2: 3/3 workers of run wc-uid1-2 ready",
-    ));
-    script.push(status(|s| {
-        assert_eq!(s["phase"], "Running");
-        assert!(s.get("upgrade").is_none(), "{s}");
-        assert_eq!(s["restoredFrom"], SAVEPOINT);
-    }));
+    let script = Script::workers(deployed(&j, &current, 3))
+        .applies(|_| {}, 3, true)
+        .then(event_with(
+            "UpgradeFinished",
+            "Normal",
+            "generation 2: 3/3 workers of run wc-uid1-2 ready",
+        ))
+        .then(status(|s| {
+            assert_eq!(s["phase"], "Running");
+            assert!(s.get("upgrade").is_none(), "{s}");
+            assert_eq!(s["restoredFrom"], SAVEPOINT);
+        }));
     let fake = Job::default().status(Ok(JobReport {
         restored_from: Some(SAVEPOINT.into()),
         ..report(RunState::Running)
@@ -1051,11 +1103,7 @@ async fn an_upgrade_interrupted_after_its_savepoint_restores_the_recorded_one() 
     let old = stateful(&spec("savepoint", 2, ""), 1);
     let mut j = stateful(&spec("savepoint", 3, ""), 2);
     j.status = Some(StreamJobStatus {
-        upgrade: Some(UpgradeStatus {
-            step: "deploying".into(),
-            target_generation: 2,
-            savepoint_path: Some(SAVEPOINT.into()),
-        }),
+        upgrade: upgrading("deploying", Some(SAVEPOINT)),
         last_savepoint: Some(SnapshotInfo {
             id: 7,
             time: "2023-11-14T22:13:27Z".into(),
@@ -1063,23 +1111,13 @@ async fn an_upgrade_interrupted_after_its_savepoint_restores_the_recorded_one() 
         }),
         ..Default::default()
     });
-    let mut script = vec![
-        token_exists(),
-        get_sts(deployed(&old, &run_of("wc-uid1-1", None, None), 2)),
-    ];
-    script.extend(applies_checked(
-        |b| {
-            assert_eq!(env(b, "STREAMJOB_RUN_ID").as_deref(), Some("wc-uid1-2"));
-            assert_eq!(env(b, "STREAMJOB_RESTORE_FROM").as_deref(), Some(SAVEPOINT));
-        },
-        0,
-        true,
-    ));
-    script.push(event("UpgradeStarted"));
-    script.push(status(|s| {
-        assert_eq!(s["upgrade"]["savepointPath"], SAVEPOINT);
-        assert_eq!(s["runId"], "wc-uid1-2");
-    }));
+    let script = Script::workers(deployed(&old, &run_of("wc-uid1-1", None, None), 2))
+        .applies(|b| assert_run(b, 3, "wc-uid1-2", Some(SAVEPOINT)), 0, true)
+        .then(event("UpgradeStarted"))
+        .then(status(|s| {
+            assert_eq!(s["upgrade"]["savepointPath"], SAVEPOINT);
+            assert_eq!(s["runId"], "wc-uid1-2");
+        }));
     let fake = Job::default().status(Ok(JobReport {
         last_savepoint: Some(snap(7, SAVEPOINT)),
         ..report(RunState::Finished)
@@ -1097,68 +1135,41 @@ async fn an_upgrade_interrupted_after_its_savepoint_restores_the_recorded_one() 
 async fn savepoint_mode_suspends_after_a_savepoint_and_resumes_from_it() {
     let old = stateful(&spec("savepoint", 2, ""), 1);
     let suspended = stateful(&spec("savepoint", 2, "  state: suspended\n"), 2);
-    let mut script = vec![
-        token_exists(),
-        get_sts(deployed(&old, &run_of("wc-uid1-1", None, None), 2)),
-        status(|s| assert_eq!(s["upgrade"]["step"], "savepointing")),
-        status(|s| assert_eq!(s["upgrade"]["savepointPath"], SAVEPOINT)),
-        event_with("SavepointTaken", "Normal", SAVEPOINT),
-    ];
-    script.extend(applies_checked(
-        |b| {
-            assert_eq!(b["spec"]["replicas"], 0);
-            // The template names the run a resume starts: it restores the savepoint.
-            assert_eq!(env(b, "STREAMJOB_RUN_ID").as_deref(), Some("wc-uid1-2"));
-            assert_eq!(env(b, "STREAMJOB_RESTORE_FROM").as_deref(), Some(SAVEPOINT));
-        },
-        0,
-        false,
-    ));
-    script.push(event_with(
-        "Suspended",
-        "Normal",
-        &format!("after savepoint {SAVEPOINT}; resuming restores it"),
-    ));
-    script.push(status(|s| {
-        assert_eq!(s["phase"], "Suspended");
-        assert_eq!(s["desiredWorkers"], 0);
-        assert!(s.get("upgrade").is_none(), "{s}");
-        assert_eq!(s["lastSavepoint"]["path"], SAVEPOINT);
-    }));
+    let script = Script::workers(deployed(&old, &run_of("wc-uid1-1", None, None), 2))
+        .stop_with_savepoint(2)
+        // The template names the run a resume starts: it restores the savepoint.
+        .applies(|b| assert_run(b, 0, "wc-uid1-2", Some(SAVEPOINT)), 0, false)
+        .then(event_with(
+            "Suspended",
+            "Normal",
+            &format!("after savepoint {SAVEPOINT}; resuming restores it"),
+        ))
+        .then(status(|s| {
+            assert_eq!(s["phase"], "Suspended");
+            assert_eq!(s["desiredWorkers"], 0);
+            assert!(s.get("upgrade").is_none(), "{s}");
+            assert_eq!(s["lastSavepoint"]["path"], SAVEPOINT);
+        }));
     let fake = Job::default()
         .status(Ok(report(RunState::Running)))
         .savepoint(true, Ok(snap(7, SAVEPOINT)));
     let (result, journal) = run(suspended.clone(), script, fake).await;
     result.unwrap();
-    assert!(
-        at(&journal, "TriggerSavepoint stop=true")
-            < at(
-                &journal,
-                &format!("PATCH /apis/apps/v1{NS}/statefulsets/wc-worker")
-            )
-    );
+    assert_stopped_before_apply(&journal);
 
     let resumed = stateful(&spec("savepoint", 2, ""), 3);
     let prepared = run_of("wc-uid1-2", Some(SAVEPOINT), None);
-    let mut script = vec![token_exists(), get_sts(deployed(&suspended, &prepared, 0))];
-    script.extend(applies_checked(
-        |b| {
-            assert_eq!(b["spec"]["replicas"], 2);
-            assert_eq!(env(b, "STREAMJOB_RUN_ID").as_deref(), Some("wc-uid1-2"));
-            assert_eq!(env(b, "STREAMJOB_RESTORE_FROM").as_deref(), Some(SAVEPOINT));
-        },
-        0,
-        true,
-    ));
-    script.push(event_with(
-        "Resumed",
-        "Normal",
-        &format!("resumed with 2 worker(s) (savepoint): run wc-uid1-2 restores {SAVEPOINT}"),
-    ));
-    script.push(status(|s| {
-        assert_eq!(s["phase"], "Deploying");
-        assert_eq!(s["runId"], "wc-uid1-2");
-    }));
+    let script = Script::workers(deployed(&suspended, &prepared, 0))
+        .applies(|b| assert_run(b, 2, "wc-uid1-2", Some(SAVEPOINT)), 0, true)
+        .then(event_with(
+            "Resumed",
+            "Normal",
+            &format!("resumed with 2 worker(s) (savepoint): run wc-uid1-2 restores {SAVEPOINT}"),
+        ))
+        .then(status(|s| {
+            assert_eq!(s["phase"], "Deploying");
+            assert_eq!(s["runId"], "wc-uid1-2");
+        }));
     // Nothing runs while suspended: worker 0 is not asked.
     run(resumed, script, Job::default()).await.0.unwrap();
 }
@@ -1168,47 +1179,31 @@ async fn last_state_mode_suspends_at_once_and_resumes_from_the_latest_checkpoint
     let old = stateful(&spec("last-state", 2, ""), 1);
     let suspended = stateful(&spec("last-state", 2, "  state: suspended\n"), 2);
     let current = run_of("wc-uid1-1", None, None);
-    let mut script = vec![token_exists(), get_sts(deployed(&old, &current, 2))];
-    script.extend(applies_checked(
-        |b| {
-            assert_eq!(b["spec"]["replicas"], 0);
-            assert_eq!(env(b, "STREAMJOB_RUN_ID").as_deref(), Some("wc-uid1-1"));
-            assert_eq!(env(b, "STREAMJOB_RESTORE_FROM"), None);
-        },
-        0,
-        false,
-    ));
-    script.push(event_with(
-        "Suspended",
-        "Normal",
-        "resuming restores the latest checkpoint of run wc-uid1-1",
-    ));
-    script.push(status(|s| {
-        assert_eq!(s["phase"], "Suspended");
-        assert_eq!(s["lastCheckpoint"]["path"], "file:///ckpt/wc-uid1-1/chk-9");
-    }));
+    let script = Script::workers(deployed(&old, &current, 2))
+        .applies(|b| assert_run(b, 0, "wc-uid1-1", None), 0, false)
+        .then(event_with(
+            "Suspended",
+            "Normal",
+            "resuming restores the latest checkpoint of run wc-uid1-1",
+        ))
+        .then(status(|s| {
+            assert_eq!(s["phase"], "Suspended");
+            assert_eq!(s["lastCheckpoint"]["path"], "file:///ckpt/wc-uid1-1/chk-9");
+        }));
     let fake = Job::default().status(Ok(running_with_checkpoint("wc-uid1-1", 9)));
     let (result, journal) = run(suspended.clone(), script, fake).await;
     result.unwrap();
     assert!(!journal.iter().any(|e| e.starts_with("TriggerSavepoint")));
 
     let resumed = stateful(&spec("last-state", 2, ""), 3);
-    let mut script = vec![token_exists(), get_sts(deployed(&suspended, &current, 0))];
-    script.extend(applies_checked(
-        |b| {
-            assert_eq!(b["spec"]["replicas"], 2);
-            assert_eq!(env(b, "STREAMJOB_RUN_ID").as_deref(), Some("wc-uid1-1"));
-            assert_eq!(env(b, "STREAMJOB_RESTORE_FROM"), None);
-        },
-        0,
-        true,
-    ));
-    script.push(event_with(
-        "Resumed",
-        "Normal",
-        "run wc-uid1-1 restores the latest checkpoint of run wc-uid1-1",
-    ));
-    script.push(status(|s| assert_eq!(s["runId"], "wc-uid1-1")));
+    let script = Script::workers(deployed(&suspended, &current, 0))
+        .applies(|b| assert_run(b, 2, "wc-uid1-1", None), 0, true)
+        .then(event_with(
+            "Resumed",
+            "Normal",
+            "run wc-uid1-1 restores the latest checkpoint of run wc-uid1-1",
+        ))
+        .then(status(|s| assert_eq!(s["runId"], "wc-uid1-1")));
     run(resumed, script, Job::default()).await.0.unwrap();
 }
 
@@ -1216,51 +1211,33 @@ async fn last_state_mode_suspends_at_once_and_resumes_from_the_latest_checkpoint
 async fn stateless_mode_suspends_at_once_and_resumes_empty() {
     let suspended = job_at(&format!("  state: suspended\n{SPEC}"), 2);
     let current = run_of("wc-uid1-1", None, None);
-    let mut script = vec![
-        token_exists(),
-        get_sts(deployed(&job_at(SPEC, 1), &current, 2)),
-    ];
-    script.extend(applies_checked(
-        |b| {
-            assert_eq!(b["spec"]["replicas"], 0);
-            assert_eq!(env(b, "STREAMJOB_RUN_ID").as_deref(), Some("wc-uid1-1"));
-        },
-        0,
-        false,
-    ));
-    script.push(event_with(
-        "Suspended",
-        "Normal",
-        "suspended: workers scaled to 0 (stateless), resuming starts from empty state",
-    ));
-    script.push(status(|s| {
-        assert_eq!(s["phase"], "Suspended");
-        assert_eq!(s["desiredWorkers"], 0);
-        assert_eq!(condition(s, "Ready")["reason"], "Suspended");
-    }));
+    let script = Script::workers(deployed(&job_at(SPEC, 1), &current, 2))
+        .applies(|b| assert_run(b, 0, "wc-uid1-1", None), 0, false)
+        .then(event_with(
+            "Suspended",
+            "Normal",
+            "suspended: workers scaled to 0 (stateless), resuming starts from empty state",
+        ))
+        .then(status(|s| {
+            assert_eq!(s["phase"], "Suspended");
+            assert_eq!(s["desiredWorkers"], 0);
+            assert_eq!(condition(s, "Ready")["reason"], "Suspended");
+        }));
     let fake = Job::default().status(Ok(report(RunState::Running)));
     run(suspended.clone(), script, fake).await.0.unwrap();
 
     let resumed = job_at(SPEC, 3);
-    let mut script = vec![token_exists(), get_sts(deployed(&suspended, &current, 0))];
-    script.extend(applies_checked(
-        |b| {
-            assert_eq!(b["spec"]["replicas"], 2);
-            assert_eq!(env(b, "STREAMJOB_RUN_ID").as_deref(), Some("wc-uid1-3"));
-            assert_eq!(env(b, "STREAMJOB_RESTORE_FROM"), None);
-        },
-        0,
-        true,
-    ));
-    script.push(event_with(
-        "Resumed",
-        "Normal",
-        "run wc-uid1-3 starts from empty state",
-    ));
-    script.push(status(|s| {
-        assert_eq!(s["phase"], "Deploying");
-        assert_eq!(s["runId"], "wc-uid1-3");
-    }));
+    let script = Script::workers(deployed(&suspended, &current, 0))
+        .applies(|b| assert_run(b, 2, "wc-uid1-3", None), 0, true)
+        .then(event_with(
+            "Resumed",
+            "Normal",
+            "run wc-uid1-3 starts from empty state",
+        ))
+        .then(status(|s| {
+            assert_eq!(s["phase"], "Deploying");
+            assert_eq!(s["runId"], "wc-uid1-3");
+        }));
     run(resumed, script, Job::default()).await.0.unwrap();
 }
 
@@ -1292,15 +1269,21 @@ async fn a_savepoint_suspend_that_fails_keeps_the_job_running() {
 // Nonces
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn a_new_savepoint_trigger_nonce_takes_a_savepoint_and_keeps_the_workers() {
-    // The nonce is not part of what the workers read: the pods stay.
-    let old = stateful(&spec("savepoint", 2, "  savepointTriggerNonce: 4\n"), 1);
-    let mut j = stateful(&spec("savepoint", 2, "  savepointTriggerNonce: 5\n"), 2);
+/// A job in `mode` whose `savepointTriggerNonce` went from 4 to 5.
+fn savepoint_requested(mode: &str) -> StreamJob {
+    let mut j = stateful(&spec(mode, 2, "  savepointTriggerNonce: 5\n"), 2);
     j.status = Some(StreamJobStatus {
         observed_savepoint_trigger_nonce: Some(4),
         ..Default::default()
     });
+    j
+}
+
+#[tokio::test]
+async fn a_new_savepoint_trigger_nonce_takes_a_savepoint_and_keeps_the_workers() {
+    // The nonce is not part of what the workers read: the pods stay.
+    let old = stateful(&spec("savepoint", 2, "  savepointTriggerNonce: 4\n"), 1);
+    let j = savepoint_requested("savepoint");
     let current = run_of("wc-uid1-1", None, None);
     let mut script = vec![
         token_exists(),
@@ -1315,13 +1298,7 @@ async fn a_new_savepoint_trigger_nonce_takes_a_savepoint_and_keeps_the_workers()
             assert_eq!(s["lastSavepoint"]["path"], SAVEPOINT);
         }),
     ];
-    let mut a = applies_checked(
-        |b| {
-            assert_eq!(env(b, "STREAMJOB_RUN_ID").as_deref(), Some("wc-uid1-1"));
-        },
-        2,
-        true,
-    );
+    let mut a = applies_checked(|b| assert_run(b, 2, "wc-uid1-1", None), 2, true);
     a[0] = expect(Method::PATCH, &format!("/api/v1{NS}/configmaps/wc-spec")).check(|b| {
         let manifest = b["data"]["streamjob.yaml"].as_str().unwrap();
         for field in [
@@ -1349,30 +1326,23 @@ async fn a_new_savepoint_trigger_nonce_takes_a_savepoint_and_keeps_the_workers()
 
 #[tokio::test]
 async fn a_failed_requested_savepoint_is_recorded_and_not_retried() {
-    let mut j = stateful(&spec("last-state", 2, "  savepointTriggerNonce: 5\n"), 2);
-    j.status = Some(StreamJobStatus {
-        observed_savepoint_trigger_nonce: Some(4),
-        ..Default::default()
-    });
+    let j = savepoint_requested("last-state");
     let current = run_of("wc-uid1-1", None, None);
-    let mut script = vec![
-        token_exists(),
-        get_sts(deployed(&j, &current, 2)),
-        event_with(
+    let script = Script::workers(deployed(&j, &current, 2))
+        .then(event_with(
             "SavepointFailed",
             "Warning",
             "savepoint for savepointTriggerNonce 5 failed: disk full",
-        ),
-        status(|s| {
+        ))
+        .then(status(|s| {
             assert_eq!(s["observedSavepointTriggerNonce"], 5);
             assert_eq!(
                 s["lastFailure"],
                 "savepoint for savepointTriggerNonce 5 failed: disk full"
             );
-        }),
-    ];
-    script.extend(applies_checked(|_| {}, 2, true));
-    script.push(status(|s| assert_eq!(s["phase"], "Running")));
+        }))
+        .applies(|_| {}, 2, true)
+        .then(status(|s| assert_eq!(s["phase"], "Running")));
     let fake = Job::default()
         .status(Ok(report(RunState::Running)))
         .savepoint(false, Err(ControlError::Failed("disk full".into())));
@@ -1385,75 +1355,60 @@ async fn a_new_restart_nonce_in_savepoint_mode_restarts_from_a_savepoint() {
     let j = stateful(&spec("savepoint", 2, "  restartNonce: 7\n"), 2);
     let before = deployed(&old, &run_of("wc-uid1-1", None, None), 2);
     let old_hash = annotation(&before, "streamjob.dev/spec-hash");
-    let mut script = vec![
-        token_exists(),
-        get_sts(before),
-        status(|s| assert_eq!(s["upgrade"]["step"], "savepointing")),
-        status(|s| assert_eq!(s["upgrade"]["savepointPath"], SAVEPOINT)),
-        event("SavepointTaken"),
-    ];
-    script.extend(applies_checked(
-        move |b| {
-            assert_eq!(annotation(b, "streamjob.dev/spec-hash"), old_hash);
-            assert_eq!(
-                annotation(b, "streamjob.dev/restart-nonce").as_deref(),
-                Some("7")
-            );
-            assert_eq!(env(b, "STREAMJOB_RUN_ID").as_deref(), Some("wc-uid1-2"));
-            assert_eq!(env(b, "STREAMJOB_RESTORE_FROM").as_deref(), Some(SAVEPOINT));
-        },
-        0,
-        true,
-    ));
-    script.push(event_with(
-        "Restarted",
-        "Normal",
-        &format!("restartNonce 7 (savepoint): new run wc-uid1-2 restores {SAVEPOINT}"),
-    ));
-    script.push(status(|s| {
-        assert_eq!(s["observedRestartNonce"], 7);
-        assert_eq!(s["runId"], "wc-uid1-2");
-        assert_eq!(s["upgrade"]["step"], "deploying");
-    }));
+    let script = Script::workers(before)
+        .stop_with_savepoint(2)
+        .applies(
+            move |b| {
+                assert_run(b, 2, "wc-uid1-2", Some(SAVEPOINT));
+                assert_eq!(annotation(b, "streamjob.dev/spec-hash"), old_hash);
+                assert_eq!(
+                    annotation(b, "streamjob.dev/restart-nonce").as_deref(),
+                    Some("7")
+                );
+            },
+            0,
+            true,
+        )
+        .then(event_with(
+            "Restarted",
+            "Normal",
+            &format!("restartNonce 7 (savepoint): new run wc-uid1-2 restores {SAVEPOINT}"),
+        ))
+        .then(status(|s| {
+            assert_eq!(s["observedRestartNonce"], 7);
+            assert_eq!(s["runId"], "wc-uid1-2");
+            assert_eq!(s["upgrade"]["step"], "deploying");
+        }));
     let fake = Job::default()
         .status(Ok(report(RunState::Running)))
         .savepoint(true, Ok(snap(7, SAVEPOINT)));
     let (result, journal) = run(j, script, fake).await;
     result.unwrap();
-    assert!(
-        at(&journal, "TriggerSavepoint stop=true")
-            < at(
-                &journal,
-                &format!("PATCH /apis/apps/v1{NS}/statefulsets/wc-worker")
-            )
-    );
+    assert_stopped_before_apply(&journal);
 }
 
 #[tokio::test]
 async fn a_new_restart_nonce_in_last_state_mode_restarts_the_same_run() {
     let old = stateful(&spec("last-state", 2, "  restartNonce: 6\n"), 1);
     let j = stateful(&spec("last-state", 2, "  restartNonce: 7\n"), 2);
-    let mut script = vec![
-        token_exists(),
-        get_sts(deployed(&old, &run_of("wc-uid1-1", None, Some(6)), 2)),
-    ];
-    script.extend(applies_checked(
-        |b| {
-            assert_eq!(
-                annotation(b, "streamjob.dev/restart-nonce").as_deref(),
-                Some("7")
-            );
-            assert_eq!(env(b, "STREAMJOB_RUN_ID").as_deref(), Some("wc-uid1-1"));
-        },
-        0,
-        true,
-    ));
-    script.push(event_with(
-        "Restarted",
-        "Normal",
-        "restartNonce 7 (last-state): the new pods restore the latest checkpoint of run wc-uid1-1",
-    ));
-    script.push(status(|s| assert_eq!(s["observedRestartNonce"], 7)));
+    let script = Script::workers(deployed(&old, &run_of("wc-uid1-1", None, Some(6)), 2))
+        .applies(
+            |b| {
+                assert_run(b, 2, "wc-uid1-1", None);
+                assert_eq!(
+                    annotation(b, "streamjob.dev/restart-nonce").as_deref(),
+                    Some("7")
+                );
+            },
+            0,
+            true,
+        )
+        .then(event_with(
+            "Restarted",
+            "Normal",
+            "restartNonce 7 (last-state): the new pods restore the latest checkpoint of run wc-uid1-1",
+        ))
+        .then(status(|s| assert_eq!(s["observedRestartNonce"], 7)));
     let fake = Job::default().status(Ok(report(RunState::Running)));
     run(j, script, fake).await.0.unwrap();
 }
@@ -1466,7 +1421,7 @@ async fn a_new_restart_nonce_in_last_state_mode_restarts_the_same_run() {
 async fn a_stateful_job_gets_the_finalizer_and_a_stateless_one_loses_it() {
     let j = job(&spec("last-state", 2, ""));
     let current = run_of("wc-uid1-1", None, None);
-    let mut script = vec![
+    let script = Script(vec![
         job_patch(|b| {
             assert_eq!(
                 b,
@@ -1475,16 +1430,16 @@ async fn a_stateful_job_gets_the_finalizer_and_a_stateless_one_loses_it() {
         }),
         token_exists(),
         get_sts(deployed(&j, &current, 2)),
-    ];
-    script.extend(applies_checked(|_| {}, 2, true));
-    script.push(status(|s| assert_eq!(s["phase"], "Running")));
+    ])
+    .applies(|_| {}, 2, true)
+    .then(status(|s| assert_eq!(s["phase"], "Running")));
     let fake = Job::default().status(Ok(report(RunState::Running)));
     run(j, script, fake).await.0.unwrap();
 
     // savepointOnDeletion: false needs no finalizer; other finalizers stay.
     let mut j = stateful(&spec("last-state", 2, "  savepointOnDeletion: false\n"), 2);
     j.metadata.finalizers = Some(vec!["example.com/keep".into(), FINALIZER.into()]);
-    let mut script = vec![
+    let script = Script(vec![
         job_patch(|b| {
             assert_eq!(
                 b,
@@ -1493,9 +1448,9 @@ async fn a_stateful_job_gets_the_finalizer_and_a_stateless_one_loses_it() {
         }),
         token_exists(),
         get_sts(deployed(&j, &current, 2)),
-    ];
-    script.extend(applies_checked(|_| {}, 2, true));
-    script.push(status(|_| {}));
+    ])
+    .applies(|_| {}, 2, true)
+    .then(status(|_| {}));
     let fake = Job::default().status(Ok(report(RunState::Running)));
     run(j, script, fake).await.0.unwrap();
 }
@@ -1671,34 +1626,20 @@ async fn switching_a_blocked_upgrade_to_last_state_lets_it_through() {
     let old = stateful(&spec("savepoint", 2, ""), 1);
     let mut j = stateful(&spec("last-state", 3, ""), 3);
     j.status = Some(StreamJobStatus {
-        upgrade: Some(UpgradeStatus {
-            step: "savepointing".into(),
-            target_generation: 2,
-            savepoint_path: None,
-        }),
+        upgrade: upgrading("savepointing", None),
         last_failure: Some("stop-with-savepoint ... failed".into()),
         ..Default::default()
     });
-    let mut script = vec![
-        token_exists(),
-        get_sts(deployed(&old, &run_of("wc-uid1-1", None, None), 2)),
-    ];
-    script.extend(applies_checked(
-        |b| {
-            assert_eq!(b["spec"]["replicas"], 3);
-            assert_eq!(env(b, "STREAMJOB_RUN_ID").as_deref(), Some("wc-uid1-1"));
-        },
-        0,
-        true,
-    ));
-    script.push(event("UpgradeStarted"));
-    script.push(status(|s| {
-        assert_eq!(
-            s["upgrade"],
-            json!({"step": "deploying", "targetGeneration": 3})
-        );
-        assert_eq!(condition(s, "Degraded")["status"], "False");
-    }));
+    let script = Script::workers(deployed(&old, &run_of("wc-uid1-1", None, None), 2))
+        .applies(|b| assert_run(b, 3, "wc-uid1-1", None), 0, true)
+        .then(event("UpgradeStarted"))
+        .then(status(|s| {
+            assert_eq!(
+                s["upgrade"],
+                json!({"step": "deploying", "targetGeneration": 3})
+            );
+            assert_eq!(condition(s, "Degraded")["status"], "False");
+        }));
     let fake = Job::default().status(Ok(report(RunState::Running)));
     let (result, journal) = run(j, script, fake).await;
     result.unwrap();
@@ -1709,27 +1650,20 @@ async fn switching_a_blocked_upgrade_to_last_state_lets_it_through() {
 async fn a_blocked_upgrade_whose_spec_is_reverted_is_cancelled() {
     let mut j = stateful(&spec("savepoint", 2, ""), 3);
     j.status = Some(StreamJobStatus {
-        upgrade: Some(UpgradeStatus {
-            step: "savepointing".into(),
-            target_generation: 2,
-            savepoint_path: None,
-        }),
+        upgrade: upgrading("savepointing", None),
         ..Default::default()
     });
-    let mut script = vec![
-        token_exists(),
-        get_sts(deployed(&j, &run_of("wc-uid1-1", None, None), 2)),
-    ];
-    script.extend(applies_checked(|_| {}, 2, true));
-    script.push(event_with(
-        "UpgradeCancelled",
-        "Normal",
-        "the spec matches the running workers again",
-    ));
-    script.push(status(|s| {
-        assert!(s.get("upgrade").is_none(), "{s}");
-        assert_eq!(s["phase"], "Running");
-    }));
+    let script = Script::workers(deployed(&j, &run_of("wc-uid1-1", None, None), 2))
+        .applies(|_| {}, 2, true)
+        .then(event_with(
+            "UpgradeCancelled",
+            "Normal",
+            "the spec matches the running workers again",
+        ))
+        .then(status(|s| {
+            assert!(s.get("upgrade").is_none(), "{s}");
+            assert_eq!(s["phase"], "Running");
+        }));
     let fake = Job::default().status(Ok(report(RunState::Running)));
     run(j, script, fake).await.0.unwrap();
 }
