@@ -107,9 +107,9 @@ pub struct StreamJobSpec {
     #[serde(default = "default_buffer_timeout_ms")]
     pub buffer_timeout_ms: u64,
 
-    /// Periodic aligned checkpoints: a job started again restores from the latest complete
-    /// one (state, source positions; sinks drop or abort what came after). Single-process
-    /// runs only for now.
+    /// Periodic aligned checkpoints (worker 0 coordinates): a job restarted after a failure
+    /// restores from the latest complete one (state, source positions; sinks drop or abort
+    /// what came after). Also where savepoints go.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpointing: Option<Checkpointing>,
 
@@ -170,8 +170,9 @@ pub struct StreamJobSpec {
     #[serde(default = "default_true")]
     pub savepoint_on_deletion: bool,
 
-    /// What a worker does when a task fails: restart the job from the latest checkpoint
-    /// up to `attempts` times, waiting with exponential backoff in between.
+    /// What a worker does when a task fails: with `checkpointing`, restart the job from the
+    /// latest checkpoint up to `attempts` times, waiting with exponential backoff in between;
+    /// without it a failure is final (a rerun would repeat output).
     #[serde(default)]
     pub restart_strategy: RestartStrategy,
 
@@ -187,8 +188,9 @@ pub struct Checkpointing {
     /// Time between checkpoints, in ms.
     #[schemars(range(min = 10))]
     pub interval_ms: u64,
-    /// Directory of the checkpoints (`file:///path` or a plain path; relative paths resolve
-    /// against the manifest's directory).
+    /// Where checkpoints are stored: `s3://bucket/prefix` (credentials and endpoint from the
+    /// workers' `AWS_*` environment, see `env`), `file:///path` or a plain path (a volume
+    /// every worker shares; relative paths resolve against the manifest's directory).
     #[schemars(length(min = 1))]
     pub directory: String,
     /// Complete checkpoints kept.
@@ -577,8 +579,9 @@ pub struct KafkaSource {
     #[serde(default = "default_discovery_ms")]
     #[schemars(range(min = 100))]
     pub partition_discovery_interval_ms: u64,
-    /// How often processed offsets are committed to the consumer group, in ms (until
-    /// checkpoints exist; they are also committed at the end of a bounded read).
+    /// Without `checkpointing`, how often processed offsets are committed to the consumer
+    /// group, in ms (also at the end of a bounded read). With it, offsets are committed when
+    /// a checkpoint completes.
     #[serde(default = "default_commit_ms")]
     #[schemars(range(min = 100))]
     pub commit_interval_ms: u64,
@@ -670,9 +673,10 @@ pub struct KafkaSink {
     /// Delivery guarantee.
     #[serde(default)]
     pub delivery_guarantee: DeliveryGuarantee,
-    /// With `exactly-once`, how often the open transaction is committed, in ms (until
-    /// checkpoints exist; the last one commits at end of input). At most 5 minutes, so the
-    /// transaction stays within the brokers' transaction timeout.
+    /// With `exactly-once` and no `checkpointing`, how often the open transaction is
+    /// committed, in ms (the last one commits at end of input). At most 5 minutes, so the
+    /// transaction stays within the brokers' transaction timeout. With checkpointing,
+    /// transactions commit when their checkpoint completes.
     #[serde(default = "default_commit_ms")]
     #[schemars(range(min = 100, max = 300000))]
     pub commit_interval_ms: u64,
