@@ -97,13 +97,19 @@ fn exactly_once_finals(out: &Path) -> BTreeMap<String, u64> {
         .collect()
 }
 
-fn run_to_end(spec: &Path) {
-    let out = Command::new(BIN).arg("run").arg(spec).output().unwrap();
+/// Runs `cmd` to its end; it must succeed (its stderr is the failure message).
+fn succeed(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out
+}
+
+fn run_to_end(spec: &Path) {
+    succeed(Command::new(BIN).arg("run").arg(spec));
 }
 
 #[test]
@@ -281,15 +287,10 @@ fn stop_with_savepoint(spec: &Path, args: &[&str], after: Duration) -> String {
         "{}",
         String::from_utf8_lossy(&wrong.stderr)
     );
-    let sp = Command::new(BIN)
-        .args(["savepoint", "--stop", "--address", &address])
-        .env("STREAMJOB_TOKEN", TOKEN)
-        .output()
-        .unwrap();
-    assert!(
-        sp.status.success(),
-        "{}",
-        String::from_utf8_lossy(&sp.stderr)
+    let sp = succeed(
+        Command::new(BIN)
+            .args(["savepoint", "--stop", "--address", &address])
+            .env("STREAMJOB_TOKEN", TOKEN),
     );
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
@@ -333,23 +334,18 @@ fn stop_with_savepoint_then_rescaling_2_to_3_to_1_continues_the_counts_exactly()
         "stopped mid-run: {second}"
     );
 
-    let out = Command::new(BIN)
-        .args([
-            "run",
-            "--workers",
-            "1",
-            "--run-id",
-            "three",
-            "--restore-from",
-            &sp2,
-        ])
-        .arg(spec_with(&dir, 1, 100, "", source))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        Command::new(BIN)
+            .args([
+                "run",
+                "--workers",
+                "1",
+                "--run-id",
+                "three",
+                "--restore-from",
+                &sp2,
+            ])
+            .arg(spec_with(&dir, 1, 100, "", source)),
     );
     // Running counts are 1..n per word across the three deployments: nothing lost or
     // repeated, and each key's state followed its key group to its new owner.
