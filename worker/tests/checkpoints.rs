@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{kill9, workers_of};
+
 const BIN: &str = env!("CARGO_BIN_EXE_streamjob");
 
 fn tmp(name: &str) -> PathBuf {
@@ -180,15 +183,6 @@ fn restoring_a_file_source_at_another_parallelism_is_refused_clearly() {
     );
 }
 
-/// The worker processes a mini-cluster (`run --workers`) started.
-fn workers_of(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
 const RESTARTS: &str = "  restartStrategy: {attempts: 100, initialDelayMs: 100, maxDelayMs: 500}\n";
 
 #[test]
@@ -215,9 +209,7 @@ fn a_distributed_job_whose_workers_are_killed_at_random_points_ends_with_exactly
         }
         // Worker 0 (the coordinator) is as fair a target as the others.
         let victim = workers[(x >> 40) as usize % workers.len()];
-        let _ = Command::new("kill")
-            .args(["-9", &victim.to_string()])
-            .status();
+        kill9(victim);
         kills += 1;
         assert!(started.elapsed() < Duration::from_secs(300));
     }

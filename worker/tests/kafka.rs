@@ -15,6 +15,9 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
+mod common;
+use common::{kill9, workers_of};
+
 const BIN: &str = env!("CARGO_BIN_EXE_streamjob");
 
 thread_local! {
@@ -382,8 +385,8 @@ fn exactly_once_output_is_seen_once_by_read_committed_consumers() {
     let (ok, err) = run(&spec);
     assert!(ok, "{err}");
     let records = consume_all(&output, true);
-    assert_eq!(records.len() as u64, expected.values().sum::<u64>());
     assert_eq!(finals(&records), expected);
+    assert_eq!(records.len() as u64, expected.values().sum::<u64>());
 }
 
 #[test]
@@ -869,4 +872,96 @@ fn at_least_once_counts_survive_ten_sigkills_with_nothing_missing() {
         "{} records",
         records.len()
     );
+}
+
+/// The deployment shape: a 2-worker mini-cluster (worker processes shuffling over gRPC,
+/// worker 0 coordinating checkpoints) reading Kafka and writing exactly-once to Kafka, with
+/// a random worker — the coordinator included — SIGKILLed ten times while input keeps
+/// arriving. The killed worker is started again (as Kubernetes would) and the others restart
+/// in-process; all resume from the latest checkpoint. Then the whole cluster is killed and a
+/// bounded run finishes the input. A `read_committed` reader sees every count once, in order.
+#[test]
+fn exactly_once_counts_survive_ten_killed_workers_of_a_distributed_job() {
+    let (input, output) = (unique("dist-eo-in"), unique("dist-eo-out"));
+    create_topic(&input, 4);
+    create_topic(&output, 3);
+    let dir = tmp("dist-eo-kill");
+    let group = unique("g");
+    let prefix = unique("tx");
+    let spec = |bounded: bool| {
+        let spec = write_job(
+            &dir,
+            &Job {
+                sink_extra: &format!(
+                    "          deliveryGuarantee: exactly-once\n          transactionalIdPrefix: {prefix}"
+                ),
+                ..Job::new(&input, &output, &group)
+            },
+        );
+        let mut yaml = std::fs::read_to_string(&spec).unwrap().replace(
+            "  steps:\n",
+            &format!(
+                "  checkpointing: {{intervalMs: 150, directory: {}, retained: 2}}\n  \
+                 restartStrategy: {{attempts: 100, initialDelayMs: 100, maxDelayMs: 500}}\n  steps:\n",
+                dir.join("chk").display()
+            ),
+        );
+        if !bounded {
+            yaml = yaml.replace("          bounded: true\n", "");
+        }
+        std::fs::write(&spec, yaml).unwrap();
+        spec
+    };
+    let mut expected = BTreeMap::new();
+    let mut more_input = |chunk: u64| {
+        let (lines, counts) = text(3_000, 700 + chunk);
+        produce(&input, 4, &lines);
+        for (w, c) in counts {
+            *expected.entry(w).or_insert(0) += c;
+        }
+    };
+    more_input(0);
+    let mut cluster = Command::new(BIN)
+        .args(["run", "--workers", "2"])
+        .arg(spec(false))
+        .stderr(std::fs::File::create(dir.join("cluster.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut x: u64 = 77;
+    let mut kills = 0;
+    while kills < 10 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        std::thread::sleep(Duration::from_millis(400 + (x >> 33) % 800));
+        assert!(
+            cluster.try_wait().unwrap().is_none(),
+            "the mini-cluster gave up: {}",
+            std::fs::read_to_string(dir.join("cluster.log")).unwrap_or_default()
+        );
+        more_input(kills + 1);
+        let workers = workers_of(cluster.id());
+        if workers.len() == 2 {
+            kill9(workers[(x >> 40) as usize % 2]);
+            kills += 1;
+        }
+    }
+    for w in workers_of(cluster.id()) {
+        kill9(w);
+    }
+    cluster.kill().unwrap();
+    cluster.wait().unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--workers", "2"])
+        .arg(spec(true))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the last run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records = consume_all(&output, true);
+    assert_eq!(finals(&records), expected);
+    assert_eq!(records.len() as u64, expected.values().sum::<u64>());
 }

@@ -117,6 +117,11 @@ pub(crate) struct LeaderService {
     pub finished: Arc<AtomicBool>,
     /// Restarts of the job on this worker before this run.
     pub restarts: u32,
+    /// Workers that joined this run. A worker joins once per run: a second join means it
+    /// restarted while this leader still runs the job it left, which is about to fail too.
+    /// Admitting it would restore a stale checkpoint (the one this run started from) and let
+    /// its sinks abort transactions of a later complete checkpoint.
+    pub joined: Arc<std::sync::Mutex<std::collections::HashSet<u32>>>,
 }
 
 impl LeaderService {
@@ -143,6 +148,13 @@ impl Coordination for LeaderService {
                 r.worker, r.plan_hash, self.plan_hash
             )));
         }
+        if !self.joined.lock().unwrap().insert(r.worker) {
+            return Err(Status::unavailable(format!(
+                "worker {} already joined this run of the job (epoch {}); it is restarting: \
+                 join again once the coordinator has restarted",
+                r.worker, self.epoch
+            )));
+        }
         let restored = self.coordinator.restored_snapshot();
         Ok(Response::new(JoinReply {
             epoch: self.epoch,
@@ -160,15 +172,29 @@ impl Coordination for LeaderService {
     ) -> Result<Response<Self::FollowStream>, Status> {
         check_token(&self.token, request.metadata())?;
         self.check_epoch(request.get_ref().epoch)?;
+        let worker = request.get_ref().worker;
         let mut rx = self.coordinator.subscribe();
+        let (coordinator, failures) = (self.coordinator.clone(), self.failures.clone());
+        // Once a job has no data channels left open (its tasks wait for the final
+        // checkpoint), this stream is the only sign of a lost follower.
+        let lost = move || {
+            if coordinator.final_checkpoint_id() == 0 && !failures.cancel.is_set() {
+                failures.fail(format!(
+                    "lost worker {worker}: its checkpoint coordination stream closed"
+                ));
+            }
+        };
         let stream = async_stream(move |tx| async move {
             loop {
                 let p = to_wire(&rx.borrow_and_update().clone());
                 if tx.send(Ok(p)).await.is_err() {
-                    return;
+                    return lost();
                 }
-                if rx.changed().await.is_err() {
-                    return;
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() {
+                        return;
+                    },
+                    () = tx.closed() => return lost(),
                 }
             }
         });
@@ -337,6 +363,22 @@ fn authorized<T>(token: &str, message: T) -> Result<Request<T>, String> {
     Ok(request)
 }
 
+/// Why a join failed.
+#[derive(Debug)]
+pub(crate) enum JoinError {
+    /// The leader still runs the job this worker left; it restarts soon.
+    LeaderBusy(String),
+    Failed(String),
+}
+
+impl std::fmt::Display for JoinError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JoinError::LeaderBusy(m) | JoinError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
 /// A follower's connection to the leader.
 pub(crate) struct FollowerLink {
     client: CoordinationClient<Channel>,
@@ -352,30 +394,37 @@ impl FollowerLink {
         token: Arc<str>,
         worker: u32,
         plan_hash: &str,
-    ) -> Result<(FollowerLink, Option<Restored>), String> {
+    ) -> Result<(FollowerLink, Option<Restored>), JoinError> {
         let mut client = CoordinationClient::new(channel);
+        let request = authorized(
+            &token,
+            JoinRequest {
+                worker,
+                plan_hash: plan_hash.to_string(),
+            },
+        )
+        .map_err(JoinError::Failed)?;
         let reply = client
-            .join(authorized(
-                &token,
-                JoinRequest {
-                    worker,
-                    plan_hash: plan_hash.to_string(),
-                },
-            )?)
+            .join(request)
             .await
             .map_err(|s| {
-                format!(
+                let m = format!(
                     "cannot join the checkpoint coordinator (worker 0): {}",
                     s.message()
-                )
+                );
+                match s.code() {
+                    tonic::Code::Unavailable => JoinError::LeaderBusy(m),
+                    _ => JoinError::Failed(m),
+                }
             })?
             .into_inner();
         let restored = match reply.restored {
             false => None,
             true => Some(Restored {
                 id: reply.restored_id,
-                dir: crate::runtime::storage::Location::parse(&reply.restored_path)
-                    .map_err(|e| format!("cannot open the snapshot to restore: {e}"))?,
+                dir: crate::runtime::storage::Location::parse(&reply.restored_path).map_err(
+                    |e| JoinError::Failed(format!("cannot open the snapshot to restore: {e}")),
+                )?,
             }),
         };
         Ok((
@@ -413,7 +462,7 @@ impl FollowerLink {
                 done.clone(),
             );
             tokio::spawn(async move {
-                let request = match authorized(&token, FollowRequest { epoch }) {
+                let request = match authorized(&token, FollowRequest { epoch, worker }) {
                     Ok(r) => r,
                     Err(e) => return failures.fail(e),
                 };

@@ -19,7 +19,7 @@ use crate::api::environment::JobExecutionResult;
 use crate::api::graph::{AnyBox, GraphBuilder, NodeRuntime};
 use crate::error::{JobError, TaskError, panic_message};
 use crate::net::cluster::ClusterConfig;
-use crate::net::coordination::{FollowerLink, LeaderService};
+use crate::net::coordination::{FollowerLink, JoinError, LeaderService};
 use crate::net::exchange::{
     self, ChannelId, ExchangeService, Failures, Handshake, InboundSlot, OutboundChannel,
 };
@@ -154,6 +154,7 @@ pub(crate) fn run_distributed(
                     failures: failures.clone(),
                     finished: finished.clone(),
                     restarts: cluster.restarts,
+                    joined: Default::default(),
                 });
                 // Workers of different incarnations of the job (one restarted, one not yet)
                 // must refuse each other's channels.
@@ -170,13 +171,28 @@ pub(crate) fn run_distributed(
                             cluster.tls.as_ref(),
                         )
                         .await?;
-                        FollowerLink::join(
-                            ch,
-                            handshake.token.clone(),
-                            cluster.index,
-                            &handshake.plan_hash,
-                        )
-                        .await
+                        // A leader still running the job this worker left refuses the join
+                        // until it has restarted itself: wait for that.
+                        let started = Instant::now();
+                        loop {
+                            match FollowerLink::join(
+                                ch.clone(),
+                                handshake.token.clone(),
+                                cluster.index,
+                                &handshake.plan_hash,
+                            )
+                            .await
+                            {
+                                Err(JoinError::LeaderBusy(e))
+                                    if started.elapsed() < cluster.connect_timeout
+                                        && !cancel.is_set() =>
+                                {
+                                    tracing::debug!(reason = %e, "coordinator busy; joining again");
+                                    tokio::time::sleep(Duration::from_millis(100)).await;
+                                }
+                                other => break other.map_err(|e| e.to_string()),
+                            }
+                        }
                     })
                     .map_err(JobError::Coordination)?;
                 handshake.plan_hash = format!("{}-e{}", handshake.plan_hash, link.epoch);
