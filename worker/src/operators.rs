@@ -10,6 +10,7 @@ use streamjob_crds::keygroup::key_group_of_hash;
 
 use crate::api::functions::{Collector, Sink, SinkWriter};
 use crate::error::{BoxError, JobError, TaskError, panic_message};
+use crate::net::codec::{Wire, get_varint, put_varint};
 use crate::runtime::checkpoint::Coordinator;
 use crate::runtime::context::SubtaskContext;
 use crate::runtime::message::{FINAL_CHECKPOINT, Signal};
@@ -136,6 +137,81 @@ pub(crate) struct Reduce<T, K: ?Sized + ToOwned, F> {
     pub max_parallelism: u32,
     pub next: Box<dyn Output<T>>,
     pub id: OpId,
+    /// With checkpointing: how the state is written and where.
+    pub checkpoint: Option<ReduceCheckpoint<T, K::Owned>>,
+}
+
+/// Checkpointing of a Rust-API reduce: codecs for its keys and records (the built-in types
+/// the exchange also carries) and where its snapshots go.
+pub(crate) struct ReduceCheckpoint<T, KO> {
+    pub keys: Wire<KO>,
+    pub values: Wire<T>,
+    pub coordinator: Arc<Coordinator>,
+    pub uid: Arc<str>,
+    pub subtask: u32,
+}
+
+impl<T, K, F> Reduce<T, K, F>
+where
+    T: Clone + Send,
+    K: ?Sized + ToOwned + Eq + StableKey + Send + Sync,
+    K::Owned: Borrow<K> + Send,
+{
+    /// The state as `[varint n][n key groups][varint len][keys batch][values batch]`. Taken
+    /// at the barrier, synchronously: the task pauses for the copy and the encoding.
+    fn snapshot(&self, cp: &ReduceCheckpoint<T, K::Owned>) -> Vec<u8> {
+        let (mut groups, mut keys, mut values) = (Vec::new(), Vec::new(), Vec::new());
+        for g in self.state.key_groups().as_range() {
+            self.state.for_each_in_group(g, &mut |k, v| {
+                groups.push(g);
+                keys.push(k.borrow().to_owned());
+                values.push(v.clone().expect("reduce state slot is filled"));
+            });
+        }
+        let mut out = Vec::new();
+        put_varint(&mut out, groups.len() as u64);
+        for g in groups {
+            put_varint(&mut out, u64::from(g));
+        }
+        let mut batch = Vec::new();
+        (cp.keys.encode)(&keys, &mut batch);
+        put_varint(&mut out, batch.len() as u64);
+        out.extend_from_slice(&batch);
+        (cp.values.encode)(&values, &mut out);
+        out
+    }
+
+    /// Loads this subtask's key groups from every old subtask's snapshot (any parallelism).
+    pub fn restore(&mut self, snapshots: &[(u32, Vec<u8>)]) -> Result<(), String> {
+        let Some(cp) = &self.checkpoint else {
+            return Ok(());
+        };
+        for (_, snap) in snapshots {
+            let mut input = snap.as_slice();
+            let n = get_varint(&mut input).map_err(|e| e.to_string())? as usize;
+            let groups = (0..n)
+                .map(|_| get_varint(&mut input).map(|g| g as u32))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            let len = get_varint(&mut input).map_err(|e| e.to_string())? as usize;
+            if len > input.len() {
+                return Err("truncated reduce snapshot".into());
+            }
+            let (key_batch, value_batch) = input.split_at(len);
+            let keys = (cp.keys.decode)(key_batch).map_err(|e| e.to_string())?;
+            let values = (cp.values.decode)(value_batch).map_err(|e| e.to_string())?;
+            if keys.len() != n || values.len() != n {
+                return Err("reduce snapshot with mismatched entry counts".into());
+            }
+            for ((g, key), value) in groups.into_iter().zip(keys).zip(values) {
+                if self.state.key_groups().contains(g) {
+                    let hash = key.borrow().stable_hash();
+                    self.state.put(g, hash, key, Some(value));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl<T, K, F> Output<T> for Reduce<T, K, F>
@@ -172,7 +248,31 @@ where
             }
         }
     }
-    forward_control!();
+    fn signal(&mut self, signal: Signal) -> Result<(), TaskError> {
+        if let Some(cp) = &self.checkpoint {
+            match signal {
+                Signal::Barrier(b) => {
+                    let bytes = self.snapshot(cp);
+                    cp.coordinator
+                        .write_state(b.id, &cp.uid, cp.subtask, &bytes)
+                        .map_err(|e| {
+                            self.id
+                                .fail(format!("cannot write checkpoint {}: {e}", b.id))
+                        })?;
+                }
+                // What a run started later from the final checkpoint restores.
+                Signal::EndOfInput => {
+                    cp.coordinator
+                        .register_final(&cp.uid, cp.subtask, self.snapshot(cp))
+                }
+                _ => {}
+            }
+        }
+        self.next.signal(signal)
+    }
+    fn flush(&mut self) -> Result<(), TaskError> {
+        self.next.flush()
+    }
 }
 
 pub(crate) struct SinkOp<T> {

@@ -356,25 +356,55 @@ where
         let f = Arc::new(f);
         let key = self.key.clone();
         let build: TransformBuild = Arc::new(move |next, ctx| {
-            if ctx.checkpoints.is_some() {
-                // Silently restarting a reduce from empty state would give wrong counts.
-                return Err(crate::error::JobError::Setup {
-                    operator: ctx.operator.to_string(),
-                    message:
-                        "checkpoints do not cover the state of Rust-API reduce operators yet; \
-                              use a StreamJob spec or run without checkpointing"
-                            .into(),
-                });
-            }
+            let setup = |message: String| crate::error::JobError::Setup {
+                operator: ctx.operator.to_string(),
+                message,
+            };
+            let checkpoint = match &ctx.checkpoints {
+                None => None,
+                Some(c) => {
+                    use crate::net::codec::wire_of;
+                    // Restarting a reduce from empty state would silently give wrong counts.
+                    let (Some(keys), Some(values)) = (wire_of::<K::Owned>(), wire_of::<T>()) else {
+                        return Err(setup(format!(
+                            "checkpoints need a state codec for this reduce, and keys of type \
+                             {} or records of type {} have none (String, u64, i64, Vec<u8>, \
+                             (String, u64) and (String, i64) do); use those types, a \
+                             StreamJob spec, or run without checkpointing",
+                            std::any::type_name::<K::Owned>(),
+                            std::any::type_name::<T>()
+                        )));
+                    };
+                    Some(crate::operators::ReduceCheckpoint {
+                        keys,
+                        values,
+                        coordinator: c.clone(),
+                        uid: ctx.uid.clone(),
+                        subtask: ctx.subtask,
+                    })
+                }
+            };
             let next: Box<dyn Output<T>> = unbox(next);
-            Ok(boxed::<T>(Reduce {
+            let mut reduce = Reduce {
                 key: key.clone(),
                 f: f.clone(),
                 state: HashMapValueState::new(ctx.key_groups),
                 max_parallelism: ctx.max_parallelism,
                 next,
                 id: OpId::of(ctx),
-            }))
+                checkpoint,
+            };
+            if let Some(c) = &ctx.checkpoints
+                && c.restored().is_some()
+            {
+                let snapshots = c
+                    .restored_states(&ctx.uid)
+                    .map_err(|e| setup(format!("cannot read checkpoint: {e}")))?;
+                reduce
+                    .restore(&snapshots)
+                    .map_err(|e| setup(format!("cannot restore from checkpoint: {e}")))?;
+            }
+            Ok(boxed::<T>(reduce))
         });
         let key = self.key.clone();
         let edge: Arc<dyn EdgeKind> =
