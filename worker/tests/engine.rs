@@ -415,10 +415,10 @@ fn rust_api_reduce_state_survives_a_failure_through_checkpoints() {
             .map(move |line: String| {
                 let n = seen.fetch_add(1, Ordering::Relaxed);
                 if fail_after.is_some_and(|limit| n == limit) {
-                    // Slow down first, so that checkpoints complete before the failure.
                     panic!("injected failure after {n} lines");
                 }
-                if fail_after.is_some() && n % 1000 == 0 {
+                // Slow the failing run down, so checkpoints complete before the failure.
+                if fail_after.is_some() && n.is_multiple_of(1000) {
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 line
