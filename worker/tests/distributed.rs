@@ -369,13 +369,14 @@ fn a_wrong_token_is_refused() {
     let peers = free_ports(2);
     let w0 = Worker::start(&spec, 0, &peers, "right", &["--connect-timeout-secs", "5"]);
     let w1 = Worker::start(&spec, 1, &peers, "wrong", &["--connect-timeout-secs", "5"]);
-    let (conn, _) = server.accept().unwrap();
+    // The socket source may connect (the listener's backlog accepts it) or not: the
+    // workers can fail on each other before it starts. Never block on it.
     let (ok0, err0) = w0.wait(Duration::from_secs(20));
     let (ok1, err1) = w1.wait(Duration::from_secs(20));
     assert!(!ok0 && !ok1);
     let both = format!("{err0}\n{err1}");
     assert!(both.contains("without the job's token"), "{both}");
-    drop(conn);
+    drop(server);
 }
 
 #[test]
@@ -395,7 +396,8 @@ fn a_different_spec_is_refused_by_its_plan_hash() {
     let peers = free_ports(2);
     let w0 = Worker::start(&spec, 0, &peers, "t", &["--connect-timeout-secs", "5"]);
     let w1 = Worker::start(&other, 1, &peers, "t", &["--connect-timeout-secs", "5"]);
-    let (conn, _) = server.accept().unwrap();
+    // The socket source may connect (the listener's backlog accepts it) or not: the
+    // workers can fail on each other before it starts. Never block on it.
     let (ok0, err0) = w0.wait(Duration::from_secs(20));
     let (ok1, err1) = w1.wait(Duration::from_secs(20));
     assert!(!ok0 && !ok1);
@@ -405,7 +407,7 @@ fn a_different_spec_is_refused_by_its_plan_hash() {
         both.contains("every worker must run the same spec"),
         "{both}"
     );
-    drop(conn);
+    drop(server);
 }
 
 #[test]
@@ -604,4 +606,42 @@ fn workers_exchange_over_mutual_tls() {
         err.contains("cannot read TLS certificate /nope.pem"),
         "{err}"
     );
+}
+
+/// Checkpoint storage must be shared by every worker: a follower that cannot see what
+/// worker 0 wrote (here: a relative directory resolved next to each worker's own copy of the
+/// manifest, like a plain path on each pod's own disk) refuses to run, instead of restoring
+/// its subtasks empty later.
+#[test]
+fn checkpoint_storage_that_workers_do_not_share_is_refused() {
+    let dir = tmp("unshared");
+    let input = dir.join("in.txt");
+    std::fs::write(&input, "a b c\n").unwrap();
+    let spec = wordcount_spec("unshared", &input, &file_sink(&dir.join("out/c")), 2).replace(
+        "  steps:",
+        "  checkpointing: {intervalMs: 100, directory: chk}\n  steps:",
+    );
+    let specs: Vec<PathBuf> = ["pod-0", "pod-1"]
+        .iter()
+        .map(|pod| {
+            std::fs::create_dir_all(dir.join(pod)).unwrap();
+            let path = dir.join(pod).join("job.yaml");
+            std::fs::write(&path, &spec).unwrap();
+            path
+        })
+        .collect();
+    let peers = free_ports(2);
+    let args = ["--connect-timeout-secs", "5"];
+    let w0 = Worker::start(&specs[0], 0, &peers, "t", &args);
+    let w1 = Worker::start(&specs[1], 1, &peers, "t", &args);
+    let (ok1, err1) = w1.wait(Duration::from_secs(30));
+    assert!(!ok1);
+    assert!(
+        err1.contains(&format!(
+            "worker 1 cannot see the checkpoint storage of worker 0 at {}",
+            dir.join("pod-1/chk").display()
+        )),
+        "{err1}"
+    );
+    drop(w0);
 }

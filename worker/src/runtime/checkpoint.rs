@@ -366,6 +366,28 @@ impl Coordinator {
         })
     }
 
+    /// Where this run's checkpoints go.
+    pub fn storage_url(&self) -> &str {
+        self.dir.url()
+    }
+
+    /// Leader: records this run's epoch in the run directory, so that followers can check
+    /// they see the same storage.
+    pub fn mark_leader(&self, epoch: u64) -> std::io::Result<()> {
+        self.dir.join("_leader").put(epoch.to_string().into_bytes())
+    }
+
+    /// Follower: whether the leader's mark for `epoch` is visible, i.e. the storage is
+    /// shared. A plain path on each pod's own disk is not, and a restore would then find no
+    /// state for this worker's subtasks and silently start them empty.
+    pub fn sees_leader(&self, epoch: u64) -> std::io::Result<bool> {
+        Ok(self
+            .dir
+            .join("_leader")
+            .get()?
+            .is_some_and(|b| b == epoch.to_string().as_bytes()))
+    }
+
     pub fn is_leader(&self) -> bool {
         matches!(self.role, Role::Leader)
     }

@@ -146,6 +146,8 @@ pub(crate) fn run_distributed(
                         .map_err(|e| chk_error(format!("cannot restore or checkpoint: {e}")))?,
                 );
                 let epoch = crate::runtime::checkpoint::now_ms();
+                c.mark_leader(epoch)
+                    .map_err(|e| chk_error(format!("cannot write to checkpoint storage: {e}")))?;
                 leader = Some(LeaderService {
                     coordinator: c.clone(),
                     token: handshake.token.clone(),
@@ -201,6 +203,18 @@ pub(crate) fn run_distributed(
                     Coordinator::follower(config, tasks, restored, tx)
                         .map_err(|e| chk_error(format!("cannot use checkpoint storage: {e}")))?,
                 );
+                let shared = c
+                    .sees_leader(link.epoch)
+                    .map_err(|e| chk_error(format!("cannot use checkpoint storage: {e}")))?;
+                if !shared {
+                    return Err(chk_error(format!(
+                        "worker {} cannot see the checkpoint storage of worker 0 at {}: every \
+                         worker must share it (s3://, or a volume all pods mount); a plain \
+                         path on each pod's own disk is not shared",
+                        cluster.index,
+                        c.storage_url()
+                    )));
+                }
                 follower = Some((link, rx));
                 Some(c)
             }
