@@ -16,7 +16,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 mod common;
-use common::{kill9, workers_of};
+use common::{kill_cluster, kill9, workers_of};
 
 const BIN: &str = env!("CARGO_BIN_EXE_streamjob");
 
@@ -946,11 +946,7 @@ fn exactly_once_counts_survive_ten_killed_workers_of_a_distributed_job() {
             kills += 1;
         }
     }
-    for w in workers_of(cluster.id()) {
-        kill9(w);
-    }
-    cluster.kill().unwrap();
-    cluster.wait().unwrap();
+    kill_cluster(&mut cluster);
     let out = Command::new(BIN)
         .args(["run", "--workers", "2"])
         .arg(spec(true))
