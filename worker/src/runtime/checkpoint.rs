@@ -438,7 +438,6 @@ impl Coordinator {
 
     pub fn observe(&self, p: &Progress) {
         self.stop_at.store(p.stop_at, Ordering::Release);
-        // (`final_checkpoint` travels in the progress itself.)
         self.triggered.fetch_max(p.pending, Ordering::AcqRel);
         self.completed.fetch_max(p.completed, Ordering::AcqRel);
         self.progress.send_replace(p.clone());
@@ -613,11 +612,6 @@ impl Coordinator {
         self.write_final(&mut s)
     }
 
-    /// Whether every task of the job has finished.
-    pub fn all_finished(&self) -> bool {
-        self.state.lock().unwrap().finished.len() >= self.tasks
-    }
-
     /// A snapshot of checkpoint `id` will be written in the background; the checkpoint does
     /// not complete before [`Coordinator::end_write`].
     pub fn begin_write(&self, id: u64) {
@@ -680,12 +674,7 @@ impl Coordinator {
 
     /// After every task finished: one last checkpoint from the final snapshots, so a run
     /// started later (with more input) continues exactly where this one ended. Written when
-    /// the last task reports; calling it again does nothing.
-    pub fn final_checkpoint(&self) -> std::io::Result<()> {
-        let mut s = self.state.lock().unwrap();
-        self.write_final(&mut s)
-    }
-
+    /// the last task reports; finished tasks wait for it before they end.
     fn write_final(&self, s: &mut Acks) -> std::io::Result<()> {
         if !self.is_leader() || s.final_id != 0 || s.finished.len() < self.tasks {
             return Ok(());

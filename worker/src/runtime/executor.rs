@@ -66,15 +66,8 @@ pub(crate) fn run_local(
     if let Some(t) = trigger {
         let _ = t.join();
     }
-    if let Some(c) = &coordinator
-        && errors.lock().unwrap().is_empty()
-        && let Err(e) = c.final_checkpoint()
-    {
-        return Err(JobError::Setup {
-            operator: "checkpoints".into(),
-            message: format!("cannot write the final checkpoint: {e}"),
-        });
-    }
+    // The final checkpoint is written when the last task reports finished (the tasks wait
+    // for it); a failure to write it fails that task.
     finish(job_name, started, &errors, stats, 0)
 }
 
@@ -372,21 +365,9 @@ pub(crate) fn run_distributed(
         .map(|(c, config)| spawn_trigger(c, config.interval, stop_trigger.clone(), cancel.clone()));
 
     cluster.health.ready.store(true, Ordering::Release);
+    // Tasks end only once the job's final checkpoint is complete, which needs every
+    // worker's tasks to have finished: when they return here, the whole job is done.
     let stats = run_tasks(built.tasks, &cancel, &errors);
-    if let Some(c) = &coordinator
-        && c.is_leader()
-    {
-        // The job ends when every worker's tasks have: followers report theirs.
-        while !c.all_finished() && !cancel.is_set() {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        stop_trigger.store(true, Ordering::Release);
-        if !cancel.is_set()
-            && let Err(e) = c.final_checkpoint()
-        {
-            failures.fail(format!("cannot write the final checkpoint: {e}"));
-        }
-    }
     stop_trigger.store(true, Ordering::Release);
     if let Some(t) = trigger {
         let _ = t.join();

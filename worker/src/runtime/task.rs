@@ -72,14 +72,10 @@ fn announce_complete<T>(
 }
 
 /// Stop-with-savepoint: once a task has passed the savepoint's barrier, it waits for the
-/// savepoint to complete and announces it (sinks commit) before it ends, so nothing the
-/// savepoint covers is left uncommitted. Returns whether this task is stopping.
-fn await_stop(
-    cursor: &mut Option<CheckpointCursor>,
-    head: &mut dyn Output<impl Sized>,
-    ctx: &SubtaskContext,
-) -> Result<bool, TaskError> {
-    let Some(c) = cursor.as_ref() else {
+/// savepoint to complete (the caller then announces it, so sinks commit) before it ends, so
+/// nothing the savepoint covers is left uncommitted. Returns whether this task is stopping.
+fn await_stop(cursor: &Option<CheckpointCursor>, ctx: &SubtaskContext) -> Result<bool, TaskError> {
+    let Some(c) = cursor else {
         return Ok(false);
     };
     let stop = c.coordinator.stop_at();
@@ -99,7 +95,6 @@ fn await_stop(
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
-    announce_complete(cursor, head)?;
     Ok(true)
 }
 
@@ -175,10 +170,8 @@ impl<T: Send> Task for SourceTask<T> {
                     c.barrier = id;
                 }
             }
-            let stopping = await_stop(&mut cursor, &mut *self.head, &self.ctx)?;
-            if let Some(done) = announce_complete(&mut cursor, &mut *self.head)?
-                .or(cursor.as_ref().filter(|_| stopping).map(|c| c.complete))
-            {
+            let stopping = await_stop(&cursor, &self.ctx)?;
+            if let Some(done) = announce_complete(&mut cursor, &mut *self.head)? {
                 self.reader
                     .notify_checkpoint_complete(done)
                     .map_err(|e| io_error(&self.ctx, "after checkpoint", e))?;
@@ -291,7 +284,8 @@ impl<T: Send> Task for InputTask<T> {
                     }
                 }
                 Message::Signal(Signal::EndOfInput) => {
-                    await_stop(&mut cursor, &mut *self.head, &self.ctx)?;
+                    await_stop(&cursor, &self.ctx)?;
+                    announce_complete(&mut cursor, &mut *self.head)?;
                     self.head.signal(Signal::EndOfInput)?;
                     self.head.flush()?;
                     task_finished(&cursor, &mut *self.head, &self.ctx, None)?;
