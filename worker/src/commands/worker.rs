@@ -75,7 +75,7 @@ pub struct WorkerArgs {
 pub struct RestoreArgs {
     /// Checkpoint namespace of this deployment: checkpoints go to
     /// `<checkpointing.directory>/<run id>`, and a restarted worker resumes from the latest
-    /// complete one there. The operator sets a new one for each upgrade.
+    /// complete one there. The operator sets it per deployment (see upgradeMode).
     #[arg(long, env = "STREAMJOB_RUN_ID")]
     pub run_id: Option<String>,
     /// Snapshot to start from while the run has no checkpoint of its own: a savepoint, a
