@@ -46,7 +46,15 @@ fn default_transaction_timeout_ms() -> u64 {
     printcolumn = r#"{"name":"Parallelism","type":"integer","jsonPath":".spec.parallelism"}"#,
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyWorkers"}"#,
     printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.desiredWorkers"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    // `kubectl scale sj NAME --replicas N` and an HPA set `spec.parallelism`; the operator
+    // rolls the change out as `upgradeMode` says (a savepoint or last-state restore at the new
+    // parallelism).
+    scale(
+        spec_replicas_path = ".spec.parallelism",
+        status_replicas_path = ".status.parallelism",
+        label_selector_path = ".status.selector"
+    )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [
@@ -77,15 +85,22 @@ fn default_transaction_timeout_ms() -> u64 {
     }
 ]))]
 pub struct StreamJobSpec {
-    /// Default number of parallel instances (subtasks) of every step.
+    /// Default number of parallel instances (subtasks) of every step (the scale subresource's
+    /// replicas). At most 32768 (the largest `maxParallelism`); the operator also caps the workers of one job
+    /// (its `--max-workers-per-job`, 256 by default).
     #[serde(default = "default_one")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 32768))]
     pub parallelism: u32,
 
     /// Number of key groups: the upper bound for the parallelism of keyed steps and the unit
-    /// in which keyed state is rescaled. Cannot change without a state migration.
+    /// in which keyed state is rescaled. Immutable once the job exists: state is stored by key
+    /// group, and a restore with a different number would put keys in the wrong groups.
     #[serde(default = "default_max_parallelism")]
     #[schemars(range(min = 1, max = 32768))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self == oldSelf",
+        "message": "maxParallelism cannot change: checkpoints and savepoints store keyed state by key group, so a restore needs the same number (create a new job to change it)"
+    }]))]
     pub max_parallelism: u32,
 
     /// Worker container image; the operator's default image when unset.
@@ -200,6 +215,38 @@ pub struct Checkpointing {
     /// Where savepoints are written; `<directory>/savepoints` when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub savepoint_directory: Option<String>,
+    /// Longest time a checkpoint may take, in ms, before it is declined as failed (Flink's
+    /// `checkpointTimeout`). Default 600000 (10 minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10))]
+    pub checkpoint_timeout: Option<u64>,
+    /// Least time, in ms, from the end of one checkpoint to the start of the next (Flink's
+    /// `minPauseBetweenCheckpoints`). Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_pause_between_checkpoints: Option<u64>,
+    /// Checkpoint failures in a row the job tolerates before it fails (and restarts as
+    /// `restartStrategy` says) (Flink's `tolerableCheckpointFailureNumber`). Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerable_checkpoint_failure_number: Option<u32>,
+}
+
+/// Default of `checkpointing.checkpointTimeout`: 10 minutes, in ms.
+pub const DEFAULT_CHECKPOINT_TIMEOUT_MS: u64 = 600_000;
+
+impl Checkpointing {
+    /// `checkpointTimeout` or its default, in ms.
+    pub fn checkpoint_timeout_ms(&self) -> u64 {
+        self.checkpoint_timeout
+            .unwrap_or(DEFAULT_CHECKPOINT_TIMEOUT_MS)
+    }
+    /// `minPauseBetweenCheckpoints` or its default (0), in ms.
+    pub fn min_pause_between_checkpoints_ms(&self) -> u64 {
+        self.min_pause_between_checkpoints.unwrap_or(0)
+    }
+    /// `tolerableCheckpointFailureNumber` or its default (0).
+    pub fn tolerable_checkpoint_failures(&self) -> u32 {
+        self.tolerable_checkpoint_failure_number.unwrap_or(0)
+    }
 }
 
 fn default_retained() -> u32 {
@@ -308,17 +355,23 @@ pub enum JobState {
 /// `reduce`, `rebalance`, `sink`.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schemars(extend("x-kubernetes-validations" = [
-    {
-        "rule": "[has(self.source), has(self.map), has(self.filter), has(self.flatMap), has(self.keyBy), has(self.reduce), has(self.rebalance), has(self.sink)].filter(x, x).size() == 1",
-        "message": "a step must set exactly one of source, map, filter, flatMap, keyBy, reduce, rebalance, sink"
-    },
-    {
-        "rule": "!has(self.source) || !has(self.input)",
-        "message": "a source step cannot have an input",
-        "fieldPath": ".input"
-    }
-]))]
+// "Exactly one kind" is a `oneOf` of `required` lists, not a CEL rule: a rule that inspects
+// `rebalance` (an object without properties) fails to evaluate on Kubernetes before 1.29
+// (kubernetes/kubernetes#120226), which rejected every step of such a job.
+#[schemars(extend(
+    "oneOf" = [
+        {"required": ["source"]}, {"required": ["map"]}, {"required": ["filter"]},
+        {"required": ["flatMap"]}, {"required": ["keyBy"]}, {"required": ["reduce"]},
+        {"required": ["rebalance"]}, {"required": ["sink"]}
+    ],
+    "x-kubernetes-validations" = [
+        {
+            "rule": "!has(self.source) || !has(self.input)",
+            "message": "a source step cannot have an input",
+            "fieldPath": ".input"
+        }
+    ]
+))]
 pub struct Step {
     /// Unique name of the step (lowercase letters, digits and '-'); other steps refer to it
     /// in `input`, and it names the operator in plans and metrics.
@@ -337,7 +390,7 @@ pub struct Step {
 
     /// Parallelism of this step; the job's `parallelism` when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 32768))]
     pub parallelism: Option<u32>,
 
     /// Stable operator id used to match state on restore; derived from the position when
@@ -596,10 +649,10 @@ pub struct KafkaSource {
 /// Where records go: exactly one of `print`, `file`, `blackhole`, `kafka`.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "[has(self.print), has(self.file), has(self.blackhole), has(self.kafka)].filter(x, x).size() == 1",
-    "message": "a sink must set exactly one of print, file, blackhole, kafka"
-}]))]
+// `oneOf`, not CEL: `print` and `blackhole` have no properties (see `Step`).
+#[schemars(extend("oneOf" = [
+    {"required": ["print"]}, {"required": ["file"]}, {"required": ["blackhole"]}, {"required": ["kafka"]}
+]))]
 pub struct SinkSpec {
     /// Logs each record to the worker's stdout (`print: {}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -768,6 +821,12 @@ pub struct StreamJobStatus {
     /// The last failure of the job or of a savepoint, with its cause.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<String>,
+    /// `spec.parallelism` of the workers that run (the scale subresource's replicas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallelism: Option<u32>,
+    /// Label selector of the worker pods (the scale subresource's selector, for an HPA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
 }
 
 /// A complete checkpoint or savepoint.
