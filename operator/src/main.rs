@@ -2,14 +2,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
 use streamjob_operator::control::GrpcJobControl;
 use streamjob_operator::controller::{self, Context};
-use streamjob_operator::leader::Elector;
+use streamjob_operator::leader::{Elector, Timing};
 use streamjob_operator::metrics::{self, Metrics};
 use streamjob_operator::resources::Defaults;
 use tracing::{error, info};
@@ -64,6 +63,10 @@ struct Args {
         default_value_t = 300
     )]
     savepoint_timeout_seconds: u64,
+    /// Most worker pods one job may have: a job whose plan needs more is not deployed (its
+    /// status says why). Guards the cluster against a typo like `parallelism: 20000`.
+    #[arg(long, env = "STREAMJOB_MAX_WORKERS_PER_JOB", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    max_workers_per_job: u32,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -143,56 +146,77 @@ async fn main() -> Result<()> {
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
-    tokio::spawn(metrics::serve(listener, metrics.clone()));
-
-    if args.leader_election {
-        let identity = std::env::var("POD_NAME")
-            .unwrap_or_else(|_| format!("streamjob-operator-{}", std::process::id()));
-        let elector = Elector::new(
-            client.clone(),
-            &args.lease_namespace,
-            &args.lease_name,
-            &identity,
-            Duration::from_secs(15),
-        );
-        info!(%identity, "waiting to become the leader");
-        loop {
-            match elector.try_acquire().await {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(e) => error!(error = %e, "leader election"),
-            }
-            tokio::time::sleep(Duration::from_secs(2)).await;
+    let server = metrics.clone();
+    tokio::spawn(async move {
+        if let Err(e) = metrics::serve(listener, server).await {
+            error!(error = %e, "metrics server");
         }
-        metrics.leader.store(true, Ordering::Relaxed);
-        info!("became the leader");
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                match elector.try_acquire().await {
-                    Ok(true) => {}
-                    // Another replica may reconcile now: stop at once rather than race it.
-                    Ok(false) => {
-                        error!("lost the leader lease; exiting");
-                        std::process::exit(1);
-                    }
-                    Err(e) => error!(error = %e, "renewing the leader lease"),
+    });
+
+    let elector = match args.leader_election {
+        true => {
+            let identity = std::env::var("POD_NAME")
+                .unwrap_or_else(|_| format!("streamjob-operator-{}", std::process::id()));
+            let elector = Elector::new(
+                client.clone(),
+                &args.lease_namespace,
+                &args.lease_name,
+                &identity,
+                Timing::default(),
+            );
+            info!(%identity, "waiting to become the leader");
+            tokio::select! {
+                _ = elector.acquire() => {}
+                _ = shutdown_signal() => {
+                    info!("shutting down before becoming the leader");
+                    return Ok(());
                 }
             }
-        });
-    } else {
-        metrics.leader.store(true, Ordering::Relaxed);
-    }
+            info!("became the leader");
+            Some(elector)
+        }
+        false => None,
+    };
+    metrics.set_leader(true);
     let control = GrpcJobControl {
         savepoint_timeout: Duration::from_secs(args.savepoint_timeout_seconds),
         ..GrpcJobControl::default()
     };
     let ctx = Arc::new(
-        Context::new(client, defaults, metrics)
+        Context::new(client, defaults, metrics.clone())
             .with_control(Arc::new(control))
+            .with_max_workers_per_job(args.max_workers_per_job)
             .with_poll_interval(Duration::from_secs(args.status_poll_seconds.max(1))),
     );
     info!(namespaces = ?args.namespaces, "controller started");
-    controller::run(ctx, args.namespaces).await;
+    match &elector {
+        Some(elector) => {
+            tokio::select! {
+                // The controller stops on SIGTERM/SIGINT (after its running reconciles).
+                _ = controller::run(ctx, args.namespaces) => {}
+                lost = elector.keep() => {
+                    // Another replica may act now: stop at once rather than race it.
+                    error!(reason = %lost, "lost the leadership; exiting");
+                    std::process::exit(1);
+                }
+            }
+            metrics.set_leader(false);
+            match elector.release().await {
+                Ok(()) => info!("released the leader lease"),
+                Err(e) => error!(error = %e, "cannot release the leader lease"),
+            }
+        }
+        None => controller::run(ctx, args.namespaces).await,
+    }
     Ok(())
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }

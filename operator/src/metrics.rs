@@ -1,126 +1,166 @@
-//! Prometheus metrics and health endpoints of the operator, served over plain HTTP/1.1.
+//! The operator's metrics (prometheus-client) and health, served by one axum server:
+//! `/metrics` (Prometheus text format), `/healthz` (the process answers) and `/readyz` (a
+//! standby is ready; the leader is ready while every watch it runs has listed its objects and
+//! is not failing).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tracing::warn;
 
 /// Upper bounds (seconds) of the reconcile duration histogram.
 const BUCKETS: [f64; 8] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
-#[derive(Default)]
 pub struct Metrics {
-    reconciles: AtomicU64,
-    failures: AtomicU64,
-    /// Cumulative counts per bucket, plus +Inf.
-    buckets: [AtomicU64; BUCKETS.len() + 1],
-    /// Sum of durations in microseconds.
-    sum_micros: AtomicU64,
+    registry: Registry,
+    reconciles: Counter,
+    failures: Counter,
+    duration: Histogram,
+    leader_gauge: Gauge,
+    watches_down: Gauge,
     /// This replica holds the leader lease (or leader election is off).
-    pub leader: AtomicBool,
+    leader: AtomicBool,
+    /// Each watch the controller runs, and whether it is listed and not failing.
+    watches: Mutex<BTreeMap<String, bool>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("streamjob_operator");
+        let reconciles = Counter::default();
+        let failures = Counter::default();
+        let duration = Histogram::new(BUCKETS);
+        let leader_gauge = Gauge::default();
+        let watches_down = Gauge::default();
+        registry.register("reconciles", "Reconciles run", reconciles.clone());
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed",
+            failures.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Reconcile duration",
+            duration.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 if this replica is the leader",
+            leader_gauge.clone(),
+        );
+        registry.register(
+            "watches_down",
+            "Watches of the API server that are failing or not yet listed",
+            watches_down.clone(),
+        );
+        Metrics {
+            registry,
+            reconciles,
+            failures,
+            duration,
+            leader_gauge,
+            watches_down,
+            leader: AtomicBool::new(false),
+            watches: Mutex::new(BTreeMap::new()),
+        }
+    }
 }
 
 impl Metrics {
     pub fn observe(&self, took: Duration, failed: bool) {
-        self.reconciles.fetch_add(1, Ordering::Relaxed);
+        self.reconciles.inc();
         if failed {
-            self.failures.fetch_add(1, Ordering::Relaxed);
+            self.failures.inc();
         }
-        let secs = took.as_secs_f64();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                self.buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
+        self.duration.observe(took.as_secs_f64());
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.store(leader, Ordering::Relaxed);
+        self.leader_gauge.set(i64::from(leader));
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Relaxed)
+    }
+
+    /// Records whether the watch `name` is up (listed and not failing).
+    pub fn set_watch(&self, name: &str, up: bool) {
+        let mut watches = self.watches.lock().unwrap();
+        watches.insert(name.to_string(), up);
+        self.watches_down
+            .set(watches.values().filter(|up| !**up).count() as i64);
+    }
+
+    /// `Err(why)` while this replica leads but a watch is down or none runs yet.
+    pub fn ready(&self) -> Result<(), String> {
+        if !self.is_leader() {
+            return Ok(());
         }
-        self.buckets[BUCKETS.len()].fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        let watches = self.watches.lock().unwrap();
+        if watches.is_empty() {
+            return Err("the controller has not started its watches".into());
+        }
+        let down: Vec<&str> = watches
+            .iter()
+            .filter(|(_, up)| !**up)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        match down.is_empty() {
+            true => Ok(()),
+            false => Err(format!("watch down: {}", down.join(", "))),
+        }
     }
 
     /// Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut s = String::new();
-        s.push_str("# HELP streamjob_operator_reconciles_total Reconciles run.\n");
-        s.push_str("# TYPE streamjob_operator_reconciles_total counter\n");
-        s.push_str(&format!(
-            "streamjob_operator_reconciles_total {}\n",
-            get(&self.reconciles)
-        ));
-        s.push_str("# HELP streamjob_operator_reconcile_errors_total Reconciles that failed.\n");
-        s.push_str("# TYPE streamjob_operator_reconcile_errors_total counter\n");
-        s.push_str(&format!(
-            "streamjob_operator_reconcile_errors_total {}\n",
-            get(&self.failures)
-        ));
-        s.push_str("# HELP streamjob_operator_reconcile_duration_seconds Reconcile duration.\n");
-        s.push_str("# TYPE streamjob_operator_reconcile_duration_seconds histogram\n");
-        for (i, b) in BUCKETS.iter().enumerate() {
-            s.push_str(&format!(
-                "streamjob_operator_reconcile_duration_seconds_bucket{{le=\"{b}\"}} {}\n",
-                get(&self.buckets[i])
-            ));
-        }
-        s.push_str(&format!(
-            "streamjob_operator_reconcile_duration_seconds_bucket{{le=\"+Inf\"}} {}\n",
-            get(&self.buckets[BUCKETS.len()])
-        ));
-        s.push_str(&format!(
-            "streamjob_operator_reconcile_duration_seconds_sum {}\n",
-            get(&self.sum_micros) as f64 / 1e6
-        ));
-        s.push_str(&format!(
-            "streamjob_operator_reconcile_duration_seconds_count {}\n",
-            get(&self.reconciles)
-        ));
-        s.push_str("# HELP streamjob_operator_leader 1 if this replica is the leader.\n");
-        s.push_str("# TYPE streamjob_operator_leader gauge\n");
-        s.push_str(&format!(
-            "streamjob_operator_leader {}\n",
-            u8::from(self.leader.load(Ordering::Relaxed))
-        ));
+        encode(&mut s, &self.registry).expect("writing to a String cannot fail");
         s
     }
 }
 
-/// Response to one request path: (status line, body).
-pub fn respond(metrics: &Metrics, path: &str) -> (&'static str, String) {
-    match path {
-        "/metrics" => ("200 OK", metrics.render()),
-        "/healthz" => ("200 OK", "ok\n".into()),
-        // Ready to serve: every replica is, leader or standby.
-        "/readyz" => ("200 OK", "ok\n".into()),
-        _ => ("404 Not Found", "not found\n".into()),
+async fn metrics(State(m): State<std::sync::Arc<Metrics>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.render(),
+    )
+}
+
+async fn readyz(State(m): State<std::sync::Arc<Metrics>>) -> impl IntoResponse {
+    match m.ready() {
+        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
 }
 
+/// The routes of the metrics and health server.
+pub fn router(metrics: std::sync::Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/metrics", get(self::metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(metrics)
+}
+
 /// Serves `/metrics`, `/healthz` and `/readyz` until the process ends.
-pub async fn serve(listener: TcpListener, metrics: std::sync::Arc<Metrics>) {
-    loop {
-        let Ok((mut conn, _)) = listener.accept().await else {
-            continue;
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let n = match tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
-            let request = String::from_utf8_lossy(&buf[..n]);
-            let path = request.split_whitespace().nth(1).unwrap_or("/");
-            let (status, body) = respond(&metrics, path);
-            let response = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            if let Err(e) = conn.write_all(response.as_bytes()).await {
-                warn!(error = %e, "metrics connection");
-            }
-        });
-    }
+pub async fn serve(listener: TcpListener, metrics: std::sync::Arc<Metrics>) -> std::io::Result<()> {
+    axum::serve(listener, router(metrics)).await
 }
 
 #[cfg(test)]
@@ -133,12 +173,67 @@ mod tests {
         m.observe(Duration::from_millis(30), false);
         m.observe(Duration::from_secs(3), true);
         let text = m.render();
-        assert!(text.contains("streamjob_operator_reconciles_total 2\n"));
-        assert!(text.contains("streamjob_operator_reconcile_errors_total 1\n"));
-        assert!(text.contains("_bucket{le=\"0.05\"} 1\n"));
-        assert!(text.contains("_bucket{le=\"10\"} 2\n"));
-        assert!(text.contains("_bucket{le=\"+Inf\"} 2\n"));
-        assert_eq!(respond(&m, "/healthz").0, "200 OK");
-        assert_eq!(respond(&m, "/nope").0, "404 Not Found");
+        assert!(
+            text.contains("streamjob_operator_reconciles_total 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("streamjob_operator_reconcile_errors_total 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("_bucket{le=\"0.05\"} 1\n"), "{text}");
+        assert!(text.contains("_bucket{le=\"10.0\"} 2\n"), "{text}");
+        assert!(text.contains("_bucket{le=\"+Inf\"} 2\n"), "{text}");
+        assert!(text.contains("streamjob_operator_leader 0\n"), "{text}");
+    }
+
+    #[test]
+    fn a_leader_is_ready_only_while_its_watches_are_up() {
+        let m = Metrics::default();
+        // A standby is ready: it waits for the lease.
+        assert_eq!(m.ready(), Ok(()));
+        m.set_leader(true);
+        assert!(m.ready().is_err(), "no watch yet");
+        m.set_watch("streamjobs", false);
+        assert_eq!(m.ready(), Err("watch down: streamjobs".into()));
+        m.set_watch("streamjobs", true);
+        assert_eq!(m.ready(), Ok(()));
+        m.set_watch("streamjobs", false);
+        assert!(m.ready().is_err());
+        assert!(
+            m.render().contains("streamjob_operator_watches_down 1\n"),
+            "{}",
+            m.render()
+        );
+    }
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        conn.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn one_server_answers_metrics_health_and_readiness() {
+        let m = std::sync::Arc::new(Metrics::default());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve(listener, m.clone()));
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        m.set_leader(true);
+        m.set_watch("streamjobs", false);
+        let r = get(addr, "/readyz").await;
+        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+        assert!(r.ends_with("watch down: streamjobs\n"), "{r}");
+        m.set_watch("streamjobs", true);
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        let r = get(addr, "/metrics").await;
+        assert!(r.contains("streamjob_operator_leader 1"), "{r}");
+        assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+        server.abort();
     }
 }

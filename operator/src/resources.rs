@@ -7,8 +7,8 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdate
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvVar, EnvVarSource, GRPCAction, ObjectFieldSelector, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource,
-    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretKeySelector,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -29,6 +29,15 @@ pub const SECRETS_DIR: &str = "/var/run/secrets/streamjob";
 pub const SPEC_HASH_ANNOTATION: &str = "streamjob.dev/spec-hash";
 /// Annotation on the pod template holding the `restartNonce` the pods were started for.
 pub const RESTART_NONCE_ANNOTATION: &str = "streamjob.dev/restart-nonce";
+/// Label on the pod template: a hash of the template the operator rendered.
+pub const TEMPLATE_HASH_LABEL: &str = "streamjob.dev/template-hash";
+/// Memory of a worker container when neither the job nor the operator sets any: request and
+/// limit alike, so a worker that outgrows it is OOM-killed at a known size rather than when
+/// its node runs short.
+pub const DEFAULT_WORKER_MEMORY: &str = "1Gi";
+/// CPU request of a worker container when neither the job nor the operator sets any (no
+/// limit: throttling a worker stalls its peers' exchanges).
+pub const DEFAULT_WORKER_CPU: &str = "500m";
 /// Worker environment: the run's checkpoint namespace and the snapshot it starts from.
 pub const RUN_ID_ENV: &str = "STREAMJOB_RUN_ID";
 pub const RESTORE_FROM_ENV: &str = "STREAMJOB_RESTORE_FROM";
@@ -81,6 +90,16 @@ pub fn labels(job: &str) -> BTreeMap<String, String> {
             "streamjob-operator".into(),
         ),
     ])
+}
+
+/// The label selector of a job's worker pods, as a string (`status.selector`, the scale
+/// subresource's selector).
+pub fn selector_string(job: &str) -> String {
+    selector(job)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The label selector of a job's worker pods.
@@ -430,11 +449,7 @@ pub fn children_for_run(
         }]),
         liveness_probe: Some(probe("liveness", 10, 3)),
         readiness_probe: Some(probe("readiness", 5, 2)),
-        resources: job
-            .spec
-            .resources
-            .clone()
-            .or_else(|| defaults.worker_resources.clone()),
+        resources: Some(worker_resources(job, defaults)),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -485,6 +500,18 @@ pub fn children_for_run(
     if let Some(overrides) = &job.spec.pod_template {
         template = merged(&template, overrides)?;
     }
+    // What the operator wants the pods to be: pods without this hash are replaced (see
+    // controller::children::replace_outdated_pods), pods with it never are.
+    let hash = {
+        let json = serde_json::to_vec(&template).expect("pod templates serialise");
+        format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&json))
+    };
+    template
+        .metadata
+        .get_or_insert_with(Default::default)
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(TEMPLATE_HASH_LABEL.into(), hash);
     let stateful_set = StatefulSet {
         metadata: meta(job, statefulset_name(&name)),
         spec: Some(StatefulSetSpec {
@@ -541,29 +568,155 @@ pub fn token_secret(job: &StreamJob, token: &str) -> Secret {
     }
 }
 
-/// `base` with `overrides` applied as a JSON merge patch (RFC 7386).
+/// The template hash label of a StatefulSet's pod template.
+pub fn template_hash_of(sts: &StatefulSet) -> Option<&str> {
+    sts.spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .labels
+        .as_ref()?
+        .get(TEMPLATE_HASH_LABEL)
+        .map(String::as_str)
+}
+
+/// The worker container's resources: the job's, else the operator's default, else
+/// [`DEFAULT_WORKER_CPU`] and [`DEFAULT_WORKER_MEMORY`]; memory always gets a request and a
+/// limit (a request alone also becomes the limit, as a limit alone becomes the request in
+/// Kubernetes), so the memory a worker may use is known and its pod is not evicted first.
+pub fn worker_resources(job: &StreamJob, defaults: &Defaults) -> ResourceRequirements {
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    let mut r = job
+        .spec
+        .resources
+        .clone()
+        .or_else(|| defaults.worker_resources.clone())
+        .unwrap_or_else(|| ResourceRequirements {
+            requests: Some(BTreeMap::from([(
+                "cpu".to_string(),
+                Quantity(DEFAULT_WORKER_CPU.into()),
+            )])),
+            ..Default::default()
+        });
+    let requested = r.requests.as_ref().and_then(|m| m.get("memory")).cloned();
+    let limited = r.limits.as_ref().and_then(|m| m.get("memory")).cloned();
+    let (request, limit) = match (requested, limited) {
+        (Some(q), None) => (q.clone(), q),
+        (None, Some(l)) => (l.clone(), l),
+        (Some(q), Some(l)) => (q, l),
+        (None, None) => (
+            Quantity(DEFAULT_WORKER_MEMORY.into()),
+            Quantity(DEFAULT_WORKER_MEMORY.into()),
+        ),
+    };
+    r.requests
+        .get_or_insert_with(Default::default)
+        .insert("memory".into(), request);
+    r.limits
+        .get_or_insert_with(Default::default)
+        .insert("memory".into(), limit);
+    r
+}
+
+/// `base` with `overrides` merged in the way of a strategic merge patch (what `kubectl patch`
+/// does to pod templates): maps merge, `null` removes a key, lists of named things
+/// (containers, initContainers, volumes, env, imagePullSecrets) merge by `name`, volumeMounts
+/// by `mountPath` and ports by `containerPort`, and an element with `$patch: delete` removes
+/// its match; other lists are replaced. So a podTemplate that sets only the `worker`
+/// container's resources keeps its image, args and env, and a sidecar is added beside it.
 fn merged(
     base: &PodTemplateSpec,
     overrides: &serde_json::Value,
 ) -> Result<PodTemplateSpec, String> {
     let mut doc = serde_json::to_value(base).expect("pod templates serialise");
-    merge_patch(&mut doc, overrides);
-    serde_json::from_value(doc)
-        .map_err(|e| format!("spec.podTemplate: does not merge into a pod template: {e}"))
+    strategic_merge(&mut doc, overrides);
+    let template: PodTemplateSpec = serde_json::from_value(doc)
+        .map_err(|e| format!("spec.podTemplate: does not merge into a pod template: {e}"))?;
+    let has_worker = template
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.containers.iter().any(|c| c.name == "worker"));
+    match has_worker {
+        true => Ok(template),
+        false => Err("spec.podTemplate: removes the `worker` container".into()),
+    }
 }
 
-fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+/// The key that identifies an element of list `field` in a strategic merge patch.
+fn merge_key(field: &str) -> Option<&'static str> {
+    match field {
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "volumes"
+        | "env"
+        | "imagePullSecrets" => Some("name"),
+        "volumeMounts" => Some("mountPath"),
+        "ports" => Some("containerPort"),
+        _ => None,
+    }
+}
+
+fn strategic_merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    use serde_json::Value;
     match (target, patch) {
-        (serde_json::Value::Object(t), serde_json::Value::Object(p)) => {
+        (Value::Object(t), Value::Object(p)) => {
             for (k, v) in p {
                 if v.is_null() {
                     t.remove(k);
-                } else {
-                    merge_patch(t.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+                    continue;
+                }
+                match (t.get_mut(k), v, merge_key(k)) {
+                    (Some(Value::Array(items)), Value::Array(patches), Some(key)) => {
+                        merge_list(items, patches, key)
+                    }
+                    (Some(existing), _, _) => strategic_merge(existing, v),
+                    (None, _, _) => {
+                        let mut fresh = Value::Null;
+                        strategic_merge(&mut fresh, v);
+                        t.insert(k.clone(), fresh);
+                    }
                 }
             }
         }
-        (t, p) => *t = p.clone(),
+        (t, p) => *t = without_directives(p),
+    }
+}
+
+/// A patch value as plain data (no `$patch` elements).
+fn without_directives(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .filter(|x| x.get("$patch").is_none())
+                .map(without_directives)
+                .collect(),
+        ),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), without_directives(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+fn merge_list(items: &mut Vec<serde_json::Value>, patches: &[serde_json::Value], key: &str) {
+    for p in patches {
+        let id = p.get(key).filter(|id| !id.is_null());
+        let at = id.and_then(|id| items.iter().position(|x| x.get(key) == Some(id)));
+        let delete = p.get("$patch").and_then(|d| d.as_str()) == Some("delete");
+        match (at, delete) {
+            (Some(i), true) => {
+                items.remove(i);
+            }
+            (None, true) => {}
+            (Some(i), false) => strategic_merge(&mut items[i], p),
+            (None, false) => items.push(without_directives(p)),
+        }
     }
 }
 

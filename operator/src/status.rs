@@ -53,21 +53,30 @@ fn condition(job: &StreamJob, type_: &str, ok: bool, reason: &str, message: &str
 
 /// Status of a job the validator rejected: nothing else is touched.
 pub fn invalid(job: &StreamJob, errors: &[String]) -> StreamJobStatus {
-    let message = format!("invalid spec: {}", errors.join("; "));
+    rejected(job, "InvalidSpec", "the spec is invalid", errors)
+}
+
+/// Status of a job the operator will not deploy as specified (`reason`: `InvalidSpec`,
+/// `WorkerLimitExceeded`, `UnknownFields`): workers of an earlier spec keep running.
+pub fn rejected(job: &StreamJob, reason: &str, what: &str, errors: &[String]) -> StreamJobStatus {
+    let message = match reason {
+        "InvalidSpec" => format!("invalid spec: {}", errors.join("; ")),
+        _ => format!("{what}: {}", errors.join("; ")),
+    };
     let prev = job.status.clone().unwrap_or_default();
     StreamJobStatus {
         phase: Some(Phase::Failed),
         conditions: vec![
-            condition(job, "SpecValid", false, "InvalidSpec", &errors.join("\n")),
-            condition(job, "Ready", false, "InvalidSpec", "the spec is invalid"),
+            condition(job, "SpecValid", false, reason, &errors.join("\n")),
+            condition(job, "Ready", false, reason, what),
             condition(
                 job,
                 "Progressing",
                 false,
-                "InvalidSpec",
-                "waiting for a valid spec",
+                reason,
+                "waiting for a spec the operator can deploy",
             ),
-            condition(job, "Degraded", true, "InvalidSpec", "the spec is invalid"),
+            condition(job, "Degraded", true, reason, what),
         ],
         observed_generation: job.metadata.generation,
         // Workers of an earlier valid spec keep running; report what is known.
@@ -109,6 +118,29 @@ pub struct Report<'a> {
     pub job: Option<&'a JobReport>,
     /// Why a change waits: the savepoint it needs failed, so the old workers keep running.
     pub blocked: Option<&'a str>,
+    /// Why worker pods cannot be created or started (image pull errors, crash loops, the
+    /// StatefulSet's FailedCreate events), when some are missing or not ready.
+    pub deployment: Option<&'a str>,
+}
+
+/// Status of a job one of whose children the API server refused: the conditions say which
+/// and why; the rest (workers, plan, history) stays as it was.
+pub fn child_rejected(job: &StreamJob, base: &StreamJobStatus, message: &str) -> StreamJobStatus {
+    let prev = job.status.clone().unwrap_or_default();
+    let reason = "ChildRejected";
+    StreamJobStatus {
+        conditions: vec![
+            condition(job, "SpecValid", true, "Valid", "the spec is valid"),
+            condition(job, "Ready", false, reason, message),
+            condition(job, "Progressing", false, reason, message),
+            condition(job, "Degraded", true, reason, message),
+        ],
+        phase: Some(prev.phase.unwrap_or(Phase::Pending)),
+        observed_generation: job.metadata.generation,
+        message: Some(message.to_string()),
+        last_failure: Some(message.to_string()),
+        ..base.clone()
+    }
 }
 
 /// Status of a valid job: `base` (run, snapshots, upgrade) with the phase, conditions and
@@ -162,6 +194,14 @@ pub fn running(
             (false, "SavepointFailed"),
             (true, "SavepointFailed"),
             why.to_string(),
+        )
+    } else if let Some(cause) = report.deployment.filter(|_| !suspended && !all_ready) {
+        four(
+            Phase::Deploying,
+            (false, "DeploymentFailed"),
+            (false, "DeploymentFailed"),
+            (true, "DeploymentFailed"),
+            format!("{}/{desired} workers ready: {cause}", o.ready.min(desired)),
         )
     } else if suspended {
         let msg = if o.ready > 0 {

@@ -16,7 +16,7 @@ use streamjob_crds::validate::parse_job;
 use streamjob_operator::control::{
     ControlError, JobControl, JobReport, RunState, Snapshot, Target,
 };
-use streamjob_operator::controller::{Context, FINALIZER, reconcile};
+use streamjob_operator::controller::{Context, DEFAULT_MAX_WORKERS_PER_JOB, FINALIZER, reconcile};
 use streamjob_operator::metrics::Metrics;
 use streamjob_operator::resources::{self, Defaults, Run};
 
@@ -71,6 +71,7 @@ fn not_found() -> Value {
 }
 
 const NS: &str = "/namespaces/prod";
+const JOB_PATH: &str = "/apis/streamjob.dev/v1alpha1/namespaces/prod/streamjobs/wc";
 const TOKEN: &str = "secret-token";
 
 fn defaults() -> Defaults {
@@ -278,12 +279,29 @@ async fn run_all(
     let journal = fake.journal.clone();
     let server_journal = journal.clone();
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    // Each reconcile reads its job afresh: the server answers with the job being reconciled
+    // (what the API server holds), unless the script expects that read itself.
+    let current: Arc<Mutex<Value>> = Arc::new(Mutex::new(Value::Null));
+    let held = current.clone();
     let server = tokio::spawn(async move {
         for (i, e) in script.into_iter().enumerate() {
-            let (req, send) = handle
-                .next_request()
-                .await
-                .unwrap_or_else(|| panic!("request {i} ({} {}) never came", e.method, e.path));
+            let (req, send) = loop {
+                let (req, send) = handle
+                    .next_request()
+                    .await
+                    .unwrap_or_else(|| panic!("request {i} ({} {}) never came", e.method, e.path));
+                let fresh_read = req.method() == Method::GET && req.uri().path() == JOB_PATH;
+                if fresh_read && !(e.method == Method::GET && e.path == JOB_PATH) {
+                    let body = held.lock().unwrap().clone();
+                    send.send_response(
+                        Response::builder()
+                            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                            .unwrap(),
+                    );
+                    continue;
+                }
+                break (req, send);
+            };
             let (method, uri) = (req.method().clone(), req.uri().clone());
             server_journal
                 .lock()
@@ -329,9 +347,20 @@ async fn run_all(
                     .unwrap(),
             );
         }
-        // Nothing else may be requested.
-        if let Some((req, _)) = handle.next_request().await {
-            panic!("unexpected request {} {}", req.method(), req.uri());
+        // Nothing else may be requested (but the fresh read of a job).
+        while let Some((req, send)) = handle.next_request().await {
+            assert!(
+                req.method() == Method::GET && req.uri().path() == JOB_PATH,
+                "unexpected request {} {}",
+                req.method(),
+                req.uri()
+            );
+            let body = held.lock().unwrap().clone();
+            send.send_response(
+                Response::builder()
+                    .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                    .unwrap(),
+            );
         }
     });
     let client = kube::Client::new(service, "default");
@@ -341,6 +370,7 @@ async fn run_all(
     );
     let mut results = Vec::new();
     for job in jobs {
+        *current.lock().unwrap() = serde_json::to_value(&job).unwrap();
         results.push(
             reconcile(Arc::new(job), ctx.clone())
                 .await
@@ -827,7 +857,7 @@ async fn pods_of_an_older_template_are_replaced_all_at_once() {
         )
         .then(status(|s| assert_eq!(s["phase"], "Deploying")));
     let fake = Job::default().status(Ok(report(RunState::Running)));
-    let (result, journal) = run(j, script, fake).await;
+    let (result, journal) = run(j.clone(), script, fake).await;
     result.unwrap();
     let query = journal.iter().find(|e| e.starts_with("query ")).unwrap();
     let query = query
@@ -835,13 +865,19 @@ async fn pods_of_an_older_template_are_replaced_all_at_once() {
         .replace("%21", "!")
         .replace("%2C", ",")
         .replace("%2F", "/");
+    // Pods are told apart by the hash of the template the operator rendered, not by the
+    // StatefulSet's revisions (which someone else's edit changes too).
+    let plan = to_logical_graph(&j).plan().unwrap();
+    let c = resources::children(&j, &plan, &defaults()).unwrap();
+    let ours = resources::template_hash_of(&c.stateful_set).unwrap();
     for part in [
         "app.kubernetes.io/instance=wc",
         "app.kubernetes.io/name=streamjob",
-        "controller-revision-hash!=wc-worker-7d9f",
+        &format!("streamjob.dev/template-hash!={ours}"),
     ] {
         assert!(query.contains(part), "{query} lacks {part}");
     }
+    assert!(!query.contains("controller-revision-hash"), "{query}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1666,4 +1702,419 @@ async fn a_blocked_upgrade_whose_spec_is_reverted_is_cancelled() {
         }));
     let fake = Job::default().status(Ok(report(RunState::Running)));
     run(j, script, fake).await.0.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// A real cluster's failures: stale caches, newer CRDs, limits, rejected children, pods that
+// cannot start, savepoint-mode changes of jobs that never ran
+// ---------------------------------------------------------------------------------------
+
+fn get_job(reply: Value) -> Expect {
+    expect(Method::GET, JOB_PATH).reply(reply)
+}
+
+fn as_served(j: &StreamJob) -> Value {
+    serde_json::to_value(j).unwrap()
+}
+
+#[tokio::test]
+async fn the_spec_the_api_server_holds_wins_over_a_stale_cached_one() {
+    // The watch cache still has generation 2 (parallelism 2); the server has generation 3
+    // with parallelism 3 (e.g. changed while the watch was down).
+    let cached = job(SPEC);
+    let newer = job_at(&SPEC.replace("parallelism: 2", "parallelism: 3"), 3);
+    let script = vec![
+        get_job(as_served(&newer)),
+        expect(Method::GET, &format!("/api/v1{NS}/secrets/wc-token"))
+            .status(404)
+            .reply(not_found()),
+        expect(Method::POST, &format!("/api/v1{NS}/secrets")),
+        get_sts(not_found()).status(404),
+        expect(Method::PATCH, &format!("/api/v1{NS}/configmaps/wc-spec")),
+        expect(Method::PATCH, &format!("/api/v1{NS}/services/wc-workers")),
+        statefulset_checked(|b| assert_run(b, 3, "wc-uid1-3", None), 0),
+        pdb(true),
+        event("Created"),
+        status(|s| {
+            assert_eq!(s["observedGeneration"], 3);
+            assert_eq!(s["desiredWorkers"], 3);
+        }),
+    ];
+    run(cached, script, Job::default()).await.0.unwrap();
+}
+
+#[tokio::test]
+async fn a_job_deleted_since_the_watch_saw_it_is_left_alone() {
+    let script = vec![get_job(not_found()).status(404)];
+    run(job(SPEC), script, Job::default()).await.0.unwrap();
+}
+
+#[tokio::test]
+async fn fields_of_a_newer_crd_are_refused_by_name_not_dropped_silently() {
+    let mut served = as_served(&job(SPEC));
+    served["spec"]["steps"][3]["sink"]["print"]["target"] = "stderr".into();
+    served["spec"]["autoscaler"] = json!({"min": 1});
+    let script = vec![
+        get_job(served),
+        event_with("UnknownFields", "Warning", "spec.autoscaler: not a field"),
+        status(|s| {
+            assert_eq!(s["phase"], "Failed");
+            let v = condition(s, "SpecValid");
+            assert_eq!(
+                (v["status"].as_str(), v["reason"].as_str()),
+                (Some("False"), Some("UnknownFields"))
+            );
+            let msg = v["message"].as_str().unwrap();
+            assert!(msg.contains("spec.steps[3].sink.print.target"), "{msg}");
+            assert!(msg.contains("upgrade the operator"), "{msg}");
+        }),
+    ];
+    run(job(SPEC), script, Job::default()).await.0.unwrap();
+}
+
+/// Runs one reconcile with a context whose worker cap is `cap`.
+async fn run_capped(j: StreamJob, script: Vec<Expect>, cap: u32) -> Result<(), String> {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let served = as_served(&j);
+    let server = tokio::spawn(async move {
+        for (i, e) in script.into_iter().enumerate() {
+            let (req, send) = handle.next_request().await.expect("a request");
+            assert_eq!(
+                (req.method().as_str(), req.uri().path()),
+                (e.method.as_str(), e.path.as_str()),
+                "request {i}"
+            );
+            let body: Value =
+                serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap())
+                    .unwrap_or(Value::Null);
+            if let Some(check) = &e.check {
+                check(&body);
+            }
+            let reply = e.reply.unwrap_or_else(|| served.clone());
+            send.send_response(
+                Response::builder()
+                    .status(e.status)
+                    .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                    .unwrap(),
+            );
+        }
+        if let Some((req, _)) = handle.next_request().await {
+            panic!("unexpected request {} {}", req.method(), req.uri());
+        }
+    });
+    let ctx = Arc::new(
+        Context::new(
+            kube::Client::new(service, "default"),
+            defaults(),
+            Arc::new(Metrics::default()),
+        )
+        .with_max_workers_per_job(cap),
+    );
+    let result = reconcile(Arc::new(j), ctx.clone())
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    drop(ctx);
+    if let Err(e) = server.await {
+        std::panic::resume_unwind(e.into_panic());
+    }
+    result
+}
+
+#[tokio::test]
+async fn a_job_that_needs_more_workers_than_the_cap_is_not_deployed() {
+    // 20000 subtasks at 1 slot per worker: 20000 pods. Nothing is created; the status says
+    // why and what to change.
+    let j = job(&SPEC.replace(
+        "parallelism: 2",
+        "parallelism: 20000\n  maxParallelism: 32768",
+    ));
+    let script = vec![
+        expect(Method::GET, JOB_PATH),
+        event_with("WorkerLimitExceeded", "Warning", "needs 20000 worker pods"),
+        status(|s| {
+            assert_eq!(s["phase"], "Failed");
+            let ready = condition(s, "Ready");
+            assert_eq!(ready["reason"], "WorkerLimitExceeded");
+            let msg = condition(s, "SpecValid")["message"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            assert!(
+                msg.contains("more than this operator allows per job (256"),
+                "{msg}"
+            );
+            assert!(msg.contains("raise slotsPerWorker"), "{msg}");
+        }),
+    ];
+    run_capped(j, script, DEFAULT_MAX_WORKERS_PER_JOB)
+        .await
+        .unwrap();
+    // At the cap exactly it deploys: 4 workers with a cap of 4.
+    let j = job(&SPEC.replace("parallelism: 2", "parallelism: 4"));
+    let script = vec![
+        expect(Method::GET, JOB_PATH),
+        expect(Method::GET, &format!("/api/v1{NS}/secrets/wc-token")).reply(json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "wc-token"},
+            "data": {"token": "c2VjcmV0LXRva2Vu"}
+        })),
+        get_sts(not_found()).status(404),
+        expect(Method::PATCH, &format!("/api/v1{NS}/configmaps/wc-spec")).reply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "wc-spec"}})),
+        expect(Method::PATCH, &format!("/api/v1{NS}/services/wc-workers")).reply(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "wc-workers"}})),
+        statefulset().reply(sts_reply(4, "x", 0)),
+        pdb(true).reply(json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "wc-worker"}})),
+        event("Created"),
+        status(|s| assert_eq!(s["desiredWorkers"], 4)),
+    ];
+    run_capped(j, script, 4).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_child_the_api_server_rejects_is_reported_and_retried() {
+    let j = job(SPEC);
+    let hash = resources::spec_hash(&j);
+    let mut script = Script::workers(sts_reply(2, &hash, 2)).0;
+    script.extend([
+        expect(Method::PATCH, &format!("/api/v1{NS}/configmaps/wc-spec")),
+        expect(Method::PATCH, &format!("/api/v1{NS}/services/wc-workers")),
+        statefulset().status(422).reply(json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid", "code": 422,
+            "message": "StatefulSet.apps \"wc-worker\" is invalid: spec.template.spec.containers[0].resources.requests[cpu]: Invalid value: \"lots\": quantities must match the regular expression"
+        })),
+        event_with("ChildRejected", "Warning", "StatefulSet wc-worker was rejected by the API server: StatefulSet.apps \"wc-worker\" is invalid"),
+        status(|s| {
+            let ready = condition(s, "Ready");
+            assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("ChildRejected")));
+            assert_eq!(condition(s, "Degraded")["status"], "True");
+            let msg = ready["message"].as_str().unwrap();
+            assert!(msg.contains("StatefulSet wc-worker") && msg.contains("\"lots\"") && msg.contains("422"), "{msg}");
+            assert_eq!(s["lastFailure"], ready["message"]);
+        }),
+    ]);
+    let fake = Job::default().status(Ok(report(RunState::Running)));
+    let err = run(j, script, fake).await.0.unwrap_err();
+    assert!(err.contains("StatefulSet wc-worker was rejected"), "{err}");
+}
+
+fn pod(name: &str, waiting: Option<(&str, &str)>) -> Value {
+    let state = match waiting {
+        Some((reason, message)) => json!({"waiting": {"reason": reason, "message": message}}),
+        None => json!({"running": {}}),
+    };
+    json!({
+        "metadata": {"name": name, "namespace": "prod"},
+        "status": {"phase": "Pending", "containerStatuses": [
+            {"name": "worker", "image": "streamjob:typo", "imageID": "", "ready": false, "restartCount": 0, "state": state}
+        ]}
+    })
+}
+
+fn pods_list(items: Vec<Value>) -> Expect {
+    expect(Method::GET, &format!("/api/v1{NS}/pods"))
+        .reply(json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items}))
+}
+
+#[tokio::test]
+async fn pods_that_cannot_start_are_reported_with_their_cause() {
+    let j = job(SPEC);
+    let hash = resources::spec_hash(&j);
+    let script = Script::steady(sts_reply(2, &hash, 0))
+        .then(pods_list(vec![
+            pod("wc-worker-0", Some(("ImagePullBackOff", "Back-off pulling image \"streamjob:typo\""))),
+            pod("wc-worker-1", None),
+        ]))
+        .then(event_with(
+            "DeploymentFailed",
+            "Warning",
+            "pod wc-worker-0: container worker: ImagePullBackOff: Back-off pulling image",
+        ))
+        .then(status(|s| {
+            assert_eq!(s["phase"], "Deploying");
+            let degraded = condition(s, "Degraded");
+            assert_eq!((degraded["status"].as_str(), degraded["reason"].as_str()), (Some("True"), Some("DeploymentFailed")));
+            assert_eq!(
+                condition(s, "Ready")["message"],
+                "0/2 workers ready: pod wc-worker-0: container worker: ImagePullBackOff: Back-off pulling image \"streamjob:typo\""
+            );
+            assert!(s["lastFailure"].as_str().unwrap().contains("ImagePullBackOff"));
+        }));
+    let fake = Job::default().status(Err(ControlError::Unreachable {
+        address: "wc-worker-0.wc-workers.prod.svc:6121".into(),
+        cause: "connection refused".into(),
+    }));
+    run(j, script, fake).await.0.unwrap();
+}
+
+#[tokio::test]
+async fn pods_the_statefulset_cannot_create_are_reported_from_its_events() {
+    let j = job(SPEC);
+    let hash = resources::spec_hash(&j);
+    let script = Script::steady(sts_reply(2, &hash, 0))
+        .then(pods_list(vec![]))
+        .then(
+            expect(Method::GET, &format!("/api/v1{NS}/events")).reply(json!({
+                "apiVersion": "v1", "kind": "EventList", "metadata": {},
+                "items": [
+                    {"metadata": {"name": "e1"}, "involvedObject": {"kind": "StatefulSet", "name": "wc-worker"}, "reason": "FailedCreate",
+                     "lastTimestamp": "2026-12-01T10:00:00Z",
+                     "message": "create Pod wc-worker-0 in StatefulSet wc-worker failed error: Pod \"wc-worker-0\" is invalid: spec.containers[0].env[7].name: Invalid value: \"1BAD\""}
+                ]
+            })),
+        )
+        .then(event_with("DeploymentFailed", "Warning", "StatefulSet wc-worker: FailedCreate: create Pod wc-worker-0"))
+        .then(status(|s| {
+            assert_eq!(condition(s, "Ready")["reason"], "DeploymentFailed");
+            assert!(s["lastFailure"].as_str().unwrap().contains("\"1BAD\""), "{s}");
+        }));
+    let fake = Job::default().status(Err(ControlError::Unreachable {
+        address: "wc-worker-0.wc-workers.prod.svc:6121".into(),
+        cause: "no such host".into(),
+    }));
+    let (result, journal) = run(j, script, fake).await;
+    result.unwrap();
+    // The FailedCreate events of this StatefulSet only.
+    let q = journal
+        .iter()
+        .filter(|e| e.starts_with("GET /api/v1/namespaces/prod/events"))
+        .count();
+    assert_eq!(q, 1, "{journal:#?}");
+}
+
+#[tokio::test]
+async fn the_scale_subresource_reads_parallelism_and_selector_from_the_status() {
+    let j = job(SPEC);
+    let hash = resources::spec_hash(&j);
+    let script = Script::steady(sts_reply(2, &hash, 2)).then(status(|s| {
+        assert_eq!(s["parallelism"], 2);
+        assert_eq!(
+            s["selector"],
+            "app.kubernetes.io/instance=wc,app.kubernetes.io/name=streamjob"
+        );
+    }));
+    let fake = Job::default().status(Ok(report(RunState::Running)));
+    run(j, script, fake).await.0.unwrap();
+}
+
+#[tokio::test]
+async fn a_scale_through_the_subresource_rolls_out_as_the_upgrade_mode_says() {
+    // `kubectl scale sj wc --replicas 3` sets spec.parallelism (a new generation); in
+    // savepoint mode that is a stop-with-savepoint and a restore at parallelism 3.
+    let old = stateful(&spec("savepoint", 2, ""), 1);
+    let j = stateful(&spec("savepoint", 3, ""), 2);
+    let script = Script::workers(deployed(&old, &run_of("wc-uid1-1", None, None), 2))
+        .stop_with_savepoint(2)
+        .applies(|b| assert_run(b, 3, "wc-uid1-2", Some(SAVEPOINT)), 0, true)
+        .then(event("UpgradeStarted"))
+        .then(status(|s| assert_eq!(s["parallelism"], 3)));
+    let fake = Job::default()
+        .status(Ok(running_with_checkpoint("wc-uid1-1", 3)))
+        .savepoint(true, Ok(snap(7, SAVEPOINT)));
+    let (result, journal) = run(j, script, fake).await;
+    result.unwrap();
+    assert_stopped_before_apply(&journal);
+}
+
+fn blocked_before(j: &mut StreamJob, why: &str) {
+    j.status = Some(StreamJobStatus {
+        last_failure: Some(why.into()),
+        conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+            type_: "Degraded".into(),
+            status: "True".into(),
+            reason: "SavepointFailed".into(),
+            message: why.into(),
+            observed_generation: Some(2),
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ),
+        }],
+        ..Default::default()
+    });
+}
+
+#[tokio::test]
+async fn a_savepoint_mode_change_of_a_job_that_never_ran_proceeds_without_a_savepoint() {
+    // Pods never became ready (a bad image): no savepoint can be taken, and there is no
+    // state to save. The fix of the image goes ahead, keeping the run (its pods would restore
+    // a checkpoint of it if one existed unseen), and the stale failure goes.
+    let old = stateful(&spec("savepoint", 2, "  image: streamjob:typo\n"), 1);
+    let mut j = stateful(&spec("savepoint", 2, "  image: streamjob:fixed\n"), 2);
+    blocked_before(
+        &mut j,
+        "the upgrade to generation 2 needs a savepoint, but worker 0 is unreachable",
+    );
+    let script = Script::workers(deployed(&old, &run_of("wc-uid1-1", None, None), 0))
+        .then(event_with(
+            "SavepointSkipped",
+            "Warning",
+            "the upgrade to generation 2 proceeds without a savepoint: the job never produced state (no worker of run wc-uid1-1 is ready",
+        ))
+        .applies(
+            |b| {
+                assert_run(b, 2, "wc-uid1-1", None);
+                assert_eq!(b["spec"]["template"]["spec"]["containers"][0]["image"], "streamjob:fixed");
+            },
+            0,
+            true,
+        )
+        .then(event("UpgradeStarted"))
+        .then(status(|s| {
+            assert!(s.get("lastFailure").is_none(), "{s}");
+            assert_eq!(condition(s, "Degraded")["status"], "False");
+        }));
+    let fake = Job::default().status(Err(ControlError::Unreachable {
+        address: "wc-worker-0.wc-workers.prod.svc:6121".into(),
+        cause: "connection refused".into(),
+    }));
+    let (result, journal) = run(j, script, fake).await;
+    result.unwrap();
+    assert!(!journal.iter().any(|e| e.starts_with("TriggerSavepoint")));
+}
+
+#[tokio::test]
+async fn a_job_that_never_ran_suspends_without_a_savepoint() {
+    let old = stateful(&spec("savepoint", 2, ""), 1);
+    let j = stateful(&spec("savepoint", 2, "  state: suspended\n"), 2);
+    let script = Script::workers(deployed(&old, &run_of("wc-uid1-1", None, None), 0))
+        .then(event_with(
+            "SavepointSkipped",
+            "Warning",
+            "the suspend proceeds without a savepoint",
+        ))
+        .applies(|b| assert_run(b, 0, "wc-uid1-1", None), 0, false)
+        .then(event_with(
+            "Suspended",
+            "Normal",
+            "resuming restores the latest checkpoint of run wc-uid1-1",
+        ))
+        .then(status(|s| assert_eq!(s["phase"], "Suspended")));
+    let fake = Job::default().status(Err(ControlError::Unreachable {
+        address: "wc-worker-0.wc-workers.prod.svc:6121".into(),
+        cause: "connection refused".into(),
+    }));
+    run(j, script, fake).await.0.unwrap();
+}
+
+#[tokio::test]
+async fn a_job_with_a_known_checkpoint_still_needs_its_savepoint() {
+    // Same pods-not-ready picture, but the run has checkpointed: the savepoint rule holds.
+    let old = stateful(&spec("savepoint", 2, ""), 1);
+    let mut j = stateful(&spec("savepoint", 3, ""), 2);
+    j.status = Some(StreamJobStatus {
+        last_checkpoint: Some(SnapshotInfo {
+            id: 4,
+            time: "2023-11-14T22:13:24Z".into(),
+            path: "file:///ckpt/wc-uid1-1/chk-4".into(),
+        }),
+        ..Default::default()
+    });
+    let script = Script::workers(deployed(&old, &run_of("wc-uid1-1", None, None), 0))
+        .then(event("SavepointFailed"))
+        .then(status(|s| {
+            assert_eq!(condition(s, "Degraded")["reason"], "SavepointFailed")
+        }));
+    let fake = Job::default().status(Err(ControlError::Unreachable {
+        address: "wc-worker-0.wc-workers.prod.svc:6121".into(),
+        cause: "connection refused".into(),
+    }));
+    assert!(run(j, script, fake).await.0.is_err());
 }

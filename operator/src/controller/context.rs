@@ -40,6 +40,9 @@ pub(crate) const REPORT_TTL: Duration = Duration::from_secs(5);
 /// after this long.
 pub(crate) const EVENT_REPEAT_AFTER: Duration = Duration::from_secs(600);
 
+/// Default of `--max-workers-per-job`.
+pub const DEFAULT_MAX_WORKERS_PER_JOB: u32 = 256;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("Kubernetes API: {0}")]
@@ -49,6 +52,16 @@ pub enum Error {
     /// A savepoint the operator needs failed; retried with the same backoff.
     #[error("{0}")]
     Savepoint(String),
+    /// A job from the API server that does not fit the types (the CRD schema admitted it).
+    #[error("cannot read {0}")]
+    Read(String),
+    /// The API server refused a child object (the status and an event say so).
+    #[error("{kind} {name} was rejected: {message}")]
+    ChildRejected {
+        kind: String,
+        name: String,
+        message: String,
+    },
 }
 
 pub(crate) type Key = (String, String);
@@ -64,6 +77,8 @@ pub struct Context {
     pub control: Arc<dyn JobControl>,
     /// How often a running job's status is read.
     pub poll_interval: Duration,
+    /// Most worker pods one job may have.
+    pub max_workers_per_job: u32,
     /// Consecutive failures per job, for backoff.
     pub(crate) failures: Mutex<HashMap<Key, u32>>,
     /// Failed deletion savepoints per job.
@@ -87,6 +102,7 @@ impl Context {
             metrics,
             control: Arc::new(GrpcJobControl::default()),
             poll_interval: Duration::from_secs(30),
+            max_workers_per_job: DEFAULT_MAX_WORKERS_PER_JOB,
             failures: Mutex::new(HashMap::new()),
             deletion_attempts: Mutex::new(HashMap::new()),
             reports: Mutex::new(HashMap::new()),
@@ -97,6 +113,11 @@ impl Context {
     /// Replaces the JobControl client (tests script the jobs' answers with it).
     pub fn with_control(mut self, control: Arc<dyn JobControl>) -> Self {
         self.control = control;
+        self
+    }
+
+    pub fn with_max_workers_per_job(mut self, max: u32) -> Self {
+        self.max_workers_per_job = max;
         self
     }
 

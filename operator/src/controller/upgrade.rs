@@ -12,7 +12,7 @@ use streamjob_crds::spec::{
 };
 
 use super::context::{Context, DEPLOYING, Error};
-use super::events::{inform, patch_status, warn_event};
+use super::events::{inform, patch_status, publish, warn_event};
 use super::savepoint::savepoint_for_change;
 use crate::control::{ControlError, JobReport, RunState, Target};
 use crate::resources::{self, Children, Run};
@@ -60,6 +60,64 @@ pub(crate) enum Next {
     Apply(Step),
     /// The savepoint the change needs failed: nothing is applied.
     Blocked(String),
+}
+
+/// Why a change of running workers in savepoint mode needs no savepoint: no worker is ready,
+/// worker 0 does not answer, and no checkpoint of the run is known, so the job never produced
+/// state (its pods never started, e.g. a bad image) and insisting on a savepoint would block
+/// the very change that fixes it. `None` when a savepoint is needed (or was taken already).
+pub(crate) fn no_state_to_save(
+    st: &StreamJobStatus,
+    sts: &StatefulSet,
+    current: &Run,
+    report: &Option<Result<JobReport, ControlError>>,
+) -> Option<String> {
+    let taken = st
+        .upgrade
+        .as_ref()
+        .is_some_and(|u| u.step == DEPLOYING && u.savepoint_path.is_some());
+    let checkpointed = st
+        .last_checkpoint
+        .as_ref()
+        .is_some_and(|c| c.path.contains(&format!("/{}/", current.id)));
+    let ready = Observed::from_statefulset(sts).ready;
+    match report {
+        Some(Err(e)) if ready == 0 && !taken && !checkpointed => Some(format!(
+            "no worker of run {} is ready, no checkpoint of it is known and {e}",
+            current.id
+        )),
+        _ => None,
+    }
+}
+
+/// Announces a savepoint-mode change that goes ahead without a savepoint.
+async fn skip_savepoint(
+    ctx: &Context,
+    job: &StreamJob,
+    st: &mut StreamJobStatus,
+    what: &str,
+    why: &str,
+    current: &Run,
+) {
+    st.upgrade = None;
+    let starts = match &current.restore_from {
+        Some(p) => format!("else from {p}, where the run started"),
+        None => "else from empty state, where the run started".into(),
+    };
+    let note = format!(
+        "{what} proceeds without a savepoint: the job never produced state ({why}); the new \
+         pods restore the latest checkpoint of run {} if one exists, {starts}",
+        current.id
+    );
+    publish(
+        ctx,
+        job,
+        EventType::Warning,
+        "SavepointSkipped",
+        "Savepoint",
+        &note,
+    )
+    .await;
 }
 
 /// Advice that goes with every blocked change.
@@ -125,6 +183,10 @@ pub(crate) async fn next_run(
                         true => format!("the upgrade to generation {generation}"),
                         false => format!("the restart for restartNonce {}", nonce.unwrap_or(0)),
                     };
+                    if let Some(why) = no_state_to_save(st, sts, &current, report) {
+                        skip_savepoint(ctx, job, st, &what, &why, &current).await;
+                        return Ok(step(same, transition, None));
+                    }
                     match savepoint_for_change(ctx, job, jobs, target, st, &current, report, &what)
                         .await?
                     {
@@ -143,6 +205,10 @@ pub(crate) async fn next_run(
         }
         (true, false) => match mode {
             UpgradeMode::Savepoint => {
+                if let Some(why) = no_state_to_save(st, sts, &current, report) {
+                    skip_savepoint(ctx, job, st, "the suspend", &why, &current).await;
+                    return Ok(step(same, Transition::Suspend, None));
+                }
                 match savepoint_for_change(
                     ctx,
                     job,
@@ -204,6 +270,7 @@ pub(crate) async fn blocked(
         &Report {
             job: None,
             blocked: Some(&why),
+            deployment: None,
         },
     );
     // The old workers still run the old plan.
