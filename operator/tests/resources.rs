@@ -349,3 +349,152 @@ fn spec_env_reaches_the_worker_container_but_not_the_config_map() {
     let manifest = &c.config_map.data.as_ref().unwrap()["streamjob.yaml"];
     assert!(!manifest.contains("AWS_"), "{manifest}");
 }
+
+fn pod_spec(c: &Children) -> &k8s_openapi::api::core::v1::PodSpec {
+    c.stateful_set
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+}
+
+#[test]
+fn a_pod_template_that_sets_only_the_workers_resources_keeps_the_rest_of_it() {
+    // As a JSON merge patch this replaced the whole container list: no image, args or env.
+    let plain = build(&job(STEPS));
+    let j = job(&format!(
+        "{STEPS}  podTemplate:\n    spec:\n      containers:\n        - name: worker\n          resources: {{limits: {{cpu: '3'}}}}\n"
+    ));
+    let c = build(&j);
+    let spec = pod_spec(&c);
+    assert_eq!(spec.containers.len(), 1);
+    let w = &spec.containers[0];
+    let before = &pod_spec(&plain).containers[0];
+    assert_eq!(w.image, before.image);
+    assert_eq!(w.args, before.args);
+    assert_eq!(w.env, before.env);
+    assert_eq!(w.volume_mounts, before.volume_mounts);
+    let r = w.resources.as_ref().unwrap();
+    assert_eq!(r.limits.as_ref().unwrap()["cpu"].0, "3");
+    // The memory the operator sets stays (a merge, not a replacement).
+    assert_eq!(r.limits.as_ref().unwrap()["memory"].0, "1Gi");
+}
+
+#[test]
+fn a_sidecar_volume_and_env_var_are_added_by_name_beside_the_generated_ones() {
+    let j = job(&format!(
+        "{STEPS}  podTemplate:\n    spec:\n      containers:\n        - name: log-shipper\n          image: fluent-bit:3\n          volumeMounts: [{{name: tmp, mountPath: /logs}}]\n        - name: worker\n          env:\n            - {{name: STREAMJOB_LOG, value: debug}}\n            - {{name: EXTRA, value: '1'}}\n          volumeMounts: [{{name: cache, mountPath: /cache}}]\n      volumes:\n        - {{name: cache, emptyDir: {{}}}}\n        - {{name: tmp, $patch: delete}}\n        - {{name: tmp, emptyDir: {{medium: Memory}}}}\n"
+    ));
+    let c = build(&j);
+    let spec = pod_spec(&c);
+    let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["worker", "log-shipper"]);
+    let w = &spec.containers[0];
+    assert_eq!(w.image.as_deref(), Some("streamjob:test"));
+    let env = w.env.as_ref().unwrap();
+    let value = |n: &str| {
+        env.iter()
+            .find(|e| e.name == n)
+            .and_then(|e| e.value.clone())
+    };
+    // Replaced by name in place, added at the end, the generated ones kept.
+    assert_eq!(value("STREAMJOB_LOG").as_deref(), Some("debug"));
+    assert_eq!(env.iter().filter(|e| e.name == "STREAMJOB_LOG").count(), 1);
+    assert_eq!(env.last().unwrap().name, "EXTRA");
+    assert!(env.iter().any(|e| e.name == "STREAMJOB_TOKEN"));
+    let mounts: Vec<&str> = w
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|m| m.mount_path.as_str())
+        .collect();
+    assert_eq!(mounts, ["/etc/streamjob", "/tmp", "/cache"]);
+    let volumes = spec.volumes.as_ref().unwrap();
+    let vnames: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+    // `$patch: delete` removed the generated tmp volume; the next element added it anew.
+    assert_eq!(vnames, ["spec", "cache", "tmp"]);
+    let tmp = volumes.iter().find(|v| v.name == "tmp").unwrap();
+    assert_eq!(
+        tmp.empty_dir.as_ref().unwrap().medium.as_deref(),
+        Some("Memory")
+    );
+}
+
+#[test]
+fn a_pod_template_cannot_remove_the_worker_container() {
+    let j = job(&format!(
+        "{STEPS}  podTemplate:\n    spec:\n      containers: [{{name: worker, $patch: delete}}]\n"
+    ));
+    let plan = to_logical_graph(&j).plan().unwrap();
+    let err = resources::children(
+        &j,
+        &plan,
+        &Defaults {
+            worker_image: "x".into(),
+            image_pull_policy: None,
+            worker_resources: None,
+        },
+    )
+    .unwrap_err();
+    assert_eq!(err, "spec.podTemplate: removes the `worker` container");
+}
+
+fn memory(c: &Children) -> (String, String) {
+    let r = container(c).resources.as_ref().unwrap();
+    (
+        r.requests.as_ref().unwrap()["memory"].0.clone(),
+        r.limits.as_ref().unwrap()["memory"].0.clone(),
+    )
+}
+
+#[test]
+fn worker_memory_always_has_a_request_and_a_limit() {
+    // Nothing set anywhere: the operator's default, request = limit, and a CPU request.
+    let c = build(&job(STEPS));
+    assert_eq!(memory(&c), ("1Gi".into(), "1Gi".into()));
+    let r = container(&c).resources.as_ref().unwrap();
+    assert_eq!(r.requests.as_ref().unwrap()["cpu"].0, "500m");
+    assert!(!r.limits.as_ref().unwrap().contains_key("cpu"));
+    // A request alone is also the limit; a limit alone also the request.
+    let c = build(&job(&format!(
+        "{STEPS}  resources: {{requests: {{memory: 3Gi}}}}\n"
+    )));
+    assert_eq!(memory(&c), ("3Gi".into(), "3Gi".into()));
+    let c = build(&job(&format!(
+        "{STEPS}  resources: {{limits: {{memory: 2Gi}}}}\n"
+    )));
+    assert_eq!(memory(&c), ("2Gi".into(), "2Gi".into()));
+    // Both given: kept as they are.
+    let c = build(&job(&format!(
+        "{STEPS}  resources: {{requests: {{memory: 1Gi}}, limits: {{memory: 4Gi}}}}\n"
+    )));
+    assert_eq!(memory(&c), ("1Gi".into(), "4Gi".into()));
+}
+
+#[test]
+fn the_template_hash_label_follows_what_the_operator_renders() {
+    let hash = |c: &Children| {
+        resources::template_hash_of(&c.stateful_set)
+            .unwrap()
+            .to_string()
+    };
+    let a = build(&job(STEPS));
+    assert_eq!(hash(&a), hash(&build(&job(STEPS))));
+    let b = build(&job(&format!("{STEPS}  image: other:1\n")));
+    assert_ne!(hash(&a), hash(&b));
+    // The selector does not include it: pods of an older template stay the StatefulSet's.
+    let selector = a
+        .stateful_set
+        .spec
+        .as_ref()
+        .unwrap()
+        .selector
+        .match_labels
+        .clone()
+        .unwrap();
+    assert!(!selector.contains_key(resources::TEMPLATE_HASH_LABEL));
+}

@@ -395,31 +395,24 @@ pub async fn run(ctx: Arc<Context>, namespaces: Vec<String>) {
         false => namespaces.into_iter().map(Some).collect(),
     };
     let runs = scopes.into_iter().map(|scope| {
-        let api = |ns: &Option<String>| -> (
-            Api<DynamicObject>,
-            Api<StatefulSet>,
-            Api<ConfigMap>,
-            Api<Service>,
-            Api<Pod>,
-        ) {
+        // One Api per kind, in the scope: all namespaces or one.
+        fn scoped<K>(client: &kube::Client, ns: &Option<String>) -> Api<K>
+        where
+            K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>,
+        {
             match ns {
-                None => (
-                    Api::all_with(client.clone(), &ar),
-                    Api::all(client.clone()),
-                    Api::all(client.clone()),
-                    Api::all(client.clone()),
-                    Api::all(client.clone()),
-                ),
-                Some(ns) => (
-                    Api::namespaced_with(client.clone(), ns, &ar),
-                    Api::namespaced(client.clone(), ns),
-                    Api::namespaced(client.clone(), ns),
-                    Api::namespaced(client.clone(), ns),
-                    Api::namespaced(client.clone(), ns),
-                ),
+                None => Api::all(client.clone()),
+                Some(ns) => Api::namespaced(client.clone(), ns),
             }
+        }
+        let jobs: Api<DynamicObject> = match &scope {
+            None => Api::all_with(client.clone(), &ar),
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
         };
-        let (jobs, sts, cms, svcs, pods) = api(&scope);
+        let sts: Api<StatefulSet> = scoped(&client, &scope);
+        let cms: Api<ConfigMap> = scoped(&client, &scope);
+        let svcs: Api<Service> = scoped(&client, &scope);
+        let pods: Api<Pod> = scoped(&client, &scope);
         let watch_name = format!(
             "streamjobs in {}",
             scope.as_deref().unwrap_or("all namespaces")
