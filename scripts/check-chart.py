@@ -36,7 +36,7 @@ KUBE_VALIDATE = [str(pathlib.Path(sys.executable).parent / "kubernetes-validate"
 NOT_IN_KUBERNETES_SCHEMAS = {"ServiceMonitor"}
 
 # The RBAC the operator needs on StreamJobs and their children, from its API calls
-# (operator/src/controller.rs): (apiGroup, resource) -> verbs.
+# (operator/src/controller/): (apiGroup, resource) -> verbs.
 JOB_RULES = {
     ("streamjob.dev", "streamjobs"): {"get", "list", "watch", "patch"},  # patch: the finalizer
     ("streamjob.dev", "streamjobs/status"): {"patch"},
@@ -44,7 +44,9 @@ JOB_RULES = {
     ("", "configmaps"): {"get", "list", "watch", "create", "patch"},
     ("", "services"): {"get", "list", "watch", "create", "patch"},
     ("", "secrets"): {"get", "create"},
-    ("", "pods"): {"deletecollection"},  # pods of an older template, replaced at once
+    # pods of an older template, replaced at once; pods that cannot start, reported
+    ("", "pods"): {"list", "watch", "deletecollection"},
+    ("", "events"): {"list"},  # the StatefulSet's FailedCreate events
     ("policy", "poddisruptionbudgets"): {"create", "patch", "delete"},
     ("events.k8s.io", "events"): {"create", "patch"},
 }
@@ -290,6 +292,7 @@ def check_defaults():
     assert e["STREAMJOB_WORKER_IMAGE"] == f"ghcr.io/streamjob/streamjob:{VERSION}", e["STREAMJOB_WORKER_IMAGE"]
     assert "STREAMJOB_IMAGE_PULL_POLICY" not in e and "STREAMJOB_WORKER_RESOURCES" not in e
     assert e["STREAMJOB_LOG_FORMAT"] == "text" and e["STREAMJOB_LOG"] == "info"
+    assert e["STREAMJOB_MAX_WORKERS_PER_JOB"] == "256", e
     assert c["resources"] == {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
     assert "kubectl apply -f manifests/examples/wordcount.yaml" in notes, notes
     assert "kubectl get sj -w" in notes, notes

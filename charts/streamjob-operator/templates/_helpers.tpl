@@ -112,10 +112,15 @@ rule on streamjobs/finalizers is needed.
   resources: ["secrets"]
   verbs: ["get", "create"]
 # deletecollection: worker pods of an older template are replaced all at once (the
-# StatefulSet's updateStrategy is OnDelete).
+# StatefulSet's updateStrategy is OnDelete); list and watch: pods that cannot start
+# (image pull errors, crash loops) are reported in the job's status.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["deletecollection"]
+  verbs: ["list", "watch", "deletecollection"]
+# list: the StatefulSet's FailedCreate events, when it cannot create the worker pods.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["list"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["create", "patch", "delete"]
