@@ -134,7 +134,9 @@ pub struct StreamJobSpec {
     #[schemars(range(min = 1, max = 256))]
     pub slots_per_worker: u32,
 
-    /// CPU and memory of each worker container.
+    /// CPU and memory of each worker container (default: the operator's, else a 500m CPU
+    /// request and 1Gi of memory). Memory always gets a request and a limit: one given
+    /// alone is used for both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
 
@@ -144,9 +146,11 @@ pub struct StreamJobSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<k8s_openapi::api::core::v1::EnvVar>,
 
-    /// A partial pod template merged over the generated worker pod template (JSON merge
-    /// patch: maps merge, lists replace), e.g. `{spec: {nodeSelector: {...}}}` or extra
-    /// labels and annotations.
+    /// A partial pod template merged over the generated worker pod template like a strategic
+    /// merge patch: maps merge, containers, volumes and env merge by name (volumeMounts by
+    /// mountPath, ports by containerPort), `$patch: delete` removes an element, other lists
+    /// replace. E.g. `{spec: {containers: [{name: worker, resources: {...}}]}}` changes only
+    /// the worker's resources; a container with another name is a sidecar.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_object")]
     pub pod_template: Option<serde_json::Value>,
