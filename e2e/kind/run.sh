@@ -110,9 +110,12 @@ PY
 check_counts "$WORK/expected.json" || fail "counts differ"
 log "exact counts"
 
-log "savepoint upgrade: parallelism 2 -> 3"
-kubectl patch sj wc --type merge -p '{"spec":{"parallelism":3}}'
+log "savepoint upgrade: parallelism 2 -> 3 through the scale subresource"
+kubectl scale sj wc --replicas 3
 kubectl wait sj/wc --for=jsonpath='{.status.desiredWorkers}'=3 --timeout=120s || fail "not rescaled"
+[[ "$(kubectl get --raw "/apis/streamjob.dev/v1alpha1/namespaces/default/streamjobs/wc/scale" |
+      python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["replicas"])')" == 3 ]] ||
+  fail "the scale subresource does not read 3 replicas"
 deadline=$((SECONDS + 300))
 until [[ -n "$(kubectl get sj wc -o jsonpath='{.status.lastSavepoint.path}')" &&
          -z "$(kubectl get sj wc -o jsonpath='{.status.upgrade.step}')" ]]; do
