@@ -278,9 +278,9 @@ pub(crate) fn token_of(secret: &Secret) -> Option<String> {
     }
 }
 
-pub(crate) fn random_token() -> std::io::Result<String> {
-    use std::io::Read as _;
+/// 128 random bits from the OS (getrandom), as 32 hex digits.
+pub(crate) fn random_token() -> Result<String, getrandom::Error> {
     let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    getrandom::fill(&mut bytes)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -48,7 +48,7 @@ pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error("cannot create a job token: {0}")]
-    Token(std::io::Error),
+    Token(getrandom::Error),
     /// A savepoint the operator needs failed; retried with the same backoff.
     #[error("{0}")]
     Savepoint(String),
