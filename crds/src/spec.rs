@@ -57,31 +57,29 @@ fn default_transaction_timeout_ms() -> u64 {
     )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+// Rules use only `rule` and `message`: `fieldPath` and `reason` came with Kubernetes 1.28, and
+// an older API server refuses a CRD that has them under strict field validation (kubectl's
+// default). crds/tests/crd.rs checks this.
 #[schemars(extend("x-kubernetes-validations" = [
     {
         "rule": "!has(self.parallelism) || !has(self.maxParallelism) || self.parallelism <= self.maxParallelism",
-        "message": "parallelism must not exceed maxParallelism",
-        "fieldPath": ".parallelism"
+        "message": "parallelism must not exceed maxParallelism"
     },
     {
         "rule": "!has(self.onError) || self.onError != 'deadLetter' || has(self.deadLetter)",
-        "message": "onError: deadLetter needs a deadLetter sink",
-        "fieldPath": ".deadLetter"
+        "message": "onError: deadLetter needs a deadLetter sink"
     },
     {
         "rule": "self.steps.all(s, self.steps.exists_one(t, t.name == s.name))",
-        "message": "step names must be unique",
-        "fieldPath": ".steps"
+        "message": "step names must be unique"
     },
     {
         "rule": "self.steps.exists(s, has(s.source))",
-        "message": "the job needs at least one source step",
-        "fieldPath": ".steps"
+        "message": "the job needs at least one source step"
     },
     {
         "rule": "self.steps.exists(s, has(s.sink))",
-        "message": "the job needs at least one sink step",
-        "fieldPath": ".steps"
+        "message": "the job needs at least one sink step"
     }
 ]))]
 pub struct StreamJobSpec {
@@ -371,8 +369,7 @@ pub enum JobState {
     "x-kubernetes-validations" = [
         {
             "rule": "!has(self.source) || !has(self.input)",
-            "message": "a source step cannot have an input",
-            "fieldPath": ".input"
+            "message": "a source step cannot have an input"
         }
     ]
 ))]
@@ -596,8 +593,7 @@ pub struct SecretKeyRef {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [{
     "rule": "(has(self.startingOffsets) && self.startingOffsets == 'timestamp') == has(self.startingTimestampMs)",
-    "message": "startingTimestampMs is required with, and only with, startingOffsets: timestamp",
-    "fieldPath": ".startingTimestampMs"
+    "message": "startingTimestampMs is required with, and only with, startingOffsets: timestamp"
 }]))]
 pub struct KafkaSource {
     /// Comma-separated `host:port` list of brokers.
@@ -711,8 +707,7 @@ pub enum DeliveryGuarantee {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [{
     "rule": "!has(self.deliveryGuarantee) || self.deliveryGuarantee != 'exactly-once' || has(self.transactionalIdPrefix)",
-    "message": "deliveryGuarantee exactly-once needs a transactionalIdPrefix",
-    "fieldPath": ".transactionalIdPrefix"
+    "message": "deliveryGuarantee exactly-once needs a transactionalIdPrefix"
 }]))]
 pub struct KafkaSink {
     /// Comma-separated `host:port` list of brokers.

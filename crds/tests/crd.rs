@@ -188,6 +188,33 @@ fn rules_touching_property_less(s: &Json, path: &str, out: &mut Vec<String>) {
 }
 
 #[test]
+fn rules_use_only_fields_kubernetes_1_25_knows() {
+    // `messageExpression` came with 1.27, `fieldPath` and `reason` with 1.28: a 1.25 API
+    // server refuses them under strict field validation.
+    fn walk(v: &Json, out: &mut Vec<String>) {
+        match v {
+            Json::Object(m) => {
+                if let Some(Json::Array(rs)) = m.get("x-kubernetes-validations") {
+                    for r in rs {
+                        for k in r.as_object().unwrap().keys() {
+                            if k != "rule" && k != "message" {
+                                out.push(format!("{k} in {r}"));
+                            }
+                        }
+                    }
+                }
+                m.values().for_each(|x| walk(x, out));
+            }
+            Json::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    walk(&crd_json(), &mut found);
+    assert!(found.is_empty(), "{found:#?}");
+}
+
+#[test]
 fn no_cel_rule_reads_an_object_without_properties() {
     let mut found = Vec::new();
     rules_touching_property_less(&schema(), "", &mut found);
