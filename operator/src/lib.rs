@@ -6,6 +6,7 @@ pub mod control;
 pub mod controller;
 pub mod leader;
 pub mod lenient;
+pub mod merge;
 pub mod metrics;
 pub mod resources;
 pub mod status;
