@@ -2118,3 +2118,40 @@ async fn a_job_with_a_known_checkpoint_still_needs_its_savepoint() {
     }));
     assert!(run(j, script, fake).await.0.is_err());
 }
+
+#[tokio::test]
+async fn a_rejection_that_is_over_leaves_no_last_failure_behind() {
+    // The StatefulSet was rejected before; this time every child applies.
+    let mut j = job(SPEC);
+    blocked_before(
+        &mut j,
+        "StatefulSet wc-worker was rejected by the API server: ...",
+    );
+    let s = j.status.as_mut().unwrap();
+    s.conditions[0].reason = "ChildRejected".into();
+    let hash = resources::spec_hash(&j);
+    let script = Script::steady(sts_reply(2, &hash, 2)).then(status(|s| {
+        assert!(s.get("lastFailure").is_none(), "{s}");
+        assert_eq!(condition(s, "Degraded")["status"], "False");
+        assert_eq!(condition(s, "Ready")["status"], "True");
+    }));
+    let fake = Job::default().status(Ok(report(RunState::Running)));
+    run(j, script, fake).await.0.unwrap();
+}
+
+#[tokio::test]
+async fn a_failure_the_job_still_reports_is_kept() {
+    // A job failure is the job's own news: it stays while worker 0 reports it.
+    let mut j = job(SPEC);
+    blocked_before(&mut j, "an old savepoint failure");
+    let hash = resources::spec_hash(&j);
+    let script = Script::steady(sts_reply(2, &hash, 2)).then(status(|s| {
+        assert_eq!(s["lastFailure"], "task n[1]: division by zero");
+    }));
+    let fake = Job::default().status(Ok(JobReport {
+        failure: Some("task n[1]: division by zero".into()),
+        restarts: 1,
+        ..report(RunState::Running)
+    }));
+    run(j, script, fake).await.0.unwrap();
+}
