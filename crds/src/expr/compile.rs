@@ -9,6 +9,7 @@ use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue};
 
 use super::eval::{Env, binary, eval};
 use super::functions::{Func, STR};
+use super::limits::{Budget, MAX_DEPTH, node_count};
 use super::node::{BinOp, Comprehension, Node};
 use super::small_str::Str;
 use super::value::{Value, ValueType};
@@ -21,6 +22,8 @@ pub(super) struct Compiler<'v> {
     /// Comprehension variables in scope: name, slot, static type.
     pub(super) scopes: Vec<(String, usize, Option<ValueType>)>,
     pub(super) locals: usize,
+    /// Levels of the tree being compiled above the current node.
+    pub(super) depth: u32,
 }
 
 pub(super) type Compiled = (Node, Option<ValueType>);
@@ -127,7 +130,21 @@ impl Compiler<'_> {
         slot
     }
 
+    /// Compiles `e`, within [`MAX_DEPTH`] levels (the parser's depth check already keeps
+    /// the tree within it; this guards the recursion here on its own).
     pub(super) fn compile(&mut self, e: &IdedExpr) -> Result<Compiled, ExprError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(cerr(format!(
+                "expression nests deeper than the limit of {MAX_DEPTH} levels"
+            )));
+        }
+        self.depth += 1;
+        let r = self.compile_node(e);
+        self.depth -= 1;
+        r
+    }
+
+    fn compile_node(&mut self, e: &IdedExpr) -> Result<Compiled, ExprError> {
         match &e.expr {
             Expr::Literal(l) => {
                 let v = literal(l);
@@ -203,6 +220,7 @@ impl Compiler<'_> {
                 self.scopes.truncate(depth);
                 Ok((
                     Node::Loop(Box::new(Comprehension {
+                        iteration_cost: 1 + node_count(&cond) + node_count(&step),
                         range,
                         iter,
                         iter2,
@@ -281,6 +299,7 @@ impl Compiler<'_> {
                     let env = Env {
                         args: &[],
                         locals: RefCell::new(Vec::new()),
+                        budget: Budget::new(),
                     };
                     let neg = Node::Neg(Box::new(Node::Const(v.clone())));
                     if let Ok(v) = eval(&neg, &env) {

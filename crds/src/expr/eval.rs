@@ -6,6 +6,7 @@ use std::cmp::Ordering;
 use std::sync::Arc;
 
 use super::functions::call;
+use super::limits::Budget;
 use super::node::{BinOp, Comprehension, Node};
 use super::small_str::Str;
 use super::value::{Value, ValueMap};
@@ -14,6 +15,7 @@ use super::{EvalError, rerr};
 pub(super) struct Env<'a> {
     pub(super) args: &'a [&'a Value],
     pub(super) locals: RefCell<Vec<Value>>,
+    pub(super) budget: Budget,
 }
 
 /// [`eval`] for an operand: constants and variables, the usual leaves (`value[0]`,
@@ -61,6 +63,7 @@ pub(super) fn element_of<'a>(node: &'a Node, env: &Env<'a>) -> Result<Value, Eva
         if let (Value::Int(x), Value::Int(y), BinOp::Add | BinOp::Sub | BinOp::Mul) = (a, b, op) {
             return int_op(*op, *x, *y).map(Value::Int);
         }
+        charge_binary(env, *op, a, b)?;
         return binary(*op, a, b);
     }
     operand_of(node, env).map(Cow::into_owned)
@@ -155,6 +158,7 @@ pub(super) fn eval<'a>(node: &'a Node, env: &Env<'a>) -> Result<Cow<'a, Value>, 
         Node::Bin(op, a, b) => {
             let l = operand_of(a, env)?;
             let r = operand_of(b, env)?;
+            charge_binary(env, *op, &l, &r)?;
             Cow::Owned(binary(*op, &l, &r)?)
         }
         Node::Call(f, args) => Cow::Owned(call(*f, args, env)?),
@@ -197,6 +201,7 @@ pub(super) fn comprehension(c: &Comprehension, env: &Env<'_>) -> Result<Value, E
     let init = eval(&c.init, env)?.into_owned();
     env.locals.borrow_mut()[c.accu] = init;
     let step = |iter: Value, iter2: Option<Value>| -> Result<bool, EvalError> {
+        env.budget.charge(c.iteration_cost, "a macro loop")?;
         {
             let mut locals = env.locals.borrow_mut();
             locals[c.iter] = iter;
@@ -246,6 +251,26 @@ pub(super) fn comprehension(c: &Comprehension, env: &Env<'_>) -> Result<Value, E
         }
     }
     Ok(eval(&c.result, env)?.into_owned())
+}
+
+/// Charges, before [`binary`] runs, for the text or list data it builds (`+`) or scans
+/// (`==`, `<`, `in`); numbers cost nothing here.
+#[inline]
+pub(super) fn charge_binary(
+    env: &Env<'_>,
+    op: BinOp,
+    a: &Value,
+    b: &Value,
+) -> Result<(), EvalError> {
+    let what = op.symbol();
+    match (a, b) {
+        (Value::String(x), Value::String(y)) => env.budget.charge_bytes(x.len() + y.len(), what),
+        (Value::Bytes(x), Value::Bytes(y)) => env.budget.charge_bytes(x.len() + y.len(), what),
+        (Value::List(x), Value::List(y)) => env.budget.charge((x.len() + y.len()) as u64, what),
+        (Value::Map(x), Value::Map(y)) => env.budget.charge((x.len() + y.len()) as u64, what),
+        (_, Value::List(y)) if op == BinOp::In => env.budget.charge(y.len() as u64, what),
+        _ => Ok(()),
+    }
 }
 
 /// `&&` (`short == false`) and `||` (`short == true`) with CEL's commutative error handling:

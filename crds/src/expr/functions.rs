@@ -247,6 +247,7 @@ pub(super) fn text_call<'a>(
     env: &Env<'a>,
 ) -> Result<Text<'a>, EvalError> {
     let t = eval_text(&args[0], env, f)?;
+    env.budget.charge_bytes(t.len(), f.name())?;
     Ok(match f {
         Func::Lower => t.rewrite(
             |s| {
@@ -302,7 +303,8 @@ pub(super) fn call<'a>(f: Func, args: &'a [Node], env: &Env<'a>) -> Result<Value
     }
     if f == Func::Words {
         let t = eval_text(&args[0], env, f)?;
-        return Ok(Value::List(t.split_whitespace().map(Value::from).collect()));
+        env.budget.charge_bytes(t.len(), f.name())?;
+        return pieces(t.split_whitespace(), env, f);
     }
     let recv = operand_of(&args[0], env)?;
     let r: &Value = &recv;
@@ -310,6 +312,15 @@ pub(super) fn call<'a>(f: Func, args: &'a [Node], env: &Env<'a>) -> Result<Value
         Some(n) => Some(operand_of(n, env)?),
         None => None,
     };
+    // Text the function reads (every function but `join` and `toJson` reads its string
+    // arguments whole, at most once).
+    for v in std::iter::once(r).chain(second.as_deref()) {
+        match v {
+            Value::String(s) => env.budget.charge_bytes(s.len(), f.name())?,
+            Value::Bytes(b) => env.budget.charge_bytes(b.len(), f.name())?,
+            _ => {}
+        }
+    }
     match f {
         Func::Size => Ok(Value::Int(match r {
             Value::String(s) => s.chars().count() as i64,
@@ -328,13 +339,9 @@ pub(super) fn call<'a>(f: Func, args: &'a [Node], env: &Env<'a>) -> Result<Value
             let s = str_arg(f, 0, r)?;
             let sep = str_arg(f, 1, second.as_deref().expect("arity checked"))?;
             if sep.is_empty() {
-                return Ok(Value::List(
-                    s.chars()
-                        .map(|c| Value::from(c.encode_utf8(&mut [0; 4]) as &str))
-                        .collect(),
-                ));
+                return pieces(s.matches(|_: char| true), env, f);
             }
-            Ok(Value::List(s.split(sep).map(Value::from).collect()))
+            pieces(s.split(sep), env, f)
         }
         Func::Join => {
             let Value::List(items) = r else {
@@ -344,13 +351,11 @@ pub(super) fn call<'a>(f: Func, args: &'a [Node], env: &Env<'a>) -> Result<Value
                 Some(v) => str_arg(f, 1, v)?,
                 None => "",
             };
-            let mut out = String::new();
+            // The size first: the budget is charged before the text is built.
+            let mut len = sep.len().saturating_mul(items.len().saturating_sub(1));
             for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(sep);
-                }
                 match item {
-                    Value::String(s) => out.push_str(s),
+                    Value::String(s) => len = len.saturating_add(s.len()),
                     other => {
                         return rerr(format!(
                             "join(): list element {i} is a {}, not a string",
@@ -358,6 +363,14 @@ pub(super) fn call<'a>(f: Func, args: &'a [Node], env: &Env<'a>) -> Result<Value
                         ));
                     }
                 }
+            }
+            env.budget.charge_bytes(len, f.name())?;
+            let mut out = String::with_capacity(len);
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(sep);
+                }
+                out.push_str(item.as_str().unwrap_or_default());
             }
             Ok(Value::String(Str::from(out)))
         }
@@ -371,6 +384,10 @@ pub(super) fn call<'a>(f: Func, args: &'a [Node], env: &Env<'a>) -> Result<Value
             }))
         }
         Func::ParseJson => {
+            // The values built take several times the text's size: a unit per byte.
+            if let Value::String(s) = r {
+                env.budget.charge(s.len() as u64, f.name())?;
+            }
             let parsed: Result<serde_json::Value, _> = match r {
                 Value::String(s) => serde_json::from_str(s),
                 Value::Bytes(b) => serde_json::from_slice(b),
@@ -381,7 +398,7 @@ pub(super) fn call<'a>(f: Func, args: &'a [Node], env: &Env<'a>) -> Result<Value
                 Err(e) => rerr(format!("parseJson(): invalid JSON: {e}")),
             }
         }
-        Func::ToJson => Ok(Value::String(Str::from(r.to_json_string()))),
+        Func::ToJson => Ok(Value::String(Str::from(json_text(r, env, f)?))),
         Func::String => Ok(match r {
             Value::String(_) => r.clone(),
             Value::Bytes(b) => match std::str::from_utf8(b) {
@@ -389,7 +406,7 @@ pub(super) fn call<'a>(f: Func, args: &'a [Node], env: &Env<'a>) -> Result<Value
                 Err(_) => return rerr("string(): bytes are not valid UTF-8"),
             },
             Value::Null => Value::from("null"),
-            other => Value::String(Str::from(other.to_json_string())),
+            other => Value::String(Str::from(json_text(other, env, f)?)),
         }),
         Func::Int => match r {
             Value::Int(_) => Ok(r.clone()),
@@ -442,4 +459,52 @@ pub(super) fn call<'a>(f: Func, args: &'a [Node], env: &Env<'a>) -> Result<Value
             other => arg_type_error(f, 0, other),
         },
     }
+}
+
+/// A list of the `pieces` of a string (`split`, `words`), charging a unit per element as it
+/// grows, so an oversized result fails before it is built.
+fn pieces<'s>(
+    pieces: impl Iterator<Item = &'s str>,
+    env: &Env<'_>,
+    f: Func,
+) -> Result<Value, EvalError> {
+    let mut out = Vec::new();
+    for p in pieces {
+        env.budget.charge(1, f.name())?;
+        out.push(Value::from(p));
+    }
+    Ok(Value::List(out.into()))
+}
+
+/// `v`'s JSON text, charged to the budget as it is written: writing stops when the text
+/// outgrows what the budget has left.
+fn json_text(v: &Value, env: &Env<'_>, f: Func) -> Result<String, EvalError> {
+    struct Capped {
+        out: String,
+        cap: u64,
+    }
+    impl std::fmt::Write for Capped {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            if (self.out.len() + s.len()) as u64 > self.cap {
+                return Err(std::fmt::Error);
+            }
+            self.out.push_str(s);
+            Ok(())
+        }
+    }
+    let mut w = Capped {
+        out: String::new(),
+        cap: env.budget.left().saturating_mul(8),
+    };
+    let written = v.write_json(&mut w);
+    // Charged in full either way: an oversized text fails here with the budget's message.
+    env.budget.charge_bytes(
+        if written.is_ok() {
+            w.out.len()
+        } else {
+            usize::MAX
+        },
+        f.name(),
+    )?;
+    Ok(w.out)
 }

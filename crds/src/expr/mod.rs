@@ -30,6 +30,7 @@ mod value;
 mod compile;
 mod eval;
 mod functions;
+mod limits;
 mod node;
 mod parse;
 
@@ -41,9 +42,13 @@ use std::sync::Arc;
 use compile::Compiler;
 use eval::{Env, element_of, eval, eval_list, operand_of};
 use functions::{Func, eval_text};
+use limits::Budget;
 use node::Node;
 
 pub use eval::cel_equals;
+pub use limits::{
+    ASSUMED_LIST_SIZE, MAX_COST, MAX_DEPTH, MAX_EXPRESSION_LENGTH, MAX_NESTING, PARSE_STACK,
+};
 
 pub use small_str::{INLINE_CAP, Str};
 pub use value::{Value, ValueMap, ValueType};
@@ -73,6 +78,21 @@ pub(super) fn cerr(message: impl Into<String>) -> ExprError {
         message: message.into(),
         position: None,
     }
+}
+
+/// `source` for an error message: whole if it is short, else its start on one line and its
+/// length (an error must never echo a 10 KB expression back).
+pub fn excerpt(source: &str) -> Cow<'_, str> {
+    const SHOWN: usize = 60;
+    if source.len() <= SHOWN && !source.contains('\n') {
+        return Cow::Borrowed(source);
+    }
+    let start: String = source
+        .chars()
+        .take(SHOWN)
+        .map(|c| if c == '\n' { ' ' } else { c })
+        .collect();
+    Cow::Owned(format!("{start}... ({} bytes)", source.len()))
 }
 
 /// A runtime failure of an expression on one record (missing field, wrong type, division by
@@ -122,14 +142,47 @@ pub struct Program {
 impl Program {
     /// Parses and compiles `source` with the variables `vars` (e.g. `&["value"]`, or
     /// `&["acc", "value", "key"]` for `reduce`).
+    ///
+    /// Runs on a thread of its own with a [`PARSE_STACK`]-byte stack: the `cel` crate's
+    /// parser takes up to 160 KB of stack per nesting level (in a debug build), more than a
+    /// worker or operator thread may have left.
     pub fn compile(source: &str, vars: &[&str]) -> Result<Program, ExprError> {
+        std::thread::scope(|s| {
+            let parser = std::thread::Builder::new()
+                .name("expr-compile".into())
+                .stack_size(PARSE_STACK)
+                .spawn_scoped(s, || Program::compile_here(source, vars));
+            match parser {
+                Ok(handle) => handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                Err(e) => Err(cerr(format!(
+                    "cannot start a thread to compile the expression: {e}"
+                ))),
+            }
+        })
+    }
+
+    fn compile_here(source: &str, vars: &[&str]) -> Result<Program, ExprError> {
         let ast = parse::parse(source)?;
         let mut c = Compiler {
             vars,
             scopes: Vec::new(),
             locals: 0,
+            depth: 0,
         };
         let (root, ty) = c.compile(&ast)?;
+        let cost = limits::estimate_cost(&root);
+        if cost > MAX_COST {
+            return Err(ExprError {
+                message: format!(
+                    "expression's estimated cost {cost} exceeds the limit of {MAX_COST} \
+                     units (nested macros multiply: each iterates its list, assumed \
+                     {ASSUMED_LIST_SIZE} elements unless it is a literal)"
+                ),
+                position: None,
+            });
+        }
         Ok(Program {
             root,
             source: Arc::from(source),
@@ -171,7 +224,7 @@ impl Program {
             Value::Bool(b) => Ok(*b),
             other => rerr(format!(
                 "expression '{}' returned a {}, expected a bool",
-                self.source,
+                excerpt(&self.source),
                 other.value_type()
             )),
         }
@@ -188,7 +241,7 @@ impl Program {
         if args.len() != self.vars.len() {
             return rerr(format!(
                 "expression '{}' takes {} variable(s), {} given",
-                self.source,
+                excerpt(&self.source),
                 self.vars.len(),
                 args.len()
             ));
@@ -202,6 +255,7 @@ impl Program {
         Ok(Env {
             args,
             locals: RefCell::new(locals),
+            budget: Budget::new(),
         })
     }
 
@@ -282,6 +336,9 @@ impl Program {
         let env = self.env(args).map_err(EachError::Eval)?;
         if let Node::Call(Func::Words, a) = &self.root {
             let text = eval_text(&a[0], &env, Func::Words).map_err(EachError::Eval)?;
+            env.budget
+                .charge_bytes(text.len(), Func::Words.name())
+                .map_err(EachError::Eval)?;
             for w in text.split_whitespace() {
                 f(Value::from(w)).map_err(EachError::Emit)?;
             }

@@ -93,4 +93,6 @@ pub(super) struct Comprehension {
     pub(super) cond: Node,
     pub(super) step: Node,
     pub(super) result: Node,
+    /// Cost units charged per iteration: the nodes of `cond` and `step`, plus one.
+    pub(super) iteration_cost: u64,
 }
