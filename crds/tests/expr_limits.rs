@@ -308,6 +308,15 @@ fn a_gigabyte_join_fails_before_allocating() {
 }
 
 #[test]
+fn map_over_a_list_reaches_the_budget_between_4400_and_4500_elements() {
+    // docs/expressions.md gives these numbers: `map` rebuilds its list at each step.
+    let p = Program::compile("value.map(x, x)", &["value"]).expect("compile");
+    let list = |n: i64| Value::list((0..n).map(Value::Int).collect());
+    assert!(p.eval(&[&list(4_400)]).is_ok());
+    over_budget(&p.eval(&[&list(4_500)]).expect_err("over budget").message);
+}
+
+#[test]
 fn depth_limit_is_the_documented_one() {
     assert_eq!(MAX_DEPTH, 100);
 }

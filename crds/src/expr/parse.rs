@@ -486,6 +486,29 @@ mod tests {
     }
 
     #[test]
+    fn nesting_counts_brackets_and_conditionals_outside_strings() {
+        let deep = |n: usize| format!("{}1{}", "(".repeat(n), ")".repeat(n));
+        assert_eq!(nesting(&deep(MAX_NESTING as usize)), Ok(()));
+        assert_eq!(
+            nesting(&deep(MAX_NESTING as usize + 1)),
+            Err(MAX_NESTING as usize)
+        );
+        let ternaries = |n: usize| format!("{}0", "a ? 1 : ".repeat(n));
+        assert_eq!(nesting(&ternaries(MAX_NESTING as usize)), Ok(()));
+        assert!(nesting(&ternaries(MAX_NESTING as usize + 1)).is_err());
+        // A comma ends the conditionals of a list element; strings and comments hide
+        // brackets.
+        let elements = format!("[{}]", vec!["a ? 1 : 2"; 100].join(", "));
+        assert_eq!(nesting(&elements), Ok(()));
+        let quoted = format!(
+            r#"'{0}' + "{0}" + r'{0}\' + b'''{0}''' + x // {0}"#,
+            "(".repeat(100)
+        );
+        assert_eq!(nesting(&quoted), Ok(()));
+        assert!(nesting(&format!("abr{}", deep(40))).is_err());
+    }
+
+    #[test]
     fn long_chains_and_deep_nesting_are_rejected_without_recursion() {
         let chain = format!("size(value){}", " + 1".repeat(30_000));
         // Rejected at the operator that makes the chain 101 levels deep.
