@@ -177,7 +177,7 @@ fn validation_reports_deep_expressions_in_one_line_without_echoing_them() {
                  \x20 - name: m\n    map: {{expr: '{expr}'}}\n  - name: out\n    sink: {{print: {{}}}}\n"
             );
             let job = parse_job(&yaml).expect("yaml");
-            let errs = validate_job(&job).err().expect("rejected");
+            let errs = validate_job(&job).expect_err("rejected");
             assert_eq!(errs.len(), 1, "{errs:?}");
             assert_eq!(errs[0].path, "spec.steps[1].map.expr");
             let msg = &errs[0].message;
