@@ -20,9 +20,10 @@
 //! of a list or map gives its JSON text. Map keys are strings. docs/expressions.md is the
 //! user's reference.
 //!
-//! Files: `parse` (text -> the `cel` crate's AST), `compile` (AST -> [`node`] tree, with
-//! static type checks), `eval` (operators and comprehensions), `functions` (named
-//! functions), `value`/`small_str` (the record type).
+//! Files: `parse` (text -> the `cel` crate's AST, after the length and depth checks),
+//! `compile` (AST -> `node` tree, with static type checks), `eval` (operators and
+//! comprehensions), `functions` (named functions), `limits` (the limits, the static cost
+//! estimate and the run-time budget), `value`/`small_str` (the record type).
 
 mod small_str;
 mod value;
