@@ -13,7 +13,7 @@ use std::fmt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 
-use crate::expr::{Program, ValueType};
+use crate::expr::{Program, ValueType, excerpt};
 use crate::keygroup::MAX_MAX_PARALLELISM;
 use crate::spec::{
     DeliveryGuarantee, KafkaSink, KafkaSource, OnError, SecretKeyRef, SinkSpec, SourceSpec,
@@ -641,7 +641,7 @@ impl Validator {
         }
         match Program::compile(src, vars) {
             Err(e) => {
-                self.push(path, format!("'{src}' does not compile: {e}"));
+                self.push(path, format!("'{}' does not compile: {e}", excerpt(src)));
                 None
             }
             Ok(p) => match p.result_type() {
@@ -649,12 +649,13 @@ impl Validator {
                     self.push(
                         path,
                         format!(
-                            "a {what} expression must return {}, but '{src}' returns {t}",
+                            "a {what} expression must return {}, but '{}' returns {t}",
                             expected
                                 .iter()
                                 .map(|t| t.name())
                                 .collect::<Vec<_>>()
-                                .join(" or ")
+                                .join(" or "),
+                            excerpt(src)
                         ),
                     );
                     None
