@@ -407,9 +407,7 @@ mod tests {
     #[test]
     fn run_gives_up_with_the_last_error_and_the_reason() {
         let mut r = Restarts::with_clock(exponential(1), ManualClock::new());
-        let f = r
-            .run(|n| Err::<(), _>(n), |_| true, |_, _, _| {})
-            .unwrap_err();
+        let f = r.run(Err::<(), _>, |_| true, |_, _, _| {}).unwrap_err();
         assert_eq!(f.error, 1);
         assert!(f.gave_up.unwrap().contains("1 restart attempts used"));
     }
