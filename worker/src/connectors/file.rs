@@ -82,8 +82,9 @@ fn hidden(name: &std::ffi::OsStr) -> bool {
 /// depth, following symlinks, in path order, without hidden names. Whatever is left out
 /// (hidden names, entries that are not regular files, symlinks leading back to a directory
 /// being read) is logged at info with the reason; an entry that cannot be read (a broken
-/// symlink, no permission) fails the job, naming it.
-pub(crate) fn list_files(path: &Path) -> Result<Vec<(PathBuf, u64)>, BoxError> {
+/// symlink, no permission) fails the job, naming it. Every subtask lists the files; only
+/// the one with `report` logs.
+pub(crate) fn list_files(path: &Path, report: bool) -> Result<Vec<(PathBuf, u64)>, BoxError> {
     let meta =
         std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if meta.is_file() {
@@ -99,7 +100,7 @@ pub(crate) fn list_files(path: &Path) -> Result<Vec<(PathBuf, u64)>, BoxError> {
         .into_iter()
         .filter_entry(|e| {
             let skip = e.depth() > 0 && hidden(e.file_name());
-            if skip {
+            if skip && report {
                 info!(path = %e.path().display(), "file source skips a hidden name (starts with '.' or '_')");
             }
             !skip
@@ -111,7 +112,9 @@ pub(crate) fn list_files(path: &Path) -> Result<Vec<(PathBuf, u64)>, BoxError> {
                 // A link back to a directory being read would repeat it forever; its files
                 // are read once, where the loop leads.
                 if let (Some(ancestor), Some(at)) = (e.loop_ancestor(), e.path()) {
-                    info!(path = %at.display(), ancestor = %ancestor.display(), "file source skips a symlink loop: its files are read under the directory it points back to");
+                    if report {
+                        info!(path = %at.display(), ancestor = %ancestor.display(), "file source skips a symlink loop: its files are read under the directory it points back to");
+                    }
                     continue;
                 }
                 let at = e.path().unwrap_or(path).display().to_string();
@@ -123,12 +126,14 @@ pub(crate) fn list_files(path: &Path) -> Result<Vec<(PathBuf, u64)>, BoxError> {
             .map_err(|e| format!("cannot read {}: {e}", entry.path().display()))?;
         if meta.is_file() {
             files.push((entry.into_path(), meta.len()));
-        } else if !meta.is_dir() {
+        } else if !meta.is_dir() && report {
             info!(path = %entry.path().display(), file_type = ?meta.file_type(), "file source skips an entry that is not a regular file");
         }
     }
     files.sort();
-    info!(directory = %path.display(), files = files.len(), "file source lists the files to read");
+    if report {
+        info!(directory = %path.display(), files = files.len(), "file source lists the files to read");
+    }
     Ok(files)
 }
 
@@ -164,7 +169,7 @@ impl<T: Send + 'static> Source<T> for FileSource<T> {
         "file"
     }
     fn create_reader(&self, ctx: &SubtaskContext) -> Result<Box<dyn SourceReader<T>>, BoxError> {
-        let files = list_files(&self.path)?;
+        let files = list_files(&self.path, ctx.subtask == 0)?;
         let mut splits = splits_for(&files, ctx.subtask, ctx.parallelism);
         splits.reverse();
         Ok(Box::new(FileReader {
@@ -333,7 +338,7 @@ mod tests {
         write(&root.join("cm/..2026_12_03/key1"), "k\n");
         symlink("..2026_12_03", root.join("cm/..data")).unwrap();
         symlink("..data/key1", root.join("cm/key1")).unwrap();
-        let files = list_files(&root).unwrap();
+        let files = list_files(&root, true).unwrap();
         assert_eq!(
             relative(&root, &files),
             vec![
@@ -356,7 +361,7 @@ mod tests {
         write(&root.join("sub/b.txt"), "b\n");
         symlink(&root, root.join("sub/back-to-root")).unwrap();
         symlink("../sub", root.join("sub/self")).unwrap();
-        let files = list_files(&root).unwrap();
+        let files = list_files(&root, true).unwrap();
         assert_eq!(relative(&root, &files), vec!["a.txt", "sub/b.txt"]);
         let _ = std::fs::remove_dir_all(root);
     }
@@ -366,7 +371,7 @@ mod tests {
         let root = tmp("broken");
         write(&root.join("a.txt"), "a\n");
         symlink(root.join("gone.txt"), root.join("link")).unwrap();
-        let err = list_files(&root).unwrap_err().to_string();
+        let err = list_files(&root, true).unwrap_err().to_string();
         assert!(
             err.contains(&format!("cannot read {}", root.join("link").display())),
             "{err}"
@@ -383,7 +388,10 @@ mod tests {
             .status()
             .unwrap();
         assert!(made.success());
-        assert_eq!(relative(&root, &list_files(&root).unwrap()), vec!["a.txt"]);
+        assert_eq!(
+            relative(&root, &list_files(&root, true).unwrap()),
+            vec!["a.txt"]
+        );
         let _ = std::fs::remove_dir_all(root);
     }
 
