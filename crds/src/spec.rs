@@ -507,6 +507,11 @@ pub struct SocketSource {
     /// Reconnection attempts after the connection drops; 0 ends the source on disconnect.
     #[serde(default)]
     pub max_retry: u32,
+    /// How long one connection attempt may take, in ms (default 5000); a slower attempt
+    /// counts as failed and is retried as `maxRetry` allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600000))]
+    pub connect_timeout_ms: Option<u64>,
 }
 
 /// A text file: one record (a string) per line.

@@ -248,6 +248,30 @@ fn source_runtime(
     path: &str,
     policy: &Arc<ErrorPolicy>,
 ) -> Result<NodeRuntime, SpecError> {
+    /// Lines of a text source that are not UTF-8 follow the job's onError policy: the job
+    /// fails naming the source and offset, the line is skipped and counted, or its raw bytes
+    /// go to the dead-letter sink.
+    fn invalid_line_policy(
+        policy: &Arc<ErrorPolicy>,
+    ) -> impl Fn(&SubtaskContext) -> Result<crate::connectors::lines::InvalidLineHandler, BoxError>
+    + Send
+    + Sync
+    + 'static {
+        let policy = policy.clone();
+        move |ctx| {
+            let mut handler = Handler::new(policy.clone(), ctx)?;
+            Ok(
+                Box::new(move |line: &crate::connectors::lines::InvalidLine<'_>| {
+                    let raw = Value::Bytes(line.bytes.into());
+                    let message = line.describe();
+                    handler
+                        .failed(&raw, EvalError { message })
+                        .and_then(|()| handler.flush())
+                        .map_err(|e| BoxError::from(e.message))
+                }) as crate::connectors::lines::InvalidLineHandler,
+            )
+        }
+    }
     let source: Arc<dyn Source<Value>> = if let Some(c) = &src.collection {
         Arc::new(CollectionSource::new(
             c.values.iter().cloned().map(Value::from).collect(),
@@ -258,17 +282,17 @@ fn source_runtime(
         } else {
             i64::from(s.max_retry)
         };
-        Arc::new(SocketSource::with_records(
-            &s.host,
-            s.port,
-            retry,
-            string_value,
-        ))
+        let mut source = SocketSource::with_records(&s.host, s.port, retry, string_value)
+            .on_invalid_utf8(invalid_line_policy(policy));
+        if let Some(ms) = s.connect_timeout_ms {
+            source = source.connect_timeout(std::time::Duration::from_millis(ms));
+        }
+        Arc::new(source)
     } else if let Some(f) = &src.file {
-        Arc::new(FileSource::with_records(
-            resolve(base_dir, &f.path),
-            string_value,
-        ))
+        Arc::new(
+            FileSource::with_records(resolve(base_dir, &f.path), string_value)
+                .on_invalid_utf8(invalid_line_policy(policy)),
+        )
     } else if let Some(k) = &src.kafka {
         let at = format!("{path}.source.kafka");
         let policy = policy.clone();

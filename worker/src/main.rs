@@ -8,6 +8,8 @@ use streamjob::crds::graph::to_logical_graph;
 use streamjob::crds::spec::StreamJob;
 use streamjob::crds::validate::{parse_job, validate_job};
 use streamjob::declarative::{SpecError, build_job};
+use streamjob::error::JobError;
+use streamjob::runtime::restart::{Final, RestartStrategy, Restarts};
 use streamjob::{Collector, DataStream, StreamExecutionEnvironment};
 
 mod commands;
@@ -120,7 +122,11 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            // As a shell reports a process ended by a signal: 128 + its number.
+            match e.downcast_ref::<commands::minicluster::Stopped>() {
+                Some(stopped) => std::process::ExitCode::from(128 + stopped.0 as u8),
+                None => std::process::ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -134,7 +140,10 @@ fn dispatch(command: Command) -> Result<()> {
             restore,
         } => commands::minicluster::run(&file, n, slots, &restore),
         Command::Run { file, restore, .. } => run(&file, None, &restore),
-        Command::Worker(args) => run(&args.file.clone(), Some(args.clone()), &args.restore),
+        Command::Worker(args) => {
+            commands::worker::die_with_parent()?;
+            run(&args.file.clone(), Some(args.clone()), &args.restore)
+        }
         Command::Savepoint {
             address,
             stop,
@@ -202,61 +211,62 @@ fn run(
 ) -> Result<()> {
     let job = load(file)?;
     let name = job.metadata.name.clone().unwrap_or_else(|| "job".into());
-    // Without checkpoints a restart would repeat output from the start: it fails instead.
-    let strategy = &job.spec.restart_strategy;
-    let attempts = if job.spec.checkpointing.is_some() {
-        strategy.attempts
-    } else {
-        0
-    };
-    let mut restarts = 0;
-    let (result, counters) = loop {
-        let env = StreamExecutionEnvironment::get_execution_environment();
-        let base = file.parent().unwrap_or(Path::new("."));
-        let counters = build_job(&env, &job, base).map_err(|e| match e {
-            SpecError::Invalid(errors) => invalid(file, &errors),
-            other => anyhow::anyhow!("{}: {other}", file.display()),
-        })?;
-        env.configure_checkpointing(|c| {
-            if restore.run_id.is_some() {
-                c.run_id.clone_from(&restore.run_id);
-            }
-            if restore.restore_from.is_some() {
-                c.restore_from.clone_from(&restore.restore_from);
-            }
-        });
-        let outcome = match &worker {
-            None => env.execute(&name),
-            Some(args) => {
-                let slots_needed = env.plan(&name)?.slots_needed();
-                let spec_hash = xxhash_rust::xxh3::xxh3_64(&serde_json::to_vec(&job.spec)?);
-                let mut cluster =
-                    commands::worker::cluster_config(args, &name, slots_needed, spec_hash)?;
-                cluster.restarts = restarts;
-                env.execute_as_worker(&name, &cluster)
-            }
-        };
-        match outcome {
-            Ok(r) => break (r, counters),
-            Err(e) if e.is_retryable() && restarts < attempts => {
-                restarts += 1;
-                let delay = strategy.delay(restarts);
-                tracing::warn!(error = %e, restart = restarts, of = attempts, ?delay, "job failed; restarting from the latest checkpoint");
-                eprintln!(
-                    "job '{name}' failed: {e}; restart {restarts} of {attempts} in {delay:?}"
-                );
-                std::thread::sleep(delay);
-            }
-            Err(e) => {
-                let e = anyhow::Error::from(e);
-                return Err(match &worker {
-                    Some(args) => e.context(format!(
-                        "worker {} of job '{name}'",
-                        args.index.map_or("?".into(), |i| i.to_string())
-                    )),
-                    None => e,
-                });
-            }
+    let strategy = RestartStrategy::from_spec(&job.spec);
+    let restarting = strategy != RestartStrategy::NoRestart;
+    let mut restarts = Restarts::new(strategy);
+    let outcome = restarts.run(
+        |restarted| -> Result<_> {
+            let env = StreamExecutionEnvironment::get_execution_environment();
+            let base = file.parent().unwrap_or(Path::new("."));
+            let counters = build_job(&env, &job, base).map_err(|e| match e {
+                SpecError::Invalid(errors) => invalid(file, &errors),
+                other => anyhow::anyhow!("{}: {other}", file.display()),
+            })?;
+            env.configure_checkpointing(|c| {
+                if restore.run_id.is_some() {
+                    c.run_id.clone_from(&restore.run_id);
+                }
+                if restore.restore_from.is_some() {
+                    c.restore_from.clone_from(&restore.restore_from);
+                }
+            });
+            let result = match &worker {
+                None => env.execute(&name)?,
+                Some(args) => {
+                    let slots_needed = env.plan(&name)?.slots_needed();
+                    let spec_hash = xxhash_rust::xxh3::xxh3_64(&serde_json::to_vec(&job.spec)?);
+                    let mut cluster =
+                        commands::worker::cluster_config(args, &name, slots_needed, spec_hash)?;
+                    cluster.restarts = restarted;
+                    env.execute_as_worker(&name, &cluster)?
+                }
+            };
+            Ok((result, counters))
+        },
+        // Only a failure of the running job is worth a restart, not a job that cannot start.
+        |e| {
+            e.downcast_ref::<JobError>()
+                .is_some_and(JobError::is_retryable)
+        },
+        |e, restart, delay| {
+            tracing::warn!(error = %e, restart, ?delay, "job failed; restarting from the latest checkpoint");
+            eprintln!("job '{name}' failed: {e}; restart {restart} in {delay:?}");
+        },
+    );
+    let ((result, counters), restarts) = match outcome {
+        Ok(r) => (r, restarts.total()),
+        Err(Final { error, gave_up }) => {
+            let e = match gave_up {
+                Some(reason) if restarting => error.context(format!("not restarted: {reason}")),
+                _ => error,
+            };
+            return Err(match &worker {
+                Some(args) => e.context(format!(
+                    "worker {} of job '{name}'",
+                    args.index.map_or("?".into(), |i| i.to_string())
+                )),
+                None => e,
+            });
         }
     };
     let skipped = counters.skipped.load(std::sync::atomic::Ordering::Relaxed);

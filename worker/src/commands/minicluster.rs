@@ -2,35 +2,106 @@
 //! on loopback ports and waits for them, so the distributed path is one command away.
 //!
 //! Like a kubelet restarting a pod's container, it starts a worker again when the process
-//! dies from a signal (killed, crashed), up to the job's restart attempts; the other
+//! dies from a signal (killed, crashed), as the job's restart strategy allows; the other
 //! workers then restart by themselves and every worker resumes from the latest checkpoint.
+//!
+//! No worker outlives the mini-cluster: SIGTERM or SIGINT is passed on to every worker and
+//! waited for (a worker stopped that way is not restarted), every other way out (an error, a
+//! panic) kills the workers that are left, and each worker asks the kernel to kill it when
+//! this process dies (PR_SET_PDEATHSIG), which covers SIGKILL too.
 
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::{Child, Command, ExitStatus};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use rustix::process::{Pid, Signal, kill_process};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use std::os::unix::process::ExitStatusExt as _;
+use streamjob::runtime::restart::{Decision, RestartStrategy, Restarts};
 
-use super::worker::{RestoreArgs, TOKEN_ENV};
+use super::worker::{PARENT_PID_ENV, RestoreArgs, TOKEN_ENV};
 
-/// How long the other workers get to stop by themselves once one has failed.
+/// How long the other workers get to stop by themselves once one has failed, and how long
+/// stopping workers get before they are killed.
 const GRACE: Duration = Duration::from_secs(10);
+
+/// The mini-cluster was told to stop by a signal; it exits with 128 + the signal number.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped by signal {0}; every worker has stopped")]
+pub struct Stopped(pub i32);
+
+/// The running workers. Dropping it kills and reaps every worker still running, so no exit
+/// path (error, panic) leaves one behind.
+struct Workers {
+    running: Vec<(u32, Child)>,
+}
+
+impl Workers {
+    fn signal_all(&self, signal: Signal) {
+        for (_, c) in &self.running {
+            if let Some(pid) = Pid::from_raw(c.id() as i32) {
+                // Fails only for a worker that already exited and is not reaped yet.
+                let _ = kill_process(pid, signal);
+            }
+        }
+    }
+
+    /// Waits up to `within` for every worker to exit; kills the rest. Returns the workers
+    /// that had to be killed.
+    fn wait_all(&mut self, within: Duration) -> Vec<u32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            self.running
+                .retain_mut(|(_, c)| matches!(c.try_wait(), Ok(None)));
+            if self.running.is_empty() {
+                return Vec::new();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let killed = self.running.iter().map(|(i, _)| *i).collect();
+        self.kill_all();
+        killed
+    }
+
+    fn kill_all(&mut self) {
+        for (_, c) in &mut self.running {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.running.clear();
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+/// A worker process ended by SIGTERM or SIGINT was told to stop; it did not crash.
+fn told_to_stop(status: ExitStatus) -> bool {
+    matches!(status.signal(), Some(SIGTERM | SIGINT))
+}
 
 pub fn run(file: &Path, workers: u32, slots: Option<u32>, restore: &RestoreArgs) -> Result<()> {
     if workers == 0 {
         bail!("--workers must be at least 1");
+    }
+    // First, so a signal from now on stops the workers instead of orphaning them.
+    let stop = Arc::new(AtomicUsize::new(0));
+    for sig in [SIGTERM, SIGINT] {
+        signal_hook::flag::register_usize(sig, stop.clone(), sig as usize)
+            .context("cannot install the signal handlers")?;
     }
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let spec = streamjob::crds::validate::parse_job(&text)
         .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
         .spec;
-    // Restarting a killed worker only makes sense when it can resume from a checkpoint.
-    let restarts_allowed = if spec.checkpointing.is_some() {
-        spec.restart_strategy.attempts
-    } else {
-        0
-    };
+    let mut restarts = Restarts::new(RestartStrategy::from_spec(&spec));
     let exe = std::env::current_exe().context("cannot find the streamjob binary")?;
     // A given token lets `streamjob savepoint` talk to the job.
     let token = match std::env::var(TOKEN_ENV) {
@@ -51,6 +122,7 @@ pub fn run(file: &Path, workers: u32, slots: Option<u32>, restore: &RestoreArgs)
         "mini-cluster: {workers} worker(s); worker 0 (checkpoint coordinator, job control) at {}",
         peers[0]
     );
+    let parent = std::process::id().to_string();
     let start = |i: u32| -> Result<Child> {
         let mut cmd = Command::new(&exe);
         cmd.arg("worker")
@@ -61,6 +133,7 @@ pub fn run(file: &Path, workers: u32, slots: Option<u32>, restore: &RestoreArgs)
             .args(["--listen", &peers[i as usize]])
             .args(restore.to_args())
             .env(TOKEN_ENV, &token)
+            .env(PARENT_PID_ENV, &parent)
             .env_remove("POD_NAME");
         if let Some(s) = slots {
             cmd.args(["--slots", &s.to_string()]);
@@ -68,38 +141,81 @@ pub fn run(file: &Path, workers: u32, slots: Option<u32>, restore: &RestoreArgs)
         cmd.spawn()
             .with_context(|| format!("cannot start worker {i}"))
     };
-    let mut children: Vec<(u32, Child)> = Vec::new();
+    let mut cluster = Workers {
+        running: Vec::new(),
+    };
     for i in 0..workers {
-        children.push((i, start(i)?));
+        cluster.running.push((i, start(i)?));
     }
-    let mut restarts = 0;
+    // Workers waiting for their restart delay: (index, start at).
+    let mut pending: Vec<(u32, Instant)> = Vec::new();
     let mut failed: Vec<String> = Vec::new();
     let mut first_failure: Option<Instant> = None;
-    while !children.is_empty() {
-        let mut still = Vec::new();
-        for (i, mut c) in children {
-            match c.try_wait()? {
-                Some(status) if status.success() => {}
-                // Died from a signal: start it again, as Kubernetes would.
-                Some(status) if status.code().is_none() && restarts < restarts_allowed => {
-                    restarts += 1;
-                    eprintln!(
-                        "mini-cluster: worker {i} {status}; starting it again ({restarts} of {restarts_allowed})"
-                    );
-                    still.push((i, start(i)?));
+    while !cluster.running.is_empty() || !pending.is_empty() {
+        let signal = stop.load(Ordering::Relaxed) as i32;
+        if signal != 0 {
+            return Err(shut_down(&mut cluster, signal).into());
+        }
+        let mut exited = Vec::new();
+        let mut wait_error = None;
+        cluster.running.retain_mut(|(i, c)| match c.try_wait() {
+            Ok(Some(status)) => {
+                exited.push((*i, status));
+                false
+            }
+            Ok(None) => true,
+            Err(e) => {
+                wait_error.get_or_insert(e);
+                true
+            }
+        });
+        if let Some(e) = wait_error {
+            return Err(e).context("cannot check on the workers");
+        }
+        for (i, status) in exited {
+            if status.success() {
+                continue;
+            }
+            // Stopped on purpose (e.g. Ctrl-C reaching the whole process group): the whole
+            // mini-cluster stops, and workers waiting to be started again stay stopped.
+            if told_to_stop(status) {
+                eprintln!("mini-cluster: worker {i} {status}; stopping the other workers");
+                let signal = status.signal().unwrap_or(SIGTERM);
+                return Err(shut_down(&mut cluster, signal).into());
+            }
+            // Died from another signal (killed, crashed): start it again, as Kubernetes
+            // would, if the restart strategy allows.
+            if status.signal().is_some() && first_failure.is_none() {
+                match restarts.failed() {
+                    Decision::Restart { restart, delay } => {
+                        eprintln!(
+                            "mini-cluster: worker {i} {status}; starting it again in {delay:?} (restart {restart})"
+                        );
+                        pending.push((i, Instant::now() + delay));
+                        continue;
+                    }
+                    Decision::GiveUp { reason } => {
+                        failed.push(format!("worker {i} {status} (not restarted: {reason})"));
+                    }
                 }
-                Some(status) => {
-                    failed.push(format!("worker {i} {status}"));
-                    first_failure.get_or_insert_with(Instant::now);
-                }
-                None => still.push((i, c)),
+            } else {
+                failed.push(format!("worker {i} {status}"));
+            }
+            first_failure.get_or_insert_with(Instant::now);
+        }
+        let now = Instant::now();
+        let mut waiting = Vec::new();
+        for (i, at) in pending {
+            if at <= now {
+                cluster.running.push((i, start(i)?));
+                restarts.started();
+            } else {
+                waiting.push((i, at));
             }
         }
-        children = still;
+        pending = waiting;
         if first_failure.is_some_and(|t| t.elapsed() > GRACE) {
-            for (i, c) in &mut children {
-                let _ = c.kill();
-                let _ = c.wait();
+            for i in cluster.wait_all(Duration::ZERO) {
                 failed.push(format!("worker {i} killed after {GRACE:?}"));
             }
             break;
@@ -110,6 +226,26 @@ pub fn run(file: &Path, workers: u32, slots: Option<u32>, restore: &RestoreArgs)
         bail!("the job failed: {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// Passes `signal` on to every worker, waits for them (killing any that outlast the grace
+/// period) and says so.
+fn shut_down(cluster: &mut Workers, signal: i32) -> Stopped {
+    let forward = if signal == SIGINT {
+        Signal::INT
+    } else {
+        Signal::TERM
+    };
+    eprintln!(
+        "mini-cluster: stopping {} worker(s) (signal {signal})",
+        cluster.running.len()
+    );
+    cluster.signal_all(forward);
+    let killed = cluster.wait_all(GRACE);
+    if !killed.is_empty() {
+        eprintln!("mini-cluster: killed worker(s) {killed:?} that did not stop within {GRACE:?}");
+    }
+    Stopped(signal)
 }
 
 /// A token for this run only; workers refuse streams without it.

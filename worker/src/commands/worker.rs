@@ -12,6 +12,28 @@ use streamjob::net::cluster::{ClusterConfig, TlsPems, index_from_pod_name, peers
 /// Secret).
 pub const TOKEN_ENV: &str = "STREAMJOB_TOKEN";
 
+/// Set by the local mini-cluster to its process id: its workers die with it.
+pub const PARENT_PID_ENV: &str = "STREAMJOB_PARENT_PID";
+
+/// A worker started by the local mini-cluster asks the kernel to kill it when the
+/// mini-cluster dies, even by SIGKILL, so no worker is left running on its own. The parent
+/// may have died before this call: then the worker's parent is no longer that process, and
+/// it stops at once.
+pub fn die_with_parent() -> Result<()> {
+    let Ok(parent) = std::env::var(PARENT_PID_ENV) else {
+        return Ok(());
+    };
+    let parent: i32 = parent
+        .parse()
+        .with_context(|| format!("{PARENT_PID_ENV} is not a process id: '{parent}'"))?;
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+        .context("cannot ask to be stopped with the mini-cluster (PR_SET_PDEATHSIG)")?;
+    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(parent) {
+        bail!("the mini-cluster that started this worker (pid {parent}) has exited");
+    }
+    Ok(())
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct WorkerArgs {
     /// StreamJob manifest (the operator mounts it from a ConfigMap).

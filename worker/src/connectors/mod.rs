@@ -5,6 +5,7 @@ pub mod collect;
 pub mod collection;
 pub mod file;
 pub mod kafka;
+pub mod lines;
 pub mod print;
 pub mod socket;
 

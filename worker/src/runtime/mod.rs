@@ -7,6 +7,7 @@ pub mod context;
 pub mod executor;
 pub mod message;
 pub mod output;
+pub mod restart;
 pub mod router;
 pub mod storage;
 pub mod task;

@@ -1,0 +1,182 @@
+//! The local mini-cluster (`streamjob run --workers 2`) never leaves a worker behind: a
+//! SIGTERM or SIGINT to it stops every worker, and workers die with it even when it is
+//! killed outright.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::workers_of;
+
+const BIN: &str = env!("CARGO_BIN_EXE_streamjob");
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sj-signals-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// An unbounded job: lines from a socket the test keeps open, keyed across both workers,
+/// with checkpoints (so a crashed worker would be restarted).
+fn socket_job(dir: &Path, port: u16) -> PathBuf {
+    let spec = dir.join("job.yaml");
+    let yaml = format!(
+        r#"apiVersion: streamjob.dev/v1alpha1
+kind: StreamJob
+metadata: {{name: endless}}
+spec:
+  parallelism: 2
+  checkpointing: {{intervalMs: 200, directory: {chk}}}
+  steps:
+    - {{name: lines, source: {{socket: {{host: 127.0.0.1, port: {port}, maxRetry: 1000}}}}}}
+    - {{name: by-line, keyBy: {{expr: "value"}}}}
+    - {{name: count, reduce: {{expr: "acc"}}}}
+    - {{name: out, sink: {{blackhole: {{}}}}}}
+"#,
+        chk = dir.join("chk").display()
+    );
+    std::fs::write(&spec, yaml).unwrap();
+    spec
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie has exited; it only waits to be reaped.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// Starts the mini-cluster and waits until both workers run and the job has connected to
+/// the socket.
+fn start_cluster(name: &str) -> (Child, Vec<u32>, TcpListener, PathBuf) {
+    let dir = tmp(name);
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let spec = socket_job(&dir, server.local_addr().unwrap().port());
+    let cluster = Command::new(BIN)
+        .args(["run", "--workers", "2"])
+        .arg(&spec)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    server.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut connected = None;
+    let workers = loop {
+        assert!(Instant::now() < deadline, "the workers did not start");
+        if connected.is_none() {
+            connected = server.accept().ok();
+        }
+        let workers = workers_of(cluster.id());
+        if workers.len() == 2 && connected.is_some() {
+            break workers;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Keep the connection open: the job never ends by itself.
+    std::mem::forget(connected);
+    (cluster, workers, server, dir)
+}
+
+fn wait_gone(pids: &[u32], within: Duration) {
+    let deadline = Instant::now() + within;
+    while pids.iter().any(|p| alive(*p)) {
+        assert!(
+            Instant::now() < deadline,
+            "worker(s) still running: {:?}",
+            pids.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The mini-cluster's stderr, read on a thread: workers inherit the pipe, so reading it to
+/// the end on this thread would hang on a worker left behind instead of failing the test.
+fn stderr_of(child: &mut Child) -> std::thread::JoinHandle<String> {
+    let mut pipe = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        let mut err = String::new();
+        use std::io::Read as _;
+        let _ = pipe.read_to_string(&mut err);
+        err
+    })
+}
+
+fn wait_with_deadline(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the mini-cluster did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stop_by(sig: &str, code: i32) {
+    let (mut cluster, workers, _server, dir) = start_cluster(&sig[1..].to_lowercase());
+    let stderr = stderr_of(&mut cluster);
+    signal(cluster.id(), sig);
+    let status = wait_with_deadline(&mut cluster, Duration::from_secs(30));
+    wait_gone(&workers, Duration::from_secs(5));
+    let err = stderr.join().unwrap();
+    assert_eq!(status.code(), Some(code), "{err}");
+    assert!(
+        err.contains("stopped by signal"),
+        "says why it stopped: {err}"
+    );
+    assert!(
+        !err.contains("starting it again"),
+        "a stopped worker is not restarted: {err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn sigterm_to_the_mini_cluster_stops_every_worker() {
+    stop_by("-TERM", 143);
+}
+
+#[test]
+fn sigint_to_the_mini_cluster_stops_every_worker() {
+    stop_by("-INT", 130);
+}
+
+#[test]
+fn a_worker_stopped_by_sigterm_stops_the_mini_cluster_instead_of_restarting() {
+    let (mut cluster, workers, _server, dir) = start_cluster("worker-term");
+    let stderr = stderr_of(&mut cluster);
+    signal(workers[1], "-TERM");
+    let status = wait_with_deadline(&mut cluster, Duration::from_secs(30));
+    wait_gone(&workers, Duration::from_secs(5));
+    let err = stderr.join().unwrap();
+    assert_eq!(status.code(), Some(143), "{err}");
+    assert!(!err.contains("starting it again"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn workers_die_with_a_killed_mini_cluster() {
+    let (mut cluster, workers, _server, dir) = start_cluster("kill");
+    signal(cluster.id(), "-KILL");
+    let _ = cluster.wait();
+    wait_gone(&workers, Duration::from_secs(10));
+    let _ = std::fs::remove_dir_all(dir);
+}
