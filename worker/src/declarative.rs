@@ -85,10 +85,26 @@ pub fn build_job(
             local(&c.directory),
             c.retained as usize,
         );
+        // Each source's input, by uid: a restore with another input is refused. Uids that
+        // cannot be derived fail planning later with a clearer error.
+        let uids = graph.graph.uids().unwrap_or_default();
+        let sources = graph
+            .graph
+            .nodes
+            .iter()
+            .zip(&uids)
+            .filter_map(
+                |(node, uid)| match &validated.step(graph.step_of(node.id)).op {
+                    StepOp::Source(src) => Some((uid.clone(), source_identity(src, base_dir))),
+                    _ => None,
+                },
+            )
+            .collect();
         env.configure_checkpointing(|config| {
             config.savepoint_dir = c.savepoint_directory.as_deref().map(local);
             config.restore_from = spec.initial_savepoint_path.as_deref().map(local);
             config.allow_non_restored_state = spec.allow_non_restored_state;
+            config.sources = sources;
         });
     }
     let run = SpecRun::default();
@@ -290,6 +306,32 @@ fn source_runtime(
         unreachable!("validated: a source sets exactly one kind")
     };
     Ok(source_runtime_of(source))
+}
+
+/// The settings that decide what a source's checkpointed position refers to: which file,
+/// topics on which cluster, which address, which values. Other settings (retries, offsets
+/// used only on a fresh start, consumer properties) may change across a restore.
+fn source_identity(src: &SourceSpec, base_dir: &Path) -> serde_json::Value {
+    use serde_json::json;
+    if let Some(f) = &src.file {
+        json!({"file": {"path": resolve(base_dir, &f.path).display().to_string()}})
+    } else if let Some(k) = &src.kafka {
+        let mut servers: Vec<&str> = k.bootstrap_servers.split(',').map(str::trim).collect();
+        servers.sort_unstable();
+        let mut topics: Vec<&str> = k.topics.iter().map(String::as_str).collect();
+        topics.sort_unstable();
+        json!({"kafka": {"bootstrapServers": servers.join(","), "topics": topics.join(",")}})
+    } else if let Some(s) = &src.socket {
+        json!({"socket": {"host": s.host, "port": s.port}})
+    } else if let Some(c) = &src.collection {
+        let bytes = serde_json::to_vec(&c.values).unwrap_or_default();
+        json!({"collection": {
+            "values": c.values.len(),
+            "xxh3": format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes)),
+        }})
+    } else {
+        serde_json::Value::Null
+    }
 }
 
 fn sink_for(

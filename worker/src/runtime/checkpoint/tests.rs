@@ -1,0 +1,253 @@
+//! Unit tests of the coordinator, restore checks and on-disk format.
+use super::format;
+use super::*;
+
+/// The payload of a state file, out of its envelope.
+fn payload(path: std::path::PathBuf, uid: &str, subtask: u32) -> Vec<u8> {
+    format::unwrap(std::fs::read(path).unwrap(), uid, subtask).unwrap()
+}
+
+fn config(name: &str) -> CheckpointConfig {
+    let dir = std::env::temp_dir().join(format!("sj-chk-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    CheckpointConfig::new(Duration::from_millis(10), dir.display().to_string(), 2)
+}
+
+/// A file under the checkpoint directory.
+fn at(cfg: &CheckpointConfig, rel: &str) -> std::path::PathBuf {
+    std::path::Path::new(&cfg.dir).join(rel)
+}
+
+#[test]
+fn a_checkpoint_completes_when_every_task_acked_or_finished() {
+    let cfg = config("acks");
+    let c = Coordinator::new(&cfg, 3, &[]).unwrap();
+    assert_eq!(c.trigger(), Some(1));
+    assert_eq!(c.trigger(), None, "one at a time");
+    c.write_state(1, "op", 0, b"a").unwrap();
+    c.ack(1).unwrap();
+    c.ack(1).unwrap();
+    assert_eq!(c.completed(), 0);
+    c.task_finished(0, Some(("src", 3, b"done".to_vec())))
+        .unwrap();
+    assert_eq!(c.completed(), 1);
+    // a finished source's final position is part of every later checkpoint
+    assert_eq!(payload(at(&cfg, "chk-1/src-3.state"), "src", 3), b"done");
+    assert!(at(&cfg, "chk-1/_metadata").is_file());
+    // later checkpoints need the two running tasks only
+    assert_eq!(c.trigger(), Some(2));
+    c.ack(2).unwrap();
+    c.ack(2).unwrap();
+    assert_eq!(c.completed(), 2);
+    c.trigger();
+    c.ack(3).unwrap();
+    c.ack(3).unwrap();
+    // retained 2: chk-1 is gone
+    assert!(!at(&cfg, "chk-1").exists());
+    assert!(at(&cfg, "chk-2/_metadata").is_file());
+}
+
+#[test]
+fn a_task_that_acked_and_then_finished_counts_once() {
+    let cfg = config("once");
+    let c = Coordinator::new(&cfg, 3, &[]).unwrap();
+    c.trigger();
+    c.write_state(1, "src", 0, b"at-barrier").unwrap();
+    c.ack(1).unwrap();
+    // the same task finishes before the others acked checkpoint 1
+    c.task_finished(1, Some(("src", 0, b"finished".to_vec())))
+        .unwrap();
+    c.ack(1).unwrap();
+    assert_eq!(c.completed(), 0, "two of three tasks took checkpoint 1");
+    c.ack(1).unwrap();
+    assert_eq!(c.completed(), 1);
+    // its own snapshot of checkpoint 1 is kept, not replaced by the final one
+    assert_eq!(
+        payload(at(&cfg, "chk-1/src-0.state"), "src", 0),
+        b"at-barrier"
+    );
+    c.trigger();
+    c.ack(2).unwrap();
+    c.ack(2).unwrap();
+    assert_eq!(c.completed(), 2);
+    assert_eq!(
+        payload(at(&cfg, "chk-2/src-0.state"), "src", 0),
+        b"finished"
+    );
+}
+
+#[test]
+fn background_writes_hold_completion_and_a_failed_write_abandons_the_checkpoint() {
+    let cfg = config("writes");
+    let c = Coordinator::new(&cfg, 1, &["reduce"]).unwrap();
+    c.trigger();
+    c.begin_write(1);
+    c.ack(1).unwrap();
+    assert_eq!(c.completed(), 0, "a snapshot is still being written");
+    c.end_write(1, Ok(())).unwrap();
+    assert_eq!(c.completed(), 1);
+    c.trigger();
+    c.begin_write(2);
+    c.ack(2).unwrap();
+    // Failures are tolerated by default: logged and reported, the job goes on.
+    c.end_write(2, Err(std::io::Error::other("disk full")))
+        .unwrap();
+    assert_eq!(c.completed(), 1, "checkpoint 2 never completes");
+    assert!(!at(&cfg, "chk-2/_metadata").exists());
+    assert_eq!(c.trigger(), Some(3), "the next checkpoint may start");
+}
+
+#[test]
+fn a_restart_restores_the_latest_complete_checkpoint_and_drops_partial_ones() {
+    let cfg = config("restore");
+    let c = Coordinator::new(&cfg, 1, &["reduce"]).unwrap();
+    c.trigger();
+    c.write_state(1, "reduce", 0, b"one").unwrap();
+    c.write_state(1, "reduce", 1, b"two").unwrap();
+    c.ack(1).unwrap();
+    c.trigger();
+    c.write_state(2, "reduce", 0, b"partial").unwrap();
+    drop(c); // crash before checkpoint 2 completes
+    let c = Coordinator::new(&cfg, 1, &["reduce"]).unwrap();
+    assert_eq!(c.restored(), Some(1));
+    assert!(!at(&cfg, "chk-2").exists());
+    assert_eq!(c.restored_state("reduce", 1).unwrap().unwrap(), b"two");
+    assert_eq!(c.restored_state("reduce", 7).unwrap(), None);
+    let mut all = c.restored_states("reduce").unwrap();
+    all.sort();
+    assert_eq!(all, vec![(0, b"one".to_vec()), (1, b"two".to_vec())]);
+    // ids continue after the restored checkpoint
+    assert_eq!(c.trigger(), Some(2));
+}
+
+#[test]
+fn a_savepoint_is_copied_out_and_another_run_restores_from_it() {
+    let cfg = config("savepoint");
+    let c = Coordinator::new(&cfg, 1, &["count"]).unwrap();
+    assert_eq!(c.trigger_savepoint(true, None), Some(1));
+    assert_eq!(c.stop_at(), 1);
+    assert_eq!(c.trigger(), None, "nothing is triggered after a stop");
+    c.write_state(1, "count", 0, b"state").unwrap();
+    c.ack(1).unwrap();
+    let sp = c.progress().last_savepoint.expect("savepoint recorded");
+    assert_eq!(sp.id, 1);
+    assert!(
+        sp.path
+            .starts_with(&at(&cfg, "savepoints").display().to_string())
+    );
+    assert_eq!(
+        payload(
+            std::path::Path::new(&sp.path).join("count-0.state"),
+            "count",
+            0
+        ),
+        b"state"
+    );
+    let meta: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(std::path::Path::new(&sp.path).join("_metadata")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(meta["savepoint"], true);
+    let file = format::wrap("count", 0, b"state");
+    assert_eq!(
+        meta["states"],
+        serde_json::json!([{"operator": "count", "subtask": 0, "file": "count-0.state",
+            "length": file.len(), "xxh3": format::checksum(&file)}])
+    );
+    assert_eq!(meta["maxParallelism"], 128);
+    assert_eq!(meta["format"], format::METADATA_VERSION);
+    // A new deployment (another run directory) starts from the savepoint.
+    let mut next = cfg.clone();
+    next.run_id = Some("run-2".into());
+    next.restore_from = Some(sp.path.clone());
+    let c2 = Coordinator::new(&next, 1, &["count"]).unwrap();
+    assert_eq!(c2.restored(), Some(1));
+    assert_eq!(c2.restored_state("count", 0).unwrap().unwrap(), b"state");
+    assert_eq!(c2.trigger(), Some(2));
+    c2.ack(2).unwrap();
+    assert!(at(&cfg, "run-2/chk-2/_metadata").is_file());
+    // Restarted again, the run's own checkpoint wins over the savepoint.
+    let c3 = Coordinator::new(&next, 1, &["count"]).unwrap();
+    assert_eq!(c3.restored(), Some(2));
+    // A run directory as the source means its latest complete checkpoint.
+    let mut third = cfg.clone();
+    third.run_id = Some("run-3".into());
+    third.restore_from = Some(at(&cfg, "run-2").display().to_string());
+    let c4 = Coordinator::new(&third, 1, &["count"]).unwrap();
+    assert_eq!(
+        c4.restored_snapshot().unwrap().dir.url(),
+        at(&cfg, "run-2/chk-2").display().to_string()
+    );
+}
+
+#[test]
+fn state_of_an_operator_the_job_lost_is_refused_unless_allowed() {
+    let cfg = config("nonrestored");
+    let c = Coordinator::new(&cfg, 1, &["count", "old-filter"]).unwrap();
+    c.trigger();
+    c.write_state(1, "count", 0, b"c").unwrap();
+    c.write_state(1, "old-filter", 0, b"f").unwrap();
+    c.ack(1).unwrap();
+    let err = Coordinator::new(&cfg, 1, &["count"]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("state of operator(s) old-filter that this job does not have"),
+        "{err}"
+    );
+    let mut allow = cfg.clone();
+    allow.allow_non_restored_state = true;
+    assert_eq!(
+        Coordinator::new(&allow, 1, &["count"]).unwrap().restored(),
+        Some(1)
+    );
+    let mut missing = cfg.clone();
+    missing.run_id = Some("empty".into());
+    missing.restore_from = Some(at(&cfg, "nowhere").display().to_string());
+    let err = Coordinator::new(&missing, 1, &["count"]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("nowhere: neither a complete checkpoint"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_follower_forwards_its_tasks_reports_and_learns_the_leaders_decisions() {
+    let cfg = config("follower");
+    let leader = Coordinator::new(&cfg, 2, &[]).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let follower = Coordinator::follower(&cfg, 2, None, tx).unwrap();
+    assert_eq!(follower.trigger(), None, "only the leader triggers");
+    leader.trigger();
+    follower.observe(&leader.progress());
+    assert_eq!(follower.pending(), 1);
+    leader.ack(1).unwrap();
+    follower.begin_write(1);
+    follower.ack(1).unwrap();
+    follower.end_write(1, Ok(())).unwrap();
+    follower
+        .task_finished(1, Some(("src", 1, b"end".to_vec())))
+        .unwrap();
+    let mut reports = Vec::new();
+    while let Ok(r) = rx.try_recv() {
+        reports.push(r);
+    }
+    assert_eq!(
+        reports,
+        vec![
+            Report::BeginWrite(1),
+            Report::Ack(1),
+            Report::EndWrite(1, None),
+            Report::Finished {
+                last_acked: 1,
+                final_state: Some(("src".into(), 1, b"end".to_vec()))
+            },
+        ]
+    );
+    for r in reports {
+        leader.apply(r).unwrap();
+    }
+    assert_eq!(leader.completed(), 1);
+    follower.observe(&leader.progress());
+    assert_eq!(follower.completed(), 1);
+}
