@@ -198,19 +198,23 @@ fn node_runtime(
         StepOp::Filter(p) => expr_op(Kind::Filter, p),
         StepOp::FlatMap(p) => expr_op(Kind::FlatMap, p),
         StepOp::Reduce(p) => {
-            let key = graph
-                .key_by_of(node)
+            let key_step = graph.key_by_of(node);
+            let key = key_step
                 .and_then(|k| validated.key_program(k))
                 .ok_or_else(|| SpecError::Unsupported {
                     path: format!("{path}.reduce"),
                     message: "reduce needs a keyBy step as its input".into(),
                 })?
                 .clone();
+            let key_step: Arc<str> = key_step.map_or("keyBy".into(), |k| {
+                Arc::from(validated.step(k).name.as_str())
+            });
             let p = p.clone();
             let policy = policy.clone();
             NodeRuntime::Transform(Arc::new(move |next: AnyBox, ctx: &SubtaskContext| {
                 let mut op = ExprReduce {
                     key: key.clone(),
+                    key_step: key_step.clone(),
                     program: p.clone(),
                     state: HashMapValueState::new(ctx.key_groups),
                     max_parallelism: ctx.max_parallelism,
@@ -637,6 +641,8 @@ impl Output<Value> for ExprOp {
 /// first record of a key becomes its accumulator. Every new accumulator is emitted.
 struct ExprReduce {
     key: Program,
+    /// Name of the keyBy step, for errors about its keys.
+    key_step: Arc<str>,
     program: Program,
     state: HashMapValueState<Value, Option<Value>>,
     max_parallelism: u32,
@@ -704,6 +710,18 @@ impl Output<Value> for ExprReduce {
             Ok(k) => k,
             Err(e) => return self.handler.failed(&item, e),
         };
+        // The static check admits an expression whose type it cannot know (`parseJson`);
+        // grouping by a list, map, null or double would be grouping by something no key
+        // type means, so such a record follows the onError policy.
+        if !matches!(&*key, Value::String(_) | Value::Int(_) | Value::UInt(_)) {
+            let message = format!(
+                "keyBy step '{}' returned a {} ({}); a key must be a string, int or uint",
+                self.key_step,
+                key.value_type().name(),
+                key
+            );
+            return self.handler.failed(&item, EvalError { message });
+        }
         let hash = key.stable_hash();
         let group = key_group_of_hash(hash, self.max_parallelism);
         match self.state.get_mut(group, hash, &key) {
