@@ -298,3 +298,37 @@ fn a_damaged_savepoint_named_explicitly_fails_without_a_fallback() {
         "{err}"
     );
 }
+
+/// Checkpoints that cannot be written (a full disk; here a file stands where each
+/// checkpoint's directory would go) fail one by one while the job goes on; the bounded run
+/// then ends normally although its final checkpoint fails too, since its file sink's output
+/// is already written, and no partial checkpoint directory is left behind.
+#[test]
+fn unwritable_checkpoints_leave_no_partial_directories_and_a_bounded_run_succeeds() {
+    let dir = tmp("unwritable");
+    let (input, expected) = text(30_000);
+    std::fs::write(dir.join("input.txt"), &input).unwrap();
+    let chk = dir.join("chk");
+    std::fs::create_dir_all(&chk).unwrap();
+    for id in 2..=5000 {
+        std::fs::write(chk.join(format!("chk-{id}")), b"").unwrap();
+    }
+    let spec = write_spec(&dir, &JOB);
+    for run in 0..2 {
+        let log = run_ok(&spec);
+        assert_eq!(finals(&dir), expected, "run {run}");
+        assert!(
+            log.contains("checkpoint failed") && log.contains("the final checkpoint failed"),
+            "{log}"
+        );
+        let dirs: Vec<String> = std::fs::read_dir(&chk)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().into_string().unwrap())
+            .collect();
+        // The second run restored chk-1 and took no other checkpoint either.
+        assert_eq!(dirs, ["chk-1"], "run {run}");
+        assert!(chk.join("chk-1/_metadata").is_file());
+    }
+}

@@ -103,8 +103,9 @@ struct Acks {
     savepoints: HashMap<u64, SavepointRequest>,
     /// Id of the final checkpoint once attempted.
     final_id: u64,
-    /// When the last checkpoint completed or failed, and when the last was triggered.
-    settled_at: Instant,
+    /// When the last checkpoint completed or failed (none yet: no pause before the first),
+    /// and when the last was triggered.
+    settled_at: Option<Instant>,
     triggered_at: Instant,
 }
 
@@ -122,7 +123,7 @@ impl Default for Acks {
             fatal: None,
             savepoints: HashMap::new(),
             final_id: 0,
-            settled_at: Instant::now(),
+            settled_at: None,
             triggered_at: Instant::now(),
         }
     }
@@ -375,8 +376,8 @@ impl Coordinator {
             let cause = format!("expired: not complete {:?} after its trigger", self.timeout);
             self.fail_checkpoint(&mut s, pending, cause);
         }
-        let due =
-            s.triggered_at.elapsed() >= self.interval && s.settled_at.elapsed() >= self.min_pause;
+        let due = s.triggered_at.elapsed() >= self.interval
+            && s.settled_at.is_none_or(|t| t.elapsed() >= self.min_pause);
         drop(s);
         if due { self.trigger() } else { None }
     }
@@ -681,7 +682,7 @@ impl Coordinator {
         s.started_ms.remove(&id);
         s.savepoints.remove(&id);
         s.failed_in_a_row += 1;
-        s.settled_at = Instant::now();
+        s.settled_at = Some(Instant::now());
         self.settled.fetch_max(id, Ordering::AcqRel);
         if !s.writing.contains_key(&id) {
             self.remove_failed(id);
@@ -847,7 +848,7 @@ impl Coordinator {
         dir.join("_metadata").put(meta.to_json())?;
         s.acked.remove(&id);
         s.failed_in_a_row = 0;
-        s.settled_at = Instant::now();
+        s.settled_at = Some(Instant::now());
         self.completed.store(id, Ordering::Release);
         self.settled.fetch_max(id, Ordering::AcqRel);
         info!(

@@ -251,3 +251,152 @@ fn a_follower_forwards_its_tasks_reports_and_learns_the_leaders_decisions() {
     follower.observe(&leader.progress());
     assert_eq!(follower.completed(), 1);
 }
+
+/// Polls `f` until it holds (at most 10 s).
+fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_failed_write_removes_the_partial_checkpoint_and_retention_holds() {
+    let mut cfg = config("diskfull");
+    cfg.retained = 2;
+    let c = Coordinator::new(&cfg, 1, &["a", "b"]).unwrap();
+    for id in 1..=6u64 {
+        assert_eq!(c.trigger(), Some(id));
+        c.write_state(id, "a", 0, b"a").unwrap();
+        if id % 2 == 0 {
+            // The storage refuses this file (as a full disk would): a directory is in the way.
+            std::fs::create_dir_all(at(&cfg, &format!("chk-{id}/b-0.state"))).unwrap();
+        }
+        // A failed write fails the checkpoint, not the task that wrote.
+        c.write_state(id, "b", 0, b"b").unwrap();
+        c.ack(id).unwrap();
+        if id % 2 == 0 {
+            assert!(c.has_failed(id));
+            assert!(
+                !at(&cfg, &format!("chk-{id}")).exists(),
+                "partial chk-{id} removed"
+            );
+        } else {
+            assert_eq!(c.completed(), id);
+        }
+    }
+    let mut left: Vec<String> = std::fs::read_dir(&cfg.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("chk-"))
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["chk-3", "chk-5"],
+        "the two newest complete checkpoints"
+    );
+    let p = c.progress();
+    assert_eq!(p.failed.iter().map(|f| f.0).collect::<Vec<_>>(), [2, 4, 6]);
+    assert!(
+        p.failed[0].1.contains("a snapshot could not be written"),
+        "{:?}",
+        p.failed
+    );
+}
+
+#[test]
+fn more_failures_in_a_row_than_tolerated_fail_the_run() {
+    let mut cfg = config("tolerable");
+    cfg.tolerable_failures = Some(1);
+    let c = Coordinator::new(&cfg, 1, &["op"]).unwrap();
+    let fail = |id: u64| {
+        assert_eq!(c.trigger(), Some(id));
+        c.begin_write(id);
+        c.end_write(id, Err(std::io::Error::other("No space left on device")))
+    };
+    fail(1).unwrap();
+    // A complete checkpoint resets the count.
+    c.trigger();
+    c.ack(2).unwrap();
+    fail(3).unwrap();
+    let err = fail(4).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "2 checkpoints failed in a row, more than tolerableCheckpointFailureNumber 1; the last, 4: \
+         a snapshot could not be written: No space left on device"
+    );
+    assert_eq!(c.fatal(), Some(err));
+    assert!(c.ack(5).is_err());
+    assert_eq!(c.trigger(), None, "nothing more is triggered");
+}
+
+#[test]
+fn a_checkpoint_past_its_timeout_fails_and_the_pause_spaces_triggers() {
+    let mut cfg = config("timeout");
+    cfg.interval = Duration::ZERO;
+    cfg.timeout = Duration::ZERO;
+    cfg.min_pause = Duration::from_secs(3600);
+    let c = Coordinator::new(&cfg, 1, &["op"]).unwrap();
+    assert_eq!(c.tick(), Some(1), "no pause before the first checkpoint");
+    eventually("checkpoint 1 expires", || {
+        c.tick();
+        c.has_failed(1)
+    });
+    assert!(
+        c.progress().failed[0].1.starts_with("expired"),
+        "{:?}",
+        c.progress()
+    );
+    assert_eq!(c.tick(), None, "the minimum pause runs from the failure");
+    let mut quick = config("timeout-quick");
+    quick.interval = Duration::ZERO;
+    let c = Coordinator::new(&quick, 1, &["op"]).unwrap();
+    assert_eq!(c.tick(), Some(1));
+    c.ack(1).unwrap();
+    assert_eq!(
+        c.tick(),
+        Some(2),
+        "without a pause the next follows at once"
+    );
+}
+
+#[test]
+fn a_failed_final_checkpoint_is_a_warning_unless_a_sink_commits_on_it() {
+    for (sink, fatal) in [("sink:file", false), ("sink:kafka", true)] {
+        let mut cfg = config(&format!("final-{fatal}"));
+        cfg.retained = 1;
+        let mut shape = JobShape {
+            tasks: 1,
+            max_parallelism: 128,
+            ..JobShape::default()
+        };
+        for (uid, op) in [("src", "source:file"), ("out", sink)] {
+            let record = format::OperatorRecord {
+                operator: op.into(),
+                name: uid.into(),
+                source: None,
+            };
+            shape.operators.insert(uid.into(), record);
+        }
+        let c = Coordinator::for_job(&cfg, &shape).unwrap();
+        // The final checkpoint's directory cannot be created (a file is in the way).
+        std::fs::write(at(&cfg, "chk-1"), b"").unwrap();
+        c.task_finished(0, Some(("src", 0, b"end".to_vec())))
+            .unwrap();
+        match c.await_final(|| false) {
+            FinalOutcome::Skipped => assert!(!fatal),
+            FinalOutcome::Failed(e) => {
+                assert!(fatal);
+                assert!(
+                    e.starts_with("final checkpoint 1 failed (")
+                        && e.ends_with("sink(s) out commit only on a complete checkpoint"),
+                    "{e}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(c.final_settled());
+    }
+}
