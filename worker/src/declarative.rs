@@ -652,47 +652,47 @@ struct ExprReduce {
     checkpoints: Option<(Arc<Coordinator>, Arc<str>, u32)>,
 }
 
-/// Keyed state as `(key group, key, accumulator)` entries, key group by key group.
-fn encode_entries(entries: &[(u32, Value, Value)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(entries.len() * 24);
-    for (g, k, v) in entries {
-        put_varint(&mut out, u64::from(*g));
-        k.encode(&mut out);
-        v.encode(&mut out);
-    }
-    out
-}
-
 impl ExprReduce {
-    /// A copy of the keyed state (values share their payloads: clones are cheap).
-    fn entries(&mut self) -> Vec<(u32, Value, Value)> {
-        let mut out = Vec::with_capacity(self.state.len());
+    /// Appends the keyed state as `(key group, key, accumulator)` entries, key group by key
+    /// group, to `out`. Encoding straight from the table keeps one compact copy of the state
+    /// while it is written, not a second table of cloned entries.
+    fn encode_state(&self, out: &mut Vec<u8>) {
         for g in self.state.key_groups().as_range() {
             self.state
                 .for_each_in_group(g, &mut |k: &Value, v: &Option<Value>| {
-                    out.push((
-                        g,
-                        k.clone(),
-                        v.clone().expect("reduce state slot is filled"),
-                    ));
+                    put_varint(out, u64::from(g));
+                    k.encode(out);
+                    v.as_ref().expect("reduce state slot is filled").encode(out);
                 });
         }
-        out
     }
 
-    fn snapshot(&mut self) -> Vec<u8> {
-        encode_entries(&self.entries())
+    fn snapshot(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_state(&mut out);
+        out
     }
 
     /// Loads the entries of this subtask's key groups from every old subtask's snapshot, so
     /// a restore may use another parallelism.
     fn restore(&mut self, snapshots: &[(u32, Vec<u8>)]) -> Result<(), String> {
-        for (_, snap) in snapshots {
+        for (subtask, snap) in snapshots {
             let mut input = snap.as_slice();
             while !input.is_empty() {
-                let g = get_varint(&mut input).map_err(|e| e.to_string())? as u32;
-                let key = Value::decode(&mut input).map_err(|e| e.to_string())?;
-                let acc = Value::decode(&mut input).map_err(|e| e.to_string())?;
+                // The file passed its checksum: an entry that does not decode was written by
+                // a build with another state encoding.
+                let at = snap.len() - input.len();
+                let bad = |e: crate::net::codec::DecodeError| {
+                    let e = e.to_string();
+                    let why = e.trim_start_matches("malformed batch from peer: ");
+                    format!(
+                        "the state of subtask {subtask} does not decode at byte {at} ({why}): \
+                         it was written by a streamjob build with another state encoding"
+                    )
+                };
+                let g = get_varint(&mut input).map_err(bad)? as u32;
+                let key = Value::decode(&mut input).map_err(bad)?;
+                let acc = Value::decode(&mut input).map_err(bad)?;
                 if self.state.key_groups().contains(g) {
                     let hash = key.stable_hash();
                     self.state.put(g, hash, key, Some(acc));
@@ -748,17 +748,19 @@ impl Output<Value> for ExprReduce {
             c.register_final(&uid, subtask, bytes);
         }
         if let (Signal::Barrier(b), Some((c, uid, subtask))) = (signal, self.checkpoints.clone()) {
-            // Processing pauses only to copy the entries (cheap clones); encoding and writing
-            // happen on another thread, and the checkpoint completes when the write is done.
+            // Processing pauses while the state is encoded (into its state file's envelope,
+            // so it is not copied again); the write happens on another thread and the
+            // checkpoint completes when it is done.
             let started = std::time::Instant::now();
-            let entries = self.entries();
+            let mut file = crate::runtime::checkpoint::format::envelope(&uid, subtask, 0);
+            self.encode_state(&mut file);
             let paused = started.elapsed();
             c.begin_write(b.id);
-            let keys = entries.len();
+            let keys = self.state.len();
             std::thread::spawn(move || {
-                let bytes = encode_entries(&entries);
-                let written = c.write_state(b.id, &uid, subtask, &bytes);
-                tracing::debug!(checkpoint = b.id, keys, bytes = bytes.len(), ?paused, took = ?started.elapsed(), "reduce state snapshot");
+                let bytes = file.len();
+                let written = c.write_file(b.id, &uid, subtask, file);
+                tracing::debug!(checkpoint = b.id, keys, bytes, ?paused, took = ?started.elapsed(), "reduce state snapshot");
                 let _ = c.end_write(b.id, written);
             });
         }

@@ -2,8 +2,8 @@
 //! completion (the metadata write), failures and the snapshot the run restored from.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
@@ -90,7 +90,7 @@ struct Acks {
     started_ms: HashMap<u64, u64>,
     /// Final snapshots of finished sources, part of every later checkpoint: a restore must
     /// not read a finished source again.
-    final_states: Vec<(String, u32, Vec<u8>)>,
+    final_states: Vec<(String, u32, Arc<[u8]>)>,
     /// State files written so far, per checkpoint.
     handles: HashMap<u64, Vec<StateHandle>>,
     /// Snapshots still being written, per checkpoint.
@@ -103,6 +103,9 @@ struct Acks {
     savepoints: HashMap<u64, SavepointRequest>,
     /// Id of the final checkpoint once attempted.
     final_id: u64,
+    /// The checkpoint whose completion (final snapshots, savepoint copy, `_metadata`) is
+    /// being written on the completion thread.
+    completing: Option<u64>,
     /// When the last checkpoint completed or failed (none yet: no pause before the first),
     /// and when the last was triggered.
     settled_at: Option<Instant>,
@@ -123,6 +126,7 @@ impl Default for Acks {
             fatal: None,
             savepoints: HashMap::new(),
             final_id: 0,
+            completing: None,
             settled_at: None,
             triggered_at: Instant::now(),
         }
@@ -370,6 +374,7 @@ impl Coordinator {
         let pending = self.pending();
         let mut s = self.state.lock().unwrap();
         if pending > self.settled.load(Ordering::Acquire)
+            && s.completing != Some(pending)
             && let Some(&started) = s.started_ms.get(&pending)
             && now_ms().saturating_sub(started) > self.timeout.as_millis() as u64
         {
@@ -424,7 +429,7 @@ impl Coordinator {
     /// in its envelope. A failed write fails the checkpoint, not the caller; `Err` only once
     /// more checkpoints failed in a row than tolerated.
     pub fn write_state(
-        &self,
+        self: &Arc<Self>,
         id: u64,
         uid: &str,
         subtask: u32,
@@ -436,7 +441,7 @@ impl Coordinator {
     /// Like [`Coordinator::write_state`] for a file already in its envelope (from
     /// [`format::envelope`] followed by the payload), so it is not copied again.
     pub fn write_file(
-        &self,
+        self: &Arc<Self>,
         id: u64,
         uid: &str,
         subtask: u32,
@@ -530,7 +535,7 @@ impl Coordinator {
     }
 
     /// Runs a follower's report on the leader.
-    pub fn apply(&self, report: Report) -> std::io::Result<()> {
+    pub fn apply(self: &Arc<Self>, report: Report) -> std::io::Result<()> {
         match report {
             Report::Ack(id) => self.ack(id),
             Report::Finished {
@@ -565,7 +570,7 @@ impl Coordinator {
     }
 
     /// A task has taken checkpoint `id` (its barrier went through its whole chain).
-    pub fn ack(&self, id: u64) -> std::io::Result<()> {
+    pub fn ack(self: &Arc<Self>, id: u64) -> std::io::Result<()> {
         self.check_fatal()?;
         if self.forward(|| Report::Ack(id))? {
             return Ok(());
@@ -580,7 +585,7 @@ impl Coordinator {
     /// A task finished: it acknowledges every later checkpoint by not taking part. A source
     /// passes its final position, which every later checkpoint then includes.
     pub fn task_finished(
-        &self,
+        self: &Arc<Self>,
         last_acked: u64,
         final_state: Option<(&str, u32, Vec<u8>)>,
     ) -> std::io::Result<()> {
@@ -616,7 +621,11 @@ impl Coordinator {
 
     /// The write of a snapshot of checkpoint `id` ended. A failure fails the checkpoint;
     /// `Err` only once that makes more failures in a row than tolerated.
-    pub fn end_write(&self, id: u64, result: std::io::Result<()>) -> std::io::Result<()> {
+    pub fn end_write(
+        self: &Arc<Self>,
+        id: u64,
+        result: std::io::Result<()>,
+    ) -> std::io::Result<()> {
         let mut result = Some(result);
         if self.forward(|| {
             Report::EndWrite(
@@ -665,8 +674,11 @@ impl Coordinator {
         let mut s = self.state.lock().unwrap();
         s.final_states
             .retain(|(u, t, _)| !(u == uid && *t == subtask));
-        s.final_states
-            .push((uid.to_string(), subtask, bytes.unwrap_or_default()));
+        s.final_states.push((
+            uid.to_string(),
+            subtask,
+            Arc::from(bytes.unwrap_or_default()),
+        ));
     }
 
     /// Checkpoint `id` can never complete: it counts against the tolerated failures, its
@@ -698,12 +710,16 @@ impl Coordinator {
             ));
             self.fatal.store(true, Ordering::Release);
         }
+        let final_failed = (id == s.final_id).then(|| cause.clone());
         self.publish(|p| {
             p.failed.push((id, cause));
             if p.failed.len() > 16 {
                 p.failed.remove(0);
             }
         });
+        if let Some(cause) = final_failed {
+            self.final_failed(id, cause);
+        }
     }
 
     fn remove_failed(&self, id: u64) {
@@ -715,7 +731,7 @@ impl Coordinator {
     /// After every task finished: one last checkpoint from the final snapshots, so a run
     /// started later (with more input) continues exactly where this one ended. Written when
     /// the last task reports; finished tasks wait for it before they end.
-    fn write_final(&self, s: &mut Acks) {
+    fn write_final(self: &Arc<Self>, s: &mut Acks) {
         if !self.is_leader() || s.final_id != 0 || s.finished.len() < self.tasks {
             return;
         }
@@ -724,18 +740,10 @@ impl Coordinator {
         s.final_id = id;
         s.started_ms.insert(id, now_ms());
         self.maybe_complete(s, id);
-        if self.completed() >= id {
-            self.publish(|p| p.final_checkpoint = id);
-            return;
-        }
-        let cause = self
-            .progress
-            .borrow()
-            .failed
-            .iter()
-            .rev()
-            .find(|(f, _)| *f == id)
-            .map_or_else(|| "it did not complete".to_string(), |(_, c)| c.clone());
+    }
+
+    /// The final checkpoint failed: whether the run fails depends on its sinks.
+    fn final_failed(&self, id: u64, cause: String) {
         let needs: Vec<&str> = self
             .shape
             .operators
@@ -763,9 +771,10 @@ impl Coordinator {
         self.publish(|p| p.final_failure = Some((message, fatal)));
     }
 
-    /// Completes checkpoint `id` if every task acknowledged it and every write ended: writes
-    /// the final snapshots it includes, the savepoint copy, then `_metadata`.
-    fn maybe_complete(&self, s: &mut Acks, id: u64) {
+    /// Completes checkpoint `id` if every task acknowledged it and every write ended. The
+    /// completion's I/O (the final snapshots it includes, the savepoint copy, `_metadata`,
+    /// pruning) runs on a thread of its own, so no task waits for storage.
+    fn maybe_complete(self: &Arc<Self>, s: &mut Acks, id: u64) {
         let acked = s.acked.get(&id).copied().unwrap_or(0);
         let stand_ins = s.finished.iter().filter(|&&last| last < id).count();
         let writing = s.writing.get(&id).copied().unwrap_or(0);
@@ -773,25 +782,87 @@ impl Coordinator {
             || writing > 0
             || id <= self.completed()
             || s.failed.contains(&id)
+            || s.completing.is_some()
         {
             return;
         }
-        if let Err(e) = self.complete(s, id, acked, stand_ins) {
-            self.fail_checkpoint(s, id, e.to_string());
+        s.completing = Some(id);
+        s.writing.remove(&id);
+        let job = Completion {
+            id,
+            acked,
+            stand_ins,
+            handles: s.handles.remove(&id).unwrap_or_default(),
+            finals: s.final_states.clone(),
+            started: s.started_ms.get(&id).copied().unwrap_or_else(now_ms),
+            savepoint: s.savepoints.remove(&id),
+        };
+        let me = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("checkpoint-complete".into())
+            .spawn(move || me.run_completion(job))
+            .expect("spawn checkpoint completion thread");
+    }
+
+    fn run_completion(self: Arc<Self>, job: Completion) {
+        let id = job.id;
+        let written = self.write_completion(&job);
+        let mut s = self.state.lock().unwrap();
+        match written {
+            Ok((meta, savepoint)) => {
+                s.acked.remove(&id);
+                s.started_ms.remove(&id);
+                s.failed_in_a_row = 0;
+                s.settled_at = Some(Instant::now());
+                self.completed.fetch_max(id, Ordering::AcqRel);
+                self.settled.fetch_max(id, Ordering::AcqRel);
+                info!(
+                    checkpoint = id,
+                    took_ms = meta.completed_ms.saturating_sub(meta.triggered_ms),
+                    state_bytes = meta.state_bytes,
+                    files = meta.states.len(),
+                    savepoint = ?savepoint,
+                    "checkpoint complete"
+                );
+                let is_final = id == s.final_id;
+                let path = chk_dir(&self.dir, id).url().to_string();
+                self.publish(|p| {
+                    p.last_checkpoint = Some(SnapshotInfo {
+                        id,
+                        path,
+                        completed_ms: meta.completed_ms,
+                    });
+                    if let Some(path) = savepoint {
+                        p.last_savepoint = Some(SnapshotInfo {
+                            id,
+                            path,
+                            completed_ms: meta.completed_ms,
+                        });
+                    }
+                    if is_final {
+                        p.final_checkpoint = id;
+                    }
+                });
+            }
+            Err(e) => self.fail_checkpoint(&mut s, id, e.to_string()),
+        }
+        drop(s);
+        prune(&self.dir, self.completed(), self.retained);
+        let mut s = self.state.lock().unwrap();
+        s.completing = None;
+        // The final checkpoint may have been requested meanwhile.
+        let next = s.final_id;
+        if next > id {
+            self.maybe_complete(&mut s, next);
         }
     }
 
-    fn complete(
-        &self,
-        s: &mut Acks,
-        id: u64,
-        acked: usize,
-        stand_ins: usize,
-    ) -> std::io::Result<()> {
-        s.writing.remove(&id);
+    /// Writes what completes a checkpoint; `_metadata` last, so its presence means complete.
+    fn write_completion(&self, job: &Completion) -> std::io::Result<(Metadata, Option<String>)> {
+        let id = job.id;
         let dir = chk_dir(&self.dir, id);
-        let mut handles = s.handles.remove(&id).unwrap_or_default();
-        for (uid, subtask, bytes) in &s.final_states {
+        let mut handles = job.handles.clone();
+        for (uid, subtask, bytes) in &job.finals {
             // A source that took this checkpoint itself and finished later keeps its own
             // snapshot: what it emitted after the barrier is not in this checkpoint.
             if handles
@@ -812,7 +883,6 @@ impl Coordinator {
             handles.push(handle);
         }
         handles.sort_by(|a, b| (&a.operator, a.subtask).cmp(&(&b.operator, b.subtask)));
-        let started = s.started_ms.remove(&id).unwrap_or_else(now_ms);
         let completed_ms = now_ms();
         let mut operators = self.shape.operators.clone();
         for (uid, source) in &self.sources {
@@ -823,11 +893,11 @@ impl Coordinator {
         let mut meta = Metadata {
             format: METADATA_VERSION,
             id,
-            triggered_ms: started,
+            triggered_ms: job.started,
             completed_ms,
             tasks: self.tasks,
-            acknowledged: acked,
-            finished: stand_ins,
+            acknowledged: job.acked,
+            finished: job.stand_ins,
             savepoint: false,
             max_parallelism: Some(self.shape.max_parallelism),
             state_bytes: handles.iter().map(|h| h.length).sum(),
@@ -836,7 +906,7 @@ impl Coordinator {
         };
         // The savepoint copy comes first: a stop-with-savepoint must not see its checkpoint
         // complete while the savepoint is missing.
-        let savepoint = match s.savepoints.remove(&id) {
+        let savepoint = match &job.savepoint {
             Some(req) => {
                 meta.savepoint = true;
                 let path = copy_snapshot(&dir, &req.dir, &meta, completed_ms)?;
@@ -846,34 +916,27 @@ impl Coordinator {
             None => None,
         };
         dir.join("_metadata").put(meta.to_json())?;
-        s.acked.remove(&id);
-        s.failed_in_a_row = 0;
-        s.settled_at = Some(Instant::now());
-        self.completed.store(id, Ordering::Release);
-        self.settled.fetch_max(id, Ordering::AcqRel);
-        info!(
-            checkpoint = id,
-            took_ms = completed_ms.saturating_sub(started),
-            state_bytes = meta.state_bytes,
-            files = meta.states.len(),
-            savepoint = ?savepoint,
-            "checkpoint complete"
-        );
-        self.publish(|p| {
-            p.last_checkpoint = Some(SnapshotInfo {
-                id,
-                path: dir.url().to_string(),
-                completed_ms,
-            });
-            if let Some(path) = savepoint {
-                p.last_savepoint = Some(SnapshotInfo {
-                    id,
-                    path,
-                    completed_ms,
-                });
-            }
-        });
-        prune(&self.dir, id, self.retained);
-        Ok(())
+        Ok((meta, savepoint))
+    }
+}
+
+/// What the completion thread needs to complete one checkpoint.
+struct Completion {
+    id: u64,
+    acked: usize,
+    stand_ins: usize,
+    handles: Vec<StateHandle>,
+    finals: Vec<(String, u32, Arc<[u8]>)>,
+    started: u64,
+    savepoint: Option<SavepointRequest>,
+}
+
+#[cfg(test)]
+impl Coordinator {
+    /// Waits until no completion is being written (tests look at the result right after).
+    pub(super) fn settle(&self) {
+        while self.state.lock().unwrap().completing.is_some() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 }

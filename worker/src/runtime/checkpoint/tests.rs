@@ -1,5 +1,7 @@
 //! Unit tests of the coordinator, restore checks and on-disk format.
 use super::format;
+use std::sync::Arc;
+
 use super::*;
 
 /// The payload of a state file, out of its envelope.
@@ -21,15 +23,18 @@ fn at(cfg: &CheckpointConfig, rel: &str) -> std::path::PathBuf {
 #[test]
 fn a_checkpoint_completes_when_every_task_acked_or_finished() {
     let cfg = config("acks");
-    let c = Coordinator::new(&cfg, 3, &[]).unwrap();
+    let c = Arc::new(Coordinator::new(&cfg, 3, &[]).unwrap());
     assert_eq!(c.trigger(), Some(1));
     assert_eq!(c.trigger(), None, "one at a time");
     c.write_state(1, "op", 0, b"a").unwrap();
     c.ack(1).unwrap();
+    c.settle();
     c.ack(1).unwrap();
+    c.settle();
     assert_eq!(c.completed(), 0);
     c.task_finished(0, Some(("src", 3, b"done".to_vec())))
         .unwrap();
+    c.settle();
     assert_eq!(c.completed(), 1);
     // a finished source's final position is part of every later checkpoint
     assert_eq!(payload(at(&cfg, "chk-1/src-3.state"), "src", 3), b"done");
@@ -37,11 +42,15 @@ fn a_checkpoint_completes_when_every_task_acked_or_finished() {
     // later checkpoints need the two running tasks only
     assert_eq!(c.trigger(), Some(2));
     c.ack(2).unwrap();
+    c.settle();
     c.ack(2).unwrap();
+    c.settle();
     assert_eq!(c.completed(), 2);
     c.trigger();
     c.ack(3).unwrap();
+    c.settle();
     c.ack(3).unwrap();
+    c.settle();
     // retained 2: chk-1 is gone
     assert!(!at(&cfg, "chk-1").exists());
     assert!(at(&cfg, "chk-2/_metadata").is_file());
@@ -50,16 +59,20 @@ fn a_checkpoint_completes_when_every_task_acked_or_finished() {
 #[test]
 fn a_task_that_acked_and_then_finished_counts_once() {
     let cfg = config("once");
-    let c = Coordinator::new(&cfg, 3, &[]).unwrap();
+    let c = Arc::new(Coordinator::new(&cfg, 3, &[]).unwrap());
     c.trigger();
     c.write_state(1, "src", 0, b"at-barrier").unwrap();
     c.ack(1).unwrap();
+    c.settle();
     // the same task finishes before the others acked checkpoint 1
     c.task_finished(1, Some(("src", 0, b"finished".to_vec())))
         .unwrap();
+    c.settle();
     c.ack(1).unwrap();
+    c.settle();
     assert_eq!(c.completed(), 0, "two of three tasks took checkpoint 1");
     c.ack(1).unwrap();
+    c.settle();
     assert_eq!(c.completed(), 1);
     // its own snapshot of checkpoint 1 is kept, not replaced by the final one
     assert_eq!(
@@ -68,7 +81,9 @@ fn a_task_that_acked_and_then_finished_counts_once() {
     );
     c.trigger();
     c.ack(2).unwrap();
+    c.settle();
     c.ack(2).unwrap();
+    c.settle();
     assert_eq!(c.completed(), 2);
     assert_eq!(
         payload(at(&cfg, "chk-2/src-0.state"), "src", 0),
@@ -79,19 +94,23 @@ fn a_task_that_acked_and_then_finished_counts_once() {
 #[test]
 fn background_writes_hold_completion_and_a_failed_write_abandons_the_checkpoint() {
     let cfg = config("writes");
-    let c = Coordinator::new(&cfg, 1, &["reduce"]).unwrap();
+    let c = Arc::new(Coordinator::new(&cfg, 1, &["reduce"]).unwrap());
     c.trigger();
     c.begin_write(1);
     c.ack(1).unwrap();
+    c.settle();
     assert_eq!(c.completed(), 0, "a snapshot is still being written");
     c.end_write(1, Ok(())).unwrap();
+    c.settle();
     assert_eq!(c.completed(), 1);
     c.trigger();
     c.begin_write(2);
     c.ack(2).unwrap();
+    c.settle();
     // Failures are tolerated by default: logged and reported, the job goes on.
     c.end_write(2, Err(std::io::Error::other("disk full")))
         .unwrap();
+    c.settle();
     assert_eq!(c.completed(), 1, "checkpoint 2 never completes");
     assert!(!at(&cfg, "chk-2/_metadata").exists());
     assert_eq!(c.trigger(), Some(3), "the next checkpoint may start");
@@ -100,15 +119,16 @@ fn background_writes_hold_completion_and_a_failed_write_abandons_the_checkpoint(
 #[test]
 fn a_restart_restores_the_latest_complete_checkpoint_and_drops_partial_ones() {
     let cfg = config("restore");
-    let c = Coordinator::new(&cfg, 1, &["reduce"]).unwrap();
+    let c = Arc::new(Coordinator::new(&cfg, 1, &["reduce"]).unwrap());
     c.trigger();
     c.write_state(1, "reduce", 0, b"one").unwrap();
     c.write_state(1, "reduce", 1, b"two").unwrap();
     c.ack(1).unwrap();
+    c.settle();
     c.trigger();
     c.write_state(2, "reduce", 0, b"partial").unwrap();
     drop(c); // crash before checkpoint 2 completes
-    let c = Coordinator::new(&cfg, 1, &["reduce"]).unwrap();
+    let c = Arc::new(Coordinator::new(&cfg, 1, &["reduce"]).unwrap());
     assert_eq!(c.restored(), Some(1));
     assert!(!at(&cfg, "chk-2").exists());
     assert_eq!(c.restored_state("reduce", 1).unwrap().unwrap(), b"two");
@@ -123,12 +143,13 @@ fn a_restart_restores_the_latest_complete_checkpoint_and_drops_partial_ones() {
 #[test]
 fn a_savepoint_is_copied_out_and_another_run_restores_from_it() {
     let cfg = config("savepoint");
-    let c = Coordinator::new(&cfg, 1, &["count"]).unwrap();
+    let c = Arc::new(Coordinator::new(&cfg, 1, &["count"]).unwrap());
     assert_eq!(c.trigger_savepoint(true, None), Some(1));
     assert_eq!(c.stop_at(), 1);
     assert_eq!(c.trigger(), None, "nothing is triggered after a stop");
     c.write_state(1, "count", 0, b"state").unwrap();
     c.ack(1).unwrap();
+    c.settle();
     let sp = c.progress().last_savepoint.expect("savepoint recorded");
     assert_eq!(sp.id, 1);
     assert!(
@@ -160,20 +181,21 @@ fn a_savepoint_is_copied_out_and_another_run_restores_from_it() {
     let mut next = cfg.clone();
     next.run_id = Some("run-2".into());
     next.restore_from = Some(sp.path.clone());
-    let c2 = Coordinator::new(&next, 1, &["count"]).unwrap();
+    let c2 = Arc::new(Coordinator::new(&next, 1, &["count"]).unwrap());
     assert_eq!(c2.restored(), Some(1));
     assert_eq!(c2.restored_state("count", 0).unwrap().unwrap(), b"state");
     assert_eq!(c2.trigger(), Some(2));
     c2.ack(2).unwrap();
+    c2.settle();
     assert!(at(&cfg, "run-2/chk-2/_metadata").is_file());
     // Restarted again, the run's own checkpoint wins over the savepoint.
-    let c3 = Coordinator::new(&next, 1, &["count"]).unwrap();
+    let c3 = Arc::new(Coordinator::new(&next, 1, &["count"]).unwrap());
     assert_eq!(c3.restored(), Some(2));
     // A run directory as the source means its latest complete checkpoint.
     let mut third = cfg.clone();
     third.run_id = Some("run-3".into());
     third.restore_from = Some(at(&cfg, "run-2").display().to_string());
-    let c4 = Coordinator::new(&third, 1, &["count"]).unwrap();
+    let c4 = Arc::new(Coordinator::new(&third, 1, &["count"]).unwrap());
     assert_eq!(
         c4.restored_snapshot().unwrap().dir.url(),
         at(&cfg, "run-2/chk-2").display().to_string()
@@ -183,11 +205,12 @@ fn a_savepoint_is_copied_out_and_another_run_restores_from_it() {
 #[test]
 fn state_of_an_operator_the_job_lost_is_refused_unless_allowed() {
     let cfg = config("nonrestored");
-    let c = Coordinator::new(&cfg, 1, &["count", "old-filter"]).unwrap();
+    let c = Arc::new(Coordinator::new(&cfg, 1, &["count", "old-filter"]).unwrap());
     c.trigger();
     c.write_state(1, "count", 0, b"c").unwrap();
     c.write_state(1, "old-filter", 0, b"f").unwrap();
     c.ack(1).unwrap();
+    c.settle();
     let err = Coordinator::new(&cfg, 1, &["count"]).unwrap_err();
     assert!(
         err.to_string()
@@ -197,7 +220,7 @@ fn state_of_an_operator_the_job_lost_is_refused_unless_allowed() {
     let mut allow = cfg.clone();
     allow.allow_non_restored_state = true;
     assert_eq!(
-        Coordinator::new(&allow, 1, &["count"]).unwrap().restored(),
+        Arc::new(Coordinator::new(&allow, 1, &["count"]).unwrap()).restored(),
         Some(1)
     );
     let mut missing = cfg.clone();
@@ -214,17 +237,20 @@ fn state_of_an_operator_the_job_lost_is_refused_unless_allowed() {
 #[test]
 fn a_follower_forwards_its_tasks_reports_and_learns_the_leaders_decisions() {
     let cfg = config("follower");
-    let leader = Coordinator::new(&cfg, 2, &[]).unwrap();
+    let leader = Arc::new(Coordinator::new(&cfg, 2, &[]).unwrap());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let follower = Coordinator::follower(&cfg, 2, None, tx).unwrap();
+    let follower = Arc::new(Coordinator::follower(&cfg, 2, None, tx).unwrap());
     assert_eq!(follower.trigger(), None, "only the leader triggers");
     leader.trigger();
     follower.observe(&leader.progress());
     assert_eq!(follower.pending(), 1);
     leader.ack(1).unwrap();
+    leader.settle();
     follower.begin_write(1);
     follower.ack(1).unwrap();
+    follower.settle();
     follower.end_write(1, Ok(())).unwrap();
+    follower.settle();
     follower
         .task_finished(1, Some(("src", 1, b"end".to_vec())))
         .unwrap();
@@ -246,6 +272,7 @@ fn a_follower_forwards_its_tasks_reports_and_learns_the_leaders_decisions() {
     );
     for r in reports {
         leader.apply(r).unwrap();
+        leader.settle();
     }
     assert_eq!(leader.completed(), 1);
     follower.observe(&leader.progress());
@@ -265,7 +292,7 @@ fn eventually(what: &str, f: impl Fn() -> bool) {
 fn a_failed_write_removes_the_partial_checkpoint_and_retention_holds() {
     let mut cfg = config("diskfull");
     cfg.retained = 2;
-    let c = Coordinator::new(&cfg, 1, &["a", "b"]).unwrap();
+    let c = Arc::new(Coordinator::new(&cfg, 1, &["a", "b"]).unwrap());
     for id in 1..=6u64 {
         assert_eq!(c.trigger(), Some(id));
         c.write_state(id, "a", 0, b"a").unwrap();
@@ -276,6 +303,7 @@ fn a_failed_write_removes_the_partial_checkpoint_and_retention_holds() {
         // A failed write fails the checkpoint, not the task that wrote.
         c.write_state(id, "b", 0, b"b").unwrap();
         c.ack(id).unwrap();
+        c.settle();
         if id % 2 == 0 {
             assert!(c.has_failed(id));
             assert!(
@@ -310,16 +338,18 @@ fn a_failed_write_removes_the_partial_checkpoint_and_retention_holds() {
 fn more_failures_in_a_row_than_tolerated_fail_the_run() {
     let mut cfg = config("tolerable");
     cfg.tolerable_failures = Some(1);
-    let c = Coordinator::new(&cfg, 1, &["op"]).unwrap();
+    let c = Arc::new(Coordinator::new(&cfg, 1, &["op"]).unwrap());
     let fail = |id: u64| {
         assert_eq!(c.trigger(), Some(id));
         c.begin_write(id);
         c.end_write(id, Err(std::io::Error::other("No space left on device")))
     };
+    c.settle();
     fail(1).unwrap();
     // A complete checkpoint resets the count.
     c.trigger();
     c.ack(2).unwrap();
+    c.settle();
     fail(3).unwrap();
     let err = fail(4).unwrap_err().to_string();
     assert_eq!(
@@ -338,7 +368,7 @@ fn a_checkpoint_past_its_timeout_fails_and_the_pause_spaces_triggers() {
     cfg.interval = Duration::ZERO;
     cfg.timeout = Duration::ZERO;
     cfg.min_pause = Duration::from_secs(3600);
-    let c = Coordinator::new(&cfg, 1, &["op"]).unwrap();
+    let c = Arc::new(Coordinator::new(&cfg, 1, &["op"]).unwrap());
     assert_eq!(c.tick(), Some(1), "no pause before the first checkpoint");
     eventually("checkpoint 1 expires", || {
         c.tick();
@@ -352,9 +382,10 @@ fn a_checkpoint_past_its_timeout_fails_and_the_pause_spaces_triggers() {
     assert_eq!(c.tick(), None, "the minimum pause runs from the failure");
     let mut quick = config("timeout-quick");
     quick.interval = Duration::ZERO;
-    let c = Coordinator::new(&quick, 1, &["op"]).unwrap();
+    let c = Arc::new(Coordinator::new(&quick, 1, &["op"]).unwrap());
     assert_eq!(c.tick(), Some(1));
     c.ack(1).unwrap();
+    c.settle();
     assert_eq!(
         c.tick(),
         Some(2),
@@ -380,11 +411,12 @@ fn a_failed_final_checkpoint_is_a_warning_unless_a_sink_commits_on_it() {
             };
             shape.operators.insert(uid.into(), record);
         }
-        let c = Coordinator::for_job(&cfg, &shape).unwrap();
+        let c = Arc::new(Coordinator::for_job(&cfg, &shape).unwrap());
         // The final checkpoint's directory cannot be created (a file is in the way).
         std::fs::write(at(&cfg, "chk-1"), b"").unwrap();
         c.task_finished(0, Some(("src", 0, b"end".to_vec())))
             .unwrap();
+        c.settle();
         match c.await_final(|| false) {
             FinalOutcome::Skipped => assert!(!fatal),
             FinalOutcome::Failed(e) => {
