@@ -215,6 +215,7 @@ fn node_runtime(
                 let mut op = ExprReduce {
                     key: key.clone(),
                     key_step: key_step.clone(),
+                    last_snapshot: 0,
                     program: p.clone(),
                     state: HashMapValueState::new(ctx.key_groups),
                     max_parallelism: ctx.max_parallelism,
@@ -643,6 +644,8 @@ struct ExprReduce {
     key: Program,
     /// Name of the keyBy step, for errors about its keys.
     key_step: Arc<str>,
+    /// Bytes of the last snapshot, to size the next one's buffer.
+    last_snapshot: usize,
     program: Program,
     state: HashMapValueState<Value, Option<Value>>,
     max_parallelism: u32,
@@ -667,10 +670,11 @@ impl ExprReduce {
         }
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        self.encode_state(&mut out);
-        out
+    /// An empty state file for this subtask with room for the whole state: growing the
+    /// buffer while encoding would hold the old and the new buffer at once.
+    fn state_file(&self, uid: &str, subtask: u32) -> Vec<u8> {
+        let want = (self.last_snapshot + self.last_snapshot / 4).max(self.state.len() * 24);
+        crate::runtime::checkpoint::format::envelope(uid, subtask, want)
     }
 
     /// Loads the entries of this subtask's key groups from every old subtask's snapshot, so
@@ -744,16 +748,18 @@ impl Output<Value> for ExprReduce {
     fn signal(&mut self, signal: Signal) -> Result<(), TaskError> {
         self.handler.flush()?;
         if let (Signal::EndOfInput, Some((c, uid, subtask))) = (signal, self.checkpoints.clone()) {
-            let bytes = self.snapshot();
-            c.register_final(&uid, subtask, bytes);
+            let mut file = self.state_file(&uid, subtask);
+            self.encode_state(&mut file);
+            c.register_final_file(&uid, subtask, file);
         }
         if let (Signal::Barrier(b), Some((c, uid, subtask))) = (signal, self.checkpoints.clone()) {
             // Processing pauses while the state is encoded (into its state file's envelope,
             // so it is not copied again); the write happens on another thread and the
             // checkpoint completes when it is done.
             let started = std::time::Instant::now();
-            let mut file = crate::runtime::checkpoint::format::envelope(&uid, subtask, 0);
+            let mut file = self.state_file(&uid, subtask);
             self.encode_state(&mut file);
+            self.last_snapshot = file.len();
             let paused = started.elapsed();
             c.begin_write(b.id);
             let keys = self.state.len();

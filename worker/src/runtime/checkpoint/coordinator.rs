@@ -90,7 +90,8 @@ struct Acks {
     started_ms: HashMap<u64, u64>,
     /// Final snapshots of finished sources, part of every later checkpoint: a restore must
     /// not read a finished source again.
-    final_states: Vec<(String, u32, Arc<[u8]>)>,
+    /// Whole state files (envelope included), shared with the completion thread.
+    final_states: Vec<(String, u32, Arc<Vec<u8>>)>,
     /// State files written so far, per checkpoint.
     handles: HashMap<u64, Vec<StateHandle>>,
     /// Snapshots still being written, per checkpoint.
@@ -663,22 +664,29 @@ impl Coordinator {
     }
 
     /// Final snapshot of an operator whose input ended: part of every later checkpoint.
-    pub fn register_final(&self, uid: &str, subtask: u32, bytes: Vec<u8>) {
-        let mut bytes = Some(bytes);
-        if self
-            .forward(|| Report::Final(uid.to_string(), subtask, bytes.take().unwrap_or_default()))
-            .unwrap_or(true)
-        {
+    pub fn register_final(&self, uid: &str, subtask: u32, payload: Vec<u8>) {
+        if self.is_leader() {
+            self.register_final_file(uid, subtask, format::wrap(uid, subtask, &payload));
+        } else {
+            let _ = self.forward(|| Report::Final(uid.to_string(), subtask, payload));
+        }
+    }
+
+    /// Like [`Coordinator::register_final`] for a file already in its envelope, so a large
+    /// state is held once.
+    pub fn register_final_file(&self, uid: &str, subtask: u32, file: Vec<u8>) {
+        if !self.is_leader() {
+            // The leader wraps what followers send.
+            if let Ok(payload) = format::unwrap(file, uid, subtask) {
+                let _ = self.forward(|| Report::Final(uid.to_string(), subtask, payload));
+            }
             return;
         }
         let mut s = self.state.lock().unwrap();
         s.final_states
             .retain(|(u, t, _)| !(u == uid && *t == subtask));
-        s.final_states.push((
-            uid.to_string(),
-            subtask,
-            Arc::from(bytes.unwrap_or_default()),
-        ));
+        s.final_states
+            .push((uid.to_string(), subtask, Arc::new(file)));
     }
 
     /// Checkpoint `id` can never complete: it counts against the tolerated failures, its
@@ -793,7 +801,12 @@ impl Coordinator {
             acked,
             stand_ins,
             handles: s.handles.remove(&id).unwrap_or_default(),
-            finals: s.final_states.clone(),
+            // The final checkpoint is the last to include them: it takes them, so each is
+            // written without another copy.
+            finals: match id == s.final_id {
+                true => std::mem::take(&mut s.final_states),
+                false => s.final_states.clone(),
+            },
             started: s.started_ms.get(&id).copied().unwrap_or_else(now_ms),
             savepoint: s.savepoints.remove(&id),
         };
@@ -806,7 +819,7 @@ impl Coordinator {
 
     fn run_completion(self: Arc<Self>, job: Completion) {
         let id = job.id;
-        let written = self.write_completion(&job);
+        let written = self.write_completion(job);
         let mut s = self.state.lock().unwrap();
         match written {
             Ok((meta, savepoint)) => {
@@ -858,24 +871,24 @@ impl Coordinator {
     }
 
     /// Writes what completes a checkpoint; `_metadata` last, so its presence means complete.
-    fn write_completion(&self, job: &Completion) -> std::io::Result<(Metadata, Option<String>)> {
+    fn write_completion(&self, job: Completion) -> std::io::Result<(Metadata, Option<String>)> {
         let id = job.id;
         let dir = chk_dir(&self.dir, id);
         let mut handles = job.handles.clone();
-        for (uid, subtask, bytes) in &job.finals {
+        for (uid, subtask, file) in job.finals {
             // A source that took this checkpoint itself and finished later keeps its own
             // snapshot: what it emitted after the barrier is not in this checkpoint.
             if handles
                 .iter()
-                .any(|h| &h.operator == uid && h.subtask == *subtask)
+                .any(|h| h.operator == uid && h.subtask == subtask)
             {
                 continue;
             }
-            let file = format::wrap(uid, *subtask, bytes);
+            let file = Arc::try_unwrap(file).unwrap_or_else(|shared| (*shared).clone());
             let handle = StateHandle {
-                operator: uid.clone(),
-                subtask: *subtask,
-                file: state_file_name(uid, *subtask),
+                file: state_file_name(&uid, subtask),
+                operator: uid,
+                subtask,
                 length: file.len() as u64,
                 xxh3: format::checksum(&file),
             };
@@ -926,7 +939,7 @@ struct Completion {
     acked: usize,
     stand_ins: usize,
     handles: Vec<StateHandle>,
-    finals: Vec<(String, u32, Arc<[u8]>)>,
+    finals: Vec<(String, u32, Arc<Vec<u8>>)>,
     started: u64,
     savepoint: Option<SavepointRequest>,
 }
