@@ -56,7 +56,7 @@ pub struct LogicalNode {
     pub operator: String,
     /// Display name (defaults to the operator).
     pub name: String,
-    /// Stable id used to match state on restore; defaults to one derived from the position.
+    /// Stable id used to match state on restore; see [`LogicalGraph::uids`] for the default.
     pub uid: Option<String>,
     /// Parallelism set on this operator; `None` uses the job default.
     pub parallelism: Option<u32>,
@@ -204,6 +204,37 @@ pub struct PhysicalPlan {
 }
 
 impl LogicalGraph {
+    /// The uid of every operator, by node id: the one set on it, else its name when no other
+    /// operator has that name (a spec's step names are unique, so a step's uid is its name),
+    /// else `<id>-<operator>` as before names were used. A name-derived uid survives inserting
+    /// or removing other operators; renaming a step changes it, and a restore then names the
+    /// state it cannot place. Two operators ending up with one uid (a name that is another
+    /// operator's explicit uid) is an error naming both.
+    pub fn uids(&self) -> Result<Vec<String>, PlanError> {
+        let mut names: std::collections::HashMap<&str, usize> = Default::default();
+        for node in &self.nodes {
+            *names.entry(node.name.as_str()).or_default() += 1;
+        }
+        let mut owner: std::collections::HashMap<String, &str> = Default::default();
+        let mut out = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            let uid = match &node.uid {
+                Some(uid) => uid.clone(),
+                None if names[node.name.as_str()] == 1 => node.name.clone(),
+                None => format!("{}-{}", node.id, node.operator),
+            };
+            if let Some(first) = owner.insert(uid.clone(), &node.name) {
+                return Err(PlanError::DuplicateUid {
+                    uid,
+                    first: first.to_string(),
+                    second: node.name.clone(),
+                });
+            }
+            out.push(uid);
+        }
+        Ok(out)
+    }
+
     /// Plans the graph: resolves parallelism, turns forward edges between different
     /// parallelisms into rebalance (as Flink does) and chains operators.
     ///
@@ -246,7 +277,7 @@ impl LogicalGraph {
         }
 
         let mut parallelism = Vec::with_capacity(n);
-        let mut uids: std::collections::HashMap<&str, &str> = Default::default();
+        let uids = self.uids()?;
         for node in &self.nodes {
             match node.kind {
                 NodeKind::Source if !inputs[node.id].is_empty() => {
@@ -265,15 +296,6 @@ impl LogicalGraph {
                     });
                 }
                 _ => {}
-            }
-            if let Some(uid) = &node.uid
-                && let Some(first) = uids.insert(uid, &node.name)
-            {
-                return Err(PlanError::DuplicateUid {
-                    uid: uid.clone(),
-                    first: first.to_string(),
-                    second: node.name.clone(),
-                });
             }
             let p = match (node.parallelism, node.max_parallelism) {
                 (Some(0), _) => {
@@ -376,10 +398,7 @@ impl LogicalGraph {
                 kind: node.kind,
                 operator: node.operator.clone(),
                 name: node.name.clone(),
-                uid: node
-                    .uid
-                    .clone()
-                    .unwrap_or_else(|| format!("{}-{}", node.id, node.operator)),
+                uid: uids[node.id].clone(),
                 parallelism: parallelism[node.id],
                 chain: chain_of[node.id],
             })
@@ -731,6 +750,52 @@ mod tests {
                 assert!(plan.assignment(workers - 1, slots).is_err());
             }
         }
+    }
+
+    #[test]
+    fn a_uid_defaults_to_the_unique_name_and_an_explicit_uid_wins() {
+        let mut g = G::new(1);
+        let s = g.node(Source, "source", None, &[]);
+        let f = g.node(Transform, "filter", None, &[(s, Forward)]);
+        let r = g.node(Transform, "reduce", None, &[(f, Hash)]);
+        let k = g.node(Sink, "print", None, &[(r, Forward)]);
+        g.0.nodes[r].name = "counts".into();
+        g.0.nodes[k].uid = Some("out-v1".into());
+        let uids = |g: &G| -> Vec<String> {
+            g.0.plan()
+                .unwrap()
+                .nodes
+                .into_iter()
+                .map(|n| n.uid)
+                .collect()
+        };
+        assert_eq!(uids(&g), ["source0", "filter1", "counts", "out-v1"]);
+        // Inserting an operator moves positions but not name-derived uids.
+        g.0.nodes.remove(f);
+        g.0.edges.clear();
+        for (i, n) in g.0.nodes.iter_mut().enumerate() {
+            n.id = i;
+        }
+        g.0.edges.push(LogicalEdge {
+            from: 0,
+            to: 1,
+            partitioning: Hash,
+        });
+        g.0.edges.push(LogicalEdge {
+            from: 1,
+            to: 2,
+            partitioning: Forward,
+        });
+        assert_eq!(uids(&g), ["source0", "counts", "out-v1"]);
+        // Names shared by several operators (the Rust API's defaults) fall back to the position.
+        g.0.nodes[0].name = "counts".into();
+        assert_eq!(uids(&g), ["0-source", "1-reduce", "out-v1"]);
+        // A name that is another operator's uid is a clash, named.
+        g.0.nodes[0].name = "out-v1".into();
+        assert_eq!(
+            g.0.plan().unwrap_err().to_string(),
+            "operators 'out-v1' and 'print3' share the uid 'out-v1'"
+        );
     }
 
     #[test]

@@ -85,10 +85,26 @@ pub fn build_job(
             local(&c.directory),
             c.retained as usize,
         );
+        // Each source's input, by uid: a restore with another input is refused. Uids that
+        // cannot be derived fail planning later with a clearer error.
+        let uids = graph.graph.uids().unwrap_or_default();
+        let sources = graph
+            .graph
+            .nodes
+            .iter()
+            .zip(&uids)
+            .filter_map(
+                |(node, uid)| match &validated.step(graph.step_of(node.id)).op {
+                    StepOp::Source(src) => Some((uid.clone(), source_identity(src, base_dir))),
+                    _ => None,
+                },
+            )
+            .collect();
         env.configure_checkpointing(|config| {
             config.savepoint_dir = c.savepoint_directory.as_deref().map(local);
             config.restore_from = spec.initial_savepoint_path.as_deref().map(local);
             config.allow_non_restored_state = spec.allow_non_restored_state;
+            config.sources = sources;
         });
     }
     let run = SpecRun::default();
@@ -182,19 +198,24 @@ fn node_runtime(
         StepOp::Filter(p) => expr_op(Kind::Filter, p),
         StepOp::FlatMap(p) => expr_op(Kind::FlatMap, p),
         StepOp::Reduce(p) => {
-            let key = graph
-                .key_by_of(node)
+            let key_step = graph.key_by_of(node);
+            let key = key_step
                 .and_then(|k| validated.key_program(k))
                 .ok_or_else(|| SpecError::Unsupported {
                     path: format!("{path}.reduce"),
                     message: "reduce needs a keyBy step as its input".into(),
                 })?
                 .clone();
+            let key_step: Arc<str> = key_step.map_or("keyBy".into(), |k| {
+                Arc::from(validated.step(k).name.as_str())
+            });
             let p = p.clone();
             let policy = policy.clone();
             NodeRuntime::Transform(Arc::new(move |next: AnyBox, ctx: &SubtaskContext| {
                 let mut op = ExprReduce {
                     key: key.clone(),
+                    key_step: key_step.clone(),
+                    last_snapshot: 0,
                     program: p.clone(),
                     state: HashMapValueState::new(ctx.key_groups),
                     max_parallelism: ctx.max_parallelism,
@@ -314,6 +335,32 @@ fn source_runtime(
         unreachable!("validated: a source sets exactly one kind")
     };
     Ok(source_runtime_of(source))
+}
+
+/// The settings that decide what a source's checkpointed position refers to: which file,
+/// topics on which cluster, which address, which values. Other settings (retries, offsets
+/// used only on a fresh start, consumer properties) may change across a restore.
+fn source_identity(src: &SourceSpec, base_dir: &Path) -> serde_json::Value {
+    use serde_json::json;
+    if let Some(f) = &src.file {
+        json!({"file": {"path": resolve(base_dir, &f.path).display().to_string()}})
+    } else if let Some(k) = &src.kafka {
+        let mut servers: Vec<&str> = k.bootstrap_servers.split(',').map(str::trim).collect();
+        servers.sort_unstable();
+        let mut topics: Vec<&str> = k.topics.iter().map(String::as_str).collect();
+        topics.sort_unstable();
+        json!({"kafka": {"bootstrapServers": servers.join(","), "topics": topics.join(",")}})
+    } else if let Some(s) = &src.socket {
+        json!({"socket": {"host": s.host, "port": s.port}})
+    } else if let Some(c) = &src.collection {
+        let bytes = serde_json::to_vec(&c.values).unwrap_or_default();
+        json!({"collection": {
+            "values": c.values.len(),
+            "xxh3": format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes)),
+        }})
+    } else {
+        serde_json::Value::Null
+    }
 }
 
 fn sink_for(
@@ -619,6 +666,10 @@ impl Output<Value> for ExprOp {
 /// first record of a key becomes its accumulator. Every new accumulator is emitted.
 struct ExprReduce {
     key: Program,
+    /// Name of the keyBy step, for errors about its keys.
+    key_step: Arc<str>,
+    /// Bytes of the last snapshot, to size the next one's buffer.
+    last_snapshot: usize,
     program: Program,
     state: HashMapValueState<Value, Option<Value>>,
     max_parallelism: u32,
@@ -628,47 +679,48 @@ struct ExprReduce {
     checkpoints: Option<(Arc<Coordinator>, Arc<str>, u32)>,
 }
 
-/// Keyed state as `(key group, key, accumulator)` entries, key group by key group.
-fn encode_entries(entries: &[(u32, Value, Value)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(entries.len() * 24);
-    for (g, k, v) in entries {
-        put_varint(&mut out, u64::from(*g));
-        k.encode(&mut out);
-        v.encode(&mut out);
-    }
-    out
-}
-
 impl ExprReduce {
-    /// A copy of the keyed state (values share their payloads: clones are cheap).
-    fn entries(&mut self) -> Vec<(u32, Value, Value)> {
-        let mut out = Vec::with_capacity(self.state.len());
+    /// Appends the keyed state as `(key group, key, accumulator)` entries, key group by key
+    /// group, to `out`. Encoding straight from the table keeps one compact copy of the state
+    /// while it is written, not a second table of cloned entries.
+    fn encode_state(&self, out: &mut Vec<u8>) {
         for g in self.state.key_groups().as_range() {
             self.state
                 .for_each_in_group(g, &mut |k: &Value, v: &Option<Value>| {
-                    out.push((
-                        g,
-                        k.clone(),
-                        v.clone().expect("reduce state slot is filled"),
-                    ));
+                    put_varint(out, u64::from(g));
+                    k.encode(out);
+                    v.as_ref().expect("reduce state slot is filled").encode(out);
                 });
         }
-        out
     }
 
-    fn snapshot(&mut self) -> Vec<u8> {
-        encode_entries(&self.entries())
+    /// An empty state file for this subtask with room for the whole state: growing the
+    /// buffer while encoding would hold the old and the new buffer at once.
+    fn state_file(&self, uid: &str, subtask: u32) -> Vec<u8> {
+        let want = (self.last_snapshot + self.last_snapshot / 4).max(self.state.len() * 24);
+        crate::runtime::checkpoint::format::envelope(uid, subtask, want)
     }
 
     /// Loads the entries of this subtask's key groups from every old subtask's snapshot, so
     /// a restore may use another parallelism.
     fn restore(&mut self, snapshots: &[(u32, Vec<u8>)]) -> Result<(), String> {
-        for (_, snap) in snapshots {
+        for (subtask, snap) in snapshots {
             let mut input = snap.as_slice();
             while !input.is_empty() {
-                let g = get_varint(&mut input).map_err(|e| e.to_string())? as u32;
-                let key = Value::decode(&mut input).map_err(|e| e.to_string())?;
-                let acc = Value::decode(&mut input).map_err(|e| e.to_string())?;
+                // The file passed its checksum: an entry that does not decode was written by
+                // a build with another state encoding.
+                let at = snap.len() - input.len();
+                let bad = |e: crate::net::codec::DecodeError| {
+                    let e = e.to_string();
+                    let why = e.trim_start_matches("malformed batch from peer: ");
+                    format!(
+                        "the state of subtask {subtask} does not decode at byte {at} ({why}): \
+                         it was written by a streamjob build with another state encoding"
+                    )
+                };
+                let g = get_varint(&mut input).map_err(bad)? as u32;
+                let key = Value::decode(&mut input).map_err(bad)?;
+                let acc = Value::decode(&mut input).map_err(bad)?;
                 if self.state.key_groups().contains(g) {
                     let hash = key.stable_hash();
                     self.state.put(g, hash, key, Some(acc));
@@ -686,6 +738,18 @@ impl Output<Value> for ExprReduce {
             Ok(k) => k,
             Err(e) => return self.handler.failed(&item, e),
         };
+        // The static check admits an expression whose type it cannot know (`parseJson`);
+        // grouping by a list, map, null or double would be grouping by something no key
+        // type means, so such a record follows the onError policy.
+        if !matches!(&*key, Value::String(_) | Value::Int(_) | Value::UInt(_)) {
+            let message = format!(
+                "keyBy step '{}' returned a {} ({}); a key must be a string, int or uint",
+                self.key_step,
+                key.value_type().name(),
+                key
+            );
+            return self.handler.failed(&item, EvalError { message });
+        }
         let hash = key.stable_hash();
         let group = key_group_of_hash(hash, self.max_parallelism);
         match self.state.get_mut(group, hash, &key) {
@@ -708,21 +772,25 @@ impl Output<Value> for ExprReduce {
     fn signal(&mut self, signal: Signal) -> Result<(), TaskError> {
         self.handler.flush()?;
         if let (Signal::EndOfInput, Some((c, uid, subtask))) = (signal, self.checkpoints.clone()) {
-            let bytes = self.snapshot();
-            c.register_final(&uid, subtask, bytes);
+            let mut file = self.state_file(&uid, subtask);
+            self.encode_state(&mut file);
+            c.register_final_file(&uid, subtask, file);
         }
         if let (Signal::Barrier(b), Some((c, uid, subtask))) = (signal, self.checkpoints.clone()) {
-            // Processing pauses only to copy the entries (cheap clones); encoding and writing
-            // happen on another thread, and the checkpoint completes when the write is done.
+            // Processing pauses while the state is encoded (into its state file's envelope,
+            // so it is not copied again); the write happens on another thread and the
+            // checkpoint completes when it is done.
             let started = std::time::Instant::now();
-            let entries = self.entries();
+            let mut file = self.state_file(&uid, subtask);
+            self.encode_state(&mut file);
+            self.last_snapshot = file.len();
             let paused = started.elapsed();
             c.begin_write(b.id);
-            let keys = entries.len();
+            let keys = self.state.len();
             std::thread::spawn(move || {
-                let bytes = encode_entries(&entries);
-                let written = c.write_state(b.id, &uid, subtask, &bytes);
-                tracing::debug!(checkpoint = b.id, keys, bytes = bytes.len(), ?paused, took = ?started.elapsed(), "reduce state snapshot");
+                let bytes = file.len();
+                let written = c.write_file(b.id, &uid, subtask, file);
+                tracing::debug!(checkpoint = b.id, keys, bytes, ?paused, took = ?started.elapsed(), "reduce state snapshot");
                 let _ = c.end_write(b.id, written);
             });
         }

@@ -327,3 +327,38 @@ fn cli_runs_the_readme_job_and_rejects_invalid_specs_with_paths() {
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(plan["chains"].as_array().unwrap().len(), 2);
 }
+
+/// A keyBy whose value has a type no key may have (only known at run time, as with
+/// `parseJson`) follows onError naming the keyBy step and the record; it is not grouped.
+#[test]
+fn a_key_of_a_wrong_type_at_run_time_follows_on_error() {
+    let steps = r#"    - name: parse
+      map:
+        expr: parseJson(value)
+    - name: by
+      keyBy:
+        expr: value.k
+    - name: counts
+      reduce:
+        expr: acc
+"#;
+    let values = r#"['{"k": "a"}', '{"k": [1]}', '{"k": {"x": 1}}', '{"k": null}', '{"k": 1.5}', '{"k": 7}']"#;
+    let (mut lines, letters) = dead_letter_job("keytype", values, steps);
+    lines.sort();
+    assert_eq!(lines, [r#"{"k":"a"}"#, r#"{"k":7}"#]);
+    let expected: Vec<(String, String)> = [
+        ("list", "[1]"),
+        ("map", r#"{"x":1}"#),
+        ("null", "null"),
+        ("double", "1.5"),
+    ]
+    .iter()
+    .map(|(t, v)| {
+        (
+            "counts".to_string(),
+            format!("keyBy step 'by' returned a {t} ({v}); a key must be a string, int or uint"),
+        )
+    })
+    .collect();
+    assert_eq!(letters, expected);
+}

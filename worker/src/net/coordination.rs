@@ -23,9 +23,10 @@ use crate::net::coordination_proto::coordination_client::CoordinationClient;
 use crate::net::coordination_proto::coordination_server::{Coordination, CoordinationServer};
 use crate::net::coordination_proto::{
     EndWrite, FinalState, Finished, FollowRequest, JoinReply, JoinRequest, Progress as Wire,
-    ReportReply, ReportRequest, report_request,
+    ReportReply, ReportRequest, Written, report_request,
 };
 use crate::net::exchange::{Failures, check_token};
+use crate::runtime::checkpoint::format::StateHandle;
 use crate::runtime::checkpoint::{Coordinator, Progress, Report, Restored, SnapshotInfo};
 
 /// How long a savepoint may take before the control call gives up waiting.
@@ -39,6 +40,11 @@ fn to_wire(p: &Progress) -> Wire {
         failed: p.failed.iter().map(|(id, _)| *id).collect(),
         failed_causes: p.failed.iter().map(|(_, c)| c.clone()).collect(),
         final_checkpoint: p.final_checkpoint,
+        final_failure: p
+            .final_failure
+            .as_ref()
+            .map_or(String::new(), |f| f.0.clone()),
+        final_failure_fatal: p.final_failure.as_ref().is_some_and(|f| f.1),
     }
 }
 
@@ -49,6 +55,8 @@ fn from_wire(w: Wire) -> Progress {
         stop_at: w.stop_at,
         failed: w.failed.into_iter().zip(w.failed_causes).collect(),
         final_checkpoint: w.final_checkpoint,
+        final_failure: (!w.final_failure.is_empty())
+            .then_some((w.final_failure, w.final_failure_fatal)),
         ..Progress::default()
     }
 }
@@ -74,6 +82,14 @@ fn report_to_wire(r: Report) -> report_request::Kind {
             state,
         }),
         Report::BeginWrite(id) => Kind::BeginWrite(id),
+        Report::Written(id, h) => Kind::Written(Written {
+            id,
+            uid: h.operator,
+            subtask: h.subtask,
+            file: h.file,
+            length: h.length,
+            xxh3: h.xxh3,
+        }),
         Report::EndWrite(id, error) => Kind::EndWrite(EndWrite {
             id,
             error: error.unwrap_or_default(),
@@ -92,6 +108,16 @@ fn report_from_wire(k: report_request::Kind) -> Report {
         Kind::FinalState(s) => Report::Final(s.uid, s.subtask, s.state),
         Kind::BeginWrite(id) => Report::BeginWrite(id),
         Kind::EndWrite(e) => Report::EndWrite(e.id, (!e.error.is_empty()).then_some(e.error)),
+        Kind::Written(w) => Report::Written(
+            w.id,
+            StateHandle {
+                operator: w.uid,
+                subtask: w.subtask,
+                file: w.file,
+                length: w.length,
+                xxh3: w.xxh3,
+            },
+        ),
     }
 }
 
@@ -178,7 +204,7 @@ impl Coordination for LeaderService {
         // Once a job has no data channels left open (its tasks wait for the final
         // checkpoint), this stream is the only sign of a lost follower.
         let lost = move || {
-            if coordinator.final_checkpoint_id() == 0 && !failures.cancel.is_set() {
+            if !coordinator.final_settled() && !failures.cancel.is_set() {
                 failures.fail(format!(
                     "lost worker {worker}: its checkpoint coordination stream closed"
                 ));

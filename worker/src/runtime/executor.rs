@@ -36,9 +36,8 @@ pub(crate) fn run_local(
     let cancel = CancelFlag::default();
     let coordinator = match &graph.checkpointing {
         Some(config) => {
-            let tasks = plan.chains.iter().map(|c| c.parallelism as usize).sum();
-            let uids: Vec<&str> = plan.nodes.iter().map(|n| n.uid.as_str()).collect();
-            Some(Arc::new(Coordinator::new(config, tasks, &uids).map_err(
+            let shape = crate::runtime::checkpoint::JobShape::of(&plan);
+            Some(Arc::new(Coordinator::for_job(config, &shape).map_err(
                 |e| JobError::Setup {
                     operator: "checkpoints".into(),
                     message: format!("cannot restore or checkpoint: {e}"),
@@ -133,9 +132,9 @@ pub(crate) fn run_distributed(
                 message: e,
             };
             if cluster.index == 0 {
-                let uids: Vec<&str> = plan.nodes.iter().map(|n| n.uid.as_str()).collect();
+                let shape = crate::runtime::checkpoint::JobShape::of(&plan);
                 let c = Arc::new(
-                    Coordinator::new(config, tasks, &uids)
+                    Coordinator::for_job(config, &shape)
                         .map_err(|e| chk_error(format!("cannot restore or checkpoint: {e}")))?,
                 );
                 let epoch = crate::runtime::checkpoint::now_ms();
@@ -457,13 +456,10 @@ fn spawn_trigger(
     std::thread::Builder::new()
         .name("checkpoints".into())
         .spawn(move || {
-            let mut next = Instant::now() + interval;
+            // The coordinator decides when (interval, minimum pause, timeout).
             while !stop.load(Ordering::Acquire) && !cancel.is_set() {
                 std::thread::sleep(Duration::from_millis(5).min(interval));
-                if Instant::now() >= next {
-                    c.trigger();
-                    next = Instant::now() + interval;
-                }
+                c.tick();
             }
         })
         .expect("spawn checkpoint thread")

@@ -10,7 +10,7 @@ use tracing::debug;
 use crate::api::functions::{Collector, SourceReader, SourceStatus};
 use crate::error::{TaskError, panic_message};
 use crate::runtime::channel::{Endpoint, InputGate, cancelled};
-use crate::runtime::checkpoint::Coordinator;
+use crate::runtime::checkpoint::{Coordinator, FinalOutcome};
 use crate::runtime::context::{CANCEL_POLL, SubtaskContext};
 use crate::runtime::message::{CheckpointBarrier, FINAL_CHECKPOINT, Message, Signal};
 use crate::runtime::output::Output;
@@ -62,6 +62,9 @@ fn announce_complete<T>(
     head: &mut dyn Output<T>,
 ) -> Result<Option<u64>, TaskError> {
     let Some(c) = cursor else { return Ok(None) };
+    if let Some(e) = c.coordinator.fatal() {
+        return Err(TaskError::user("checkpoints", 0, e));
+    }
     let done = c.coordinator.completed();
     if done > c.complete {
         c.complete = done;
@@ -112,13 +115,13 @@ fn task_finished<T>(
     c.coordinator
         .task_finished(c.barrier, final_state.map(|b| (&*ctx.uid, ctx.subtask, b)))
         .map_err(|e| io_error(ctx, "cannot complete a checkpoint", e))?;
-    while c.coordinator.final_checkpoint_id() == 0 {
-        if ctx.is_cancelled() {
-            return Err(cancelled(&endpoint(ctx)));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(2));
+    match c.coordinator.await_final(|| ctx.is_cancelled()) {
+        FinalOutcome::Complete => head.signal(Signal::CheckpointComplete(FINAL_CHECKPOINT))?,
+        // Logged once by the coordinator; nothing the sinks wrote depends on it.
+        FinalOutcome::Skipped => {}
+        FinalOutcome::Failed(e) => return Err(io_error(ctx, "final checkpoint", e)),
+        FinalOutcome::Cancelled => return Err(cancelled(&endpoint(ctx))),
     }
-    head.signal(Signal::CheckpointComplete(FINAL_CHECKPOINT))?;
     head.flush()
 }
 

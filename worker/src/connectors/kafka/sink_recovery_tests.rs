@@ -85,7 +85,9 @@ fn ctx(subtask: u32, parallelism: u32, restoring: bool) -> SubtaskContext {
     let dir = std::env::temp_dir().join(unique("sj-sink-chk"));
     if restoring {
         std::fs::create_dir_all(dir.join("chk-1")).unwrap();
-        std::fs::write(dir.join("chk-1/_metadata"), "{}").unwrap();
+        // An (empty) complete checkpoint in the current metadata format.
+        let meta = r#"{"format": 2, "id": 1, "maxParallelism": 128}"#;
+        std::fs::write(dir.join("chk-1/_metadata"), meta).unwrap();
     }
     let config = CheckpointConfig::new(Duration::from_secs(1), dir.display().to_string(), 2);
     SubtaskContext {
