@@ -5,12 +5,14 @@ use std::borrow::{Borrow, Cow};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
-use streamjob_crds::StableKey;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use streamjob_crds::keygroup::key_group_of_hash;
 
 use crate::api::functions::{Collector, Sink, SinkWriter};
+use crate::codec::key_hash::stable_hash;
+use crate::codec::state::{KeyedStateWriter, StateError, read_keyed_state};
 use crate::error::{BoxError, JobError, TaskError, panic_message};
-use crate::net::codec::{Wire, get_varint, put_varint};
 use crate::runtime::checkpoint::Coordinator;
 use crate::runtime::context::SubtaskContext;
 use crate::runtime::message::{FINAL_CHECKPOINT, Signal};
@@ -138,14 +140,11 @@ pub(crate) struct Reduce<T, K: ?Sized + ToOwned, F> {
     pub next: Box<dyn Output<T>>,
     pub id: OpId,
     /// With checkpointing: how the state is written and where.
-    pub checkpoint: Option<ReduceCheckpoint<T, K::Owned>>,
+    pub checkpoint: Option<ReduceCheckpoint>,
 }
 
-/// Checkpointing of a Rust-API reduce: codecs for its keys and records (the built-in types
-/// the exchange also carries) and where its snapshots go.
-pub(crate) struct ReduceCheckpoint<T, KO> {
-    pub keys: Wire<KO>,
-    pub values: Wire<T>,
+/// Where the snapshots of a Rust-API reduce go.
+pub(crate) struct ReduceCheckpoint {
     pub coordinator: Arc<Coordinator>,
     pub uid: Arc<str>,
     pub subtask: u32,
@@ -153,61 +152,55 @@ pub(crate) struct ReduceCheckpoint<T, KO> {
 
 impl<T, K, F> Reduce<T, K, F>
 where
-    T: Clone + Send,
-    K: ?Sized + ToOwned + Eq + StableKey + Send + Sync,
-    K::Owned: Borrow<K> + Send,
+    T: Clone + Send + Serialize + DeserializeOwned,
+    K: ?Sized + ToOwned + Eq + Serialize + Send + Sync,
+    K::Owned: Borrow<K> + Serialize + DeserializeOwned + Send,
 {
-    /// The state as `[varint n][n key groups][varint len][keys batch][values batch]`. Taken
-    /// at the barrier, synchronously: the task pauses for the copy and the encoding.
-    fn snapshot(&self, cp: &ReduceCheckpoint<T, K::Owned>) -> Vec<u8> {
-        let (mut groups, mut keys, mut values) = (Vec::new(), Vec::new(), Vec::new());
+    /// The state in the keyed-state format (`codec::state`). Taken at the barrier,
+    /// synchronously: the task pauses for the encoding.
+    fn snapshot(&self) -> Result<Vec<u8>, StateError> {
+        let mut w = KeyedStateWriter::new();
         for g in self.state.key_groups().as_range() {
-            self.state.for_each_in_group(g, &mut |k, v| {
-                groups.push(g);
-                keys.push(k.borrow().to_owned());
-                values.push(v.clone().expect("reduce state slot is filled"));
-            });
+            for (k, v) in self.state.iter_group(g) {
+                let v = v.as_ref().expect("reduce state slot is filled");
+                w.push(g, k.borrow(), v)?;
+            }
         }
-        let mut out = Vec::new();
-        put_varint(&mut out, groups.len() as u64);
-        for g in groups {
-            put_varint(&mut out, u64::from(g));
-        }
-        let mut batch = Vec::new();
-        (cp.keys.encode)(&keys, &mut batch);
-        put_varint(&mut out, batch.len() as u64);
-        out.extend_from_slice(&batch);
-        (cp.values.encode)(&values, &mut out);
-        out
+        Ok(w.finish())
     }
 
     /// Loads this subtask's key groups from every old subtask's snapshot (any parallelism).
     pub fn restore(&mut self, snapshots: &[(u32, Vec<u8>)]) -> Result<(), String> {
-        let Some(cp) = &self.checkpoint else {
+        if self.checkpoint.is_none() {
             return Ok(());
-        };
-        for (_, snap) in snapshots {
-            let mut input = snap.as_slice();
-            let n = get_varint(&mut input).map_err(|e| e.to_string())? as usize;
-            let groups = (0..n)
-                .map(|_| get_varint(&mut input).map(|g| g as u32))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| e.to_string())?;
-            let len = get_varint(&mut input).map_err(|e| e.to_string())? as usize;
-            if len > input.len() {
-                return Err("truncated reduce snapshot".into());
-            }
-            let (key_batch, value_batch) = input.split_at(len);
-            let keys = (cp.keys.decode)(key_batch).map_err(|e| e.to_string())?;
-            let values = (cp.values.decode)(value_batch).map_err(|e| e.to_string())?;
-            if keys.len() != n || values.len() != n {
-                return Err("reduce snapshot with mismatched entry counts".into());
-            }
-            for ((g, key), value) in groups.into_iter().zip(keys).zip(values) {
-                if self.state.key_groups().contains(g) {
-                    let hash = key.borrow().stable_hash();
-                    self.state.put(g, hash, key, Some(value));
-                }
+        }
+        let range = self.state.key_groups();
+        let max = self.max_parallelism;
+        for (subtask, snap) in snapshots {
+            // A key must land in the group it was saved under: if it does not, the state was
+            // written with another key hash and every lookup would miss.
+            let mut misplaced = None;
+            let state = &mut self.state;
+            read_keyed_state(
+                snap,
+                |g| range.contains(g),
+                |g, key: K::Owned, value: T| {
+                    let hash = stable_hash(key.borrow());
+                    let home = key_group_of_hash(hash, max);
+                    if home != g {
+                        misplaced.get_or_insert((g, home));
+                        return;
+                    }
+                    state.put(g, hash, key, Some(value));
+                },
+            )
+            .map_err(|e| format!("state of old subtask {subtask}: {e}"))?;
+            if let Some((g, home)) = misplaced {
+                return Err(format!(
+                    "state of old subtask {subtask} has a key saved in key group {g} that \
+                     hashes to key group {home} here: it was written with another key hash \
+                     or max parallelism"
+                ));
             }
         }
         Ok(())
@@ -216,15 +209,15 @@ where
 
 impl<T, K, F> Output<T> for Reduce<T, K, F>
 where
-    T: Clone + Send,
-    K: ?Sized + ToOwned + Eq + StableKey + Send + Sync,
-    K::Owned: Borrow<K> + Send,
+    T: Clone + Send + Serialize + DeserializeOwned,
+    K: ?Sized + ToOwned + Eq + Serialize + Send + Sync,
+    K::Owned: Borrow<K> + Serialize + DeserializeOwned + Send,
     F: Fn(T, T) -> T + Send + Sync,
 {
     #[inline]
     fn emit(&mut self, item: T) -> Result<(), TaskError> {
         let key = self.id.guard(|| (self.key)(&item))?;
-        let hash = key.stable_hash();
+        let hash = stable_hash(&*key);
         let group = key_group_of_hash(hash, self.max_parallelism);
         if !self.state.key_groups().contains(group) {
             return Err(self.id.fail(format!(
@@ -252,7 +245,12 @@ where
         if let Some(cp) = &self.checkpoint {
             match signal {
                 Signal::Barrier(b) => {
-                    let bytes = self.snapshot(cp);
+                    let bytes = self.snapshot().map_err(|e| {
+                        self.id.fail(format!(
+                            "cannot snapshot state for checkpoint {}: {e}",
+                            b.id
+                        ))
+                    })?;
                     cp.coordinator
                         .write_state(b.id, &cp.uid, cp.subtask, &bytes)
                         .map_err(|e| {
@@ -262,8 +260,11 @@ where
                 }
                 // What a run started later from the final checkpoint restores.
                 Signal::EndOfInput => {
-                    cp.coordinator
-                        .register_final(&cp.uid, cp.subtask, self.snapshot(cp))
+                    let bytes = self.snapshot().map_err(|e| {
+                        self.id
+                            .fail(format!("cannot snapshot the final state: {e}"))
+                    })?;
+                    cp.coordinator.register_final(&cp.uid, cp.subtask, bytes)
                 }
                 _ => {}
             }

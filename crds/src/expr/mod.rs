@@ -21,6 +21,7 @@
 
 mod small_str;
 mod value;
+mod value_serde;
 
 use std::borrow::Cow;
 use std::cell::RefCell;
