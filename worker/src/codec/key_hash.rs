@@ -348,7 +348,7 @@ mod tests {
         assert_ne!(stable_hash(&Id::Num(1)), stable_hash(&1u64));
         assert_eq!(
             stable_hash(&Id::Pair(1, 2)),
-            (1u32, 1u64, 2u64).stable_hash()
+            (3u32, 1u64, 2u64).stable_hash()
         );
         // More fields than fit on the stack.
         let long: Vec<u64> = (0..20).collect();
