@@ -11,7 +11,7 @@ use streamjob_crds::keygroup::key_group_of_hash;
 
 use crate::api::functions::{Collector, Sink, SinkWriter};
 use crate::codec::key_hash::stable_hash;
-use crate::codec::state::{KeyedStateWriter, StateError, read_keyed_state};
+use crate::codec::state::{KeyedStateWriter, Restore, StateError, read_keyed_state};
 use crate::error::{BoxError, JobError, TaskError, panic_message};
 use crate::runtime::checkpoint::Coordinator;
 use crate::runtime::context::SubtaskContext;
@@ -171,37 +171,17 @@ where
 
     /// Loads this subtask's key groups from every old subtask's snapshot (any parallelism).
     pub fn restore(&mut self, snapshots: &[(u32, Vec<u8>)]) -> Result<(), String> {
-        if self.checkpoint.is_none() {
-            return Ok(());
-        }
-        let range = self.state.key_groups();
-        let max = self.max_parallelism;
+        let restore = Restore {
+            owned: self.state.key_groups(),
+            max_parallelism: self.max_parallelism,
+            hash: |key: &K::Owned| stable_hash(key.borrow()),
+        };
         for (subtask, snap) in snapshots {
-            // A key must land in the group it was saved under: if it does not, the state was
-            // written with another key hash and every lookup would miss.
-            let mut misplaced = None;
             let state = &mut self.state;
-            read_keyed_state(
-                snap,
-                |g| range.contains(g),
-                |g, key: K::Owned, value: T| {
-                    let hash = stable_hash(key.borrow());
-                    let home = key_group_of_hash(hash, max);
-                    if home != g {
-                        misplaced.get_or_insert((g, home));
-                        return;
-                    }
-                    state.put(g, hash, key, Some(value));
-                },
-            )
+            read_keyed_state(snap, &restore, |g, hash, key, value: T| {
+                state.put(g, hash, key, Some(value))
+            })
             .map_err(|e| format!("state of old subtask {subtask}: {e}"))?;
-            if let Some((g, home)) = misplaced {
-                return Err(format!(
-                    "state of old subtask {subtask} has a key saved in key group {g} that \
-                     hashes to key group {home} here: it was written with another key hash \
-                     or max parallelism"
-                ));
-            }
         }
         Ok(())
     }
@@ -355,5 +335,62 @@ impl<T: Send> Output<T> for SinkOp<T> {
     }
     fn flush(&mut self) -> Result<(), TaskError> {
         self.call(|w| w.flush())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::output::Discard;
+    use streamjob_crds::KeyGroupRange;
+
+    fn reduce() -> Reduce<(String, u64), str, fn((String, u64), (String, u64)) -> (String, u64)> {
+        Reduce {
+            key: Arc::new(|r: &(String, u64)| Cow::Borrowed(r.0.as_str())),
+            f: Arc::new(|(w, a), (_, b)| (w, a + b)),
+            state: HashMapValueState::new(KeyGroupRange::for_subtask(0, 1, 16)),
+            max_parallelism: 16,
+            next: Box::new(Discard),
+            id: OpId {
+                name: "count".into(),
+                subtask: 0,
+            },
+            checkpoint: None,
+        }
+    }
+
+    #[test]
+    fn a_snapshot_restores_into_another_instance() {
+        let mut a = reduce();
+        for w in ["x", "y", "x"] {
+            a.emit((w.to_string(), 1)).unwrap();
+        }
+        let mut b = reduce();
+        b.restore(&[(0, a.snapshot().unwrap())]).unwrap();
+        let h = stable_hash("x");
+        let g = key_group_of_hash(h, 16);
+        assert_eq!(
+            b.state.get_mut(g, h, "x").cloned(),
+            Some(Some(("x".into(), 2)))
+        );
+        assert_eq!(b.state.len(), 2);
+    }
+
+    #[test]
+    fn state_of_an_unknown_format_version_is_refused_naming_it() {
+        let mut a = reduce();
+        a.emit(("x".to_string(), 1)).unwrap();
+        let mut snap = a.snapshot().unwrap();
+        snap[4] = 9; // the version byte after the 4-byte header
+        let err = reduce().restore(&[(1, snap)]).unwrap_err();
+        assert!(
+            err.contains("old subtask 1") && err.contains("format version 9 is not supported"),
+            "{err}"
+        );
+        // The unversioned snapshot of earlier releases (count, groups, keys, values).
+        let err = reduce()
+            .restore(&[(0, vec![1, 3, 1, 1, b'x', 1, 1, b'x', 1])])
+            .unwrap_err();
+        assert!(err.contains("header is missing"), "{err}");
     }
 }

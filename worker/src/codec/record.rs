@@ -59,12 +59,10 @@ impl<T: Serialize + DeserializeOwned> Wire<T> {
 
 /// Appends the batch to `out`.
 pub fn encode_batch<T: Serialize>(records: &[T], out: &mut Vec<u8>) -> Result<(), EncodeError> {
-    let buf = std::mem::take(out);
-    *out = postcard::to_extend(records, buf).map_err(|source| EncodeError {
+    super::append(records, out).map_err(|source| EncodeError {
         type_name: std::any::type_name::<T>(),
         source,
-    })?;
-    Ok(())
+    })
 }
 
 pub fn decode_batch<T: DeserializeOwned>(input: &[u8]) -> Result<Vec<T>, DecodeError> {

@@ -9,13 +9,16 @@
 //! varint END, varint chunks          end mark: a cut-off blob is an error, not fewer keys
 //! ```
 //!
-//! The version covers the chunk layout, the entry encoding and the key hash
-//! (`super::key_hash`): a state is only read back into the key groups it was written from,
-//! so a build that hashes keys differently must refuse it, not misplace its keys. A blob
-//! without the header or with another version is an error naming what differs.
+//! The version covers the chunk layout and the entry encoding. A blob without the header or
+//! with another version is an error naming what differs. Keys are read back into the key
+//! groups they were saved under, so the reader also checks that each key still hashes to its
+//! group (with the operator's key hash: `super::key_hash` for the Rust API): state written
+//! with another hash function or max parallelism is refused, never misplaced.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use streamjob_crds::KeyGroupRange;
+use streamjob_crds::keygroup::key_group_of_hash;
 
 /// Version of the keyed-state format this build writes and reads.
 pub const FORMAT_VERSION: u8 = 1;
@@ -41,6 +44,11 @@ pub enum StateError {
         key_group: Option<u32>,
         detail: String,
     },
+    #[error(
+        "a key saved in key group {saved} hashes to key group {hashes_to} here: the state was \
+         written with another key hash or max parallelism"
+    )]
+    Misplaced { saved: u32, hashes_to: u32 },
     #[error("cannot encode keyed state of key group {key_group} ({what}): {source}")]
     Encode {
         key_group: u32,
@@ -98,19 +106,16 @@ impl KeyedStateWriter {
             what: what.to_string(),
             source,
         };
-        let chunk = std::mem::take(&mut self.chunk);
-        let chunk = postcard::to_extend(key, chunk)
+        super::append(key, &mut self.chunk)
             .map_err(|e| encode(&format!("key of type {}", std::any::type_name::<K>()), e))?;
-        self.chunk = postcard::to_extend(value, chunk)
-            .map_err(|e| encode(&format!("value of type {}", std::any::type_name::<V>()), e))?;
-        Ok(())
+        super::append(value, &mut self.chunk)
+            .map_err(|e| encode(&format!("value of type {}", std::any::type_name::<V>()), e))
     }
 
     fn close_chunk(&mut self) {
         if let Some(g) = self.group.take() {
             let header = (g, self.chunk.len() as u64);
-            let out = std::mem::take(&mut self.out);
-            self.out = postcard::to_extend(&header, out).expect("integers always encode");
+            super::append(&header, &mut self.out).expect("integers always encode");
             self.out.append(&mut self.chunk);
             self.chunks += 1;
         }
@@ -118,18 +123,28 @@ impl KeyedStateWriter {
 
     pub fn finish(mut self) -> Vec<u8> {
         self.close_chunk();
-        postcard::to_extend(&(END, self.chunks), self.out).expect("integers always encode")
+        super::append(&(END, self.chunks), &mut self.out).expect("integers always encode");
+        self.out
     }
 }
 
-/// Reads a keyed-state blob: calls `put` for every entry of a key group for which `owned`
-/// is true and returns how many it read. Chunks of other groups are skipped undecoded.
-pub fn read_keyed_state<K, V>(
+/// Which key groups a restoring subtask takes, and how it hashes keys into them.
+pub struct Restore<H> {
+    pub owned: KeyGroupRange,
+    pub max_parallelism: u32,
+    pub hash: H,
+}
+
+/// Reads a keyed-state blob: calls `put(key group, key hash, key, value)` for every entry
+/// of an owned key group and returns how many it read. Chunks of other groups are skipped
+/// undecoded.
+pub fn read_keyed_state<K, V, H>(
     blob: &[u8],
-    owned: impl Fn(u32) -> bool,
-    mut put: impl FnMut(u32, K, V),
+    restore: &Restore<H>,
+    mut put: impl FnMut(u32, u64, K, V),
 ) -> Result<usize, StateError>
 where
+    H: Fn(&K) -> u64,
     K: DeserializeOwned,
     V: DeserializeOwned,
 {
@@ -176,7 +191,7 @@ where
             })?;
         let (mut chunk, rest) = rest.split_at(len);
         input = rest;
-        if !owned(g) {
+        if !restore.owned.contains(g) {
             continue;
         }
         while !chunk.is_empty() {
@@ -193,7 +208,15 @@ where
                 )
             })?;
             chunk = after;
-            put(g, key, value);
+            let hash = (restore.hash)(&key);
+            let home = key_group_of_hash(hash, restore.max_parallelism);
+            if home != g {
+                return Err(StateError::Misplaced {
+                    saved: g,
+                    hashes_to: home,
+                });
+            }
+            put(g, hash, key, value);
             read += 1;
         }
     }
@@ -223,18 +246,30 @@ mod tests {
             pages: (0..n).collect(),
             total: u64::from(n),
         };
-        w.push(3, "a", &v(1)).unwrap();
-        w.push(3, "b", &v(2)).unwrap();
-        w.push(9, "c", &v(3)).unwrap();
+        w.push(3, "3a", &v(1)).unwrap();
+        w.push(3, "3b", &v(2)).unwrap();
+        w.push(9, "9c", &v(3)).unwrap();
         w.finish()
     }
 
-    fn read_all(
-        blob: &[u8],
-        owned: impl Fn(u32) -> bool,
-    ) -> Result<Vec<(u32, String, u64)>, StateError> {
+    /// Keys hash to the group named by their first character's digit ("3a" -> 3).
+    fn group_of(k: &String) -> u64 {
+        u64::from(k.as_bytes()[0] - b'0')
+    }
+
+    fn restore(owned: KeyGroupRange) -> Restore<fn(&String) -> u64> {
+        Restore {
+            owned,
+            max_parallelism: 10,
+            hash: group_of,
+        }
+    }
+
+    const ALL: KeyGroupRange = KeyGroupRange { start: 0, end: 10 };
+
+    fn read_all(blob: &[u8], owned: KeyGroupRange) -> Result<Vec<(u32, String, u64)>, StateError> {
         let mut got = Vec::new();
-        read_keyed_state(blob, owned, |g, k: String, v: Visits| {
+        read_keyed_state(blob, &restore(owned), |g, _, k: String, v: Visits| {
             got.push((g, k, v.total))
         })?;
         Ok(got)
@@ -244,12 +279,17 @@ mod tests {
     fn entries_come_back_for_owned_groups_only() {
         let blob = sample();
         assert_eq!(
-            read_all(&blob, |_| true).unwrap(),
-            [(3, "a".into(), 1), (3, "b".into(), 2), (9, "c".into(), 3)]
+            read_all(&blob, ALL).unwrap(),
+            [
+                (3, "3a".into(), 1),
+                (3, "3b".into(), 2),
+                (9, "9c".into(), 3)
+            ]
         );
-        assert_eq!(read_all(&blob, |g| g == 9).unwrap(), [(9, "c".into(), 3)]);
+        let upper = KeyGroupRange { start: 5, end: 10 };
+        assert_eq!(read_all(&blob, upper).unwrap(), [(9, "9c".into(), 3)]);
         assert!(
-            read_all(&KeyedStateWriter::new().finish(), |_| true)
+            read_all(&KeyedStateWriter::new().finish(), ALL)
                 .unwrap()
                 .is_empty()
         );
@@ -259,7 +299,7 @@ mod tests {
     fn another_format_version_is_refused_by_name() {
         let mut blob = sample();
         blob[4] = FORMAT_VERSION + 1;
-        let err = read_all(&blob, |_| true).unwrap_err();
+        let err = read_all(&blob, ALL).unwrap_err();
         assert!(matches!(
             err,
             StateError::UnsupportedVersion {
@@ -276,9 +316,9 @@ mod tests {
     #[test]
     fn state_without_the_header_is_refused() {
         // What the unversioned reduce snapshot of earlier releases began with.
-        let err = read_all(&[1, 3, 1, b'a'], |_| true).unwrap_err();
+        let err = read_all(&[1, 3, 1, b'a'], ALL).unwrap_err();
         assert!(matches!(err, StateError::MissingHeader), "{err}");
-        assert!(read_all(b"SJks", |_| true).is_err());
+        assert!(read_all(b"SJks", ALL).is_err());
     }
 
     #[test]
@@ -287,12 +327,31 @@ mod tests {
         // Every strict prefix fails (never fewer keys silently)...
         for cut in 0..blob.len() {
             assert!(
-                read_all(&blob[..cut], |_| true).is_err(),
+                read_all(&blob[..cut], ALL).is_err(),
                 "prefix {cut} accepted"
             );
         }
         // ...and so does a value of another type.
-        let err = read_keyed_state(&blob, |_| true, |_, _: String, _: String| {}).unwrap_err();
+        let err =
+            read_keyed_state(&blob, &restore(ALL), |_, _, _: String, _: String| {}).unwrap_err();
         assert!(err.to_string().contains("key group 3"), "{err}");
+    }
+
+    #[test]
+    fn a_key_that_hashes_elsewhere_is_refused() {
+        let mut w = KeyedStateWriter::new();
+        w.push(4, "3a", &1u64).unwrap();
+        let err =
+            read_keyed_state(&w.finish(), &restore(ALL), |_, _, _: String, _: u64| {}).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StateError::Misplaced {
+                    saved: 4,
+                    hashes_to: 3
+                }
+            ),
+            "{err}"
+        );
     }
 }

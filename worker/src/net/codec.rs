@@ -16,8 +16,7 @@ pub(crate) trait Codec: Sized {
 
 impl Codec for Value {
     fn encode(&self, out: &mut Vec<u8>) {
-        let buf = std::mem::take(out);
-        *out = postcard::to_extend(self, buf).expect("a Value always encodes");
+        crate::codec::append(self, out).expect("a Value always encodes");
     }
     fn decode(input: &mut &[u8]) -> Result<Self, postcard::Error> {
         let (v, rest) = postcard::take_from_bytes(input)?;
@@ -27,8 +26,7 @@ impl Codec for Value {
 }
 
 pub(crate) fn put_varint(out: &mut Vec<u8>, v: u64) {
-    let buf = std::mem::take(out);
-    *out = postcard::to_extend(&v, buf).expect("an integer always encodes");
+    crate::codec::append(&v, out).expect("an integer always encodes");
 }
 
 pub(crate) fn get_varint(input: &mut &[u8]) -> Result<u64, postcard::Error> {
