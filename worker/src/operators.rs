@@ -344,7 +344,9 @@ mod tests {
     use crate::runtime::output::Discard;
     use streamjob_crds::KeyGroupRange;
 
-    fn reduce() -> Reduce<(String, u64), str, fn((String, u64), (String, u64)) -> (String, u64)> {
+    type Pair = (String, u64);
+
+    fn reduce() -> Reduce<Pair, str, fn(Pair, Pair) -> Pair> {
         Reduce {
             key: Arc::new(|r: &(String, u64)| Cow::Borrowed(r.0.as_str())),
             f: Arc::new(|(w, a), (_, b)| (w, a + b)),

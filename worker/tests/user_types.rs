@@ -35,7 +35,7 @@ enum Region {
 fn key_of(c: &Click) -> UserKey {
     UserKey {
         user: c.user.clone(),
-        region: if c.page % 2 == 0 {
+        region: if c.page.is_multiple_of(2) {
             Region::North
         } else {
             Region::South

@@ -364,14 +364,14 @@ where
                 operator: ctx.operator.to_string(),
                 message,
             };
-            let checkpoint = match &ctx.checkpoints {
-                None => None,
-                Some(c) => Some(crate::operators::ReduceCheckpoint {
+            let checkpoint = ctx
+                .checkpoints
+                .as_ref()
+                .map(|c| crate::operators::ReduceCheckpoint {
                     coordinator: c.clone(),
                     uid: ctx.uid.clone(),
                     subtask: ctx.subtask,
-                }),
-            };
+                });
             let next: Box<dyn Output<T>> = unbox(next);
             let mut reduce = Reduce {
                 key: key.clone(),
