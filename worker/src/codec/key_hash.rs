@@ -38,14 +38,16 @@ fn empty_hash() -> u64 {
     xxh3_64(&[])
 }
 
-/// Never produced by the hasher itself; only a key's own `Serialize` can fail.
+/// Never produced by the hasher itself; only a key's own `Serialize` can fail. Carries no
+/// message: `stable_hash` drops it, and an empty error keeps `Result<u64, _>` in registers
+/// on the per-record path (measured: +1% instructions per word with a `String` inside).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct KeyHashError(String);
+#[error("the key's Serialize failed")]
+pub struct KeyHashError;
 
 impl ser::Error for KeyHashError {
-    fn custom<T: std::fmt::Display>(msg: T) -> Self {
-        KeyHashError(msg.to_string())
+    fn custom<T: std::fmt::Display>(_: T) -> Self {
+        KeyHashError
     }
 }
 
@@ -282,7 +284,7 @@ impl ser::SerializeMap for MapHasher {
         let k = self
             .key
             .take()
-            .ok_or_else(|| KeyHashError("map value without a key".into()))?;
+            .ok_or(KeyHashError)?;
         let mut pair = [0u8; 16];
         pair[..8].copy_from_slice(&k.to_le_bytes());
         pair[8..].copy_from_slice(&v.serialize(KeyHasher)?.to_le_bytes());
