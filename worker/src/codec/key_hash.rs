@@ -281,10 +281,7 @@ impl ser::SerializeMap for MapHasher {
         Ok(())
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), KeyHashError> {
-        let k = self
-            .key
-            .take()
-            .ok_or(KeyHashError)?;
+        let k = self.key.take().ok_or(KeyHashError)?;
         let mut pair = [0u8; 16];
         pair[..8].copy_from_slice(&k.to_le_bytes());
         pair[8..].copy_from_slice(&v.serialize(KeyHasher)?.to_le_bytes());
