@@ -162,7 +162,7 @@ spec:
 /// allocation per word, which is what a Rust user would pick for short keys).
 fn run_engine<W>(input: &Path, parallelism: u32) -> (u64, f64)
 where
-    W: for<'a> From<&'a str> + std::ops::Deref<Target = str> + Clone + Send + Sync + 'static,
+    W: for<'a> From<&'a str> + std::ops::Deref<Target = str> + streamjob::Data + Sync,
 {
     let env = StreamExecutionEnvironment::get_execution_environment();
     env.set_parallelism(parallelism);

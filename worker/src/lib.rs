@@ -31,6 +31,7 @@
 //! ```
 
 pub mod api;
+pub mod codec;
 pub mod connectors;
 pub mod declarative;
 pub mod error;
@@ -47,6 +48,7 @@ pub use runtime::context::SubtaskContext;
 pub use runtime::message::{CheckpointBarrier, Message, Signal};
 pub use streamjob_crds as crds;
 
-/// Bounds every record type must meet: records move between task threads.
-pub trait Data: Clone + Send + 'static {}
-impl<T: Clone + Send + 'static> Data for T {}
+/// Bounds every record type must meet: records move between task threads, and through serde
+/// between worker processes and into checkpoints (see [`codec`]).
+pub trait Data: Clone + Send + serde::Serialize + serde::de::DeserializeOwned + 'static {}
+impl<T: Clone + Send + serde::Serialize + serde::de::DeserializeOwned + 'static> Data for T {}

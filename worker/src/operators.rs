@@ -5,12 +5,14 @@ use std::borrow::{Borrow, Cow};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
-use streamjob_crds::StableKey;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use streamjob_crds::keygroup::key_group_of_hash;
 
 use crate::api::functions::{Collector, Sink, SinkWriter};
+use crate::codec::key_hash::stable_hash;
+use crate::codec::state::{KeyedStateWriter, Restore, StateError, read_keyed_state};
 use crate::error::{BoxError, JobError, TaskError, panic_message};
-use crate::net::codec::{Wire, get_varint, put_varint};
 use crate::runtime::checkpoint::Coordinator;
 use crate::runtime::context::SubtaskContext;
 use crate::runtime::message::{FINAL_CHECKPOINT, Signal};
@@ -138,14 +140,11 @@ pub(crate) struct Reduce<T, K: ?Sized + ToOwned, F> {
     pub next: Box<dyn Output<T>>,
     pub id: OpId,
     /// With checkpointing: how the state is written and where.
-    pub checkpoint: Option<ReduceCheckpoint<T, K::Owned>>,
+    pub checkpoint: Option<ReduceCheckpoint>,
 }
 
-/// Checkpointing of a Rust-API reduce: codecs for its keys and records (the built-in types
-/// the exchange also carries) and where its snapshots go.
-pub(crate) struct ReduceCheckpoint<T, KO> {
-    pub keys: Wire<KO>,
-    pub values: Wire<T>,
+/// Where the snapshots of a Rust-API reduce go.
+pub(crate) struct ReduceCheckpoint {
     pub coordinator: Arc<Coordinator>,
     pub uid: Arc<str>,
     pub subtask: u32,
@@ -153,62 +152,36 @@ pub(crate) struct ReduceCheckpoint<T, KO> {
 
 impl<T, K, F> Reduce<T, K, F>
 where
-    T: Clone + Send,
-    K: ?Sized + ToOwned + Eq + StableKey + Send + Sync,
-    K::Owned: Borrow<K> + Send,
+    T: Clone + Send + Serialize + DeserializeOwned,
+    K: ?Sized + ToOwned + Eq + Serialize + Send + Sync,
+    K::Owned: Borrow<K> + Serialize + DeserializeOwned + Send,
 {
-    /// The state as `[varint n][n key groups][varint len][keys batch][values batch]`. Taken
-    /// at the barrier, synchronously: the task pauses for the copy and the encoding.
-    fn snapshot(&self, cp: &ReduceCheckpoint<T, K::Owned>) -> Vec<u8> {
-        let (mut groups, mut keys, mut values) = (Vec::new(), Vec::new(), Vec::new());
+    /// The state in the keyed-state format (`codec::state`). Taken at the barrier,
+    /// synchronously: the task pauses for the encoding.
+    fn snapshot(&self) -> Result<Vec<u8>, StateError> {
+        let mut w = KeyedStateWriter::new();
         for g in self.state.key_groups().as_range() {
-            self.state.for_each_in_group(g, &mut |k, v| {
-                groups.push(g);
-                keys.push(k.borrow().to_owned());
-                values.push(v.clone().expect("reduce state slot is filled"));
-            });
+            for (k, v) in self.state.iter_group(g) {
+                let v = v.as_ref().expect("reduce state slot is filled");
+                w.push(g, k.borrow(), v)?;
+            }
         }
-        let mut out = Vec::new();
-        put_varint(&mut out, groups.len() as u64);
-        for g in groups {
-            put_varint(&mut out, u64::from(g));
-        }
-        let mut batch = Vec::new();
-        (cp.keys.encode)(&keys, &mut batch);
-        put_varint(&mut out, batch.len() as u64);
-        out.extend_from_slice(&batch);
-        (cp.values.encode)(&values, &mut out);
-        out
+        Ok(w.finish())
     }
 
     /// Loads this subtask's key groups from every old subtask's snapshot (any parallelism).
     pub fn restore(&mut self, snapshots: &[(u32, Vec<u8>)]) -> Result<(), String> {
-        let Some(cp) = &self.checkpoint else {
-            return Ok(());
+        let restore = Restore {
+            owned: self.state.key_groups(),
+            max_parallelism: self.max_parallelism,
+            hash: |key: &K::Owned| stable_hash(key.borrow()),
         };
-        for (_, snap) in snapshots {
-            let mut input = snap.as_slice();
-            let n = get_varint(&mut input).map_err(|e| e.to_string())? as usize;
-            let groups = (0..n)
-                .map(|_| get_varint(&mut input).map(|g| g as u32))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| e.to_string())?;
-            let len = get_varint(&mut input).map_err(|e| e.to_string())? as usize;
-            if len > input.len() {
-                return Err("truncated reduce snapshot".into());
-            }
-            let (key_batch, value_batch) = input.split_at(len);
-            let keys = (cp.keys.decode)(key_batch).map_err(|e| e.to_string())?;
-            let values = (cp.values.decode)(value_batch).map_err(|e| e.to_string())?;
-            if keys.len() != n || values.len() != n {
-                return Err("reduce snapshot with mismatched entry counts".into());
-            }
-            for ((g, key), value) in groups.into_iter().zip(keys).zip(values) {
-                if self.state.key_groups().contains(g) {
-                    let hash = key.borrow().stable_hash();
-                    self.state.put(g, hash, key, Some(value));
-                }
-            }
+        for (subtask, snap) in snapshots {
+            let state = &mut self.state;
+            read_keyed_state(snap, &restore, |g, hash, key, value: T| {
+                state.put(g, hash, key, Some(value))
+            })
+            .map_err(|e| format!("state of old subtask {subtask}: {e}"))?;
         }
         Ok(())
     }
@@ -216,15 +189,15 @@ where
 
 impl<T, K, F> Output<T> for Reduce<T, K, F>
 where
-    T: Clone + Send,
-    K: ?Sized + ToOwned + Eq + StableKey + Send + Sync,
-    K::Owned: Borrow<K> + Send,
+    T: Clone + Send + Serialize + DeserializeOwned,
+    K: ?Sized + ToOwned + Eq + Serialize + Send + Sync,
+    K::Owned: Borrow<K> + Serialize + DeserializeOwned + Send,
     F: Fn(T, T) -> T + Send + Sync,
 {
     #[inline]
     fn emit(&mut self, item: T) -> Result<(), TaskError> {
         let key = self.id.guard(|| (self.key)(&item))?;
-        let hash = key.stable_hash();
+        let hash = stable_hash(&*key);
         let group = key_group_of_hash(hash, self.max_parallelism);
         if !self.state.key_groups().contains(group) {
             return Err(self.id.fail(format!(
@@ -252,7 +225,12 @@ where
         if let Some(cp) = &self.checkpoint {
             match signal {
                 Signal::Barrier(b) => {
-                    let bytes = self.snapshot(cp);
+                    let bytes = self.snapshot().map_err(|e| {
+                        self.id.fail(format!(
+                            "cannot snapshot state for checkpoint {}: {e}",
+                            b.id
+                        ))
+                    })?;
                     cp.coordinator
                         .write_state(b.id, &cp.uid, cp.subtask, &bytes)
                         .map_err(|e| {
@@ -262,8 +240,11 @@ where
                 }
                 // What a run started later from the final checkpoint restores.
                 Signal::EndOfInput => {
-                    cp.coordinator
-                        .register_final(&cp.uid, cp.subtask, self.snapshot(cp))
+                    let bytes = self.snapshot().map_err(|e| {
+                        self.id
+                            .fail(format!("cannot snapshot the final state: {e}"))
+                    })?;
+                    cp.coordinator.register_final(&cp.uid, cp.subtask, bytes)
                 }
                 _ => {}
             }
@@ -354,5 +335,64 @@ impl<T: Send> Output<T> for SinkOp<T> {
     }
     fn flush(&mut self) -> Result<(), TaskError> {
         self.call(|w| w.flush())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::output::Discard;
+    use streamjob_crds::KeyGroupRange;
+
+    type Pair = (String, u64);
+
+    fn reduce() -> Reduce<Pair, str, fn(Pair, Pair) -> Pair> {
+        Reduce {
+            key: Arc::new(|r: &(String, u64)| Cow::Borrowed(r.0.as_str())),
+            f: Arc::new(|(w, a), (_, b)| (w, a + b)),
+            state: HashMapValueState::new(KeyGroupRange::for_subtask(0, 1, 16)),
+            max_parallelism: 16,
+            next: Box::new(Discard),
+            id: OpId {
+                name: "count".into(),
+                subtask: 0,
+            },
+            checkpoint: None,
+        }
+    }
+
+    #[test]
+    fn a_snapshot_restores_into_another_instance() {
+        let mut a = reduce();
+        for w in ["x", "y", "x"] {
+            a.emit((w.to_string(), 1)).unwrap();
+        }
+        let mut b = reduce();
+        b.restore(&[(0, a.snapshot().unwrap())]).unwrap();
+        let h = stable_hash("x");
+        let g = key_group_of_hash(h, 16);
+        assert_eq!(
+            b.state.get_mut(g, h, "x").cloned(),
+            Some(Some(("x".into(), 2)))
+        );
+        assert_eq!(b.state.len(), 2);
+    }
+
+    #[test]
+    fn state_of_an_unknown_format_version_is_refused_naming_it() {
+        let mut a = reduce();
+        a.emit(("x".to_string(), 1)).unwrap();
+        let mut snap = a.snapshot().unwrap();
+        snap[4] = 9; // the version byte after the 4-byte header
+        let err = reduce().restore(&[(1, snap)]).unwrap_err();
+        assert!(
+            err.contains("old subtask 1") && err.contains("format version 9 is not supported"),
+            "{err}"
+        );
+        // The unversioned snapshot of earlier releases (count, groups, keys, values).
+        let err = reduce()
+            .restore(&[(0, vec![1, 3, 1, 1, b'x', 1, 1, b'x', 1])])
+            .unwrap_err();
+        assert!(err.contains("header is missing"), "{err}");
     }
 }

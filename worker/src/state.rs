@@ -56,6 +56,16 @@ impl<K: ?Sized + ToOwned, V> HashMapValueState<K, V> {
         self.range
     }
 
+    /// The entries of one key group (empty for groups this subtask does not own).
+    pub fn iter_group(&self, key_group: u32) -> impl Iterator<Item = (&K::Owned, &V)> {
+        self.range
+            .contains(key_group)
+            .then(|| &self.groups[(key_group - self.range.start) as usize])
+            .into_iter()
+            .flatten()
+            .map(|e| (&e.key, &e.value))
+    }
+
     #[inline]
     fn group(&mut self, key_group: u32) -> &mut HashTable<Entry<K::Owned, V>> {
         assert!(

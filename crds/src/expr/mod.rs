@@ -27,6 +27,7 @@
 
 mod small_str;
 mod value;
+mod value_serde;
 
 mod compile;
 mod eval;

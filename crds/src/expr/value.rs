@@ -433,6 +433,9 @@ impl From<&[u8]> for Value {
 impl serde::Serialize for Value {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::{SerializeMap, SerializeSeq};
+        if !s.is_human_readable() {
+            return super::value_serde::serialize_tagged(self, s);
+        }
         match self {
             Value::Null => s.serialize_unit(),
             Value::Bool(b) => s.serialize_bool(*b),

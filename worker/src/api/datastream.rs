@@ -7,7 +7,9 @@ use std::marker::PhantomData;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use streamjob_crds::{LogicalEdge, LogicalNode, NodeKind, Partitioning, StableKey};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use streamjob_crds::{LogicalEdge, LogicalNode, NodeKind, Partitioning};
 
 use crate::Data;
 use crate::api::functions::{Collector, Sink};
@@ -15,6 +17,7 @@ use crate::api::graph::{
     AnyBox, EdgeDef, EdgeKind, GraphBuilder, NodeDef, NodeRuntime, SinkBuild, TransformBuild,
     Typed, TypedEdge, unbox,
 };
+use crate::codec::key_hash::stable_hash;
 use crate::connectors::blackhole::{BlackholeSink, RecordCounter};
 use crate::connectors::collect::{CollectSink, Collected};
 use crate::connectors::print::PrintSink;
@@ -228,9 +231,10 @@ impl<T: Data> DataStream<T> {
     }
 
     /// Partitions by key: records with the same key go to the same subtask (by key group).
+    /// Any serde type can be a key; its key group comes from `codec::key_hash`.
     pub fn key_by<K, F>(&self, f: F) -> KeyedStream<T, K>
     where
-        K: StableKey + Eq + Clone + Send + Sync + 'static,
+        K: Serialize + DeserializeOwned + Eq + Clone + Send + Sync + 'static,
         F: Fn(&T) -> K + Send + Sync + 'static,
     {
         KeyedStream {
@@ -243,8 +247,8 @@ impl<T: Data> DataStream<T> {
     /// is made per record.
     pub fn key_by_ref<K, F>(&self, f: F) -> KeyedStream<T, K>
     where
-        K: ?Sized + ToOwned + StableKey + Eq + Send + Sync + 'static,
-        K::Owned: std::borrow::Borrow<K> + Send + 'static,
+        K: ?Sized + ToOwned + Serialize + Eq + Send + Sync + 'static,
+        K::Owned: std::borrow::Borrow<K> + Serialize + DeserializeOwned + Send + 'static,
         F: for<'a> Fn(&'a T) -> &'a K + Send + Sync + 'static,
     {
         KeyedStream {
@@ -344,8 +348,8 @@ pub struct KeyedStream<T, K: ?Sized + ToOwned> {
 impl<T, K> KeyedStream<T, K>
 where
     T: Data,
-    K: ?Sized + ToOwned + StableKey + Eq + Send + Sync + 'static,
-    K::Owned: std::borrow::Borrow<K> + Send + 'static,
+    K: ?Sized + ToOwned + Serialize + Eq + Send + Sync + 'static,
+    K::Owned: std::borrow::Borrow<K> + Serialize + DeserializeOwned + Send + 'static,
 {
     /// Flink's rolling reduce: per key, the first record becomes the value, every later
     /// record replaces it with `f(value, record)`, and each new value is emitted.
@@ -360,30 +364,14 @@ where
                 operator: ctx.operator.to_string(),
                 message,
             };
-            let checkpoint = match &ctx.checkpoints {
-                None => None,
-                Some(c) => {
-                    use crate::net::codec::wire_of;
-                    // Restarting a reduce from empty state would silently give wrong counts.
-                    let (Some(keys), Some(values)) = (wire_of::<K::Owned>(), wire_of::<T>()) else {
-                        return Err(setup(format!(
-                            "checkpoints need a state codec for this reduce, and keys of type \
-                             {} or records of type {} have none (String, u64, i64, Vec<u8>, \
-                             (String, u64) and (String, i64) do); use those types, a \
-                             StreamJob spec, or run without checkpointing",
-                            std::any::type_name::<K::Owned>(),
-                            std::any::type_name::<T>()
-                        )));
-                    };
-                    Some(crate::operators::ReduceCheckpoint {
-                        keys,
-                        values,
-                        coordinator: c.clone(),
-                        uid: ctx.uid.clone(),
-                        subtask: ctx.subtask,
-                    })
-                }
-            };
+            let checkpoint = ctx
+                .checkpoints
+                .as_ref()
+                .map(|c| crate::operators::ReduceCheckpoint {
+                    coordinator: c.clone(),
+                    uid: ctx.uid.clone(),
+                    subtask: ctx.subtask,
+                });
             let next: Box<dyn Output<T>> = unbox(next);
             let mut reduce = Reduce {
                 key: key.clone(),
@@ -409,7 +397,7 @@ where
         let key = self.key.clone();
         let edge: Arc<dyn EdgeKind> =
             Arc::new(TypedEdge::<T>::new(Some(Arc::new(move |t: &T| {
-                key(t).stable_hash()
+                stable_hash(&*key(t))
             }))));
         let s = &self.stream;
         let id = add_node::<T>(

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use streamjob_crds::{LogicalEdge, LogicalGraph, LogicalNode, Partitioning};
 
+use crate::codec::record::Wire;
 use crate::error::JobError;
-use crate::net::codec::{Wire, wire_of};
 use crate::net::exchange::{Inbound, Outbound, TypedInbound, TypedOutbound};
 use crate::runtime::channel::{InputGate, Receiver, Sender, channel};
 use crate::runtime::context::SubtaskContext;
@@ -63,8 +63,8 @@ pub(crate) trait EdgeKind: Send + Sync {
     fn senders(&self, senders: Vec<AnyBox>) -> AnyBox;
     /// `Receiver<T>`s of one downstream subtask into the `Vec` an input task takes.
     fn receivers(&self, receivers: Vec<AnyBox>) -> AnyBox;
-    /// The network half of a channel whose receiver is on another worker, if `T` has a
-    /// wire format.
+    /// The network half of a channel whose receiver is on another worker (every record
+    /// type has a wire format: `Data` requires serde).
     fn outbound(&self, receiver: AnyBox) -> Option<Box<dyn Outbound>>;
     /// The network half of a channel whose sender is on another worker.
     fn inbound(&self, sender: AnyBox) -> Option<Box<dyn Inbound>>;
@@ -109,15 +109,15 @@ impl<T: crate::Data> OutputKind for Typed<T> {
 
 pub(crate) struct TypedEdge<T> {
     pub key_hash: Option<KeyHashFn<T>>,
-    /// How records cross the network, if they can.
-    pub wire: Option<Wire<T>>,
+    /// How records cross the network.
+    pub wire: Wire<T>,
 }
 
 impl<T: crate::Data> TypedEdge<T> {
     pub fn new(key_hash: Option<KeyHashFn<T>>) -> Self {
         TypedEdge {
             key_hash,
-            wire: wire_of::<T>(),
+            wire: Wire::of(),
         }
     }
 }
@@ -149,7 +149,7 @@ impl<T: crate::Data> EdgeKind for TypedEdge<T> {
     fn outbound(&self, receiver: AnyBox) -> Option<Box<dyn Outbound>> {
         Some(Box::new(TypedOutbound {
             rx: unbox::<Receiver<T>>(receiver),
-            wire: self.wire?,
+            wire: self.wire,
             last_len: 0,
         }))
     }
@@ -157,7 +157,7 @@ impl<T: crate::Data> EdgeKind for TypedEdge<T> {
     fn inbound(&self, sender: AnyBox) -> Option<Box<dyn Inbound>> {
         Some(Box::new(TypedInbound {
             tx: unbox::<Sender<T>>(sender),
-            wire: self.wire?,
+            wire: self.wire,
         }))
     }
 

@@ -77,7 +77,12 @@ impl<T: Send + 'static> Outbound for TypedOutbound<T> {
             Some(match msg {
                 Message::Data(records) => {
                     let mut buf = Vec::with_capacity(self.last_len + self.last_len / 8);
-                    (self.wire.encode)(&records, &mut buf);
+                    if let Err(e) = (self.wire.encode)(&records, &mut buf) {
+                        // Closing without end of input fails the peer's input; the cause
+                        // is only known here.
+                        tracing::error!("{e}");
+                        return None;
+                    }
                     self.last_len = buf.len();
                     frame::Kind::Batch(buf.into())
                 }
