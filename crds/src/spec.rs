@@ -227,7 +227,8 @@ pub struct Checkpointing {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_pause_between_checkpoints: Option<u64>,
     /// Checkpoint failures in a row the job tolerates before it fails (and restarts as
-    /// `restartStrategy` says) (Flink's `tolerableCheckpointFailureNumber`). Default 0.
+    /// `restartStrategy` says) (Flink's `tolerableCheckpointFailureNumber`). Unset: no limit,
+    /// a failed checkpoint is logged and the next interval tries again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerable_checkpoint_failure_number: Option<u32>,
 }
@@ -244,10 +245,6 @@ impl Checkpointing {
     /// `minPauseBetweenCheckpoints` or its default (0), in ms.
     pub fn min_pause_between_checkpoints_ms(&self) -> u64 {
         self.min_pause_between_checkpoints.unwrap_or(0)
-    }
-    /// `tolerableCheckpointFailureNumber` or its default (0).
-    pub fn tolerable_checkpoint_failures(&self) -> u32 {
-        self.tolerable_checkpoint_failure_number.unwrap_or(0)
     }
 }
 

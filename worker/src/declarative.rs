@@ -22,6 +22,7 @@ use crate::StreamExecutionEnvironment;
 use crate::api::environment::source_runtime_of;
 use crate::api::functions::{Sink, SinkWriter, Source};
 use crate::api::graph::{AnyBox, EdgeDef, EdgeKind, NodeDef, NodeRuntime, Typed, TypedEdge, unbox};
+use crate::codec::state::{KeyedStateWriter, Restore, read_keyed_state};
 use crate::connectors::blackhole::RecordCounter;
 use crate::connectors::collection::CollectionSource;
 use crate::connectors::file::FileSource;
@@ -29,7 +30,6 @@ use crate::connectors::kafka;
 use crate::connectors::print::PrintSink;
 use crate::connectors::socket::SocketSource;
 use crate::error::{BoxError, JobError, TaskError};
-use crate::net::codec::{Codec as _, get_varint, put_varint};
 use crate::operators::{OpId, SinkOp};
 use crate::runtime::checkpoint::Coordinator;
 use crate::runtime::context::SubtaskContext;
@@ -105,6 +105,12 @@ pub fn build_job(
             config.restore_from = spec.initial_savepoint_path.as_deref().map(local);
             config.allow_non_restored_state = spec.allow_non_restored_state;
             config.sources = sources;
+            config.timeout = std::time::Duration::from_millis(c.checkpoint_timeout_ms());
+            config.min_pause =
+                std::time::Duration::from_millis(c.min_pause_between_checkpoints_ms());
+            // Unset keeps running through failed checkpoints (they are logged and retried at
+            // the next interval); a number fails the run after that many in a row.
+            config.tolerable_failures = c.tolerable_checkpoint_failure_number;
         });
     }
     let run = SpecRun::default();
@@ -680,18 +686,20 @@ struct ExprReduce {
 }
 
 impl ExprReduce {
-    /// Appends the keyed state as `(key group, key, accumulator)` entries, key group by key
-    /// group, to `out`. Encoding straight from the table keeps one compact copy of the state
-    /// while it is written, not a second table of cloned entries.
+    /// Appends the keyed state in the versioned keyed-state format (`codec::state`, the
+    /// same as the Rust API's reduce), key group by key group, to `out`. Encoding straight
+    /// from the table keeps one compact copy of the state while it is written, not a second
+    /// table of cloned entries.
     fn encode_state(&self, out: &mut Vec<u8>) {
+        let mut w = KeyedStateWriter::appending_to(std::mem::take(out));
         for g in self.state.key_groups().as_range() {
             self.state
                 .for_each_in_group(g, &mut |k: &Value, v: &Option<Value>| {
-                    put_varint(out, u64::from(g));
-                    k.encode(out);
-                    v.as_ref().expect("reduce state slot is filled").encode(out);
+                    let v = v.as_ref().expect("reduce state slot is filled");
+                    w.push(g, k, v).expect("a Value always encodes");
                 });
         }
+        *out = w.finish();
     }
 
     /// An empty state file for this subtask with room for the whole state: growing the
@@ -704,28 +712,17 @@ impl ExprReduce {
     /// Loads the entries of this subtask's key groups from every old subtask's snapshot, so
     /// a restore may use another parallelism.
     fn restore(&mut self, snapshots: &[(u32, Vec<u8>)]) -> Result<(), String> {
+        let restore = Restore {
+            owned: self.state.key_groups(),
+            max_parallelism: self.max_parallelism,
+            hash: |key: &Value| key.stable_hash(),
+        };
         for (subtask, snap) in snapshots {
-            let mut input = snap.as_slice();
-            while !input.is_empty() {
-                // The file passed its checksum: an entry that does not decode was written by
-                // a build with another state encoding.
-                let at = snap.len() - input.len();
-                let bad = |e: crate::net::codec::DecodeError| {
-                    let e = e.to_string();
-                    let why = e.trim_start_matches("malformed batch from peer: ");
-                    format!(
-                        "the state of subtask {subtask} does not decode at byte {at} ({why}): \
-                         it was written by a streamjob build with another state encoding"
-                    )
-                };
-                let g = get_varint(&mut input).map_err(bad)? as u32;
-                let key = Value::decode(&mut input).map_err(bad)?;
-                let acc = Value::decode(&mut input).map_err(bad)?;
-                if self.state.key_groups().contains(g) {
-                    let hash = key.stable_hash();
-                    self.state.put(g, hash, key, Some(acc));
-                }
-            }
+            let state = &mut self.state;
+            read_keyed_state(snap, &restore, |g, hash, key: Value, acc: Value| {
+                state.put(g, hash, key, Some(acc))
+            })
+            .map_err(|e| format!("state of old subtask {subtask}: {e}"))?;
         }
         Ok(())
     }

@@ -79,7 +79,12 @@ impl Default for KeyedStateWriter {
 
 impl KeyedStateWriter {
     pub fn new() -> Self {
-        let mut out = Vec::with_capacity(64);
+        Self::appending_to(Vec::with_capacity(64))
+    }
+
+    /// Appends the blob to `out` (e.g. after a state file's envelope), so a snapshot is
+    /// encoded straight into the buffer that gets written, never copied.
+    pub fn appending_to(mut out: Vec<u8>) -> Self {
         out.extend_from_slice(MAGIC);
         out.push(FORMAT_VERSION);
         KeyedStateWriter {
