@@ -1,9 +1,8 @@
-// Generates the gRPC code (exchange, coordination, control, health) with a pure-Rust protobuf
+// Generates the gRPC code (exchange, coordination, control; health comes from tonic-health) with a pure-Rust protobuf
 // compiler (protox), so a fresh machine needs no `protoc`.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/exchange.proto",
-        "proto/health.proto",
         "proto/coordination.proto",
         "proto/control.proto",
     ];

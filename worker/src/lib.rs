@@ -31,6 +31,7 @@
 //! ```
 
 pub mod api;
+pub mod cluster;
 pub mod codec;
 pub mod connectors;
 pub mod declarative;

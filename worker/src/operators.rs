@@ -9,12 +9,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use streamjob_crds::keygroup::key_group_of_hash;
 
-use crate::api::functions::{Collector, Sink, SinkWriter};
 use crate::codec::key_hash::stable_hash;
 use crate::codec::state::{KeyedStateWriter, Restore, StateError, read_keyed_state};
 use crate::error::{BoxError, JobError, TaskError, panic_message};
 use crate::runtime::checkpoint::Coordinator;
 use crate::runtime::context::SubtaskContext;
+use crate::runtime::functions::{Collector, Sink, SinkWriter};
 use crate::runtime::message::{FINAL_CHECKPOINT, Signal};
 use crate::runtime::output::Output;
 use crate::state::{HashMapValueState, ValueState};

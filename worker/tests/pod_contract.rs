@@ -43,7 +43,12 @@ fn finals(dir: &Path) -> BTreeMap<String, u64> {
 }
 
 async fn readiness(addr: &str) -> Option<ServingStatus> {
-    let mut client = HealthClient::connect(format!("http://{addr}")).await.ok()?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
+    let mut client = HealthClient::new(channel);
     let r = client
         .check(HealthCheckRequest {
             service: "readiness".into(),

@@ -17,10 +17,10 @@ use crate::api::graph::{
     AnyBox, EdgeDef, EdgeKind, GraphBuilder, NodeDef, NodeRuntime, SinkBuild, TransformBuild,
     Typed, TypedEdge, unbox,
 };
+use crate::api::sinks::blackhole::{BlackholeSink, RecordCounter};
+use crate::api::sinks::collect::{CollectSink, Collected};
+use crate::api::sinks::print::PrintSink;
 use crate::codec::key_hash::stable_hash;
-use crate::connectors::blackhole::{BlackholeSink, RecordCounter};
-use crate::connectors::collect::{CollectSink, Collected};
-use crate::connectors::print::PrintSink;
 use crate::operators::{Filter, FlatMap, KeyFn, Map, OpId, Reduce, SinkOp, TryMap};
 use crate::runtime::context::SubtaskContext;
 use crate::runtime::output::Output;

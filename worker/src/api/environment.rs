@@ -1,7 +1,9 @@
 //! `StreamExecutionEnvironment`: job-wide settings, sources, planning and execution.
+//! The shortcuts for the built-in sources (`from_collection`, `read_text_file`,
+//! `socket_text_stream`) are in `connectors::environment`, and `execute_as_worker` is in
+//! `cluster`: both sit above the API, so they add their methods from there.
 
 use std::cell::RefCell;
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,12 +16,10 @@ use crate::Data;
 use crate::api::datastream::{DataStream, NewNode, add_node};
 use crate::api::functions::Source;
 use crate::api::graph::{GraphBuilder, NodeRuntime, SourceBuild, TypedEdge, unbox};
-use crate::connectors::collection::CollectionSource;
-use crate::connectors::file::FileSource;
-use crate::connectors::socket::SocketSource;
 use crate::error::JobError;
 use crate::runtime::executor;
-use crate::runtime::task::{SourceTask, Task, TaskStats};
+pub use crate::runtime::executor::JobExecutionResult;
+use crate::runtime::task::{SourceTask, Task};
 
 /// Default records per channel batch.
 pub const DEFAULT_BATCH_SIZE: usize = 1024;
@@ -49,17 +49,6 @@ pub(crate) fn source_runtime_of<T: Data, S: Source<T> + ?Sized>(source: Arc<S>) 
 #[derive(Clone)]
 pub struct StreamExecutionEnvironment {
     graph: Rc<RefCell<GraphBuilder>>,
-}
-
-/// What `execute` reports for a job that finished.
-#[derive(Debug, Clone)]
-pub struct JobExecutionResult {
-    pub job_name: String,
-    pub duration: Duration,
-    /// Per subtask: chain name, subtask index, stats.
-    pub tasks: Vec<(String, u32, TaskStats)>,
-    /// Record bytes this process sent to other workers (distributed runs).
-    pub bytes_sent: u64,
 }
 
 impl Default for StreamExecutionEnvironment {
@@ -170,49 +159,6 @@ impl StreamExecutionEnvironment {
         DataStream::from_node(self.graph.clone(), id).name(name)
     }
 
-    /// A bounded, non-parallel source emitting `items` in order.
-    pub fn from_collection<T, I>(&self, items: I) -> DataStream<T>
-    where
-        T: Data + Sync,
-        I: IntoIterator<Item = T>,
-    {
-        self.from_source(
-            CollectionSource::new(items.into_iter().collect()),
-            "collection",
-        )
-    }
-
-    /// Lines from a TCP server (non-parallel). The stream ends when the server closes the
-    /// connection; see [`Self::socket_text_stream_with_retry`] to reconnect instead.
-    pub fn socket_text_stream(&self, host: &str, port: u16) -> DataStream<String> {
-        self.socket_text_stream_with_retry(host, port, 0)
-    }
-
-    /// Lines from a TCP server. When the connection cannot be made or is lost, retries once a
-    /// second for up to `max_retry` seconds (Flink's `maxRetry`): 0 ends the stream when the
-    /// server closes the connection (and fails if it cannot connect at all), a negative value
-    /// retries forever.
-    pub fn socket_text_stream_with_retry(
-        &self,
-        host: &str,
-        port: u16,
-        max_retry: i64,
-    ) -> DataStream<String> {
-        self.from_source(
-            SocketSource::new(host, port, max_retry),
-            &format!("socket {host}:{port}"),
-        )
-    }
-
-    /// Lines of a text file, or of every file in a directory (bounded). Files are spread over
-    /// the source subtasks; with fewer files than subtasks, files are split at line
-    /// boundaries so every subtask reads a share.
-    pub fn read_text_file(&self, path: impl Into<PathBuf>) -> DataStream<String> {
-        let path = path.into();
-        let name = format!("file {}", path.display());
-        self.from_source(FileSource::new(path), &name)
-    }
-
     pub(crate) fn graph_builder(&self) -> &Rc<RefCell<GraphBuilder>> {
         &self.graph
     }
@@ -233,17 +179,5 @@ impl StreamExecutionEnvironment {
     pub fn execute(&self, job_name: &str) -> Result<JobExecutionResult, JobError> {
         let graph = self.graph.borrow();
         executor::run_local(&graph, job_name)
-    }
-
-    /// Runs this process's share of the job as one worker of `cluster`: the subtasks in its
-    /// slots, exchanging records with the other workers over gRPC. Every worker must build
-    /// the same job (their plans are compared when they connect).
-    pub fn execute_as_worker(
-        &self,
-        job_name: &str,
-        cluster: &crate::net::cluster::ClusterConfig,
-    ) -> Result<JobExecutionResult, JobError> {
-        let graph = self.graph.borrow();
-        executor::run_distributed(&graph, job_name, cluster)
     }
 }

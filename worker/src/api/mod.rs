@@ -4,3 +4,4 @@ pub mod datastream;
 pub mod environment;
 pub mod functions;
 pub(crate) mod graph;
+pub mod sinks;

@@ -3,6 +3,7 @@
 pub mod blackhole;
 pub mod collect;
 pub mod collection;
+pub mod environment;
 pub mod file;
 pub mod kafka;
 pub mod lines;

@@ -9,11 +9,10 @@
 //! in other processes with bounded memory on both sides.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use subtle::ConstantTimeEq as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
@@ -24,107 +23,40 @@ use tracing::{Instrument as _, debug, info_span};
 use crate::error::{Cause, TaskError};
 use crate::net::PROTOCOL_VERSION;
 use crate::net::cluster::TlsPems;
-use crate::net::codec::Wire;
 use crate::net::proto::exchange_client::ExchangeClient;
 use crate::net::proto::exchange_server::{Exchange, ExchangeServer};
-use crate::net::proto::{Barrier, Frame, Hello, Reply, frame, reply};
-use crate::runtime::channel::{Receiver, Sender};
+use crate::net::proto::{self, Barrier, Hello, Reply, frame, reply};
 use crate::runtime::context::CancelFlag;
-use crate::runtime::message::{CheckpointBarrier, Message, Signal};
+use crate::runtime::message::CheckpointBarrier;
+use crate::runtime::transport::{ChannelId, Frame, InboundSlot, OutboundChannel, PushError};
 
 /// Largest gRPC message accepted (one batch of large records).
 const MAX_MESSAGE: usize = 256 << 20;
 
-pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// One channel of one edge: (plan edge index, upstream subtask, downstream subtask).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct ChannelId {
-    pub edge: u32,
-    pub from: u32,
-    pub to: u32,
-}
-
-/// The upstream half of a remote channel: yields the channel's messages as frames.
-pub(crate) trait Outbound: Send {
-    /// Next frame, or `None` if the local producer went away without ending the stream.
-    fn next_frame(&mut self) -> BoxFuture<'_, Option<frame::Kind>>;
-}
-
-/// Why a frame could not be delivered to the local channel.
-pub(crate) enum PushError {
-    /// The local consumer is gone (it failed or was cancelled; that is reported locally).
-    Closed,
-    Malformed(String),
-}
-
-/// The downstream half of a remote channel: turns frames back into messages.
-pub(crate) trait Inbound: Send + Sync {
-    fn push(&self, frame: frame::Kind) -> BoxFuture<'_, Result<(), PushError>>;
-}
-
-pub(crate) struct TypedOutbound<T> {
-    pub rx: Receiver<T>,
-    pub wire: Wire<T>,
-    /// Size of the last encoded batch, to allocate the next one right.
-    pub last_len: usize,
-}
-
-impl<T: Send + 'static> Outbound for TypedOutbound<T> {
-    fn next_frame(&mut self) -> BoxFuture<'_, Option<frame::Kind>> {
-        Box::pin(async move {
-            let msg = self.rx.recv_async().await.ok()?;
-            Some(match msg {
-                Message::Data(records) => {
-                    let mut buf = Vec::with_capacity(self.last_len + self.last_len / 8);
-                    if let Err(e) = (self.wire.encode)(&records, &mut buf) {
-                        // Closing without end of input fails the peer's input; the cause
-                        // is only known here.
-                        tracing::error!("{e}");
-                        return None;
-                    }
-                    self.last_len = buf.len();
-                    frame::Kind::Batch(buf.into())
-                }
-                Message::Signal(Signal::Watermark(w)) => frame::Kind::Watermark(w),
-                Message::Signal(Signal::Barrier(b)) => frame::Kind::Barrier(Barrier {
-                    id: b.id,
-                    timestamp_ms: b.timestamp_ms,
-                }),
-                Message::Signal(Signal::EndOfInput) => frame::Kind::EndOfInput(true),
-                Message::Signal(Signal::CheckpointComplete(_)) => {
-                    unreachable!("routers never send chain-local signals")
-                }
-            })
-        })
+/// The frame of the runtime's transport as it travels in the protocol.
+fn to_proto(f: Frame) -> frame::Kind {
+    match f {
+        Frame::Batch(b) => frame::Kind::Batch(b),
+        Frame::Watermark(w) => frame::Kind::Watermark(w),
+        Frame::Barrier(b) => frame::Kind::Barrier(Barrier {
+            id: b.id,
+            timestamp_ms: b.timestamp_ms,
+        }),
+        Frame::EndOfInput => frame::Kind::EndOfInput(true),
     }
 }
 
-pub(crate) struct TypedInbound<T> {
-    pub tx: Sender<T>,
-    pub wire: Wire<T>,
-}
-
-impl<T: Send + 'static> Inbound for TypedInbound<T> {
-    fn push(&self, frame: frame::Kind) -> BoxFuture<'_, Result<(), PushError>> {
-        Box::pin(async move {
-            let msg = match frame {
-                frame::Kind::Batch(bytes) => Message::Data(
-                    (self.wire.decode)(&bytes).map_err(|e| PushError::Malformed(e.to_string()))?,
-                ),
-                frame::Kind::Watermark(w) => Message::Signal(Signal::Watermark(w)),
-                frame::Kind::Barrier(b) => Message::Signal(Signal::Barrier(CheckpointBarrier {
-                    id: b.id,
-                    timestamp_ms: b.timestamp_ms,
-                })),
-                frame::Kind::EndOfInput(_) => Message::Signal(Signal::EndOfInput),
-                frame::Kind::Hello(_) => {
-                    return Err(PushError::Malformed("second hello on a stream".into()));
-                }
-            };
-            self.tx.send_async(msg).await.map_err(|_| PushError::Closed)
-        })
-    }
+fn from_proto(k: frame::Kind) -> Result<Frame, String> {
+    Ok(match k {
+        frame::Kind::Batch(b) => Frame::Batch(b),
+        frame::Kind::Watermark(w) => Frame::Watermark(w),
+        frame::Kind::Barrier(b) => Frame::Barrier(CheckpointBarrier {
+            id: b.id,
+            timestamp_ms: b.timestamp_ms,
+        }),
+        frame::Kind::EndOfInput(_) => Frame::EndOfInput,
+        frame::Kind::Hello(_) => return Err("second hello on a stream".into()),
+    })
 }
 
 /// Errors of the exchange, collected with the task errors of the run; the first one cancels
@@ -157,13 +89,6 @@ pub(crate) struct Handshake {
     pub token: Arc<str>,
 }
 
-/// A remote channel's downstream half, waiting for its stream.
-pub(crate) struct InboundSlot {
-    pub inbound: Box<dyn Inbound>,
-    pub label: String,
-    pub peer: u32,
-}
-
 pub(crate) struct ExchangeService {
     pub handshake: Handshake,
     pub credit: u32,
@@ -181,12 +106,7 @@ pub(crate) fn check_token(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     // Compare in constant time: the token is the only thing guarding the exchange.
-    let same = got.len() == expected.len()
-        && got
-            .bytes()
-            .zip(expected.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
+    let same: bool = got.as_bytes().ct_eq(expected.as_bytes()).into();
     if same {
         Ok(())
     } else {
@@ -237,12 +157,12 @@ impl Exchange for ExchangeService {
 
     async fn open(
         &self,
-        request: Request<Streaming<Frame>>,
+        request: Request<Streaming<proto::Frame>>,
     ) -> Result<Response<Self::OpenStream>, Status> {
         check_token(&self.handshake.token, request.metadata())?;
         let mut frames = request.into_inner();
         let hello = match frames.message().await? {
-            Some(Frame {
+            Some(proto::Frame {
                 kind: Some(frame::Kind::Hello(h)),
             }) => h,
             _ => return Err(Status::invalid_argument("the first frame must be a hello")),
@@ -276,7 +196,7 @@ impl Exchange for ExchangeService {
 /// Feeds a remote channel's frames into its local channel, granting credit as batches are
 /// handed on.
 async fn receive(
-    mut frames: Streaming<Frame>,
+    mut frames: Streaming<proto::Frame>,
     slot: InboundSlot,
     replies: ReplyTx,
     credit: u32,
@@ -287,8 +207,8 @@ async fn receive(
     let what = |s: &str| format!("channel {} from worker {}: {s}", slot.label, slot.peer);
     loop {
         let kind = match frames.message().await {
-            Ok(Some(Frame { kind: Some(k) })) => k,
-            Ok(Some(Frame { kind: None })) => {
+            Ok(Some(proto::Frame { kind: Some(k) })) => k,
+            Ok(Some(proto::Frame { kind: None })) => {
                 return failures.fail(what("empty frame (incompatible peer)"));
             }
             Ok(None) => {
@@ -304,8 +224,12 @@ async fn receive(
                 )));
             }
         };
-        let is_batch = matches!(kind, frame::Kind::Batch(_));
-        let end = matches!(kind, frame::Kind::EndOfInput(_));
+        let kind = match from_proto(kind) {
+            Ok(k) => k,
+            Err(m) => return failures.fail(what(&m)),
+        };
+        let is_batch = matches!(kind, Frame::Batch(_));
+        let end = matches!(kind, Frame::EndOfInput);
         match slot.inbound.push(kind).await {
             Ok(()) => {}
             // Local consumer gone: its own error is reported; dropping the stream tells
@@ -398,14 +322,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// A remote channel's upstream half, to be sent to `peer`.
-pub(crate) struct OutboundChannel {
-    pub id: ChannelId,
-    pub outbound: Box<dyn Outbound>,
-    pub label: String,
-    pub peer: u32,
-}
-
 /// Sends one channel to its peer until end of input; returns the bytes sent.
 pub(crate) async fn send(
     channel: Channel,
@@ -414,7 +330,7 @@ pub(crate) async fn send(
     worker: u32,
 ) -> Result<u64, String> {
     let what = |s: &str| format!("channel {} to worker {}: {s}", ch.label, ch.peer);
-    let (tx, rx) = mpsc::channel::<Frame>(4);
+    let (tx, rx) = mpsc::channel::<proto::Frame>(4);
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
         job: handshake.job.clone(),
@@ -424,7 +340,7 @@ pub(crate) async fn send(
         to_subtask: ch.id.to,
         from_worker: worker,
     };
-    tx.send(Frame {
+    tx.send(proto::Frame {
         kind: Some(frame::Kind::Hello(hello)),
     })
     .await
@@ -462,12 +378,12 @@ pub(crate) async fn send(
                     // The local producer failed; closing without end of input tells the peer.
                     return Ok(bytes);
                 };
-                if let frame::Kind::Batch(b) = &kind {
+                if let Frame::Batch(b) = &kind {
                     credit -= 1;
                     bytes += b.len() as u64;
                 }
-                let end = matches!(kind, frame::Kind::EndOfInput(_));
-                if tx.send(Frame { kind: Some(kind) }).await.is_err() {
+                let end = matches!(kind, Frame::EndOfInput);
+                if tx.send(proto::Frame { kind: Some(to_proto(kind)) }).await.is_err() {
                     return Err(what("stream closed by the transport"));
                 }
                 if end {

@@ -1,11 +1,12 @@
-//! Distributed execution: the gRPC data exchange between worker processes, the record
-//! encoding it carries, and how a worker finds its peers.
+//! The network between worker processes: the gRPC exchange that implements the runtime's
+//! `Transport`, checkpoint coordination and job control, health, and how a worker finds its
+//! peers. Depends on the runtime, never the reverse; `cluster` wires it to a job.
 
 pub mod cluster;
-pub mod codec;
 pub(crate) mod coordination;
 pub(crate) mod exchange;
 pub mod health;
+pub(crate) mod transport;
 
 /// Code generated from `proto/exchange.proto` by the build script.
 #[allow(clippy::all, rust_2018_idioms, missing_docs)]
@@ -25,10 +26,9 @@ pub mod control_proto {
     include!(concat!(env!("OUT_DIR"), "/streamjob.control.v1.rs"));
 }
 
-/// The standard gRPC health service (Kubernetes `grpc` probes).
-#[allow(clippy::all, rust_2018_idioms, missing_docs)]
+/// The standard gRPC health protocol (Kubernetes `grpc` probes), from `tonic-health`.
 pub mod health_proto {
-    include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.rs"));
+    pub use tonic_health::pb::*;
 }
 
 /// Bumped on any incompatible change of the exchange protocol or the record encoding.

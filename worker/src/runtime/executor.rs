@@ -2,30 +2,39 @@
 //! each subtask's chain from its tail (routers) to its head (source or input gate), and runs
 //! each on its own thread. The first failing task cancels the others.
 //!
-//! In a distributed run each worker builds only the subtasks of its slots; channels with one
-//! end on another worker get a network half (`net::exchange`) instead of the other end.
+//! In a distributed run (`crate::cluster`) each worker builds only the subtasks of its
+//! slots; channels with one end on another worker get a network half
+//! (`runtime::transport`) instead of the other end, which a [`Transport`] carries.
+//!
+//! [`Transport`]: crate::runtime::transport::Transport
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use streamjob_crds::plan::PhysicalPlan;
 use streamjob_crds::{KeyGroupRange, Partitioning};
-use tracing::{Instrument as _, info, info_span};
+use tracing::{info, info_span};
 
-use crate::api::environment::JobExecutionResult;
-use crate::api::graph::{AnyBox, GraphBuilder, NodeRuntime};
 use crate::error::{JobError, TaskError, panic_message};
-use crate::net::cluster::ClusterConfig;
-use crate::net::coordination::{FollowerLink, JoinError, LeaderService};
-use crate::net::exchange::{
-    self, ChannelId, ExchangeService, Failures, Handshake, InboundSlot, OutboundChannel,
-};
 use crate::runtime::checkpoint::Coordinator;
 use crate::runtime::context::{CancelFlag, SubtaskContext};
-use crate::runtime::task::Task;
+use crate::runtime::graph::{AnyBox, GraphBuilder, NodeRuntime};
+use crate::runtime::task::{Task, TaskStats};
+use crate::runtime::transport::{ChannelId, InboundSlot, OutboundChannel};
+
+/// What `execute` reports for a job that finished.
+#[derive(Debug, Clone)]
+pub struct JobExecutionResult {
+    pub job_name: String,
+    pub duration: Duration,
+    /// Per subtask: chain name, subtask index, stats.
+    pub tasks: Vec<(String, u32, TaskStats)>,
+    /// Record bytes this process sent to other workers (distributed runs).
+    pub bytes_sent: u64,
+}
 
 pub(crate) fn run_local(
     graph: &GraphBuilder,
@@ -70,355 +79,13 @@ pub(crate) fn run_local(
     finish(job_name, started, &errors, stats, 0)
 }
 
-/// Runs this worker's share of the job and exchanges records with the other workers.
-pub(crate) fn run_distributed(
-    graph: &GraphBuilder,
-    job_name: &str,
-    cluster: &ClusterConfig,
-) -> Result<JobExecutionResult, JobError> {
-    let plan = graph.logical(job_name).plan()?;
-    let setup = |message: String| JobError::Setup {
-        operator: "worker".into(),
-        message,
-    };
-    plan.assignment(cluster.workers, cluster.slots)?;
-    if cluster.index >= cluster.workers {
-        return Err(setup(format!(
-            "worker index {} is out of range for {} workers",
-            cluster.index, cluster.workers
-        )));
-    }
-    if cluster.peers.len() != cluster.workers as usize {
-        return Err(setup(format!(
-            "{} peer addresses given for {} workers",
-            cluster.peers.len(),
-            cluster.workers
-        )));
-    }
-    let started = Instant::now();
-    let cancel = CancelFlag::default();
-    let placement = Placement {
-        worker: cluster.index,
-        slots: cluster.slots,
-    };
-    let errors = Arc::new(Mutex::new(Vec::new()));
-    let failures = Failures {
-        cancel: cancel.clone(),
-        errors: errors.clone(),
-        worker: cluster.index,
-    };
-    let mut handshake = Handshake {
-        job: job_name.to_string(),
-        plan_hash: format!("{:016x}-{:016x}", plan.fingerprint(), cluster.job_hash),
-        token: Arc::from(cluster.token.as_str()),
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("exchange")
-        .enable_all()
-        .build()
-        .map_err(|e| setup(format!("cannot start the network runtime: {e}")))?;
-    // Checkpoints: worker 0 leads; the others join it before building their tasks, so
-    // every worker restores the snapshot the leader chose.
-    let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut leader = None;
-    let mut follower = None;
-    let coordinator = match &graph.checkpointing {
-        None => None,
-        Some(config) => {
-            let tasks = plan.chains.iter().map(|c| c.parallelism as usize).sum();
-            let chk_error = |e: String| JobError::Setup {
-                operator: "checkpoints".into(),
-                message: e,
-            };
-            if cluster.index == 0 {
-                let shape = crate::runtime::checkpoint::JobShape::of(&plan);
-                let c = Arc::new(
-                    Coordinator::for_job(config, &shape)
-                        .map_err(|e| chk_error(format!("cannot restore or checkpoint: {e}")))?,
-                );
-                let epoch = crate::runtime::checkpoint::now_ms();
-                c.mark_leader(epoch)
-                    .map_err(|e| chk_error(format!("cannot write to checkpoint storage: {e}")))?;
-                leader = Some(LeaderService {
-                    coordinator: c.clone(),
-                    token: handshake.token.clone(),
-                    plan_hash: handshake.plan_hash.clone(),
-                    epoch,
-                    failures: failures.clone(),
-                    finished: finished.clone(),
-                    restarts: cluster.restarts,
-                    joined: Default::default(),
-                });
-                // Workers of different incarnations of the job (one restarted, one not yet)
-                // must refuse each other's channels.
-                handshake.plan_hash = format!("{}-e{epoch}", handshake.plan_hash);
-                Some(c)
-            } else {
-                let (link, restored) = runtime
-                    .block_on(async {
-                        let ch = exchange::connect(
-                            0,
-                            &cluster.peers[0],
-                            cluster.connect_timeout,
-                            &cancel,
-                            cluster.tls.as_ref(),
-                        )
-                        .await?;
-                        // A leader still running the job this worker left refuses the join
-                        // until it has restarted itself: wait for that.
-                        let started = Instant::now();
-                        loop {
-                            match FollowerLink::join(
-                                ch.clone(),
-                                handshake.token.clone(),
-                                cluster.index,
-                                &handshake.plan_hash,
-                            )
-                            .await
-                            {
-                                Err(JoinError::LeaderBusy(e))
-                                    if started.elapsed() < cluster.connect_timeout
-                                        && !cancel.is_set() =>
-                                {
-                                    tracing::debug!(reason = %e, "coordinator busy; joining again");
-                                    tokio::time::sleep(Duration::from_millis(100)).await;
-                                }
-                                other => break other.map_err(|e| e.to_string()),
-                            }
-                        }
-                    })
-                    .map_err(JobError::Coordination)?;
-                handshake.plan_hash = format!("{}-e{}", handshake.plan_hash, link.epoch);
-                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                let c = Arc::new(
-                    Coordinator::follower(config, tasks, restored, tx)
-                        .map_err(|e| chk_error(format!("cannot use checkpoint storage: {e}")))?,
-                );
-                let shared = c
-                    .sees_leader(link.epoch)
-                    .map_err(|e| chk_error(format!("cannot use checkpoint storage: {e}")))?;
-                if !shared {
-                    return Err(chk_error(format!(
-                        "worker {} cannot see the checkpoint storage of worker 0 at {}: every \
-                         worker must share it (s3://, or a volume all pods mount); a plain \
-                         path on each pod's own disk is not shared",
-                        cluster.index,
-                        c.storage_url()
-                    )));
-                }
-                follower = Some((link, rx));
-                Some(c)
-            }
-        }
-    };
-    let built = build_tasks(graph, &plan, &cancel, Some(placement), coordinator.clone())?;
-    info!(
-        job = job_name,
-        worker = cluster.index,
-        workers = cluster.workers,
-        plan = %handshake.plan_hash,
-        subtasks = built.tasks.len(),
-        outbound = built.outbound.len(),
-        inbound = built.inbound.len(),
-        "worker started"
-    );
-    let listener = std::net::TcpListener::bind(cluster.listen)
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|e| setup(format!("cannot listen on {}: {e}", cluster.listen)))?;
-    let waiting: Arc<Mutex<HashMap<ChannelId, InboundSlot>>> =
-        Arc::new(Mutex::new(built.inbound.into_iter().collect()));
-    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    let service = ExchangeService {
-        handshake: handshake.clone(),
-        credit: cluster.credit.max(1),
-        slots: waiting.clone(),
-        failures: failures.clone(),
-    };
-    let health = cluster.health.clone();
-    let leader_services = leader.map(|l| {
-        (
-            crate::net::coordination::coordination_server(l.clone()),
-            crate::net::coordination::control_server(l),
-        )
-    });
-    let server = {
-        let _guard = runtime.enter();
-        let listener = tokio::net::TcpListener::from_std(listener)
-            .map_err(|e| setup(format!("cannot listen on {}: {e}", cluster.listen)))?;
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let failures = failures.clone();
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(t) = &cluster.tls {
-            use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-            builder = builder
-                .tls_config(
-                    ServerTlsConfig::new()
-                        .identity(Identity::from_pem(&t.cert, &t.key))
-                        .client_ca_root(Certificate::from_pem(&t.ca)),
-                )
-                .map_err(|e| setup(format!("TLS setup: {e}")))?;
-        }
-        runtime.spawn(async move {
-            let (coordination, control) = leader_services.unzip();
-            let served = builder
-                .tcp_nodelay(true)
-                .http2_keepalive_interval(Some(Duration::from_secs(5)))
-                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-                .initial_stream_window_size(Some(1 << 20))
-                .initial_connection_window_size(Some(8 << 20))
-                .add_service(exchange::server(service))
-                .add_service(crate::net::health::server(health))
-                .add_optional_service(coordination)
-                .add_optional_service(control)
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = server_stopped.await;
-                })
-                .await;
-            if let Err(e) = served {
-                failures.fail(format!("exchange server failed: {e}"));
-            }
-        })
-    };
-    // Peers that never open their channels would leave this worker waiting forever. Give
-    // them longer than the connect timeout, so an unreachable peer is reported as such.
-    let watchdog = {
-        let (waiting, failures) = (waiting.clone(), failures.clone());
-        let timeout = cluster.connect_timeout * 2 + Duration::from_secs(2);
-        runtime.spawn(async move {
-            tokio::time::sleep(timeout).await;
-            let missing: Vec<String> = waiting
-                .lock()
-                .unwrap()
-                .values()
-                .map(|s| format!("worker {} never opened channel {}", s.peer, s.label))
-                .collect();
-            if let Some(first) = missing.first() {
-                failures.fail(format!(
-                    "{first} within {timeout:?} ({} channel(s) missing)",
-                    missing.len()
-                ));
-            }
-        })
-    };
-    let sent = Arc::new(AtomicU64::new(0));
-    let mut by_peer: HashMap<u32, Vec<OutboundChannel>> = HashMap::new();
-    for ch in built.outbound {
-        by_peer.entry(ch.peer).or_default().push(ch);
-    }
-    let senders: Vec<_> = by_peer
-        .into_iter()
-        .map(|(peer, channels)| {
-            let addr = cluster.peers[peer as usize].clone();
-            let (failures, handshake, sent) = (failures.clone(), handshake.clone(), sent.clone());
-            let (timeout, worker) = (cluster.connect_timeout, cluster.index);
-            let tls = cluster.tls.clone();
-            let span = info_span!("exchange-out", peer, %addr);
-            runtime.spawn(
-                async move {
-                    let conn = match exchange::connect(
-                        peer,
-                        &addr,
-                        timeout,
-                        &failures.cancel,
-                        tls.as_ref(),
-                    )
-                    .await
-                    {
-                        Ok(c) => c,
-                        // Once cancelled, the reason is already reported.
-                        Err(_) if failures.cancel.is_set() => return,
-                        Err(e) => return failures.fail(e),
-                    };
-                    let streams: Vec<_> = channels
-                        .into_iter()
-                        .map(|ch| {
-                            let (conn, handshake) = (conn.clone(), handshake.clone());
-                            tokio::spawn(exchange::send(conn, ch, handshake, worker))
-                        })
-                        .collect();
-                    for s in streams {
-                        match s.await {
-                            Ok(Ok(bytes)) => {
-                                sent.fetch_add(bytes, Ordering::Relaxed);
-                            }
-                            Ok(Err(e)) => failures.fail(e),
-                            Err(e) => failures.fail(format!("exchange sender panicked: {e}")),
-                        }
-                    }
-                }
-                .instrument(span),
-            )
-        })
-        .collect();
+pub(crate) type Stats = Vec<(String, u32, TaskStats)>;
 
-    let link = follower.map(|(link, reports)| {
-        let weak = Arc::downgrade(coordinator.as_ref().expect("a follower has a coordinator"));
-        runtime.spawn(link.run(weak, reports, failures.clone(), finished.clone()))
-    });
-    let stop_trigger = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let trigger = coordinator
-        .clone()
-        .filter(|c| c.is_leader())
-        .zip(graph.checkpointing.as_ref())
-        .map(|(c, config)| spawn_trigger(c, config.interval, stop_trigger.clone(), cancel.clone()));
-
-    cluster.health.ready.store(true, Ordering::Release);
-    // Tasks end only once the job's final checkpoint is complete, which needs every
-    // worker's tasks to have finished: when they return here, the whole job is done.
-    let stats = run_tasks(built.tasks, &cancel, &errors);
-    stop_trigger.store(true, Ordering::Release);
-    if let Some(t) = trigger {
-        let _ = t.join();
-    }
-    finished.store(!cancel.is_set(), Ordering::Release);
-    // A follower's last reports (its tasks finished) must reach the leader before it exits:
-    // the link ends once its queue is drained and the coordinator is gone.
-    drop(coordinator);
-    if let Some(link) = link {
-        let _ =
-            runtime.block_on(async { tokio::time::timeout(Duration::from_secs(30), link).await });
-    }
-    // Local tasks are done; wait for the senders to deliver what they still hold, unless the
-    // job is failing (then give them a moment to report why, no more).
-    let mut failing_since: Option<Instant> = None;
-    while senders.iter().any(|h| !h.is_finished()) {
-        if cancel.is_set() {
-            let since = *failing_since.get_or_insert_with(Instant::now);
-            if since.elapsed() > Duration::from_secs(2) {
-                break;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    watchdog.abort();
-    let result = finish(
-        job_name,
-        started,
-        &errors,
-        stats,
-        sent.load(Ordering::Relaxed),
-    );
-    if result.is_ok() && cluster.idle_after_finish {
-        // In a pod: exiting would make the StatefulSet run the job again. Keep answering
-        // the probes until the pod is deleted.
-        info!(
-            job = job_name,
-            "job finished; idling until the pod is stopped"
-        );
-        loop {
-            std::thread::park();
-        }
-    }
-    let _ = stop_server.send(());
-    let _ = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(2), server).await });
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    result
-}
-
-type Stats = Vec<(String, u32, crate::runtime::task::TaskStats)>;
-
-fn run_tasks(tasks: Vec<Built>, cancel: &CancelFlag, errors: &Mutex<Vec<TaskError>>) -> Stats {
+pub(crate) fn run_tasks(
+    tasks: Vec<Built>,
+    cancel: &CancelFlag,
+    errors: &Mutex<Vec<TaskError>>,
+) -> Stats {
     let stats = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for (chain_name, subtask, task) in tasks {
@@ -447,7 +114,7 @@ fn run_tasks(tasks: Vec<Built>, cancel: &CancelFlag, errors: &Mutex<Vec<TaskErro
 }
 
 /// Triggers checkpoints at the configured interval while the job runs.
-fn spawn_trigger(
+pub(crate) fn spawn_trigger(
     c: Arc<Coordinator>,
     interval: Duration,
     stop: Arc<std::sync::atomic::AtomicBool>,
@@ -465,7 +132,7 @@ fn spawn_trigger(
         .expect("spawn checkpoint thread")
 }
 
-fn finish(
+pub(crate) fn finish(
     job_name: &str,
     started: Instant,
     errors: &Mutex<Vec<TaskError>>,
@@ -494,7 +161,7 @@ fn truncate(s: &str, n: usize) -> &str {
     }
 }
 
-type Built = (String, u32, Box<dyn Task>);
+pub(crate) type Built = (String, u32, Box<dyn Task>);
 
 /// Which subtasks run in this process: all of them, or one worker's slots.
 #[derive(Clone, Copy)]
@@ -514,7 +181,7 @@ pub(crate) struct BuiltJob {
     pub inbound: Vec<(ChannelId, InboundSlot)>,
 }
 
-fn build_tasks(
+pub(crate) fn build_tasks(
     graph: &GraphBuilder,
     plan: &PhysicalPlan,
     cancel: &CancelFlag,
@@ -567,18 +234,10 @@ fn build_tasks(
                     to: d,
                 };
                 let (tx, rx) = kind.pair(graph.channel_capacity);
-                let no_wire = || JobError::Setup {
-                    operator: plan.nodes[e.from_node].name.clone(),
-                    message: format!(
-                        "records of type {} cannot cross the network (no wire format); \
-                         run this job in one process",
-                        kind.record_type()
-                    ),
-                };
                 if up_local {
                     tx_of[u as usize].push(tx);
                 } else {
-                    let inbound_half = kind.inbound(tx).ok_or_else(no_wire)?;
+                    let inbound_half = kind.inbound(tx);
                     inbound.push((
                         id,
                         InboundSlot {
@@ -593,7 +252,7 @@ fn build_tasks(
                 } else {
                     outbound.push(OutboundChannel {
                         id,
-                        outbound: kind.outbound(rx).ok_or_else(no_wire)?,
+                        outbound: kind.outbound(rx),
                         label: label(u, d),
                         peer: worker_of(d),
                     });

@@ -7,11 +7,11 @@ use std::time::Instant;
 
 use tracing::debug;
 
-use crate::api::functions::{Collector, SourceReader, SourceStatus};
 use crate::error::{TaskError, panic_message};
 use crate::runtime::channel::{Endpoint, InputGate, cancelled};
 use crate::runtime::checkpoint::{Coordinator, FinalOutcome};
 use crate::runtime::context::{CANCEL_POLL, SubtaskContext};
+use crate::runtime::functions::{Collector, SourceReader, SourceStatus};
 use crate::runtime::message::{CheckpointBarrier, FINAL_CHECKPOINT, Message, Signal};
 use crate::runtime::output::Output;
 
