@@ -132,6 +132,7 @@ fn a_job_killed_at_random_points_ends_with_exactly_once_output() {
             .spawn()
             .unwrap();
         x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        // A kill at a pseudo-random point; the exact-once result must hold wherever it lands.
         std::thread::sleep(Duration::from_millis(150 + (x >> 33) % 400));
         if job.try_wait().unwrap().is_some() {
             break; // finished before this kill
@@ -202,6 +203,7 @@ fn a_distributed_job_whose_workers_are_killed_at_random_points_ends_with_exactly
     let started = Instant::now();
     while kills < 10 && cluster.try_wait().unwrap().is_none() {
         x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        // A kill at a pseudo-random point; the exact-once result must hold wherever it lands.
         std::thread::sleep(Duration::from_millis(300 + (x >> 33) % 700));
         let workers = workers_of(cluster.id());
         if workers.len() < 2 {
@@ -267,6 +269,8 @@ fn stop_with_savepoint(spec: &Path, args: &[&str], after: Duration) -> String {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status["state"], "running", "{status}");
+    // Lets the job work on after its first checkpoint (a checkpoint was awaited above); the
+    // counts must be exact however far it got.
     std::thread::sleep(after);
     let wrong = Command::new(BIN)
         .args(["status", "--address", &address])
@@ -392,6 +396,7 @@ fn checkpoints_in_an_s3_bucket_survive_kills_exactly_once() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        // A kill at a fixed-but-arbitrary point; the result must hold wherever it lands.
         std::thread::sleep(Duration::from_millis(wait_ms));
         if job.try_wait().unwrap().is_some() {
             break;

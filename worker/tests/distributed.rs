@@ -5,10 +5,12 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_streamjob");
+mod common;
+
+use common::{BIN, Worker, free_ports, wait_until};
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("sj-dist-{}-{name}", std::process::id()));
@@ -177,79 +179,6 @@ fn word_count_across_workers_matches_the_in_process_run() {
     }
 }
 
-struct Worker {
-    child: Child,
-}
-
-impl Worker {
-    fn start(spec: &Path, index: u32, peers: &[String], token: &str, extra: &[&str]) -> Worker {
-        let child = Command::new(BIN)
-            .arg("worker")
-            .arg(spec)
-            .args(["--index", &index.to_string()])
-            .args(["--workers", &peers.len().to_string()])
-            .args(["--peers", &peers.join(",")])
-            .args(["--listen", &peers[index as usize]])
-            .args(extra)
-            .env("STREAMJOB_TOKEN", token)
-            .env_remove("POD_NAME")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        Worker { child }
-    }
-
-    /// Waits up to `timeout` for the worker to exit; returns (success, stderr).
-    fn wait(mut self, timeout: Duration) -> (bool, String) {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let mut err = String::new();
-                self.child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut err)
-                    .unwrap();
-                return (status.success(), err);
-            }
-            if started.elapsed() > timeout {
-                let _ = self.child.kill();
-                panic!("worker still running after {timeout:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap()
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_ports(n: usize) -> Vec<String> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().to_string())
-        .collect()
-}
-
 #[test]
 fn a_slow_sink_on_one_worker_keeps_the_other_workers_memory_bounded() {
     let dir = tmp("slow");
@@ -265,7 +194,7 @@ fn a_slow_sink_on_one_worker_keeps_the_other_workers_memory_bounded() {
             .success()
     );
     let peers = free_ports(2);
-    let w0 = Worker::start(&spec, 0, &peers, "t", &[]);
+    let mut w0 = Worker::start(&spec, 0, &peers, "t", &[]);
     let w1 = Worker::start(&spec, 1, &peers, "t", &[]);
     // Hold the pipe open without reading: once its 64 KiB buffer is full, sink 1 blocks.
     let reader = std::thread::spawn({
@@ -273,18 +202,20 @@ fn a_slow_sink_on_one_worker_keeps_the_other_workers_memory_bounded() {
         move || std::fs::File::open(fifo).unwrap()
     });
     let mut pipe = reader.join().unwrap();
+    // Stalled, not finished: worker 0 is held back by credit. Wait until its own output has
+    // stopped growing for a while (however long a slow machine takes to get there), and
+    // watch its memory all along.
     let mut peak = 0;
-    for _ in 0..30 {
-        std::thread::sleep(Duration::from_millis(100));
+    let mut last = (u64::MAX, Instant::now());
+    wait_until(Duration::from_secs(120), "worker 0 never stalled", || {
         peak = peak.max(w0.rss_kib());
-    }
-    // Stalled, not finished: worker 0 is blocked by credit, not done.
-    let stalled = std::fs::metadata(out.join("counts.0")).unwrap().len();
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(
-        std::fs::metadata(out.join("counts.0")).unwrap().len(),
-        stalled
-    );
+        let len = std::fs::metadata(out.join("counts.0")).map_or(0, |m| m.len());
+        if len != last.0 {
+            last = (len, Instant::now());
+        }
+        len > 0 && last.1.elapsed() > Duration::from_millis(800)
+    });
+    assert!(w0.child.try_wait().unwrap().is_none(), "worker 0 finished");
     eprintln!("worker 0 peak RSS while stalled: {peak} KiB");
     assert!(
         peak < 120 * 1024,
@@ -336,15 +267,11 @@ fn a_killed_worker_stops_the_others_promptly_with_a_clear_error() {
     for i in 0..2000 {
         writeln!(conn, "alpha beta gamma{i}").unwrap();
     }
-    // Wait until records flow through both workers.
-    let started = Instant::now();
-    while ["counts.0", "counts.1"]
-        .iter()
-        .any(|f| std::fs::metadata(dir.join("out").join(f)).map_or(0, |m| m.len()) == 0)
-    {
-        assert!(started.elapsed() < Duration::from_secs(20), "no output");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(Duration::from_secs(20), "no output on both workers", || {
+        ["counts.0", "counts.1"]
+            .iter()
+            .all(|f| std::fs::metadata(dir.join("out").join(f)).map_or(0, |m| m.len()) > 0)
+    });
     w1.child.kill().unwrap();
     let killed = Instant::now();
     let (ok, err) = w0.wait(Duration::from_secs(15));

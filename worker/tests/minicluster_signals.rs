@@ -7,11 +7,9 @@ mod common;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::workers_of;
-
-const BIN: &str = env!("CARGO_BIN_EXE_streamjob");
+use common::{BIN, wait_exit, wait_until, workers_of};
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("sj-signals-{}-{name}", std::process::id()));
@@ -74,34 +72,24 @@ fn start_cluster(name: &str) -> (Child, Vec<u32>, TcpListener, PathBuf) {
         .spawn()
         .unwrap();
     server.set_nonblocking(true).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
     let mut connected = None;
-    let workers = loop {
-        assert!(Instant::now() < deadline, "the workers did not start");
+    let mut workers = Vec::new();
+    wait_until(Duration::from_secs(60), "the workers did not start", || {
         if connected.is_none() {
             connected = server.accept().ok();
         }
-        let workers = workers_of(cluster.id());
-        if workers.len() == 2 && connected.is_some() {
-            break workers;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+        workers = workers_of(cluster.id());
+        workers.len() == 2 && connected.is_some()
+    });
     // Keep the connection open: the job never ends by itself.
     std::mem::forget(connected);
     (cluster, workers, server, dir)
 }
 
 fn wait_gone(pids: &[u32], within: Duration) {
-    let deadline = Instant::now() + within;
-    while pids.iter().any(|p| alive(*p)) {
-        assert!(
-            Instant::now() < deadline,
-            "worker(s) still running: {:?}",
-            pids.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(within, format!("worker(s) still running: {pids:?}"), || {
+        !pids.iter().any(|p| alive(*p))
+    });
 }
 
 /// The mini-cluster's stderr, read on a thread: workers inherit the pipe, so reading it to
@@ -116,25 +104,11 @@ fn stderr_of(child: &mut Child) -> std::thread::JoinHandle<String> {
     })
 }
 
-fn wait_with_deadline(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the mini-cluster did not exit within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn stop_by(sig: &str, code: i32) {
     let (mut cluster, workers, _server, dir) = start_cluster(&sig[1..].to_lowercase());
     let stderr = stderr_of(&mut cluster);
     signal(cluster.id(), sig);
-    let status = wait_with_deadline(&mut cluster, Duration::from_secs(30));
+    let status = wait_exit(&mut cluster, Duration::from_secs(30));
     wait_gone(&workers, Duration::from_secs(5));
     let err = stderr.join().unwrap();
     assert_eq!(status.code(), Some(code), "{err}");
@@ -164,7 +138,7 @@ fn a_worker_stopped_by_sigterm_stops_the_mini_cluster_instead_of_restarting() {
     let (mut cluster, workers, _server, dir) = start_cluster("worker-term");
     let stderr = stderr_of(&mut cluster);
     signal(workers[1], "-TERM");
-    let status = wait_with_deadline(&mut cluster, Duration::from_secs(30));
+    let status = wait_exit(&mut cluster, Duration::from_secs(30));
     wait_gone(&workers, Duration::from_secs(5));
     let err = stderr.join().unwrap();
     assert_eq!(status.code(), Some(143), "{err}");

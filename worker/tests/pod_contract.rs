@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use streamjob::crds::graph::to_logical_graph;
 use streamjob::crds::validate::parse_job;
@@ -15,7 +15,9 @@ use streamjob::net::health_proto::health_check_response::ServingStatus;
 use streamjob::net::health_proto::health_client::HealthClient;
 use streamjob_operator::resources::{self, Defaults};
 
-const BIN: &str = env!("CARGO_BIN_EXE_streamjob");
+mod common;
+
+use common::{BIN, wait_until};
 
 struct Pods(Vec<Child>);
 
@@ -179,33 +181,28 @@ spec:
         }
         pods.0.push(cmd.spawn().unwrap());
     }
-    let started = Instant::now();
-    while finals(&dir.join("out")) != expected {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "job did not finish: {:?}",
-            finals(&dir.join("out"))
-        );
+    wait_until(Duration::from_secs(60), "job did not finish", || {
         for p in &mut pods.0 {
             assert!(p.try_wait().unwrap().is_none(), "a worker exited");
         }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        finals(&dir.join("out")) == expected
+    });
     // The job is done; the pods stay up (--idle-after-finish) and report ready to the
     // readiness probe the StatefulSet defines.
-    std::thread::sleep(Duration::from_millis(300));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     for i in 0..replicas {
+        let addr = format!("127.0.{i}.1:{port}");
+        wait_until(
+            Duration::from_secs(20),
+            format!("worker {i} never reported ready"),
+            || rt.block_on(readiness(&addr)) == Some(ServingStatus::Serving),
+        );
         assert!(
             pods.0[i as usize].try_wait().unwrap().is_none(),
             "worker {i} exited"
-        );
-        assert_eq!(
-            rt.block_on(readiness(&format!("127.0.{i}.1:{port}"))),
-            Some(ServingStatus::Serving)
         );
     }
     // Checkpoints went to the run directory the operator named, and worker 0's job control

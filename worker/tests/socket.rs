@@ -100,6 +100,9 @@ fn with_retry_the_source_waits_for_the_server_to_come_up() {
     let port = l.local_addr().unwrap().port();
     drop(l);
     let server = std::thread::spawn(move || {
+        // The server comes up late (a fault, not a wait for a condition): the source
+        // retries from its start, so any delay under its 3 s retry window gives the same
+        // records.
         std::thread::sleep(Duration::from_millis(1200));
         let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let (mut c, _) = l.accept().unwrap();

@@ -2,6 +2,8 @@
 //! are read recursively through symlinks, lines that are not UTF-8 follow one policy, and a
 //! socket that waits says so.
 
+mod common;
+
 use std::io::Write as _;
 use std::net::TcpListener;
 use std::os::unix::fs::symlink;
@@ -10,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use common::wait_for;
 use streamjob::StreamExecutionEnvironment;
 use streamjob::connectors::socket::SocketSource;
 use streamjob::crds::expr::Value;
@@ -245,18 +248,16 @@ impl std::io::Write for Capture {
 /// Waits until a log line contains every one of `parts`.
 fn wait_for_log(parts: &[&str]) -> String {
     let logs = logs();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = String::from_utf8_lossy(&logs.lock().unwrap()).to_string();
-        if let Some(line) = text.lines().find(|l| parts.iter().all(|p| l.contains(p))) {
-            return line.to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no log line with {parts:?}:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(
+        Duration::from_secs(20),
+        format!("no log line with {parts:?}"),
+        || {
+            let text = String::from_utf8_lossy(&logs.lock().unwrap()).to_string();
+            text.lines()
+                .find(|l| parts.iter().all(|p| l.contains(p)))
+                .map(str::to_string)
+        },
+    )
 }
 
 #[test]
