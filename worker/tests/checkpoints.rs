@@ -10,9 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{kill9, workers_of};
-
-const BIN: &str = env!("CARGO_BIN_EXE_streamjob");
+use common::{BIN, kill9, workers_of};
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("sj-ckpt-{}-{name}", std::process::id()));

@@ -44,7 +44,9 @@ fn finals(dir: &Path) -> BTreeMap<String, u64> {
     m
 }
 
-async fn readiness(addr: &str) -> Option<ServingStatus> {
+/// What the pod's `grpc` probe of `service` sees (the operator probes `liveness` and
+/// `readiness`).
+async fn probe(addr: &str, service: &str) -> Option<ServingStatus> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .ok()?
         .connect()
@@ -53,7 +55,7 @@ async fn readiness(addr: &str) -> Option<ServingStatus> {
     let mut client = HealthClient::new(channel);
     let r = client
         .check(HealthCheckRequest {
-            service: "readiness".into(),
+            service: service.into(),
         })
         .await
         .ok()?;
@@ -198,7 +200,11 @@ spec:
         wait_until(
             Duration::from_secs(20),
             format!("worker {i} never reported ready"),
-            || rt.block_on(readiness(&addr)) == Some(ServingStatus::Serving),
+            || rt.block_on(probe(&addr, "readiness")) == Some(ServingStatus::Serving),
+        );
+        assert_eq!(
+            rt.block_on(probe(&addr, "liveness")),
+            Some(ServingStatus::Serving)
         );
         assert!(
             pods.0[i as usize].try_wait().unwrap().is_none(),

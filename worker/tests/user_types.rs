@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::has_complete_checkpoint;
+use common::{free_ports, has_complete_checkpoint};
 use serde::{Deserialize, Serialize};
 use streamjob::StreamExecutionEnvironment;
 use streamjob::net::cluster::ClusterConfig;
@@ -141,14 +141,7 @@ fn a_user_struct_is_keyed_across_two_worker_processes() {
         return run_worker(&spec);
     }
     let dir = tmp("dist");
-    let ports: Vec<String> = {
-        let ls: Vec<_> = (0..2)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect();
-        ls.iter()
-            .map(|l| l.local_addr().unwrap().to_string())
-            .collect()
-    };
+    let ports = free_ports(2);
     let outs: Vec<PathBuf> = (0..2).map(|i| dir.join(format!("out-{i}.jsonl"))).collect();
     let children: Vec<_> = (0..2)
         .map(|i| {

@@ -47,3 +47,36 @@ impl HealthState {
 pub(crate) fn server(state: &HealthState) -> HealthServer<HealthService> {
     HealthServer::new(HealthService::from_health_reporter(state.reporter.clone()))
 }
+
+#[cfg(test)]
+mod tests {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus as Wire;
+    use tonic_health::pb::health_server::Health;
+
+    use super::*;
+
+    fn check(state: &HealthState, service: &str) -> Result<i32, tonic::Code> {
+        let service_impl = HealthService::from_health_reporter(state.reporter.clone());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(service_impl.check(tonic::Request::new(HealthCheckRequest {
+            service: service.into(),
+        })))
+        .map(|r| r.into_inner().status)
+        .map_err(|s| s.code())
+    }
+
+    #[test]
+    fn live_at_once_ready_once_told_and_unknown_services_are_not_found() {
+        let state = HealthState::default();
+        let serving = Ok(Wire::Serving as i32);
+        assert_eq!(check(&state, "liveness"), serving);
+        assert_eq!(check(&state, ""), serving);
+        assert_eq!(check(&state, "readiness"), Ok(Wire::NotServing as i32));
+        state.clone().set_ready();
+        assert_eq!(check(&state, "readiness"), serving);
+        assert_eq!(check(&state, "other"), Err(tonic::Code::NotFound));
+    }
+}
