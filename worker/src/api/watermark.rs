@@ -22,6 +22,7 @@ pub struct WatermarkStrategy<T> {
     pub(crate) assigner: Option<TimestampAssignerFn<T>>,
     pub(crate) idleness_ms: Option<i64>,
     pub(crate) interval_ms: i64,
+    pub(crate) per_record: bool,
     pub(crate) clock: Arc<dyn Clock>,
 }
 
@@ -32,6 +33,7 @@ impl<T> Clone for WatermarkStrategy<T> {
             assigner: self.assigner.clone(),
             idleness_ms: self.idleness_ms,
             interval_ms: self.interval_ms,
+            per_record: self.per_record,
             clock: self.clock.clone(),
         }
     }
@@ -48,6 +50,7 @@ impl<T> WatermarkStrategy<T> {
             assigner: None,
             idleness_ms: None,
             interval_ms: ms(DEFAULT_WATERMARK_INTERVAL),
+            per_record: false,
             clock: Arc::new(SystemClock),
         }
     }
@@ -90,6 +93,13 @@ impl<T> WatermarkStrategy<T> {
     /// How often watermarks are emitted (default 200 ms).
     pub fn with_emit_interval(mut self, interval: Duration) -> Self {
         self.interval_ms = ms(interval).max(1);
+        self
+    }
+
+    /// Emits the watermark after every record that advances it instead of periodically
+    /// (Flink's punctuated watermarks): deterministic, for tests and low-rate inputs.
+    pub fn with_watermark_per_record(mut self) -> Self {
+        self.per_record = true;
         self
     }
 

@@ -128,6 +128,10 @@ impl<T: Send> Output<T> for TimestampsAndWatermarks<T> {
             // Records again: the watermark status is active from this record on.
             self.idle = false;
         }
+        if self.strategy.per_record {
+            self.next.emit(item)?;
+            return self.emit_watermark();
+        }
         self.since_check += 1;
         if self.since_check >= CLOCK_CHECK_EVERY {
             self.since_check = 0;
