@@ -677,3 +677,252 @@ where
         self.out.flush()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use streamjob_crds::KeyGroupRange;
+
+    use super::*;
+    use crate::api::windows::{
+        Aggregate, AggregateFunction, EventTimeSessionWindows, TumblingEventTimeWindows,
+        TumblingProcessingTimeWindows,
+    };
+    use crate::runtime::time::{MAX_WATERMARK, ManualClock, set_current_timestamp};
+
+    type Rec = (String, i64);
+    type Fired = (String, i64, i64, i64);
+
+    struct Sum;
+    impl AggregateFunction<Rec> for Sum {
+        type Acc = i64;
+        type Out = i64;
+        fn create_accumulator(&self) -> i64 {
+            0
+        }
+        fn add(&self, v: Rec, acc: &mut i64) {
+            *acc += v.1;
+        }
+        fn get_result(&self, acc: &i64) -> i64 {
+            *acc
+        }
+        fn merge(&self, a: i64, b: i64) -> i64 {
+            a + b
+        }
+    }
+
+    struct Sink(Arc<Mutex<Vec<Fired>>>);
+    impl Output<Fired> for Sink {
+        fn emit(&mut self, item: Fired) -> Result<(), TaskError> {
+            self.0.lock().unwrap().push(item);
+            Ok(())
+        }
+        fn signal(&mut self, _: Signal) -> Result<(), TaskError> {
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<(), TaskError> {
+            Ok(())
+        }
+    }
+
+    const MAX_P: u32 = 128;
+
+    type TestOp = WindowOperator<Rec, str, Aggregate<Sum>, Fired>;
+
+    fn op(
+        assigner: WindowAssigner,
+        lateness: i64,
+        clock: Arc<dyn Clock>,
+        range: KeyGroupRange,
+        out: Arc<Mutex<Vec<Fired>>>,
+    ) -> TestOp {
+        WindowOperator::new(
+            WindowSetup {
+                spec: WindowSpec {
+                    assigner,
+                    allowed_lateness_ms: lateness,
+                    clock,
+                },
+                key_groups: range,
+                max_parallelism: MAX_P,
+                id: OpId {
+                    name: "window".into(),
+                    subtask: 0,
+                },
+                checkpoint: None,
+            },
+            Arc::new(|r: &Rec| Ok(Cow::Borrowed(r.0.as_str()))),
+            Aggregate(Sum),
+            Arc::new(
+                |k: &str, ctx: &WindowContext, sum, out: &mut Collector<'_, Fired>| {
+                    out.collect((k.to_string(), ctx.window.start, ctx.window.end, sum));
+                    Ok(())
+                },
+            ),
+            WindowOutputs::Plain(Box::new(Sink(out))),
+        )
+    }
+
+    #[test]
+    fn processing_time_windows_fire_by_the_injected_clock() {
+        let clock = ManualClock::new(1_000);
+        let out = Arc::new(Mutex::new(vec![]));
+        let mut w = op(
+            TumblingProcessingTimeWindows::of(Duration::from_millis(100)),
+            0,
+            Arc::new(clock.clone()),
+            KeyGroupRange::for_subtask(0, 1, MAX_P),
+            out.clone(),
+        );
+        w.emit(("a".into(), 1)).unwrap();
+        clock.set(1_050);
+        w.emit(("a".into(), 2)).unwrap();
+        w.emit(("b".into(), 5)).unwrap();
+        w.flush().unwrap();
+        assert!(
+            out.lock().unwrap().is_empty(),
+            "nothing before the window ends"
+        );
+        clock.set(1_099);
+        w.flush().unwrap();
+        let mut got = std::mem::take(&mut *out.lock().unwrap());
+        got.sort();
+        assert_eq!(
+            got,
+            vec![("a".into(), 1000, 1100, 3), ("b".into(), 1000, 1100, 5)]
+        );
+        // The clock jumps past the next window: it fires when the next record arrives
+        // (its timer is due before that record is assigned).
+        clock.set(1_150);
+        w.emit(("a".into(), 7)).unwrap();
+        clock.set(1_300);
+        w.emit(("a".into(), 1)).unwrap();
+        assert_eq!(*out.lock().unwrap(), vec![("a".into(), 1100, 1200, 7)]);
+    }
+
+    /// Records (key, value, timestamp) in arrival order, with the watermark after each.
+    fn workload(n: usize) -> Vec<(Rec, i64, i64)> {
+        let mut x: u64 = 9;
+        let mut max = i64::MIN;
+        (0..n)
+            .map(|i| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let ts = i as i64 * 5 - (x >> 60) as i64 * 9;
+                max = max.max(ts);
+                let key = format!("k{}", (x >> 40) % 13);
+                ((key, ((x >> 20) % 50) as i64), ts, max - 30)
+            })
+            .collect()
+    }
+
+    /// Routes records by key group; the watermark reaches every subtask after every 7th
+    /// record, so records right after a restore meet the restored watermark.
+    fn feed(ops: &mut [(KeyGroupRange, TestOp)], part: &[(Rec, i64, i64)]) {
+        for (i, (rec, ts, wm)) in part.iter().enumerate() {
+            let g = key_group_of_hash(stable_hash(rec.0.as_str()), MAX_P);
+            let (_, op) = ops
+                .iter_mut()
+                .find(|(r, _)| r.contains(g))
+                .expect("some subtask owns every group");
+            set_current_timestamp(*ts);
+            op.emit(rec.clone()).unwrap();
+            if i % 7 == 6 {
+                for (_, op) in ops.iter_mut() {
+                    op.signal(Signal::Watermark(*wm)).unwrap();
+                }
+            }
+        }
+    }
+
+    /// Runs at parallelism `from`, snapshots halfway and restores at `to` (0: no restore).
+    fn rescaled_run(assigner: WindowAssigner, lateness: i64, from: u32, to: u32) -> Vec<Fired> {
+        let records = workload(2_000);
+        let (first, second) = records.split_at(1_000);
+        let out = Arc::new(Mutex::new(vec![]));
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(0));
+        let make = |p: u32| -> Vec<_> {
+            (0..p)
+                .map(|i| {
+                    let r = KeyGroupRange::for_subtask(i, p, MAX_P);
+                    (r, op(assigner, lateness, clock.clone(), r, out.clone()))
+                })
+                .collect()
+        };
+        let mut before = make(from);
+        feed(&mut before, first);
+        if to == 0 {
+            // Uninterrupted.
+            feed(&mut before, second);
+            for (_, o) in before.iter_mut() {
+                o.signal(Signal::Watermark(MAX_WATERMARK)).unwrap();
+            }
+            let mut got = std::mem::take(&mut *out.lock().unwrap());
+            got.sort();
+            return got;
+        }
+        let snapshots: Vec<(u32, Vec<u8>)> = before
+            .iter()
+            .enumerate()
+            .map(|(i, (_, o))| (i as u32, o.snapshot().unwrap()))
+            .collect();
+        drop(before);
+        let mut after = make(to);
+        for (_, o) in after.iter_mut() {
+            o.restore(&snapshots).unwrap();
+        }
+        feed(&mut after, second);
+        for (_, o) in after.iter_mut() {
+            o.signal(Signal::Watermark(MAX_WATERMARK)).unwrap();
+        }
+        let mut got = std::mem::take(&mut *out.lock().unwrap());
+        got.sort();
+        got
+    }
+
+    #[test]
+    fn a_snapshot_with_open_windows_restores_at_another_parallelism_with_identical_results() {
+        for (assigner, lateness) in [
+            (TumblingEventTimeWindows::of(Duration::from_millis(40)), 0),
+            (TumblingEventTimeWindows::of(Duration::from_millis(40)), 25),
+            (
+                EventTimeSessionWindows::with_gap(Duration::from_millis(12)),
+                20,
+            ),
+        ] {
+            let uninterrupted = rescaled_run(assigner, lateness, 1, 0);
+            assert!(uninterrupted.len() > 50, "{}", uninterrupted.len());
+            for (from, to) in [(1, 1), (2, 3), (3, 1)] {
+                assert_eq!(
+                    rescaled_run(assigner, lateness, from, to),
+                    uninterrupted,
+                    "{assigner:?} lateness {lateness}: {from} -> {to}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn window_state_of_another_format_is_refused_naming_it() {
+        let out = Arc::new(Mutex::new(vec![]));
+        let r = KeyGroupRange::for_subtask(0, 1, MAX_P);
+        let a = TumblingEventTimeWindows::of(Duration::from_millis(10));
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(0));
+        let mut snap = op(a, 0, clock.clone(), r, out.clone()).snapshot().unwrap();
+        snap[5] = 7;
+        let err = op(a, 0, clock.clone(), r, out.clone())
+            .restore(&[(2, snap)])
+            .unwrap_err();
+        assert!(
+            err.contains("old subtask 2") && err.contains("version 7"),
+            "{err}"
+        );
+        let err = op(a, 0, clock, r, out)
+            .restore(&[(0, b"SJks\x01".to_vec())])
+            .unwrap_err();
+        assert!(err.contains("SJwin header is missing"), "{err}");
+    }
+}
