@@ -15,6 +15,7 @@ use crate::Data;
 use crate::api::datastream::{DataStream, KeyedStream, NewNode, Split, add_node, boxed};
 use crate::api::functions::Collector;
 use crate::api::graph::{EdgeKind, NodeRuntime, TransformBuild, TypedEdge, unbox};
+use crate::api::process::KeyedProcessFunction;
 use crate::api::watermark::WatermarkStrategy;
 use crate::api::windows::{
     Aggregate, AggregateFunction, EmitFn, ListAggregator, OutputTag, ReduceAggregator,
@@ -24,6 +25,7 @@ use crate::codec::key_hash::stable_hash;
 use crate::error::{BoxError, JobError};
 use crate::operators::OpId;
 use crate::operators::count_window::CountWindowOperator;
+use crate::operators::process::KeyedProcessOperator;
 use crate::operators::watermark::TimestampsAndWatermarks;
 use crate::operators::window::{
     WindowKeyFn, WindowOperator, WindowOutputs, WindowSetup, WindowSpec,
@@ -113,6 +115,63 @@ where
             WindowKind::Count { size, slide },
             false,
         )
+    }
+
+    /// Runs a [`KeyedProcessFunction`] per record and timer of each key (Flink's
+    /// `KeyedStream.process`).
+    pub fn process<F>(&self, f: F) -> DataStream<F::Out>
+    where
+        F: KeyedProcessFunction<K, T>,
+        F::Out: Data,
+    {
+        self.process_with_clock(f, time::clock::system())
+    }
+
+    /// [`KeyedStream::process`] with an injected processing-time clock (tests).
+    pub fn process_with_clock<F>(&self, f: F, clock: Arc<dyn Clock>) -> DataStream<F::Out>
+    where
+        F: KeyedProcessFunction<K, T>,
+        F::Out: Data,
+    {
+        let f = Arc::new(f);
+        let key = self.window_key();
+        let build: TransformBuild = Arc::new(move |next, ctx| {
+            let mut op = KeyedProcessOperator {
+                key: key.clone(),
+                f: f.clone(),
+                state: HashMapValueState::new(ctx.key_groups),
+                event_queue: Default::default(),
+                processing_queue: Default::default(),
+                watermark: i64::MIN,
+                clock: clock.clone(),
+                max_parallelism: ctx.max_parallelism,
+                next: unbox(next),
+                id: OpId::of(ctx),
+                checkpoint: checkpoint_of(ctx),
+            };
+            op.restore(&restored_states(ctx)?)
+                .map_err(|e| setup(ctx, format!("cannot restore from checkpoint: {e}")))?;
+            Ok(boxed::<T>(op))
+        });
+        let key = self.key.clone();
+        let edge: Arc<dyn EdgeKind> =
+            Arc::new(TypedEdge::<T>::new(Some(Arc::new(move |t: &T| {
+                stable_hash(&*key(t))
+            }))));
+        let s = &self.stream;
+        let id = add_node::<F::Out>(
+            &s.env,
+            &s.nodes,
+            Partitioning::Hash,
+            edge,
+            NewNode {
+                kind: NodeKind::Transform,
+                operator: "process",
+                max_parallelism: None,
+                runtime: NodeRuntime::Transform(build),
+            },
+        );
+        DataStream::from_node(s.env.clone(), id)
     }
 
     fn window_key(&self) -> WindowKeyFn<T, K> {

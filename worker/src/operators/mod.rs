@@ -3,6 +3,7 @@
 //! files: [`watermark`] (timestamp assigner and watermark generator), [`window`].
 
 pub(crate) mod count_window;
+pub(crate) mod process;
 pub(crate) mod watermark;
 pub(crate) mod window;
 
