@@ -344,7 +344,7 @@ where
     }
 
     fn process(&mut self, item: T) -> Result<(), TaskError> {
-        let key_fn = self.key.clone();
+        let key_fn = &self.key;
         let key = self
             .id
             .guard(|| key_fn(&item))?
@@ -384,13 +384,9 @@ where
             self.scratch = windows;
             return self.late(item, ts);
         }
-        if self.state.get_mut(group, hash, &key).is_none() {
-            self.state.put(group, hash, (*key).to_owned(), Vec::new());
-        }
         let slots = self
             .state
-            .get_mut(group, hash, &key)
-            .expect("inserted above");
+            .get_or_insert_with(group, hash, &key, || ((*key).to_owned(), Vec::new()));
         // The key is copied only when a window is created or fires now (timers and the
         // window function need it after the record moved into the accumulator).
         let needs_key = windows.iter().any(|w| {
