@@ -553,7 +553,9 @@ where
             hash: |key: &K::Owned| stable_hash(key.borrow()),
         };
         let mut watermark: Option<i64> = None;
-        let mut windows: Vec<(u32, u64, K::Owned, Vec<Slot<A::Acc>>)> = Vec::new();
+        // (key group, key hash, key, its windows)
+        type Restored<KO, Acc> = Vec<(u32, u64, KO, Vec<Slot<Acc>>)>;
+        let mut windows: Restored<K::Owned, A::Acc> = Vec::new();
         for (subtask, snap) in snapshots {
             let bad = |what: &str| format!("window state of old subtask {subtask}: {what}");
             let rest = snap
