@@ -5,3 +5,7 @@ pub mod environment;
 pub mod functions;
 pub(crate) mod graph;
 pub mod sinks;
+pub mod process;
+pub mod watermark;
+pub mod windowed;
+pub mod windows;

@@ -14,3 +14,4 @@ pub mod router;
 pub mod storage;
 pub mod task;
 pub mod transport;
+pub mod time;

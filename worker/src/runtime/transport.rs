@@ -82,6 +82,10 @@ pub trait Transport {
     fn drain(&mut self, cancel: &CancelFlag) -> u64;
 }
 
+/// `Signal::Idle` travels as a watermark frame with this value, which no real watermark
+/// has (gates and assigners only emit watermarks above `i64::MIN`).
+const IDLE_ON_WIRE: i64 = i64::MIN;
+
 pub(crate) struct TypedOutbound<T> {
     pub rx: Receiver<T>,
     pub wire: Wire<T>,
@@ -105,7 +109,20 @@ impl<T: Send + 'static> Outbound for TypedOutbound<T> {
                     self.last_len = buf.len();
                     Frame::Batch(buf.into())
                 }
+                // Event timestamps ride after the records in the same frame (codec::record).
+                Message::Timed(records, stamps) => {
+                    let mut buf = Vec::with_capacity(self.last_len + self.last_len / 8);
+                    if let Err(e) = (self.wire.encode)(&records, &mut buf)
+                        .and_then(|()| crate::codec::record::append_timestamps(&stamps, &mut buf))
+                    {
+                        tracing::error!("{e}");
+                        return None;
+                    }
+                    self.last_len = buf.len();
+                    Frame::Batch(buf.into())
+                }
                 Message::Signal(Signal::Watermark(w)) => Frame::Watermark(w),
+                Message::Signal(Signal::Idle) => Frame::Watermark(IDLE_ON_WIRE),
                 Message::Signal(Signal::Barrier(b)) => Frame::Barrier(b),
                 Message::Signal(Signal::EndOfInput) => Frame::EndOfInput,
                 Message::Signal(Signal::CheckpointComplete(_)) => {
@@ -125,9 +142,13 @@ impl<T: Send + 'static> Inbound for TypedInbound<T> {
     fn push(&self, frame: Frame) -> BoxFuture<'_, Result<(), PushError>> {
         Box::pin(async move {
             let msg = match frame {
-                Frame::Batch(bytes) => Message::Data(
-                    (self.wire.decode)(&bytes).map_err(|e| PushError::Malformed(e.to_string()))?,
-                ),
+                Frame::Batch(bytes) => match (self.wire.decode_timed)(&bytes)
+                    .map_err(|e| PushError::Malformed(e.to_string()))?
+                {
+                    (records, None) => Message::Data(records),
+                    (records, Some(stamps)) => Message::Timed(records, stamps),
+                },
+                Frame::Watermark(IDLE_ON_WIRE) => Message::Signal(Signal::Idle),
                 Frame::Watermark(w) => Message::Signal(Signal::Watermark(w)),
                 Frame::Barrier(b) => Message::Signal(Signal::Barrier(b)),
                 Frame::EndOfInput => Message::Signal(Signal::EndOfInput),
