@@ -4,6 +4,7 @@ pub mod blackhole;
 pub mod collect;
 pub mod collection;
 pub mod file;
+pub mod file_sink;
 pub mod kafka;
 pub mod lines;
 pub mod print;
