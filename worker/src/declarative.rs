@@ -256,6 +256,12 @@ fn node_runtime(
                 )
             }))
         }
+        StepOp::Window(_) => {
+            return Err(SpecError::Unsupported {
+                path: format!("{path}.window"),
+                message: "window steps are not supported by this worker yet".into(),
+            });
+        }
         StepOp::KeyBy(_) | StepOp::Rebalance => {
             unreachable!("keyBy and rebalance are edges, not nodes")
         }
