@@ -26,6 +26,7 @@ use crate::connectors::collection::CollectionSource;
 use crate::connectors::file::FileSource;
 use crate::connectors::file_sink::FileSink;
 use crate::connectors::kafka;
+use crate::connectors::nexmark::{GeneratorConfig, NexmarkSource};
 use crate::connectors::print::PrintSink;
 use crate::connectors::socket::SocketSource;
 use crate::error::{BoxError, JobError, TaskError};
@@ -345,6 +346,11 @@ fn source_runtime(
                     }) as kafka::MalformedHandler)
                 }),
         )
+    } else if let Some(n) = &src.nexmark {
+        Arc::new(NexmarkSource::with_records(
+            nexmark_config(n),
+            |e: crate::connectors::nexmark::Event| e.to_value(),
+        ))
     } else {
         unreachable!("validated: a source sets exactly one kind")
     };
@@ -366,6 +372,13 @@ fn source_identity(src: &SourceSpec, base_dir: &Path) -> serde_json::Value {
         json!({"kafka": {"bootstrapServers": servers.join(","), "topics": topics.join(",")}})
     } else if let Some(s) = &src.socket {
         json!({"socket": {"host": s.host, "port": s.port}})
+    } else if let Some(n) = &src.nexmark {
+        // Positions are event numbers: the same numbers mean the same events only with
+        // the same rate and start.
+        json!({"nexmark": {
+            "eventsPerSecond": n.events_per_second,
+            "firstEventTimeMs": n.first_event_time_ms,
+        }})
     } else if let Some(c) = &src.collection {
         let bytes = serde_json::to_vec(&c.values).unwrap_or_default();
         json!({"collection": {
@@ -402,6 +415,15 @@ fn sink_for(
     } else {
         unreachable!("validated: a sink sets exactly one kind")
     })
+}
+
+fn nexmark_config(n: &streamjob_crds::spec::NexmarkSource) -> GeneratorConfig {
+    GeneratorConfig {
+        events: n.events,
+        events_per_second: n.events_per_second,
+        first_event_time_ms: n.first_event_time_ms,
+        max_events_per_second: n.max_events_per_second,
+    }
 }
 
 /// A line of a text source as a record.

@@ -7,6 +7,7 @@ pub mod file;
 pub mod file_sink;
 pub mod kafka;
 pub mod lines;
+pub mod nexmark;
 pub mod print;
 pub mod socket;
 
