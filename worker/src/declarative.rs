@@ -32,6 +32,7 @@ use crate::connectors::socket::SocketSource;
 use crate::error::{BoxError, JobError, TaskError};
 
 mod errors;
+pub mod window_fn;
 use crate::operators::SinkOp;
 use crate::runtime::checkpoint::Coordinator;
 use crate::runtime::context::SubtaskContext;

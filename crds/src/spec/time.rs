@@ -165,7 +165,7 @@ pub struct WindowSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 32))]
     pub aggregates: Option<Vec<AggregateSpec>>,
-    /// Reduce expression over `acc` and `value` (and `key`): the window's first record is
+    /// Reduce expression over `acc` and `value`: the window's first record is
     /// the accumulator, each later one sets `acc = reduce`. `output` reads the result as
     /// `value`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -10,7 +10,7 @@ use crate::spec::{
 };
 
 /// Variables of a window's `reduce` expression, in binding order.
-pub const WINDOW_REDUCE_VARS: &[&str] = &["acc", "value", "key"];
+pub const WINDOW_REDUCE_VARS: &[&str] = &["acc", "value"];
 /// Names an aggregate cannot take: the other variables of `output`.
 const RESERVED: &[&str] = &["key", "window", "value", "acc"];
 

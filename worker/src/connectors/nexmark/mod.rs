@@ -6,6 +6,7 @@
 
 mod generator;
 mod model;
+pub mod queries;
 mod source;
 
 pub use generator::{GeneratorConfig, event_at, event_time_of};
