@@ -6,8 +6,12 @@
 //! reduce(sum) -> discarding sink counting every emitted running count. Each configuration
 //! runs in a child process so its peak RSS is its own. The hand-written loop is the ceiling.
 //!
+//! `window1`/`window2`: the same input with event time (timestamp = line number in ms,
+//! monotonous watermarks) and a tumbling 10 s count per word instead of the running count
+//! (issue 16's cost target: at most 1.5x the CPU of the running count).
+//!
 //! Usage: cargo bench -p streamjob-worker --bench wordcount -- [--lines N] [--runs R]
-//!        [--modes hand,1,2,compact1,compact2,spec1,spec2,ckpt1]
+//!        [--modes hand,1,2,compact1,compact2,spec1,spec2,ckpt1,window1,window2]
 //! `--modes` runs only the listed configurations (all by default), e.g. `--modes 1,spec1`.
 
 use std::collections::HashSet;
@@ -183,6 +187,55 @@ where
     (counted.get(), start.elapsed().as_secs_f64())
 }
 
+/// Event-time tumbling count per word: (emitted window results, seconds).
+fn run_windowed(input: &Path, parallelism: u32) -> (u64, f64) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::time::Duration;
+    use streamjob::api::watermark::WatermarkStrategy;
+    use streamjob::api::windows::TumblingEventTimeWindows;
+
+    let env = StreamExecutionEnvironment::get_execution_environment();
+    env.set_parallelism(parallelism);
+    let line_no = Arc::new(AtomicI64::new(0));
+    let counted = env
+        .read_text_file(input)
+        .assign_timestamps_and_watermarks(
+            WatermarkStrategy::for_monotonous_timestamps().with_timestamp_assigner(
+                move |_: &String, _| line_no.fetch_add(1, Ordering::Relaxed),
+            ),
+        )
+        .flat_map(|line: String, out: &mut Collector<'_, (String, u64)>| {
+            for w in lowercase(line).split_whitespace() {
+                out.collect((String::from(w), 1));
+            }
+        })
+        .name("tokenize")
+        .key_by_ref(|(w, _): &(String, u64)| w.as_str())
+        .window(TumblingEventTimeWindows::of(Duration::from_secs(10)))
+        .reduce(|(w, a), (_, b)| (w, a + b))
+        .name("count")
+        .discard();
+    let start = Instant::now();
+    env.execute("wordcount-window-bench")
+        .expect("benchmark job runs");
+    (counted.get(), start.elapsed().as_secs_f64())
+}
+
+/// CPU seconds (user + system) of this process so far.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may contain spaces): utime is the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        f.get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn run_hand(input: &Path) -> (u64, f64) {
     let start = Instant::now();
     let mut counts: hashbrown::HashMap<String, u64> = hashbrown::HashMap::new();
@@ -221,6 +274,8 @@ fn child(args: &[String]) {
     let input = PathBuf::from(&args[1]);
     let (emitted, secs) = if args[0] == "hand" {
         run_hand(&input)
+    } else if let Some(p) = args[0].strip_prefix("window") {
+        run_windowed(&input, p.parse().unwrap())
     } else if let Some(p) = args[0].strip_prefix("ckpt") {
         run_spec(&input, p.parse().unwrap(), Some(1000))
     } else if let Some(p) = args[0].strip_prefix("spec") {
@@ -230,7 +285,7 @@ fn child(args: &[String]) {
     } else {
         run_engine::<String>(&input, args[0].parse().unwrap())
     };
-    println!("{emitted} {secs} {}", peak_rss_mb());
+    println!("{emitted} {secs} {} {}", peak_rss_mb(), cpu_seconds());
 }
 
 fn main() {
@@ -270,11 +325,12 @@ fn main() {
         "word count, {lines} lines x {WORDS_PER_LINE} words, Zipf(1) over {VOCABULARY} words; best of {runs}"
     );
     println!(
-        "{:<28} {:>14} {:>10} {:>12}",
-        "configuration", "words/s", "seconds", "peak RSS MB"
+        "{:<28} {:>14} {:>10} {:>12} {:>14}",
+        "configuration", "words/s", "seconds", "peak RSS MB", "words/CPU-s"
     );
     let exe = std::env::current_exe().unwrap();
     let mut results = std::collections::HashMap::new();
+    let mut cpu_results = std::collections::HashMap::new();
     for (label, mode) in [
         ("hand-written loop", "hand"),
         ("streamjob parallelism 1", "1"),
@@ -284,11 +340,13 @@ fn main() {
         ("StreamJob spec (CEL) p=1", "spec1"),
         ("StreamJob spec (CEL) p=2", "spec2"),
         ("spec p=1, checkpoint every 1 s", "ckpt1"),
+        ("event-time 10 s windows p=1", "window1"),
+        ("event-time 10 s windows p=2", "window2"),
     ] {
         if modes.as_ref().is_some_and(|m| !m.iter().any(|x| x == mode)) {
             continue;
         }
-        let mut best: Option<(f64, f64)> = None;
+        let mut best: Option<(f64, f64, f64)> = None;
         for _ in 0..runs {
             let out = Command::new(&exe)
                 .args(["--child", mode, input.to_str().unwrap()])
@@ -308,21 +366,39 @@ fn main() {
             let text = String::from_utf8(out.stdout).unwrap();
             let f: Vec<&str> = text.split_whitespace().collect();
             let emitted: u64 = f[0].parse().unwrap();
-            assert_eq!(
-                emitted as f64, words,
-                "{label}: every word emits one running count"
-            );
+            if mode.starts_with("window") {
+                assert!(emitted > 0, "{label}: windows fired");
+            } else {
+                assert_eq!(
+                    emitted as f64, words,
+                    "{label}: every word emits one running count"
+                );
+            }
             let (secs, rss): (f64, f64) = (f[1].parse().unwrap(), f[2].parse().unwrap());
-            if best.is_none_or(|(s, _)| secs < s) {
-                best = Some((secs, rss));
+            let cpu: f64 = f[3].parse().unwrap();
+            if best.is_none_or(|(s, _, _)| secs < s) {
+                best = Some((secs, rss, cpu));
             }
         }
-        let (secs, rss) = best.unwrap();
+        let (secs, rss, cpu) = best.unwrap();
         println!(
-            "{label:<28} {:>14.0} {secs:>10.3} {rss:>12.1}",
-            words / secs
+            "{label:<28} {:>14.0} {secs:>10.3} {rss:>12.1} {:>14.0}",
+            words / secs,
+            words / cpu
         );
         results.insert(mode, words / secs);
+        cpu_results.insert(mode, words / cpu);
+    }
+    for p in ["1", "2"] {
+        if let (Some(running), Some(windowed)) = (
+            cpu_results.get(p),
+            cpu_results.get(format!("window{p}").as_str()),
+        ) {
+            println!(
+                "event-time windows vs running count at p={p}: {:.2}x the CPU per word",
+                running / windowed
+            );
+        }
     }
     if let (Some(plain), Some(ck)) = (results.get("spec1"), results.get("ckpt1")) {
         println!(

@@ -26,7 +26,7 @@ use crate::runtime::context::SubtaskContext;
 use crate::runtime::output::Output;
 use crate::state::HashMapValueState;
 
-fn boxed<T: 'static>(o: impl Output<T> + 'static) -> AnyBox {
+pub(crate) fn boxed<T: 'static>(o: impl Output<T> + 'static) -> AnyBox {
     Box::new(Box::new(o) as Box<dyn Output<T>>)
 }
 
@@ -37,7 +37,17 @@ pub struct DataStream<T> {
     pub(crate) nodes: Vec<usize>,
     /// Partitioning of the edges to the next operator.
     pub(crate) partitioning: Partitioning,
+    /// Set when this stream is the main output of an operator with side outputs.
+    pub(crate) split: Option<Rc<Split>>,
     pub(crate) _t: PhantomData<fn() -> T>,
+}
+
+/// An operator whose output is split into a main stream and side outputs: settings on the
+/// main stream apply to the operator itself (`origin`) and to every split node.
+pub(crate) struct Split {
+    pub origin: usize,
+    /// (tag id, node, the side `DataStream<X>`).
+    pub sides: Vec<(String, usize, Box<dyn std::any::Any>)>,
 }
 
 impl<T> Clone for DataStream<T> {
@@ -46,6 +56,7 @@ impl<T> Clone for DataStream<T> {
             env: self.env.clone(),
             nodes: self.nodes.clone(),
             partitioning: self.partitioning,
+            split: self.split.clone(),
             _t: PhantomData,
         }
     }
@@ -107,11 +118,16 @@ impl<T: Data> DataStream<T> {
             env,
             nodes: vec![node],
             partitioning: Partitioning::Forward,
+            split: None,
             _t: PhantomData,
         }
     }
 
-    fn transform<U: Data>(&self, operator: &str, build: TransformBuild) -> DataStream<U> {
+    pub(crate) fn transform<U: Data>(
+        &self,
+        operator: &str,
+        build: TransformBuild,
+    ) -> DataStream<U> {
         let edge: Arc<dyn EdgeKind> = Arc::new(TypedEdge::<T>::new(None));
         let id = add_node::<U>(
             &self.env,
@@ -135,22 +151,72 @@ impl<T: Data> DataStream<T> {
         f(&mut self.env.borrow_mut().nodes[*node].logical)
     }
 
+    /// Nodes that run with this stream's operator (its split outputs), without it.
+    fn split_nodes(&self) -> Vec<usize> {
+        self.split.as_ref().map_or_else(Vec::new, |s| {
+            std::iter::once(s.origin)
+                .chain(s.sides.iter().map(|(_, n, _)| *n))
+                .collect()
+        })
+    }
+
     /// Parallelism of the operator that produces this stream (Flink's `setParallelism`).
     pub fn set_parallelism(self, parallelism: u32) -> Self {
         self.node_mut("set_parallelism", |n| n.parallelism = Some(parallelism));
+        for n in self.split_nodes() {
+            self.env.borrow_mut().nodes[n].logical.parallelism = Some(parallelism);
+        }
         self
     }
 
     /// Display name of the operator that produces this stream.
     pub fn name(self, name: &str) -> Self {
-        self.node_mut("name", |n| n.name = name.to_string());
+        match &self.split {
+            Some(s) => self.env.borrow_mut().nodes[s.origin].logical.name = name.to_string(),
+            None => self.node_mut("name", |n| n.name = name.to_string()),
+        }
         self
     }
 
     /// Stable id of the operator, used to match its state when restoring a savepoint.
     pub fn uid(self, uid: &str) -> Self {
-        self.node_mut("uid", |n| n.uid = Some(uid.to_string()));
+        match &self.split {
+            // The state is the operator's, not its output splitter's.
+            Some(s) => {
+                let mut g = self.env.borrow_mut();
+                g.nodes[s.origin].logical.uid = Some(uid.to_string());
+                let main = self.nodes[0];
+                g.nodes[main].logical.uid = Some(format!("{uid}/main"));
+                for (tag, n, _) in &s.sides {
+                    g.nodes[*n].logical.uid = Some(format!("{uid}/side/{tag}"));
+                }
+            }
+            None => self.node_mut("uid", |n| n.uid = Some(uid.to_string())),
+        }
         self
+    }
+
+    /// The side output `tag` of this stream's operator (e.g. late records of a window).
+    /// Panics if the operator has no such side output: a mistake in the job's code,
+    /// found when the job is built.
+    pub fn get_side_output<X: Data>(
+        &self,
+        tag: &crate::api::windows::OutputTag<X>,
+    ) -> DataStream<X> {
+        let side = self.split.as_ref().and_then(|s| {
+            s.sides
+                .iter()
+                .find(|(id, _, _)| *id == tag.id)
+                .map(|(_, _, d)| d)
+        });
+        match side.and_then(|d| d.downcast_ref::<DataStream<X>>()) {
+            Some(d) => d.clone(),
+            None => panic!(
+                "no side output {:?} of type {} on this stream",
+                tag.id,
+                std::any::type_name::<X>()
+            ),
+        }
     }
 
     /// One output record per input record.
@@ -341,8 +407,8 @@ impl<T: Data> DataStream<T> {
 
 /// A stream partitioned by key. Created by [`DataStream::key_by`].
 pub struct KeyedStream<T, K: ?Sized + ToOwned> {
-    stream: DataStream<T>,
-    key: KeyFn<T, K>,
+    pub(crate) stream: DataStream<T>,
+    pub(crate) key: KeyFn<T, K>,
 }
 
 impl<T, K> KeyedStream<T, K>

@@ -4,6 +4,10 @@
 //! records back to back. For the built-in types (strings, integers, pairs of them, `Value`)
 //! these are exactly the bytes of the hand-written codec this replaced, so the exchange
 //! protocol did not change.
+//!
+//! A batch whose records carry event timestamps has the timestamps appended after the
+//! records, as postcard's encoding of a `Vec<i64>` of the same length; an untimed batch is
+//! unchanged, so jobs without event time send exactly the bytes they sent before.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -33,12 +37,22 @@ pub enum DecodeError {
         type_name: &'static str,
         trailing: usize,
     },
+    #[error(
+        "malformed batch of {type_name} from peer: {timestamps} timestamps for {records} records"
+    )]
+    TimestampCount {
+        type_name: &'static str,
+        timestamps: usize,
+        records: usize,
+    },
 }
 
 /// Encode/decode functions of one record type, taken by the exchange when an edge is built.
 pub struct Wire<T> {
     pub encode: fn(&[T], &mut Vec<u8>) -> Result<(), EncodeError>,
     pub decode: fn(&[u8]) -> Result<Vec<T>, DecodeError>,
+    /// Decodes a batch with or without timestamps (see the module doc).
+    pub decode_timed: fn(&[u8]) -> Result<(Vec<T>, Option<Vec<i64>>), DecodeError>,
 }
 
 impl<T> Clone for Wire<T> {
@@ -53,6 +67,7 @@ impl<T: Serialize + DeserializeOwned> Wire<T> {
         Wire {
             encode: encode_batch::<T>,
             decode: decode_batch::<T>,
+            decode_timed: decode_timed_batch::<T>,
         }
     }
 }
@@ -80,6 +95,42 @@ pub fn decode_batch<T: DeserializeOwned>(input: &[u8]) -> Result<Vec<T>, DecodeE
     Ok(records)
 }
 
+/// Appends the timestamps of a timed batch after its records (see the module doc).
+pub fn append_timestamps(timestamps: &[i64], out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    super::append(timestamps, out).map_err(|source| EncodeError {
+        type_name: "event timestamps",
+        source,
+    })
+}
+
+/// Decodes a batch, with its timestamps if it has them.
+pub fn decode_timed_batch<T: DeserializeOwned>(
+    input: &[u8],
+) -> Result<(Vec<T>, Option<Vec<i64>>), DecodeError> {
+    let type_name = std::any::type_name::<T>();
+    let (records, rest) = postcard::take_from_bytes::<Vec<T>>(input)
+        .map_err(|source| DecodeError::Malformed { type_name, source })?;
+    if rest.is_empty() {
+        return Ok((records, None));
+    }
+    let (stamps, trailing) = postcard::take_from_bytes::<Vec<i64>>(rest)
+        .map_err(|source| DecodeError::Malformed { type_name, source })?;
+    if !trailing.is_empty() {
+        return Err(DecodeError::Trailing {
+            type_name,
+            trailing: trailing.len(),
+        });
+    }
+    if stamps.len() != records.len() {
+        return Err(DecodeError::TimestampCount {
+            type_name,
+            timestamps: stamps.len(),
+            records: records.len(),
+        });
+    }
+    Ok((records, Some(stamps)))
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -98,6 +149,32 @@ mod tests {
                 decode_batch::<T>(&buf[..cut]).is_err(),
                 "prefix {cut} accepted"
             );
+        }
+    }
+
+    #[test]
+    fn timed_batches_roundtrip_and_untimed_ones_are_unchanged() {
+        let records = vec!["a".to_string(), "b".to_string()];
+        let mut plain = Vec::new();
+        encode_batch(&records, &mut plain).unwrap();
+        assert_eq!(
+            decode_timed_batch::<String>(&plain).unwrap(),
+            (records.clone(), None)
+        );
+        let mut timed = plain.clone();
+        append_timestamps(&[5, i64::MIN], &mut timed).unwrap();
+        assert_eq!(
+            decode_timed_batch::<String>(&timed).unwrap(),
+            (records.clone(), Some(vec![5, i64::MIN]))
+        );
+        let mut wrong = plain.clone();
+        append_timestamps(&[5], &mut wrong).unwrap();
+        let err = decode_timed_batch::<String>(&wrong)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("1 timestamps for 2 records"), "{err}");
+        for cut in plain.len() + 1..timed.len() {
+            assert!(decode_timed_batch::<String>(&timed[..cut]).is_err());
         }
     }
 

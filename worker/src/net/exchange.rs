@@ -63,6 +63,10 @@ pub(crate) trait Inbound: Send + Sync {
     fn push(&self, frame: frame::Kind) -> BoxFuture<'_, Result<(), PushError>>;
 }
 
+/// `Signal::Idle` travels as a watermark frame with this value, which no real watermark
+/// has (gates and assigners only emit watermarks above `i64::MIN`).
+const IDLE_ON_WIRE: i64 = i64::MIN;
+
 pub(crate) struct TypedOutbound<T> {
     pub rx: Receiver<T>,
     pub wire: Wire<T>,
@@ -86,7 +90,20 @@ impl<T: Send + 'static> Outbound for TypedOutbound<T> {
                     self.last_len = buf.len();
                     frame::Kind::Batch(buf.into())
                 }
+                // Event timestamps ride after the records in the same frame (codec::record).
+                Message::Timed(records, stamps) => {
+                    let mut buf = Vec::with_capacity(self.last_len + self.last_len / 8);
+                    if let Err(e) = (self.wire.encode)(&records, &mut buf)
+                        .and_then(|()| crate::codec::record::append_timestamps(&stamps, &mut buf))
+                    {
+                        tracing::error!("{e}");
+                        return None;
+                    }
+                    self.last_len = buf.len();
+                    frame::Kind::Batch(buf.into())
+                }
                 Message::Signal(Signal::Watermark(w)) => frame::Kind::Watermark(w),
+                Message::Signal(Signal::Idle) => frame::Kind::Watermark(IDLE_ON_WIRE),
                 Message::Signal(Signal::Barrier(b)) => frame::Kind::Barrier(Barrier {
                     id: b.id,
                     timestamp_ms: b.timestamp_ms,
@@ -109,9 +126,13 @@ impl<T: Send + 'static> Inbound for TypedInbound<T> {
     fn push(&self, frame: frame::Kind) -> BoxFuture<'_, Result<(), PushError>> {
         Box::pin(async move {
             let msg = match frame {
-                frame::Kind::Batch(bytes) => Message::Data(
-                    (self.wire.decode)(&bytes).map_err(|e| PushError::Malformed(e.to_string()))?,
-                ),
+                frame::Kind::Batch(bytes) => match (self.wire.decode_timed)(&bytes)
+                    .map_err(|e| PushError::Malformed(e.to_string()))?
+                {
+                    (records, None) => Message::Data(records),
+                    (records, Some(stamps)) => Message::Timed(records, stamps),
+                },
+                frame::Kind::Watermark(IDLE_ON_WIRE) => Message::Signal(Signal::Idle),
                 frame::Kind::Watermark(w) => Message::Signal(Signal::Watermark(w)),
                 frame::Kind::Barrier(b) => Message::Signal(Signal::Barrier(CheckpointBarrier {
                     id: b.id,

@@ -78,11 +78,16 @@ enum InputState {
 }
 
 /// Merges the channels feeding one subtask: round-robin reads, watermark = minimum over
-/// inputs, aligned barriers, and end-of-input once every input has ended.
+/// inputs that are neither finished nor idle, aligned barriers, and end-of-input once every
+/// input has ended.
 pub(crate) struct InputGate<T> {
     inputs: Vec<Receiver<T>>,
     state: Vec<InputState>,
     watermarks: Vec<i64>,
+    /// Inputs that announced [`Signal::Idle`] and sent nothing since.
+    idle: Vec<bool>,
+    /// Whether this gate told downstream it is idle (all its live inputs are).
+    idle_out: bool,
     current_watermark: i64,
     open: usize,
     /// Barrier being aligned (delivered by some inputs, awaited on the others).
@@ -99,6 +104,8 @@ impl<T> InputGate<T> {
             inputs,
             state: vec![InputState::Open; n],
             watermarks: vec![i64::MIN; n],
+            idle: vec![false; n],
+            idle_out: false,
             current_watermark: i64::MIN,
             open: n,
             pending_barrier: None,
@@ -181,10 +188,23 @@ impl<T> InputGate<T> {
 
     fn accept(&mut self, i: usize, m: Message<T>) {
         match m {
-            Message::Data(batch) => self.ready.push_back(Message::Data(batch)),
+            Message::Data(batch) => {
+                self.set_active(i);
+                self.ready.push_back(Message::Data(batch))
+            }
+            Message::Timed(batch, stamps) => {
+                self.set_active(i);
+                self.ready.push_back(Message::Timed(batch, stamps))
+            }
             Message::Signal(Signal::Watermark(w)) => {
+                self.set_active(i);
                 self.watermarks[i] = self.watermarks[i].max(w);
                 self.advance_watermark();
+            }
+            Message::Signal(Signal::Idle) => {
+                self.idle[i] = true;
+                self.advance_watermark();
+                self.announce_idle_if_all_idle();
             }
             Message::Signal(Signal::Barrier(b)) => {
                 self.state[i] = InputState::Blocked(b.id);
@@ -238,15 +258,36 @@ impl<T> InputGate<T> {
         }
     }
 
+    /// Records or a watermark from an idle input: it counts again. Downstream learns that
+    /// this gate is active again from the records or watermark themselves.
+    #[inline]
+    fn set_active(&mut self, i: usize) {
+        if self.idle[i] {
+            self.idle[i] = false;
+            self.idle_out = false;
+        }
+    }
+
+    fn announce_idle_if_all_idle(&mut self) {
+        let all_idle = (0..self.inputs.len())
+            .filter(|&i| self.state[i] != InputState::Finished)
+            .all(|i| self.idle[i]);
+        if all_idle && !self.idle_out && self.open > 0 {
+            self.idle_out = true;
+            self.ready.push_back(Message::Signal(Signal::Idle));
+        }
+    }
+
     fn advance_watermark(&mut self) {
         let min = (0..self.inputs.len())
-            .filter(|&i| self.state[i] != InputState::Finished)
+            .filter(|&i| self.state[i] != InputState::Finished && !self.idle[i])
             .map(|i| self.watermarks[i])
             .min();
         if let Some(min) = min
             && min > self.current_watermark
         {
             self.current_watermark = min;
+            self.idle_out = false;
             self.ready
                 .push_back(Message::Signal(Signal::Watermark(min)));
         }
@@ -272,7 +313,7 @@ mod tests {
         let mut out = vec![];
         while let Some(m) = g.try_next().unwrap() {
             out.push(match m {
-                Message::Data(d) => format!("{d:?}"),
+                Message::Data(d) | Message::Timed(d, _) => format!("{d:?}"),
                 Message::Signal(s) => format!("{s:?}"),
             });
         }
@@ -300,6 +341,28 @@ mod tests {
         assert_eq!(drain(&mut g), vec!["Watermark(5)"]);
         txs[1].send(Message::Signal(Signal::EndOfInput)).unwrap();
         assert_eq!(drain(&mut g), vec!["Watermark(10)"]);
+    }
+
+    #[test]
+    fn an_idle_input_does_not_hold_back_the_watermark() {
+        let (txs, mut g) = gate(2);
+        txs[0].send(Message::Signal(Signal::Watermark(10))).unwrap();
+        assert!(drain(&mut g).is_empty());
+        txs[1].send(Message::Signal(Signal::Idle)).unwrap();
+        assert_eq!(drain(&mut g), vec!["Watermark(10)"]);
+        // Back with records and a lower watermark: counts again, nothing goes backwards.
+        txs[1].send(Message::Timed(vec![7], vec![3])).unwrap();
+        txs[1].send(Message::Signal(Signal::Watermark(5))).unwrap();
+        assert_eq!(drain(&mut g), vec!["[7]"]);
+        txs[0].send(Message::Signal(Signal::Watermark(20))).unwrap();
+        assert!(drain(&mut g).is_empty());
+        txs[1].send(Message::Signal(Signal::Watermark(15))).unwrap();
+        assert_eq!(drain(&mut g), vec!["Watermark(15)"]);
+        // Every input idle: the gate is idle, once.
+        txs[0].send(Message::Signal(Signal::Idle)).unwrap();
+        txs[1].send(Message::Signal(Signal::Idle)).unwrap();
+        txs[1].send(Message::Signal(Signal::Idle)).unwrap();
+        assert_eq!(drain(&mut g), vec!["Idle"]);
     }
 
     #[test]

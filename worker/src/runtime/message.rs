@@ -14,6 +14,10 @@ pub struct CheckpointBarrier {
 pub enum Signal {
     /// Event time has reached this value (ms) on this input.
     Watermark(i64),
+    /// This input has no records and no watermarks for now (Flink's idle watermark
+    /// status): it does not hold back the minimum watermark until its next record or
+    /// watermark.
+    Idle,
     /// Aligned checkpoint barrier.
     Barrier(CheckpointBarrier),
     /// No more records will come on this input (end of a bounded stream).
@@ -35,5 +39,8 @@ pub const FINAL_CHECKPOINT: u64 = u64::MAX;
 #[derive(Debug)]
 pub enum Message<T> {
     Data(Vec<T>),
+    /// A batch whose records carry event timestamps (ms): `timestamps[i]` belongs to
+    /// `records[i]` (`runtime::time::NO_TIMESTAMP` for a record without one).
+    Timed(Vec<T>, Vec<i64>),
     Signal(Signal),
 }

@@ -11,3 +11,4 @@ pub mod restart;
 pub mod router;
 pub mod storage;
 pub mod task;
+pub mod time;

@@ -9,6 +9,7 @@ use crate::error::TaskError;
 use crate::runtime::channel::{Endpoint, Sender, send};
 use crate::runtime::message::{Message, Signal};
 use crate::runtime::output::Output;
+use crate::runtime::time::{NO_TIMESTAMP, current_timestamp};
 
 /// Stable hash of a record's key (see `streamjob_crds::StableKey`).
 pub(crate) type KeyHashFn<T> = Arc<dyn Fn(&T) -> u64 + Send + Sync>;
@@ -24,6 +25,9 @@ pub(crate) enum Route<T> {
 pub(crate) struct Router<T> {
     senders: Vec<Sender<T>>,
     buffers: Vec<Vec<T>>,
+    /// Event timestamps parallel to `buffers`, per target; left empty (no allocation, and
+    /// an untimed batch on the channel) until a record with a timestamp is routed.
+    stamps: Vec<Vec<i64>>,
     route: Route<T>,
     batch_size: usize,
     max_parallelism: u32,
@@ -44,10 +48,12 @@ impl<T: Clone + Send> Router<T> {
             .iter()
             .map(|_| Vec::with_capacity(batch_size))
             .collect();
+        let stamps = senders.iter().map(|_| Vec::new()).collect();
         let next = first_target % senders.len().max(1);
         Router {
             senders,
             buffers,
+            stamps,
             route,
             batch_size: batch_size.max(1),
             max_parallelism,
@@ -58,13 +64,34 @@ impl<T: Clone + Send> Router<T> {
 
     #[inline]
     fn push(&mut self, target: usize, item: T) -> Result<(), TaskError> {
+        let ts = current_timestamp();
         let buf = &mut self.buffers[target];
+        let stamps = &mut self.stamps[target];
+        if ts != NO_TIMESTAMP || !stamps.is_empty() {
+            stamps.resize(buf.len(), NO_TIMESTAMP);
+            stamps.push(ts);
+        }
         buf.push(item);
         if buf.len() >= self.batch_size {
-            let full = std::mem::replace(buf, Vec::with_capacity(self.batch_size));
-            send(&self.senders[target], Message::Data(full), &self.who)?;
+            self.send_batch(target)?;
         }
         Ok(())
+    }
+
+    fn send_batch(&mut self, target: usize) -> Result<(), TaskError> {
+        let records = std::mem::replace(
+            &mut self.buffers[target],
+            Vec::with_capacity(self.batch_size),
+        );
+        let stamps = std::mem::take(&mut self.stamps[target]);
+        let msg = if stamps.is_empty() {
+            Message::Data(records)
+        } else {
+            let mut stamps = stamps;
+            stamps.resize(records.len(), NO_TIMESTAMP);
+            Message::Timed(records, stamps)
+        };
+        send(&self.senders[target], msg, &self.who)
     }
 }
 
@@ -110,10 +137,9 @@ impl<T: Clone + Send> Output<T> for Router<T> {
     }
 
     fn flush(&mut self) -> Result<(), TaskError> {
-        for (buf, tx) in self.buffers.iter_mut().zip(&self.senders) {
-            if !buf.is_empty() {
-                let part = std::mem::replace(buf, Vec::with_capacity(self.batch_size));
-                send(tx, Message::Data(part), &self.who)?;
+        for target in 0..self.buffers.len() {
+            if !self.buffers[target].is_empty() {
+                self.send_batch(target)?;
             }
         }
         Ok(())

@@ -14,6 +14,7 @@ use crate::runtime::checkpoint::{Coordinator, FinalOutcome};
 use crate::runtime::context::{CANCEL_POLL, SubtaskContext};
 use crate::runtime::message::{CheckpointBarrier, FINAL_CHECKPOINT, Message, Signal};
 use crate::runtime::output::Output;
+use crate::runtime::time::{MAX_WATERMARK, NO_TIMESTAMP, set_current_timestamp};
 
 /// One runnable subtask.
 pub(crate) trait Task: Send {
@@ -180,9 +181,12 @@ impl<T: Send> Task for SourceTask<T> {
                     .map_err(|e| io_error(&self.ctx, "after checkpoint", e))?;
             }
             if stopping {
-                // Stop-with-savepoint: nothing after the barrier is read.
-                return self.finish(cursor, stats);
+                // Stop-with-savepoint: nothing after the barrier is read, and event time
+                // does not jump to the end (the resumed job fires the open windows).
+                return self.finish(cursor, stats, false);
             }
+            // Records of a source have no timestamp unless the reader sets one.
+            set_current_timestamp(NO_TIMESTAMP);
             let mut out = Collector::new(&mut *self.head);
             let polled = catch_unwind(AssertUnwindSafe(|| self.reader.poll_next(&mut out)));
             stats.records_in += out.count();
@@ -215,7 +219,7 @@ impl<T: Send> Task for SourceTask<T> {
                     self.head.flush()?;
                     last_flush = Instant::now();
                 }
-                SourceStatus::Finished => return self.finish(cursor, stats),
+                SourceStatus::Finished => return self.finish(cursor, stats, true),
             }
         }
     }
@@ -226,8 +230,13 @@ impl<T: Send> SourceTask<T> {
         &mut self,
         cursor: Option<CheckpointCursor>,
         stats: TaskStats,
+        exhausted: bool,
     ) -> Result<TaskStats, TaskError> {
         debug!(operator = %self.ctx.operator, subtask = self.ctx.subtask, records = stats.records_in, "source finished");
+        if exhausted {
+            // A bounded input is complete in event time too: every window and timer fires.
+            self.head.signal(Signal::Watermark(MAX_WATERMARK))?;
+        }
         self.head.signal(Signal::EndOfInput)?;
         self.head.flush()?;
         let final_state = match &cursor {
@@ -282,7 +291,15 @@ impl<T: Send> Task for InputTask<T> {
             match msg {
                 Message::Data(batch) => {
                     stats.records_in += batch.len() as u64;
+                    set_current_timestamp(NO_TIMESTAMP);
                     for item in batch {
+                        self.head.emit(item)?;
+                    }
+                }
+                Message::Timed(batch, stamps) => {
+                    stats.records_in += batch.len() as u64;
+                    for (item, ts) in batch.into_iter().zip(stamps) {
+                        set_current_timestamp(ts);
                         self.head.emit(item)?;
                     }
                 }

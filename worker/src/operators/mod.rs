@@ -1,5 +1,11 @@
 //! The chained operators behind `map`, `filter`, `flat_map`, `reduce` and sinks. Each wraps
-//! the next link of its chain and calls it directly.
+//! the next link of its chain and calls it directly. Time-related operators have their own
+//! files: [`watermark`] (timestamp assigner and watermark generator), [`window`].
+
+pub(crate) mod count_window;
+pub(crate) mod process;
+pub(crate) mod watermark;
+pub(crate) mod window;
 
 use std::borrow::{Borrow, Cow};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -330,7 +336,7 @@ impl<T: Send> Output<T> for SinkOp<T> {
                 Ok(())
             }
             Signal::CheckpointComplete(n) => self.call(|w| w.notify_checkpoint_complete(n)),
-            Signal::Watermark(_) => Ok(()),
+            Signal::Watermark(_) | Signal::Idle => Ok(()),
         }
     }
     fn flush(&mut self) -> Result<(), TaskError> {
