@@ -154,7 +154,34 @@ pub fn to_job_graph(job: &StreamJob) -> JobGraph {
                         edge_key_by.push(key);
                         edge_late.push(late);
                     }
-                    vec![(id, Partitioning::Forward, None, false)]
+                    // A source's timestamps and watermarks are an operator of their own,
+                    // chained to it (as Flink's `assignTimestampsAndWatermarks`), so their
+                    // checkpointed watermark has a uid of its own.
+                    let tail = match step.source.as_ref().filter(|s| s.watermarks.is_some()) {
+                        Some(_) => {
+                            let w = graph.nodes.len();
+                            graph.nodes.push(LogicalNode {
+                                id: w,
+                                kind: NodeKind::Transform,
+                                operator: WATERMARKS_OPERATOR.into(),
+                                name: format!("{}.watermarks", step.name),
+                                uid: step.uid.as_ref().map(|u| format!("{u}.watermarks")),
+                                parallelism: step.parallelism,
+                                max_parallelism: limit,
+                            });
+                            node_step.push(i);
+                            graph.edges.push(LogicalEdge {
+                                from: id,
+                                to: w,
+                                partitioning: Partitioning::Forward,
+                            });
+                            edge_key_by.push(None);
+                            edge_late.push(false);
+                            w
+                        }
+                        None => id,
+                    };
+                    vec![(tail, Partitioning::Forward, None, false)]
                 }
                 None => Vec::new(),
             },
@@ -169,6 +196,9 @@ pub fn to_job_graph(job: &StreamJob) -> JobGraph {
         edge_late,
     }
 }
+
+/// Operator name of the node that assigns a source's timestamps and watermarks.
+pub const WATERMARKS_OPERATOR: &str = "watermarks";
 
 /// Where a consumer connects: (node, partitioning, keyBy step, carries late records).
 type End = (usize, Partitioning, Option<usize>, bool);

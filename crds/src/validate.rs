@@ -17,8 +17,8 @@ use crate::expr::{Program, ValueType, excerpt};
 use crate::keygroup::MAX_MAX_PARALLELISM;
 mod time;
 pub use time::{
-    Aggregate, WINDOW_REDUCE_VARS, Watermarks, WindowAggregation, WindowAssigner, WindowOp,
-    upstream_sources,
+    Aggregate, DEFAULT_WATERMARK_INTERVAL, WINDOW_REDUCE_VARS, Watermarks, WindowAggregation,
+    WindowAssigner, WindowOp, upstream_sources,
 };
 
 use crate::spec::{
@@ -393,7 +393,18 @@ impl Validator {
         let mut out = Vec::with_capacity(spec.steps.len());
         let kinds: Vec<Option<&'static str>> = spec.steps.iter().map(|s| s.kind()).collect();
         let late = late_output_targets(spec);
+        let all_inputs = resolve_inputs(spec);
         for (&target, &window) in &late {
+            if all_inputs[target].contains(&window) {
+                self.push(
+                    format!("spec.steps[{window}].window.lateOutput"),
+                    format!(
+                        "step '{}' reads this window's results too; late records go to a step \
+                         that does not read the window",
+                        spec.steps[target].name
+                    ),
+                );
+            }
             if matches!(kinds[target], Some("keyBy" | "rebalance")) {
                 self.push(
                     format!("spec.steps[{window}].window.lateOutput"),

@@ -134,9 +134,10 @@ fn a_window_without_key_by_is_one_subtask_and_late_records_get_their_own_edge() 
     }
     let g = to_job_graph(&parsed);
     let names: Vec<&str> = g.graph.nodes.iter().map(|n| n.name.as_str()).collect();
-    assert_eq!(names, ["src", "w", "out", "late"]);
-    assert_eq!(g.graph.nodes[1].operator, "window:tumbling");
-    assert_eq!(g.graph.nodes[1].max_parallelism, Some(1));
+    assert_eq!(names, ["src", "src.watermarks", "w", "out", "late"]);
+    assert_eq!(g.graph.nodes[1].operator, "watermarks");
+    assert_eq!(g.graph.nodes[2].operator, "window:tumbling");
+    assert_eq!(g.graph.nodes[2].max_parallelism, Some(1));
     let edges: Vec<(usize, usize, Partitioning, bool)> = g
         .graph
         .edges
@@ -149,11 +150,17 @@ fn a_window_without_key_by_is_one_subtask_and_late_records_get_their_own_edge() 
         [
             (0, 1, Partitioning::Forward, false),
             (1, 2, Partitioning::Forward, false),
-            (1, 3, Partitioning::Forward, true)
+            (2, 3, Partitioning::Forward, false),
+            (2, 4, Partitioning::Forward, true)
         ]
     );
     let plan = g.graph.plan().unwrap();
-    assert_eq!(plan.nodes[1].parallelism, 1);
+    assert_eq!(plan.nodes[2].parallelism, 1);
+    assert_eq!(
+        plan.chains[0].nodes,
+        [0, 1, 2],
+        "source, watermarks and window chain"
+    );
     assert!(
         plan.explain().contains("w (window:tumbling"),
         "{}",

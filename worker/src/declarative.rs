@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicU64;
 use streamjob_crds::Partitioning;
 use streamjob_crds::StableKey;
 use streamjob_crds::expr::{EachError, EvalError, Program, Value};
-use streamjob_crds::graph::{JobGraph, to_job_graph};
+use streamjob_crds::graph::{JobGraph, WATERMARKS_OPERATOR, to_job_graph};
 use streamjob_crds::keygroup::key_group_of_hash;
 use streamjob_crds::spec::{SinkSpec, SourceSpec, StreamJob};
 use streamjob_crds::validate::{StepOp, ValidatedJob, ValidationError, validate_job};
@@ -32,6 +32,7 @@ use crate::connectors::socket::SocketSource;
 use crate::error::{BoxError, JobError, TaskError};
 
 mod errors;
+mod window;
 pub mod window_fn;
 use crate::operators::SinkOp;
 use crate::runtime::checkpoint::Coordinator;
@@ -97,6 +98,7 @@ pub fn build_job(
             .nodes
             .iter()
             .zip(&uids)
+            .filter(|(node, _)| node.kind == streamjob_crds::NodeKind::Source)
             .filter_map(
                 |(node, uid)| match &validated.step(graph.step_of(node.id)).op {
                     StepOp::Source(src) => Some((uid.clone(), source_identity(src, base_dir))),
@@ -135,17 +137,58 @@ pub fn build_job(
     let builder = env.graph_builder();
     let mut g = builder.borrow_mut();
     assert!(g.nodes.is_empty(), "build_job needs an empty environment");
+    // Which outgoing channels of each window node carry late records, in the order the
+    // executor hands them to the node's output (its plan edges).
+    let plan = graph.graph.plan().map_err(|e| SpecError::Unsupported {
+        path: "spec.steps".into(),
+        message: e.to_string(),
+    })?;
     for (id, node) in graph.graph.nodes.iter().enumerate() {
         let step_index = graph.step_of(id);
         let step = validated.step(step_index);
         let path = format!("spec.steps[{step_index}]");
-        let runtime = node_runtime(
-            &step.op, &graph, &validated, id, base_dir, &path, &policy, &run,
-        )?;
+        let late_edges: Vec<bool> = plan
+            .edges
+            .iter()
+            .filter(|e| e.from_node == id)
+            .map(|e| {
+                graph
+                    .graph
+                    .edges
+                    .iter()
+                    .zip(&graph.edge_late)
+                    .any(|(l, late)| *late && l.from == e.from_node && l.to == e.to_node)
+            })
+            .collect();
+        let with_late = late_edges.iter().any(|l| *l);
+        let runtime = if node.operator == WATERMARKS_OPERATOR {
+            let w = step
+                .watermarks
+                .as_ref()
+                .expect("validated: watermarks compiled");
+            window::watermarks_runtime(w, &policy)
+        } else if let StepOp::Window(w) = &step.op {
+            let key = graph.key_by_of(id).and_then(|k| {
+                Some((
+                    validated.key_program(k)?.clone(),
+                    Arc::from(validated.step(k).name.as_str()),
+                ))
+            });
+            window::window_runtime(w, key, with_late, &policy)
+        } else {
+            node_runtime(
+                &step.op, &graph, &validated, id, base_dir, &path, &policy, &run,
+            )?
+        };
+        let output: Arc<dyn crate::api::graph::OutputKind> = if with_late {
+            Arc::new(window::LateSplit { late: late_edges })
+        } else {
+            Arc::new(Typed::<Value>::new())
+        };
         g.nodes.push(NodeDef {
             logical: node.clone(),
             runtime,
-            output: Arc::new(Typed::<Value>::new()),
+            output,
         });
     }
     for (e, key_by) in graph.graph.edges.iter().zip(&graph.edge_key_by) {
@@ -258,12 +301,7 @@ fn node_runtime(
                 )
             }))
         }
-        StepOp::Window(_) => {
-            return Err(SpecError::Unsupported {
-                path: format!("{path}.window"),
-                message: "window steps are not supported by this worker yet".into(),
-            });
-        }
+        StepOp::Window(_) => unreachable!("window nodes are built by window_runtime"),
         StepOp::KeyBy(_) | StepOp::Rebalance => {
             unreachable!("keyBy and rebalance are edges, not nodes")
         }

@@ -27,6 +27,12 @@ pub struct WatermarksSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
     pub idleness: Option<String>,
+    /// How often the source emits a watermark, e.g. `200ms` (the default, Flink's
+    /// `autoWatermarkInterval`); `0s` emits one after every record, which makes the
+    /// lateness of each record independent of timing (tests, replays).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub interval: Option<String>,
 }
 
 /// Event time (the records' timestamps, watermarks) or processing time (the worker's clock).

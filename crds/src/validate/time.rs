@@ -22,7 +22,12 @@ pub struct Watermarks {
     pub timestamp: Option<Program>,
     pub max_out_of_orderness: Duration,
     pub idleness: Option<Duration>,
+    /// Between periodic watermarks; zero: after every record.
+    pub interval: Duration,
 }
+
+/// Default of `watermarks.interval` (Flink's `autoWatermarkInterval`).
+pub const DEFAULT_WATERMARK_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Which windows a record belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,10 +139,15 @@ impl Validator {
             Some(d) => Some(self.duration(format!("{at}.idleness"), d, false)?),
             None => None,
         };
+        let interval = match &w.interval {
+            Some(d) => self.duration(format!("{at}.interval"), d, true)?,
+            None => DEFAULT_WATERMARK_INTERVAL,
+        };
         Some(Watermarks {
             timestamp,
             max_out_of_orderness,
             idleness,
+            interval,
         })
     }
 

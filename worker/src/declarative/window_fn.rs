@@ -73,8 +73,29 @@ impl WindowFunction {
         }
     }
 
-    /// Adds a record. On an error the accumulator is unchanged.
-    pub fn add(&self, acc: &mut Acc, record: &Value) -> Result<(), EvalError> {
+    /// The aggregate expressions evaluated on a record (a list, null for `count`; null for
+    /// a reduce), once per record however many windows it is in.
+    pub fn inputs(&self, record: &Value) -> Result<Value, EvalError> {
+        match &self.kind {
+            Kind::Reduce(_) => Ok(Value::Null),
+            Kind::Aggregates(aggs) => {
+                let mut inputs = Vec::with_capacity(aggs.len());
+                for a in aggs.iter() {
+                    inputs.push(match &a.expr {
+                        Some(p) => p
+                            .eval(&[record])
+                            .map_err(|e| err(format!("aggregate '{}': {}", a.name, e.message)))?,
+                        None => Value::Null,
+                    });
+                }
+                Ok(Value::list(inputs))
+            }
+        }
+    }
+
+    /// Adds a record with its [`WindowFunction::inputs`]. On an error the accumulator is
+    /// unchanged.
+    pub fn add(&self, acc: &mut Acc, record: &Value, inputs: &Value) -> Result<(), EvalError> {
         match &self.kind {
             Kind::Reduce(p) => {
                 let next = match &acc[0] {
@@ -85,22 +106,11 @@ impl WindowFunction {
                 Ok(())
             }
             Kind::Aggregates(aggs) => {
-                // Evaluate everything first, so a failing expression leaves no slot half
-                // updated.
-                let mut inputs = Vec::with_capacity(aggs.len());
-                for a in aggs.iter() {
-                    inputs.push(match &a.expr {
-                        Some(p) => {
-                            Some(p.eval(&[record]).map_err(|e| {
-                                err(format!("aggregate '{}': {}", a.name, e.message))
-                            })?)
-                        }
-                        None => None,
-                    });
-                }
+                let inputs = inputs.as_list().unwrap_or(&[]);
                 let mut next = acc.clone();
-                for ((slot, a), v) in next.iter_mut().zip(aggs.iter()).zip(inputs) {
-                    add_one(slot, a, v.as_ref())
+                for (i, (slot, a)) in next.iter_mut().zip(aggs.iter()).enumerate() {
+                    let v = a.expr.as_ref().map(|_| &inputs[i]);
+                    add_one(slot, a, v)
                         .map_err(|e| err(format!("aggregate '{}': {}", a.name, e.message)))?;
                 }
                 *acc = next;
@@ -306,12 +316,16 @@ mod tests {
         let f = function(
             "      aggregates:\n      - {name: n, function: count}\n      - {name: s, function: sum, expr: value}\n      - {name: lo, function: min, expr: value}\n      - {name: hi, function: max, expr: value}\n      - {name: mean, function: avg, expr: value}\n      output: \"[key, n, s, lo, hi, mean]\"",
         );
+        let add = |acc: &mut Acc, v: Value| {
+            let inputs = f.inputs(&v)?;
+            f.add(acc, &v, &inputs)
+        };
         let mut a = f.create();
         for v in [3, -1, 7] {
-            f.add(&mut a, &Value::Int(v)).unwrap();
+            add(&mut a, Value::Int(v)).unwrap();
         }
         let mut b = f.create();
-        f.add(&mut b, &Value::Int(10)).unwrap();
+        add(&mut b, Value::Int(10)).unwrap();
         let merged = f.merge(a.clone(), b).unwrap();
         let out = f
             .output(&Value::from("k"), &count_window_value(), &merged)
@@ -332,7 +346,7 @@ mod tests {
         let f = function("      reduce: \"acc > value ? acc : value\"");
         let mut a = f.create();
         for v in [3, 9, 4] {
-            f.add(&mut a, &Value::Int(v)).unwrap();
+            f.add(&mut a, &Value::Int(v), &Value::Null).unwrap();
         }
         assert_eq!(
             f.output(&Value::Null, &window_value(0, 10), &a).unwrap(),
@@ -340,7 +354,8 @@ mod tests {
         );
         let f = function("      aggregates: [{name: n, function: count}]");
         let mut a = f.create();
-        f.add(&mut a, &Value::Int(1)).unwrap();
+        f.add(&mut a, &Value::Int(1), &f.inputs(&Value::Int(1)).unwrap())
+            .unwrap();
         assert_eq!(
             f.output(&Value::from("u"), &window_value(0, 60000), &a)
                 .unwrap()

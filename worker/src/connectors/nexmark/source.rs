@@ -11,6 +11,7 @@ use crate::api::functions::{Collector, Source, SourceReader, SourceStatus};
 use crate::connectors::SOURCE_BATCH;
 use crate::error::BoxError;
 use crate::runtime::context::SubtaskContext;
+use crate::runtime::time::set_current_timestamp;
 
 type ToRecord<T> = Arc<dyn Fn(Event) -> T + Send + Sync>;
 
@@ -103,7 +104,10 @@ impl<T: Send> SourceReader<T> for NexmarkReader<T> {
             if self.already_emitted(n) {
                 continue;
             }
-            out.collect((self.to_record)(event_at(&self.config, n)));
+            let event = event_at(&self.config, n);
+            // The event's own time is the record's timestamp (for event-time windows).
+            set_current_timestamp(event.date_time());
+            out.collect((self.to_record)(event));
             self.emitted += 1;
             budget -= 1;
         }
