@@ -200,10 +200,24 @@ pub fn build_job(
                     .clone();
                 // A key that fails to evaluate is routed anywhere: the keyed operator
                 // evaluates it again and applies the onError policy there.
-                Some(Arc::new(move |v: &Value| {
-                    program.eval_cow(&[v]).map(|k| k.stable_hash()).unwrap_or(0)
-                })
-                    as Arc<dyn Fn(&Value) -> u64 + Send + Sync>)
+                let into_window =
+                    matches!(validated.step(graph.step_of(e.to)).op, StepOp::Window(_));
+                if into_window {
+                    // The window operators place keys by the serde hash of the key
+                    // (`codec::key_hash`), the same for the Rust API and the spec.
+                    Some(Arc::new(move |v: &Value| {
+                        program
+                            .eval_cow(&[v])
+                            .map(|k| crate::codec::key_hash::stable_hash(&*k))
+                            .unwrap_or(0)
+                    })
+                        as Arc<dyn Fn(&Value) -> u64 + Send + Sync>)
+                } else {
+                    Some(Arc::new(move |v: &Value| {
+                        program.eval_cow(&[v]).map(|k| k.stable_hash()).unwrap_or(0)
+                    })
+                        as Arc<dyn Fn(&Value) -> u64 + Send + Sync>)
+                }
             }
             _ => None,
         };
