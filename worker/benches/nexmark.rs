@@ -46,6 +46,8 @@ fn child(query: &str, parallelism: u32, events: u64) {
         "q0" => queries::q0(&source).discard(),
         "q1" => queries::q1(&source).discard(),
         "q2" => queries::q2(&source).discard(),
+        "q5" => queries::q5(&source).discard(),
+        "q7" => queries::q7(&source).discard(),
         other => panic!("unknown query {other}"),
     };
     let cpu0 = cpu_seconds();
@@ -71,7 +73,7 @@ fn main() {
     }
     let events: u64 = value("--events").map_or(2_000_000, |v| v.parse().unwrap());
     let runs: usize = value("--runs").map_or(3, |v| v.parse().unwrap());
-    let queries_arg = value("--queries").unwrap_or_else(|| "q0,q1,q2".into());
+    let queries_arg = value("--queries").unwrap_or_else(|| "q0,q1,q2,q5,q7".into());
     let parallelism_arg = value("--parallelism").unwrap_or_else(|| "1,2".into());
     let exe = std::env::current_exe().unwrap();
     println!(

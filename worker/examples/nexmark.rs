@@ -30,6 +30,12 @@ fn main() -> anyhow::Result<()> {
         "q2" => {
             queries::q2(&source).print();
         }
+        "q5" => {
+            queries::q5(&source).print();
+        }
+        "q7" => {
+            queries::q7(&source).print();
+        }
         other => anyhow::bail!("unknown query '{other}': use q0, q1, q2, q5 or q7"),
     }
     env.execute(&format!("nexmark {query}"))?;

@@ -243,3 +243,125 @@ fn yaml_q0_q1_q2_match_the_oracle_at_parallelism_1_and_2() {
     let v = event_at(&config(), 7).to_value();
     assert_eq!(v.as_map().unwrap()["type"], Value::from("bid"));
 }
+
+// --- Windowed queries -------------------------------------------------------------------
+
+/// q5 by hand: every 2 s window end, the bid counts per auction over the 10 s before it.
+fn q5_oracle() -> Vec<queries::HotItem> {
+    let bids = oracle_bids();
+    let (first, last) = (bids[0].date_time, bids.last().unwrap().date_time);
+    let mut out = Vec::new();
+    let mut end = first - first.rem_euclid(2000) + 2000;
+    while end - 10_000 <= last {
+        let mut counts: std::collections::BTreeMap<u64, u64> = Default::default();
+        for b in bids
+            .iter()
+            .filter(|b| b.date_time >= end - 10_000 && b.date_time < end)
+        {
+            *counts.entry(b.auction).or_default() += 1;
+        }
+        // Highest count; among equals the smallest auction (BTreeMap order, strict >).
+        let mut best: Option<(u64, u64)> = None;
+        for (&auction, &count) in &counts {
+            if best.is_none_or(|(_, c)| count > c) {
+                best = Some((auction, count));
+            }
+        }
+        if let Some((auction, count)) = best {
+            out.push(queries::HotItem {
+                window_end: end,
+                auction,
+                count,
+            });
+        }
+        end += 2000;
+    }
+    out
+}
+
+/// q7 by hand: per 10 s window, the highest bid (price, then smallest auction, bidder, time).
+fn q7_oracle() -> Vec<(i64, Bid)> {
+    let mut best: std::collections::BTreeMap<i64, Bid> = Default::default();
+    for b in oracle_bids() {
+        let end = b.date_time - b.date_time.rem_euclid(10_000) + 10_000;
+        let better = |cur: &Bid| {
+            (
+                b.price,
+                std::cmp::Reverse((b.auction, b.bidder, b.date_time)),
+            ) > (
+                cur.price,
+                std::cmp::Reverse((cur.auction, cur.bidder, cur.date_time)),
+            )
+        };
+        if best.get(&end).is_none_or(better) {
+            best.insert(end, b);
+        }
+    }
+    best.into_iter().collect()
+}
+
+#[test]
+fn q5_finds_the_hottest_auction_per_sliding_window() {
+    let expected = q5_oracle();
+    assert!(expected.len() >= 10, "{} windows", expected.len());
+    for p in [1, 2] {
+        assert_eq!(sorted(run_rust(p, queries::q5)), expected, "p={p}");
+    }
+}
+
+#[test]
+fn q7_finds_the_highest_bid_per_tumbling_window() {
+    let expected = q7_oracle();
+    assert!(expected.len() >= 2, "{} windows", expected.len());
+    for p in [1, 2] {
+        let mut got: Vec<(i64, Bid)> = run_rust(p, queries::q7)
+            .into_iter()
+            .map(|h| (h.window_end, h.bid))
+            .collect();
+        got.sort_by_key(|(end, _)| *end);
+        assert_eq!(got, expected, "p={p}");
+    }
+}
+
+#[test]
+fn yaml_q5_q7_match_the_oracle_at_parallelism_1_and_2() {
+    let q5: Vec<Vec<i64>> = q5_oracle()
+        .iter()
+        .map(|h| vec![h.window_end, h.auction as i64, h.count as i64])
+        .collect();
+    let q7: Vec<Vec<i64>> = q7_oracle()
+        .iter()
+        .map(|(end, b)| {
+            vec![
+                *end,
+                b.auction as i64,
+                b.bidder as i64,
+                b.price as i64,
+                b.date_time,
+            ]
+        })
+        .collect();
+    for p in [1, 2] {
+        let got = |name, fields: &[&str]| {
+            sorted(
+                run_example(name, p)
+                    .iter()
+                    .map(|v| as_tuple(v, fields))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(
+            got("nexmark-q5.yaml", &["windowEnd", "auction", "count"]),
+            q5,
+            "q5 p={p}"
+        );
+        assert_eq!(
+            got(
+                "nexmark-q7.yaml",
+                &["windowEnd", "auction", "bidder", "price", "dateTime"]
+            ),
+            q7,
+            "q7 p={p}"
+        );
+    }
+}
