@@ -356,3 +356,56 @@ fn count_windows_tumbling_and_sliding() {
         );
     }
 }
+
+/// The README's click-stream example gives exactly the counts and late clicks it shows.
+#[test]
+fn the_click_stream_example_counts_clicks_per_user_per_minute() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples");
+    for p in [1, 2] {
+        let dir = tmp(&format!("clicks-{p}"));
+        let yaml = std::fs::read_to_string(examples.join("clicks-per-minute.yaml"))
+            .unwrap()
+            .replacen(
+                "        print: {}",
+                &format!("        file: {{path: {}}}", dir.join("counts").display()),
+                1,
+            )
+            .replacen(
+                "        print: {}",
+                &format!("        file: {{path: {}}}", dir.join("late").display()),
+                1,
+            )
+            .replace("  parallelism: 2\n", &format!("  parallelism: {p}\n"));
+        let job = parse_job(&yaml).unwrap();
+        let env = StreamExecutionEnvironment::get_execution_environment();
+        build_job(&env, &job, &dir).unwrap();
+        env.execute("clicks").unwrap();
+        let text = |stem| {
+            let mut v: Vec<String> = lines(&dir, stem).iter().map(|l| l.to_string()).collect();
+            v.sort();
+            v
+        };
+        let minute = 1_700_000_040_000i64;
+        let count = |user: &str, m: i64, n: i64| {
+            format!(r#"{{"clicks":{n},"minute":{},"user":"{user}"}}"#, minute + m * 60_000)
+        };
+        let mut expected = vec![
+            count("alice", 0, 4),
+            count("bob", 0, 1),
+            count("alice", 1, 1),
+            count("bob", 1, 2),
+            count("bob", 2, 1),
+            count("carol", 2, 1),
+        ];
+        expected.sort();
+        assert_eq!(text("counts"), expected, "p={p}");
+        assert_eq!(
+            text("late"),
+            [
+                r#"{"late":{"ts":1700000090000,"url":"/help","user":"alice"}}"#,
+                r#"{"late":{"ts":1700000159000,"url":"/shop","user":"bob"}}"#
+            ],
+            "p={p}"
+        );
+    }
+}
