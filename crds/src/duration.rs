@@ -57,7 +57,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "'{s}' is too long: at most {MAX_DURATION_MS} ms (100 years)"
         ));
     }
-    if total_us % 1000 != 0 {
+    if !total_us.is_multiple_of(1000) {
         return Err(format!(
             "'{s}' is not a whole number of milliseconds (event time has millisecond resolution)"
         ));

@@ -33,6 +33,7 @@ enum WriterKey {
 }
 
 type SharedWriter = Arc<Mutex<Box<dyn SinkWriter<Value>>>>;
+type WeakWriter = Weak<Mutex<Box<dyn SinkWriter<Value>>>>;
 
 /// The job's `onError` policy and where dead letters go.
 pub(super) struct ErrorPolicy {
@@ -42,7 +43,7 @@ pub(super) struct ErrorPolicy {
     /// process) writes through one writer: a writer of its own would open the same file
     /// again, truncating it and overwriting the others' letters. Weak, so the writers of a
     /// run are closed when its operators are, and a restarted run opens them afresh.
-    writers: Mutex<HashMap<WriterKey, Weak<Mutex<Box<dyn SinkWriter<Value>>>>>>,
+    writers: Mutex<HashMap<WriterKey, WeakWriter>>,
     run: SpecRun,
 }
 

@@ -333,10 +333,10 @@ mod tests {
         assert_eq!(out.to_string(), r#"["k",4,19,-1,10,4.75]"#);
         // A record the sum cannot take leaves every slot as it was.
         let before = a.clone();
-        assert!(f.add(&mut a, &Value::from("x")).is_err());
+        assert!(add(&mut a, Value::from("x")).is_err());
         assert_eq!(a, before);
         assert!(
-            f.add(&mut a, &Value::Int(i64::MAX)).is_err(),
+            add(&mut a, Value::Int(i64::MAX)).is_err(),
             "overflow is an error"
         );
     }

@@ -182,7 +182,7 @@ struct Rng(u64);
 
 impl Rng {
     fn new(n: u64) -> Self {
-        Rng(n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5EED_0F_4E_78_4D_41)
+        Rng(n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x005E_ED0F_4E78_4D41)
     }
     fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
