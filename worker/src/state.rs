@@ -12,6 +12,17 @@ use streamjob_crds::KeyGroupRange;
 pub trait ValueState<K: ?Sized + ToOwned, V>: Send {
     fn get_mut(&mut self, key_group: u32, hash: u64, key: &K) -> Option<&mut V>;
     fn put(&mut self, key_group: u32, hash: u64, key: K::Owned, value: V);
+    /// The value of `key`, inserting `make()` (the owned key and a value) if it has none:
+    /// one lookup either way.
+    fn get_or_insert_with(
+        &mut self,
+        key_group: u32,
+        hash: u64,
+        key: &K,
+        make: impl FnOnce() -> (K::Owned, V),
+    ) -> &mut V
+    where
+        Self: Sized;
     fn remove(&mut self, key_group: u32, hash: u64, key: &K) -> Option<V>;
     /// Number of keys held.
     fn len(&self) -> usize;
@@ -105,6 +116,35 @@ where
                 self.len += 1;
             }
         }
+    }
+
+    fn get_or_insert_with(
+        &mut self,
+        key_group: u32,
+        hash: u64,
+        key: &K,
+        make: impl FnOnce() -> (K::Owned, V),
+    ) -> &mut V {
+        assert!(
+            self.range.contains(key_group),
+            "key group {key_group} is not owned by this subtask ({:?})",
+            self.range
+        );
+        let table = &mut self.groups[(key_group - self.range.start) as usize];
+        let entry = table.entry(
+            table_hash(hash),
+            |e| e.hash == hash && e.key.borrow() == key,
+            |e| table_hash(e.hash),
+        );
+        let inserted = matches!(entry, hashbrown::hash_table::Entry::Vacant(_));
+        let e = entry.or_insert_with(|| {
+            let (key, value) = make();
+            Entry { hash, key, value }
+        });
+        if inserted {
+            self.len += 1;
+        }
+        &mut e.into_mut().value
     }
 
     fn remove(&mut self, key_group: u32, hash: u64, key: &K) -> Option<V> {

@@ -128,3 +128,82 @@ fn timers_and_state_per_key_match_the_oracle_at_any_parallelism() {
         assert_eq!(got, want, "parallelism {p}");
     }
 }
+
+/// Sums amounts per user and scales them by the user's factor from a second stream;
+/// emits at the end of input (an event-time timer the final watermark fires).
+struct Scale;
+
+#[derive(Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Acc {
+    sum: i64,
+    factor: Option<i64>,
+}
+
+impl streamjob::api::process::KeyedCoProcessFunction<String, (String, i64), (String, i64)>
+    for Scale
+{
+    type State = Acc;
+    type Out = (String, i64);
+    fn process_element1(
+        &self,
+        value: (String, i64),
+        ctx: &mut KeyedContext<'_, String, Acc>,
+        _out: &mut Collector<'_, (String, i64)>,
+    ) {
+        ctx.state().sum += value.1;
+        ctx.register_event_time_timer(0);
+    }
+    fn process_element2(
+        &self,
+        value: (String, i64),
+        ctx: &mut KeyedContext<'_, String, Acc>,
+        _out: &mut Collector<'_, (String, i64)>,
+    ) {
+        ctx.state().factor = Some(value.1);
+        ctx.register_event_time_timer(0);
+    }
+    fn on_timer(
+        &self,
+        _timestamp: i64,
+        ctx: &mut KeyedContext<'_, String, Acc>,
+        out: &mut Collector<'_, (String, i64)>,
+    ) {
+        let key = ctx.get_current_key().clone();
+        let acc = std::mem::take(ctx.state());
+        out.collect((key, acc.sum * acc.factor.unwrap_or(1)));
+    }
+}
+
+#[test]
+fn connected_streams_share_keyed_state_and_timers() {
+    let amounts: Vec<(String, i64)> = (0..300)
+        .map(|i| (format!("u{}", i % 7), i as i64))
+        .collect();
+    let factors: Vec<(String, i64)> = (0..5).map(|i| (format!("u{i}"), 10 + i)).collect();
+    let mut want: BTreeMap<String, i64> = BTreeMap::new();
+    for (u, a) in &amounts {
+        *want.entry(u.clone()).or_default() += a;
+    }
+    for (u, f) in &factors {
+        *want.get_mut(u).unwrap() *= f;
+    }
+    for p in [1, 2] {
+        let env = StreamExecutionEnvironment::get_execution_environment();
+        env.set_parallelism(p);
+        let a = env.from_collection(amounts.clone());
+        let f = env.from_collection(factors.clone());
+        let out = a
+            .connect(&f)
+            .key_by(
+                |x: &(String, i64)| x.0.clone(),
+                |y: &(String, i64)| y.0.clone(),
+            )
+            .co_process(Scale)
+            .collect_sink();
+        env.execute("connect").unwrap();
+        let got = out.take();
+        assert_eq!(got.len(), want.len(), "one result per user: {got:?}");
+        let got: BTreeMap<String, i64> = got.into_iter().collect();
+        assert_eq!(got, want, "parallelism {p}");
+    }
+}

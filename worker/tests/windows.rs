@@ -446,3 +446,86 @@ fn an_event_time_window_without_timestamps_fails_naming_the_fix() {
         "{err}"
     );
 }
+
+/// A two-split source tracking watermarks per split, as the Kafka source does: split 1
+/// goes quiet and is left out after the idleness timeout, so split 0's records advance
+/// event time alone and a record behind that watermark is late.
+struct SplitSource;
+
+struct SplitReader {
+    step: usize,
+    tracker: streamjob::runtime::time::SplitWatermarks,
+}
+
+impl streamjob::Source<Rec> for SplitSource {
+    fn max_parallelism(&self) -> Option<u32> {
+        Some(1)
+    }
+    fn create_reader(
+        &self,
+        _ctx: &streamjob::SubtaskContext,
+    ) -> Result<Box<dyn streamjob::SourceReader<Rec>>, streamjob::BoxError> {
+        Ok(Box::new(SplitReader {
+            step: 0,
+            tracker: streamjob::runtime::time::SplitWatermarks::new(0, Some(1_000)),
+        }))
+    }
+}
+
+impl streamjob::SourceReader<Rec> for SplitReader {
+    fn poll_next(
+        &mut self,
+        out: &mut streamjob::Collector<'_, Rec>,
+    ) -> Result<streamjob::SourceStatus, streamjob::BoxError> {
+        // (split, key, timestamp, processing time now)
+        const STEPS: [(&str, &str, i64, i64); 6] = [
+            ("p0", "a", 10, 0),
+            ("p1", "b", 5, 0),
+            ("p0", "a", 120, 500),
+            ("p0", "a", 230, 1_600), // p1 idle since 0: left out, watermark 229
+            ("p1", "b", 20, 1_700),  // behind the watermark: late
+            ("p0", "a", 240, 1_800),
+        ];
+        let Some(&(split, key, ts, now)) = STEPS.get(self.step) else {
+            return Ok(streamjob::SourceStatus::Finished);
+        };
+        self.step += 1;
+        self.tracker.on_record(split, ts, now);
+        out.collect_with_timestamp((key.to_string(), ts, 1), ts);
+        match self.tracker.current(now) {
+            Some(w) => out.emit_watermark(w),
+            None => out.mark_idle(),
+        }
+        Ok(streamjob::SourceStatus::MoreAvailable)
+    }
+}
+
+#[test]
+fn a_source_with_per_split_watermarks_leaves_idle_splits_out() {
+    let env = StreamExecutionEnvironment::get_execution_environment();
+    env.set_parallelism(2);
+    let tag = OutputTag::<Rec>::new("late");
+    let results = env
+        .from_source(SplitSource, "splits")
+        .key_by(|r: &Rec| r.0.clone())
+        .window(TumblingEventTimeWindows::of(Duration::from_millis(100)))
+        .side_output_late_data(&tag)
+        .aggregate_with_process(Sum, |k: &String, ctx, s, out| {
+            out.collect((k.clone(), ctx.window.start, ctx.window.end, s))
+        });
+    let late = results.get_side_output(&tag).collect_sink();
+    let out = results.collect_sink();
+    env.execute("splits").unwrap();
+    let mut got = out.take();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("a".to_string(), 0, 100, 1),
+            ("a".to_string(), 100, 200, 1),
+            ("a".to_string(), 200, 300, 2),
+            ("b".to_string(), 0, 100, 1),
+        ]
+    );
+    assert_eq!(late.take(), vec![("b".to_string(), 20, 1)]);
+}

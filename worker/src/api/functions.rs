@@ -33,6 +33,33 @@ impl<'a, T> Collector<'a, T> {
         }
     }
 
+    /// Emits a record with its event timestamp (ms), e.g. a Kafka record's timestamp.
+    #[inline]
+    pub fn collect_with_timestamp(&mut self, item: T, timestamp: i64) {
+        crate::runtime::time::set_current_timestamp(timestamp);
+        self.collect(item);
+    }
+
+    /// Sources that track event time themselves (per split, see
+    /// `runtime::time::SplitWatermarks`): the watermark after the records emitted so far.
+    pub fn emit_watermark(&mut self, watermark: i64) {
+        self.signal(crate::runtime::message::Signal::Watermark(watermark));
+    }
+
+    /// Sources: no records for now; downstream stops waiting for this input's watermark
+    /// until its next record or watermark.
+    pub fn mark_idle(&mut self) {
+        self.signal(crate::runtime::message::Signal::Idle);
+    }
+
+    fn signal(&mut self, signal: crate::runtime::message::Signal) {
+        if self.error.is_none()
+            && let Err(e) = self.out.signal(signal)
+        {
+            self.error = Some(e);
+        }
+    }
+
     /// True once downstream failed; further records are dropped.
     pub fn is_closed(&self) -> bool {
         self.error.is_some()

@@ -102,3 +102,72 @@ impl<K: ?Sized, S> KeyedContext<'_, K, S> {
         self.entry.processing_timers.remove(&time);
     }
 }
+
+/// A record of one of two connected streams.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TwoInput<A, B> {
+    First(A),
+    Second(B),
+}
+
+/// Flink's `KeyedCoProcessFunction`: two inputs keyed alike (e.g. records and a control or
+/// enrichment stream) sharing per-key state and timers. Window and interval joins fit the
+/// same shape: both sides buffered in the key's state, timers to emit and clean up.
+pub trait KeyedCoProcessFunction<K: ?Sized, A, B>: Send + Sync + 'static {
+    type State: Default + PartialEq + Clone + Send + Serialize + DeserializeOwned + 'static;
+    type Out;
+
+    fn process_element1(
+        &self,
+        value: A,
+        ctx: &mut KeyedContext<'_, K, Self::State>,
+        out: &mut Collector<'_, Self::Out>,
+    );
+
+    fn process_element2(
+        &self,
+        value: B,
+        ctx: &mut KeyedContext<'_, K, Self::State>,
+        out: &mut Collector<'_, Self::Out>,
+    );
+
+    fn on_timer(
+        &self,
+        _timestamp: i64,
+        _ctx: &mut KeyedContext<'_, K, Self::State>,
+        _out: &mut Collector<'_, Self::Out>,
+    ) {
+    }
+}
+
+/// A co-process function as a process function over [`TwoInput`] records.
+pub(crate) struct CoProcess<F>(pub F);
+
+impl<K: ?Sized, A, B, F> KeyedProcessFunction<K, TwoInput<A, B>> for CoProcess<F>
+where
+    F: KeyedCoProcessFunction<K, A, B>,
+{
+    type State = F::State;
+    type Out = F::Out;
+
+    fn process_element(
+        &self,
+        value: TwoInput<A, B>,
+        ctx: &mut KeyedContext<'_, K, Self::State>,
+        out: &mut Collector<'_, Self::Out>,
+    ) {
+        match value {
+            TwoInput::First(a) => self.0.process_element1(a, ctx, out),
+            TwoInput::Second(b) => self.0.process_element2(b, ctx, out),
+        }
+    }
+
+    fn on_timer(
+        &self,
+        timestamp: i64,
+        ctx: &mut KeyedContext<'_, K, Self::State>,
+        out: &mut Collector<'_, Self::Out>,
+    ) {
+        self.0.on_timer(timestamp, ctx, out)
+    }
+}

@@ -15,7 +15,7 @@ use crate::Data;
 use crate::api::datastream::{DataStream, KeyedStream, NewNode, Split, add_node, boxed};
 use crate::api::functions::Collector;
 use crate::api::graph::{EdgeKind, NodeRuntime, TransformBuild, TypedEdge, unbox};
-use crate::api::process::KeyedProcessFunction;
+use crate::api::process::{CoProcess, KeyedCoProcessFunction, KeyedProcessFunction, TwoInput};
 use crate::api::watermark::WatermarkStrategy;
 use crate::api::windows::{
     Aggregate, AggregateFunction, EmitFn, ListAggregator, OutputTag, ReduceAggregator,
@@ -494,5 +494,57 @@ impl<T, A: WindowAggregator<T>> WindowAggregator<T> for SharedAgg<A> {
     }
     fn merge(&self, a: A::Acc, b: A::Acc) -> Result<A::Acc, BoxError> {
         self.0.merge(a, b)
+    }
+}
+
+/// Two streams of possibly different types, processed together (Flink's `connect`).
+pub struct ConnectedStreams<A, B> {
+    first: DataStream<A>,
+    second: DataStream<B>,
+}
+
+impl<A: Data> DataStream<A> {
+    /// Connects this stream with `other`; key both sides alike with
+    /// [`ConnectedStreams::key_by`] and process them with a `KeyedCoProcessFunction`.
+    pub fn connect<B: Data>(&self, other: &DataStream<B>) -> ConnectedStreams<A, B> {
+        ConnectedStreams {
+            first: self.clone(),
+            second: other.clone(),
+        }
+    }
+}
+
+impl<A: Data, B: Data> ConnectedStreams<A, B> {
+    /// Keys both inputs: records of either side with equal keys meet in the same state.
+    pub fn key_by<K, FA, FB>(&self, first: FA, second: FB) -> KeyedStream<TwoInput<A, B>, K>
+    where
+        K: Serialize + DeserializeOwned + Eq + Clone + Send + Sync + 'static,
+        FA: Fn(&A) -> K + Send + Sync + 'static,
+        FB: Fn(&B) -> K + Send + Sync + 'static,
+    {
+        // Both sides travel as one record type, so the input gate's watermark is the
+        // minimum over both inputs' channels, as a two-input operator needs.
+        let a = self.first.map(TwoInput::First);
+        let b = self.second.map(TwoInput::Second);
+        a.union(&[b]).key_by(move |r: &TwoInput<A, B>| match r {
+            TwoInput::First(x) => first(x),
+            TwoInput::Second(y) => second(y),
+        })
+    }
+}
+
+impl<A, B, K> KeyedStream<TwoInput<A, B>, K>
+where
+    A: Data,
+    B: Data,
+    K: Serialize + DeserializeOwned + Eq + Clone + Send + Sync + 'static,
+{
+    /// Runs a [`KeyedCoProcessFunction`] over connected, keyed streams.
+    pub fn co_process<F>(&self, f: F) -> DataStream<F::Out>
+    where
+        F: KeyedCoProcessFunction<K, A, B>,
+        F::Out: Data,
+    {
+        self.process(CoProcess(f))
     }
 }

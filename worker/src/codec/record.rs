@@ -47,12 +47,15 @@ pub enum DecodeError {
     },
 }
 
+/// Records and, if the batch has them, their event timestamps.
+pub type TimedBatch<T> = (Vec<T>, Option<Vec<i64>>);
+
 /// Encode/decode functions of one record type, taken by the exchange when an edge is built.
 pub struct Wire<T> {
     pub encode: fn(&[T], &mut Vec<u8>) -> Result<(), EncodeError>,
     pub decode: fn(&[u8]) -> Result<Vec<T>, DecodeError>,
     /// Decodes a batch with or without timestamps (see the module doc).
-    pub decode_timed: fn(&[u8]) -> Result<(Vec<T>, Option<Vec<i64>>), DecodeError>,
+    pub decode_timed: fn(&[u8]) -> Result<TimedBatch<T>, DecodeError>,
 }
 
 impl<T> Clone for Wire<T> {
@@ -104,9 +107,7 @@ pub fn append_timestamps(timestamps: &[i64], out: &mut Vec<u8>) -> Result<(), En
 }
 
 /// Decodes a batch, with its timestamps if it has them.
-pub fn decode_timed_batch<T: DeserializeOwned>(
-    input: &[u8],
-) -> Result<(Vec<T>, Option<Vec<i64>>), DecodeError> {
+pub fn decode_timed_batch<T: DeserializeOwned>(input: &[u8]) -> Result<TimedBatch<T>, DecodeError> {
     let type_name = std::any::type_name::<T>();
     let (records, rest) = postcard::take_from_bytes::<Vec<T>>(input)
         .map_err(|source| DecodeError::Malformed { type_name, source })?;

@@ -124,6 +124,10 @@ struct Timer<KO> {
     window: Window,
 }
 
+/// A key's open windows: one inline (tumbling windows, one session), more on the heap,
+/// so the common case costs no extra cache miss per record.
+type Slots<A> = smallvec::SmallVec<[Slot<A>; 1]>;
+
 /// Timers by time; one timer per (key, window, time) is enough because a window registers
 /// its timers once, when it is created.
 type Timers<KO> = BTreeMap<i64, Vec<Timer<KO>>>;
@@ -136,7 +140,7 @@ pub struct WindowOperator<T, K: ?Sized + ToOwned, A: WindowAggregator<T>, R> {
     spec: WindowSpec,
     agg: A,
     emit: EmitFn<K, A::Out, R>,
-    state: HashMapValueState<K, Vec<Slot<A::Acc>>>,
+    state: HashMapValueState<K, Slots<A::Acc>>,
     event_timers: Timers<K::Owned>,
     processing_timers: Timers<K::Owned>,
     watermark: i64,
@@ -344,7 +348,7 @@ where
     }
 
     fn process(&mut self, item: T) -> Result<(), TaskError> {
-        let key_fn = self.key.clone();
+        let key_fn = &self.key;
         let key = self
             .id
             .guard(|| key_fn(&item))?
@@ -384,13 +388,9 @@ where
             self.scratch = windows;
             return self.late(item, ts);
         }
-        if self.state.get_mut(group, hash, &key).is_none() {
-            self.state.put(group, hash, (*key).to_owned(), Vec::new());
-        }
         let slots = self
             .state
-            .get_mut(group, hash, &key)
-            .expect("inserted above");
+            .get_or_insert_with(group, hash, &key, || ((*key).to_owned(), Slots::new()));
         // The key is copied only when a window is created or fires now (timers and the
         // window function need it after the record moved into the accumulator).
         let needs_key = windows.iter().any(|w| {
@@ -507,7 +507,7 @@ where
                 }
             }
         } else {
-            self.state.put(group, hash, key.to_owned(), Vec::new());
+            self.state.put(group, hash, key.to_owned(), Slots::new());
         }
         let mut acc = match acc {
             Some(a) => a,
@@ -542,7 +542,7 @@ where
         let mut w = KeyedStateWriter::appending_to(out);
         for g in self.state.key_groups().as_range() {
             for (k, v) in self.state.iter_group(g) {
-                w.push(g, k.borrow(), v).map_err(|e| e.to_string())?;
+                w.push(g, k.borrow(), &v[..]).map_err(|e| e.to_string())?;
             }
         }
         Ok(w.finish())
@@ -557,7 +557,9 @@ where
             hash: |key: &K::Owned| stable_hash(key.borrow()),
         };
         let mut watermark: Option<i64> = None;
-        let mut windows: Vec<(u32, u64, K::Owned, Vec<Slot<A::Acc>>)> = Vec::new();
+        // (key group, key hash, key, its windows)
+        type Restored<KO, Acc> = Vec<(u32, u64, KO, Vec<Slot<Acc>>)>;
+        let mut windows: Restored<K::Owned, A::Acc> = Vec::new();
         for (subtask, snap) in snapshots {
             let bad = |what: &str| format!("window state of old subtask {subtask}: {what}");
             let rest = snap
@@ -611,7 +613,7 @@ where
             }
             match self.state.get_mut(g, hash, key.borrow()) {
                 Some(existing) => existing.extend(slots),
-                None => self.state.put(g, hash, key, slots),
+                None => self.state.put(g, hash, key, Slots::from_vec(slots)),
             }
         }
         Ok(())

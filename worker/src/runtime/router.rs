@@ -68,7 +68,9 @@ impl<T: Clone + Send> Router<T> {
         let buf = &mut self.buffers[target];
         let stamps = &mut self.stamps[target];
         if ts != NO_TIMESTAMP || !stamps.is_empty() {
-            stamps.resize(buf.len(), NO_TIMESTAMP);
+            if stamps.len() < buf.len() {
+                stamps.resize(buf.len(), NO_TIMESTAMP);
+            }
             stamps.push(ts);
         }
         buf.push(item);
