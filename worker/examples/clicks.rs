@@ -75,19 +75,24 @@ fn main() -> anyhow::Result<()> {
     let env = StreamExecutionEnvironment::get_execution_environment();
     env.set_parallelism(2);
     let late_clicks = OutputTag::<Click>::new("late-clicks");
-    let clicks: DataStream<Click> = env.from_collection(clicks()).assign_timestamps_and_watermarks(
-        WatermarkStrategy::for_bounded_out_of_orderness(Duration::from_secs(5))
-            .with_timestamp_assigner(|c: &Click, _| c.ts)
-            // A watermark after every click, so which clicks are late does not depend on timing.
-            .with_watermark_per_record(),
-    );
+    let clicks: DataStream<Click> = env
+        .from_collection(clicks())
+        .assign_timestamps_and_watermarks(
+            WatermarkStrategy::for_bounded_out_of_orderness(Duration::from_secs(5))
+                .with_timestamp_assigner(|c: &Click, _| c.ts)
+                // A watermark after every click, so which clicks are late does not depend on timing.
+                .with_watermark_per_record(),
+        );
     let per_minute = clicks
         .key_by(|c: &Click| c.user.clone())
         .window(TumblingEventTimeWindows::of(Duration::from_secs(60)))
         .side_output_late_data(&late_clicks)
         .aggregate_with_process(
             Count,
-            |user: &String, ctx: &WindowContext, clicks: u64, out: &mut Collector<'_, UserMinute>| {
+            |user: &String,
+             ctx: &WindowContext,
+             clicks: u64,
+             out: &mut Collector<'_, UserMinute>| {
                 out.collect(UserMinute {
                     user: user.clone(),
                     minute: ctx.window.start,

@@ -387,7 +387,10 @@ fn the_click_stream_example_counts_clicks_per_user_per_minute() {
         };
         let minute = 1_700_000_040_000i64;
         let count = |user: &str, m: i64, n: i64| {
-            format!(r#"{{"clicks":{n},"minute":{},"user":"{user}"}}"#, minute + m * 60_000)
+            format!(
+                r#"{{"clicks":{n},"minute":{},"user":"{user}"}}"#,
+                minute + m * 60_000
+            )
         };
         let mut expected = vec![
             count("alice", 0, 4),

@@ -88,8 +88,8 @@ impl<T: Send> SourceReader<T> for NexmarkReader<T> {
         if let Some(rate) = self.config.max_events_per_second {
             // Only as many as the wall clock allows; wait at most a little for the next.
             // This subtask's share of the rate.
-            let due = (self.started.elapsed().as_secs_f64() * rate as f64
-                / self.parallelism as f64) as u64;
+            let due = (self.started.elapsed().as_secs_f64() * rate as f64 / self.parallelism as f64)
+                as u64;
             if due <= self.emitted {
                 std::thread::sleep(Duration::from_millis(1));
                 return Ok(SourceStatus::Idle);
