@@ -61,6 +61,10 @@ bench-shuffle: setup ## Parallelism 2 in one process vs two worker processes (gR
 bench-checkpoint: setup ## Keyed count over 1M keys with and without checkpoints: cost, pause, snapshot time
 	$(CARGO) bench -p streamjob-worker --bench checkpoint -- $(CHECKPOINT_ARGS)
 
+.PHONY: bench-nexmark
+bench-nexmark: setup ## Nexmark q0/q1/q2/q5/q7 at parallelism 1 and 2: events/s, events per CPU-second, peak RSS
+	$(CARGO) bench -p streamjob-worker --bench nexmark -- $(NEXMARK_ARGS)
+
 .PHONY: bench-kafka
 bench-kafka: setup test-deps ## Kafka -> word count -> Kafka vs raw rdkafka, on a broker it starts
 	./scripts/with-kafka.sh $(CARGO) bench -p streamjob-worker --bench kafka -- $(KAFKA_ARGS)

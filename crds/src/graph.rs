@@ -11,7 +11,7 @@
 
 use crate::plan::{LogicalEdge, LogicalGraph, LogicalNode, NodeKind, Partitioning};
 use crate::spec::{StreamJob, StreamJobSpec};
-use crate::validate::resolve_inputs;
+use crate::validate::{late_output_targets, resolve_inputs};
 
 /// The logical graph of a job plus the mapping back to its steps.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +25,9 @@ pub struct JobGraph {
     /// Parallel to `graph.edges`: for a `Hash` edge, the index of the `keyBy` step whose
     /// expression computes the key.
     pub edge_key_by: Vec<Option<usize>>,
+    /// Parallel to `graph.edges`: whether the edge carries a window's late records (its
+    /// `lateOutput`) rather than its results.
+    pub edge_late: Vec<bool>,
 }
 
 impl JobGraph {
@@ -71,6 +74,26 @@ fn operator(spec: &StreamJobSpec, i: usize) -> Option<(NodeKind, String, Option<
         "filter" => (NodeKind::Transform, "filter".into(), None),
         "flatMap" => (NodeKind::Transform, "flat_map".into(), None),
         "reduce" => (NodeKind::Transform, "reduce".into(), None),
+        "window" => {
+            let w = step.window.as_ref()?;
+            let assigner = [
+                (w.tumbling.is_some(), "tumbling"),
+                (w.sliding.is_some(), "sliding"),
+                (w.session.is_some(), "session"),
+                (w.count.is_some(), "count"),
+            ]
+            .into_iter()
+            .find_map(|(set, n)| set.then_some(n))?;
+            // Without a keyBy before it, a window sees every record: one subtask (Flink's
+            // windowAll).
+            let inputs = resolve_inputs(spec);
+            let keyed = !inputs[i].is_empty()
+                && inputs[i]
+                    .iter()
+                    .all(|&k| spec.steps[k].kind() == Some("keyBy"));
+            let limit = (!keyed).then_some(1);
+            (NodeKind::Transform, format!("window:{assigner}"), limit)
+        }
         _ => return None,
     })
 }
@@ -83,24 +106,30 @@ pub fn to_job_graph(job: &StreamJob) -> JobGraph {
     graph.default_parallelism = spec.parallelism;
     graph.max_parallelism = spec.max_parallelism;
     let inputs = resolve_inputs(spec);
+    let late = late_output_targets(spec);
     let n = spec.steps.len();
     let mut node_step = Vec::new();
     let mut step_node = vec![None; n];
     let mut edge_key_by = Vec::new();
-    // For each step: the (node, partitioning, keyBy step) its consumers connect to.
-    let mut ends: Vec<Vec<(usize, Partitioning, Option<usize>)>> = Vec::with_capacity(n);
+    let mut edge_late = Vec::new();
+    // For each step: the (node, partitioning, keyBy step, late) its consumers connect to.
+    let mut ends: Vec<Vec<End>> = Vec::with_capacity(n);
 
     for (i, step) in spec.steps.iter().enumerate() {
-        let upstream: Vec<(usize, Partitioning, Option<usize>)> =
-            inputs[i].iter().flat_map(|&k| ends[k].clone()).collect();
+        let mut upstream: Vec<End> = inputs[i].iter().flat_map(|&k| ends[k].clone()).collect();
+        if let Some(&w) = late.get(&i)
+            && let Some(node) = step_node[w]
+        {
+            upstream.push((node, Partitioning::Forward, None, true));
+        }
         let mine = match step.kind() {
             Some("keyBy") => upstream
                 .iter()
-                .map(|&(node, _, _)| (node, Partitioning::Hash, Some(i)))
+                .map(|&(node, _, _, late)| (node, Partitioning::Hash, Some(i), late))
                 .collect(),
             Some("rebalance") => upstream
                 .iter()
-                .map(|&(node, _, _)| (node, Partitioning::Rebalance, None))
+                .map(|&(node, _, _, late)| (node, Partitioning::Rebalance, None, late))
                 .collect(),
             _ => match operator(spec, i) {
                 Some((kind, op, limit)) => {
@@ -116,15 +145,43 @@ pub fn to_job_graph(job: &StreamJob) -> JobGraph {
                     });
                     node_step.push(i);
                     step_node[i] = Some(id);
-                    for (from, partitioning, key) in upstream {
+                    for (from, partitioning, key, late) in upstream {
                         graph.edges.push(LogicalEdge {
                             from,
                             to: id,
                             partitioning,
                         });
                         edge_key_by.push(key);
+                        edge_late.push(late);
                     }
-                    vec![(id, Partitioning::Forward, None)]
+                    // A source's timestamps and watermarks are an operator of their own,
+                    // chained to it (as Flink's `assignTimestampsAndWatermarks`), so their
+                    // checkpointed watermark has a uid of its own.
+                    let tail = match step.source.as_ref().filter(|s| s.watermarks.is_some()) {
+                        Some(_) => {
+                            let w = graph.nodes.len();
+                            graph.nodes.push(LogicalNode {
+                                id: w,
+                                kind: NodeKind::Transform,
+                                operator: WATERMARKS_OPERATOR.into(),
+                                name: format!("{}.watermarks", step.name),
+                                uid: step.uid.as_ref().map(|u| format!("{u}.watermarks")),
+                                parallelism: step.parallelism,
+                                max_parallelism: limit,
+                            });
+                            node_step.push(i);
+                            graph.edges.push(LogicalEdge {
+                                from: id,
+                                to: w,
+                                partitioning: Partitioning::Forward,
+                            });
+                            edge_key_by.push(None);
+                            edge_late.push(false);
+                            w
+                        }
+                        None => id,
+                    };
+                    vec![(tail, Partitioning::Forward, None, false)]
                 }
                 None => Vec::new(),
             },
@@ -136,8 +193,15 @@ pub fn to_job_graph(job: &StreamJob) -> JobGraph {
         node_step,
         step_node,
         edge_key_by,
+        edge_late,
     }
 }
+
+/// Operator name of the node that assigns a source's timestamps and watermarks.
+pub const WATERMARKS_OPERATOR: &str = "watermarks";
+
+/// Where a consumer connects: (node, partitioning, keyBy step, carries late records).
+type End = (usize, Partitioning, Option<usize>, bool);
 
 /// The logical graph of a job (see [`to_job_graph`] for the mapping back to steps).
 pub fn to_logical_graph(job: &StreamJob) -> LogicalGraph {

@@ -2,6 +2,7 @@
 //! key-group math, the logical graph and the planner that turns it into chains and
 //! assigns subtasks to workers. No async runtime and no network in here.
 
+pub mod duration;
 pub mod expr;
 pub mod graph;
 pub mod keygroup;

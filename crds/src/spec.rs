@@ -18,6 +18,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::keygroup::DEFAULT_MAX_PARALLELISM;
 
+mod time;
+pub use time::{
+    AggregateFunction, AggregateSpec, CountWindow, NexmarkSource, SessionWindow, SlidingWindow,
+    TimeCharacteristic, TumblingWindow, WatermarksSpec, WindowSpec,
+};
+
 fn default_one() -> u32 {
     1
 }
@@ -351,7 +357,7 @@ pub enum JobState {
 }
 
 /// One step of the pipeline: exactly one of `source`, `map`, `filter`, `flatMap`, `keyBy`,
-/// `reduce`, `rebalance`, `sink`.
+/// `reduce`, `window`, `rebalance`, `sink`.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 // "Exactly one kind" is a `oneOf` of `required` lists, not a CEL rule: a rule that inspects
@@ -361,7 +367,7 @@ pub enum JobState {
     "oneOf" = [
         {"required": ["source"]}, {"required": ["map"]}, {"required": ["filter"]},
         {"required": ["flatMap"]}, {"required": ["keyBy"]}, {"required": ["reduce"]},
-        {"required": ["rebalance"]}, {"required": ["sink"]}
+        {"required": ["window"]}, {"required": ["rebalance"]}, {"required": ["sink"]}
     ],
     "x-kubernetes-validations" = [
         {
@@ -423,6 +429,12 @@ pub struct Step {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reduce: Option<ExprSpec>,
 
+    /// Groups records into windows (per key after a keyBy, else over all records) and emits
+    /// one result per window when it fires: tumbling, sliding, session or count windows in
+    /// event or processing time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowSpec>,
+
     /// Redistributes records round-robin over the subtasks of the next step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebalance: Option<RebalanceSpec>,
@@ -447,12 +459,13 @@ pub struct ExprSpec {
 #[schemars(transform = empty_object_schema)]
 pub struct RebalanceSpec {}
 
-/// Where records come from: exactly one of `collection`, `socket`, `file`, `kafka`.
+/// Where records come from: exactly one of `collection`, `socket`, `file`, `kafka`,
+/// `nexmark`; optionally with `watermarks` (their event time).
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "[has(self.collection), has(self.socket), has(self.file), has(self.kafka)].filter(x, x).size() == 1",
-    "message": "a source must set exactly one of collection, socket, file, kafka"
+    "rule": "[has(self.collection), has(self.socket), has(self.file), has(self.kafka), has(self.nexmark)].filter(x, x).size() == 1",
+    "message": "a source must set exactly one of collection, socket, file, kafka, nexmark"
 }]))]
 pub struct SourceSpec {
     /// A fixed list of records (bounded; for tests and demos). Not parallel.
@@ -467,6 +480,12 @@ pub struct SourceSpec {
     /// Records of Kafka topics (unbounded, exactly-once with checkpoints).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaSource>,
+    /// The Nexmark benchmark's generated events (bounded by `events`, else unbounded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nexmark: Option<NexmarkSource>,
+    /// Event timestamps and watermarks of the records, for event-time windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermarks: Option<WatermarksSpec>,
 }
 
 /// Inline records.
@@ -889,6 +908,7 @@ impl Step {
             (self.flat_map.is_some(), "flatMap"),
             (self.key_by.is_some(), "keyBy"),
             (self.reduce.is_some(), "reduce"),
+            (self.window.is_some(), "window"),
             (self.rebalance.is_some(), "rebalance"),
             (self.sink.is_some(), "sink"),
         ] {
@@ -916,6 +936,7 @@ impl SourceSpec {
             (self.socket.is_some(), "socket"),
             (self.file.is_some(), "file"),
             (self.kafka.is_some(), "kafka"),
+            (self.nexmark.is_some(), "nexmark"),
         ]
         .into_iter()
         .filter_map(|(set, n)| set.then_some(n))

@@ -15,6 +15,12 @@ use serde::Deserialize;
 
 use crate::expr::{Program, ValueType, excerpt};
 use crate::keygroup::MAX_MAX_PARALLELISM;
+mod time;
+pub use time::{
+    Aggregate, DEFAULT_WATERMARK_INTERVAL, WINDOW_REDUCE_VARS, Watermarks, WindowAggregation,
+    WindowAssigner, WindowOp, upstream_sources,
+};
+
 use crate::spec::{
     DeliveryGuarantee, KafkaSink, KafkaSource, OnError, SecretKeyRef, SinkSpec, SourceSpec,
     StartingOffsets, StreamJob, StreamJobSpec, StreamJobStatus,
@@ -58,6 +64,8 @@ pub struct ValidatedStep {
     /// Effective parallelism (its own or the job's).
     pub parallelism: u32,
     pub op: StepOp,
+    /// A source's compiled `watermarks`.
+    pub watermarks: Option<Watermarks>,
 }
 
 /// What a step does, with compiled expressions.
@@ -74,6 +82,7 @@ pub enum StepOp {
     KeyBy(Program),
     /// Variables: `acc`, `value`, `key` ([`REDUCE_VARS`]).
     Reduce(Program),
+    Window(Box<WindowOp>),
     Rebalance,
     /// `key` is the compiled Kafka record-key expression (variables: `value`).
     Sink {
@@ -183,8 +192,9 @@ pub fn is_secret_property(key: &str) -> bool {
 pub fn resolve_inputs(spec: &StreamJobSpec) -> Vec<Vec<usize>> {
     let mut index: HashMap<&str, usize> = HashMap::new();
     let mut out = Vec::with_capacity(spec.steps.len());
+    let late = late_output_targets(spec);
     for (i, step) in spec.steps.iter().enumerate() {
-        let inputs = match (&step.input, step.source.is_some()) {
+        let inputs = match (&step.input, step.source.is_some() || late.contains_key(&i)) {
             (Some(names), _) => names
                 .iter()
                 .filter_map(|n| index.get(n.as_str()).copied())
@@ -195,6 +205,21 @@ pub fn resolve_inputs(spec: &StreamJobSpec) -> Vec<Vec<usize>> {
         };
         out.push(inputs);
         index.entry(step.name.as_str()).or_insert(i);
+    }
+    out
+}
+
+/// Steps named by a window's `lateOutput` (step index -> window step index). They read the
+/// late records, and the step before them only if their `input` says so.
+pub fn late_output_targets(spec: &StreamJobSpec) -> HashMap<usize, usize> {
+    let mut out = HashMap::new();
+    for (i, step) in spec.steps.iter().enumerate() {
+        if let Some(name) = step.window.as_ref().and_then(|w| w.late_output.as_ref())
+            && let Some(k) = spec.steps.iter().position(|s| &s.name == name)
+            && k > i
+        {
+            out.entry(k).or_insert(i);
+        }
     }
     out
 }
@@ -367,6 +392,31 @@ impl Validator {
         let mut consumed = vec![false; spec.steps.len()];
         let mut out = Vec::with_capacity(spec.steps.len());
         let kinds: Vec<Option<&'static str>> = spec.steps.iter().map(|s| s.kind()).collect();
+        let late = late_output_targets(spec);
+        let all_inputs = resolve_inputs(spec);
+        for (&target, &window) in &late {
+            if all_inputs[target].contains(&window) {
+                self.push(
+                    format!("spec.steps[{window}].window.lateOutput"),
+                    format!(
+                        "step '{}' reads this window's results too; late records go to a step \
+                         that does not read the window",
+                        spec.steps[target].name
+                    ),
+                );
+            }
+            if matches!(kinds[target], Some("keyBy" | "rebalance")) {
+                self.push(
+                    format!("spec.steps[{window}].window.lateOutput"),
+                    format!(
+                        "step '{}' is a {} step; late records go to a step that processes them \
+                         (a sink, map, filter, ...)",
+                        spec.steps[target].name,
+                        kinds[target].unwrap_or("?")
+                    ),
+                );
+            }
+        }
 
         for (i, step) in spec.steps.iter().enumerate() {
             let at = format!("spec.steps[{i}]");
@@ -413,14 +463,14 @@ impl Validator {
                 self.push(
                     at.clone(),
                     "a step must set exactly one of source, map, filter, flatMap, keyBy, reduce, \
-                     rebalance, sink; none is set",
+                     window, rebalance, sink; none is set",
                 );
             } else if all_kinds.len() > 1 {
                 self.push(
                     at.clone(),
                     format!(
                         "a step must set exactly one of source, map, filter, flatMap, keyBy, reduce, \
-                         rebalance, sink; found {}",
+                         window, rebalance, sink; found {}",
                         all_kinds.join(" and ")
                     ),
                 );
@@ -466,6 +516,7 @@ impl Validator {
                     }
                 }
                 (None, true) => {}
+                (None, false) if late.contains_key(&i) => {}
                 (None, false) => {
                     if i == 0 {
                         if kind.is_some() {
@@ -514,12 +565,19 @@ impl Validator {
             }
 
             // Kind-specific checks.
+            let mut watermarks = None;
             let op = match kind {
                 Some("source") => {
                     let src = step.source.as_ref().expect("kind checked");
                     self.source(src, &format!("{at}.source"), step.parallelism, &at);
+                    if let Some(w) = &src.watermarks {
+                        watermarks = self.watermarks(src, w, &format!("{at}.source.watermarks"));
+                    }
                     Some(StepOp::Source(src.clone()))
                 }
+                Some("window") => self
+                    .window(spec, i, &inputs, &kinds)
+                    .map(|w| StepOp::Window(Box::new(w))),
                 Some("map") => self
                     .expr(&at, "map", step.map.as_ref(), VALUE_VARS, &[])
                     .map(StepOp::Map),
@@ -580,6 +638,7 @@ impl Validator {
                     inputs,
                     parallelism,
                     op,
+                    watermarks,
                 });
             }
             names.entry(step.name.as_str()).or_insert(i);
@@ -671,7 +730,7 @@ impl Validator {
             self.push(
                 at,
                 format!(
-                    "a source must set exactly one of collection, socket, file, kafka; {}",
+                    "a source must set exactly one of collection, socket, file, kafka, nexmark; {}",
                     if kinds.is_empty() {
                         "none is set".to_string()
                     } else {
@@ -711,6 +770,32 @@ impl Validator {
         }
         if let Some(k) = &src.kafka {
             self.kafka_source(k, &format!("{at}.kafka"));
+        }
+        if let Some(n) = &src.nexmark {
+            if n.events == Some(0) {
+                self.push(
+                    format!("{at}.nexmark.events"),
+                    "must be at least 1 (omit it for an unbounded source)",
+                );
+            }
+            if n.events_per_second == 0 {
+                self.push(
+                    format!("{at}.nexmark.eventsPerSecond"),
+                    "must be at least 1",
+                );
+            }
+            if n.max_events_per_second == Some(0) {
+                self.push(
+                    format!("{at}.nexmark.maxEventsPerSecond"),
+                    "must be at least 1 (omit it to generate as fast as possible)",
+                );
+            }
+            if n.first_event_time_ms < 0 {
+                self.push(
+                    format!("{at}.nexmark.firstEventTimeMs"),
+                    format!("must not be negative, got {}", n.first_event_time_ms),
+                );
+            }
         }
     }
 

@@ -169,6 +169,7 @@ fn run(job: &ValidatedJob, file_base: &std::path::Path) -> Vec<String> {
                     out_keys.push(None);
                 }
             }
+            StepOp::Window(_) => panic!("windows need event time: not simulated here"),
             StepOp::Rebalance => {
                 for (v, _) in input {
                     out.push(v);

@@ -116,7 +116,7 @@ fn step_with_no_kind() {
     assert_error(
         &steps("- name: m"),
         "spec.steps[1]",
-        "exactly one of source, map, filter, flatMap, keyBy, reduce, rebalance, sink; none is set",
+        "exactly one of source, map, filter, flatMap, keyBy, reduce, window, rebalance, sink; none is set",
     );
 }
 

@@ -4,19 +4,17 @@
 //! the plan the operator computes for the same spec.
 
 use std::borrow::Cow;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use streamjob_crds::Partitioning;
 use streamjob_crds::StableKey;
 use streamjob_crds::expr::{EachError, EvalError, Program, Value};
-use streamjob_crds::graph::{JobGraph, to_job_graph};
+use streamjob_crds::graph::{JobGraph, WATERMARKS_OPERATOR, to_job_graph};
 use streamjob_crds::keygroup::key_group_of_hash;
-use streamjob_crds::spec::{OnError, SinkSpec, SourceSpec, StreamJob};
+use streamjob_crds::spec::{SinkSpec, SourceSpec, StreamJob};
 use streamjob_crds::validate::{StepOp, ValidatedJob, ValidationError, validate_job};
-use tracing::warn;
 
 use crate::StreamExecutionEnvironment;
 use crate::api::environment::source_runtime_of;
@@ -26,16 +24,23 @@ use crate::codec::state::{KeyedStateWriter, Restore, read_keyed_state};
 use crate::connectors::blackhole::RecordCounter;
 use crate::connectors::collection::CollectionSource;
 use crate::connectors::file::FileSource;
+use crate::connectors::file_sink::FileSink;
 use crate::connectors::kafka;
+use crate::connectors::nexmark::{GeneratorConfig, NexmarkSource};
 use crate::connectors::print::PrintSink;
 use crate::connectors::socket::SocketSource;
 use crate::error::{BoxError, JobError, TaskError};
-use crate::operators::{OpId, SinkOp};
+
+mod errors;
+mod window;
+pub mod window_fn;
+use crate::operators::SinkOp;
 use crate::runtime::checkpoint::Coordinator;
 use crate::runtime::context::SubtaskContext;
 use crate::runtime::message::Signal;
 use crate::runtime::output::Output;
 use crate::state::{HashMapValueState, ValueState};
+use errors::{DeadLetterSink, ErrorPolicy, Handler};
 
 /// Why a spec could not be turned into a runnable job.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +98,7 @@ pub fn build_job(
             .nodes
             .iter()
             .zip(&uids)
+            .filter(|(node, _)| node.kind == streamjob_crds::NodeKind::Source)
             .filter_map(
                 |(node, uid)| match &validated.step(graph.step_of(node.id)).op {
                     StepOp::Source(src) => Some((uid.clone(), source_identity(src, base_dir))),
@@ -114,34 +120,75 @@ pub fn build_job(
         });
     }
     let run = SpecRun::default();
-    let policy = Arc::new(ErrorPolicy {
-        on_error: spec.on_error,
-        dead_letter: match &validated.dead_letter {
-            Some((sink, key)) => Some(sink_for(
-                sink,
-                key.clone(),
-                base_dir,
-                "spec.deadLetter",
-                &run,
-            )?),
-            None => None,
-        },
-        run: run.clone(),
-    });
+    let dead_letter = match &validated.dead_letter {
+        Some((sink, _)) if let Some(f) = &sink.file => Some(DeadLetterSink::File(FileSink::new(
+            resolve(base_dir, &f.path),
+        ))),
+        Some((sink, key)) => Some(DeadLetterSink::Other(sink_for(
+            sink,
+            key.clone(),
+            base_dir,
+            "spec.deadLetter",
+            &run,
+        )?)),
+        None => None,
+    };
+    let policy = Arc::new(ErrorPolicy::new(spec.on_error, dead_letter, run.clone()));
     let builder = env.graph_builder();
     let mut g = builder.borrow_mut();
     assert!(g.nodes.is_empty(), "build_job needs an empty environment");
+    // Which outgoing channels of each window node carry late records, in the order the
+    // executor hands them to the node's output (its plan edges).
+    let plan = graph.graph.plan().map_err(|e| SpecError::Unsupported {
+        path: "spec.steps".into(),
+        message: e.to_string(),
+    })?;
     for (id, node) in graph.graph.nodes.iter().enumerate() {
         let step_index = graph.step_of(id);
         let step = validated.step(step_index);
         let path = format!("spec.steps[{step_index}]");
-        let runtime = node_runtime(
-            &step.op, &graph, &validated, id, base_dir, &path, &policy, &run,
-        )?;
+        let late_edges: Vec<bool> = plan
+            .edges
+            .iter()
+            .filter(|e| e.from_node == id)
+            .map(|e| {
+                graph
+                    .graph
+                    .edges
+                    .iter()
+                    .zip(&graph.edge_late)
+                    .any(|(l, late)| *late && l.from == e.from_node && l.to == e.to_node)
+            })
+            .collect();
+        let with_late = late_edges.iter().any(|l| *l);
+        let runtime = if node.operator == WATERMARKS_OPERATOR {
+            let w = step
+                .watermarks
+                .as_ref()
+                .expect("validated: watermarks compiled");
+            window::watermarks_runtime(w, &policy)
+        } else if let StepOp::Window(w) = &step.op {
+            let key = graph.key_by_of(id).and_then(|k| {
+                Some((
+                    validated.key_program(k)?.clone(),
+                    Arc::from(validated.step(k).name.as_str()),
+                ))
+            });
+            window::window_runtime(w, key, with_late, &policy)
+        } else {
+            node_runtime(
+                &step.op, &graph, &validated, id, base_dir, &path, &policy, &run,
+            )?
+        };
+        let output: Arc<dyn crate::api::graph::OutputKind> = if with_late {
+            Arc::new(window::LateSplit { late: late_edges })
+        } else {
+            Arc::new(Typed::<Value>::new())
+        };
         g.nodes.push(NodeDef {
             logical: node.clone(),
             runtime,
-            output: Arc::new(Typed::<Value>::new()),
+            output,
         });
     }
     for (e, key_by) in graph.graph.edges.iter().zip(&graph.edge_key_by) {
@@ -153,10 +200,24 @@ pub fn build_job(
                     .clone();
                 // A key that fails to evaluate is routed anywhere: the keyed operator
                 // evaluates it again and applies the onError policy there.
-                Some(Arc::new(move |v: &Value| {
-                    program.eval_cow(&[v]).map(|k| k.stable_hash()).unwrap_or(0)
-                })
-                    as Arc<dyn Fn(&Value) -> u64 + Send + Sync>)
+                let into_window =
+                    matches!(validated.step(graph.step_of(e.to)).op, StepOp::Window(_));
+                if into_window {
+                    // The window operators place keys by the serde hash of the key
+                    // (`codec::key_hash`), the same for the Rust API and the spec.
+                    Some(Arc::new(move |v: &Value| {
+                        program
+                            .eval_cow(&[v])
+                            .map(|k| crate::codec::key_hash::stable_hash(&*k))
+                            .unwrap_or(0)
+                    })
+                        as Arc<dyn Fn(&Value) -> u64 + Send + Sync>)
+                } else {
+                    Some(Arc::new(move |v: &Value| {
+                        program.eval_cow(&[v]).map(|k| k.stable_hash()).unwrap_or(0)
+                    })
+                        as Arc<dyn Fn(&Value) -> u64 + Send + Sync>)
+                }
             }
             _ => None,
         };
@@ -254,6 +315,7 @@ fn node_runtime(
                 )
             }))
         }
+        StepOp::Window(_) => unreachable!("window nodes are built by window_runtime"),
         StepOp::KeyBy(_) | StepOp::Rebalance => {
             unreachable!("keyBy and rebalance are edges, not nodes")
         }
@@ -337,6 +399,11 @@ fn source_runtime(
                     }) as kafka::MalformedHandler)
                 }),
         )
+    } else if let Some(n) = &src.nexmark {
+        Arc::new(NexmarkSource::with_records(
+            nexmark_config(n),
+            |e: crate::connectors::nexmark::Event| e.to_value(),
+        ))
     } else {
         unreachable!("validated: a source sets exactly one kind")
     };
@@ -358,6 +425,13 @@ fn source_identity(src: &SourceSpec, base_dir: &Path) -> serde_json::Value {
         json!({"kafka": {"bootstrapServers": servers.join(","), "topics": topics.join(",")}})
     } else if let Some(s) = &src.socket {
         json!({"socket": {"host": s.host, "port": s.port}})
+    } else if let Some(n) = &src.nexmark {
+        // Positions are event numbers: the same numbers mean the same events only with
+        // the same rate and start.
+        json!({"nexmark": {
+            "eventsPerSecond": n.events_per_second,
+            "firstEventTimeMs": n.first_event_time_ms,
+        }})
     } else if let Some(c) = &src.collection {
         let bytes = serde_json::to_vec(&c.values).unwrap_or_default();
         json!({"collection": {
@@ -382,9 +456,7 @@ fn sink_for(
             let _ = write!(s, "{v}");
         }))
     } else if let Some(f) = &spec.file {
-        Arc::new(FileSink {
-            path: resolve(base_dir, &f.path),
-        })
+        Arc::new(FileSink::<Value>::new(resolve(base_dir, &f.path)))
     } else if spec.blackhole.is_some() {
         Arc::new(SharedBlackhole(run.blackhole.clone()))
     } else if let Some(k) = &spec.kafka {
@@ -396,6 +468,15 @@ fn sink_for(
     } else {
         unreachable!("validated: a sink sets exactly one kind")
     })
+}
+
+fn nexmark_config(n: &streamjob_crds::spec::NexmarkSource) -> GeneratorConfig {
+    GeneratorConfig {
+        events: n.events,
+        events_per_second: n.events_per_second,
+        first_event_time_ms: n.first_event_time_ms,
+        max_events_per_second: n.max_events_per_second,
+    }
 }
 
 /// A line of a text source as a record.
@@ -432,186 +513,6 @@ impl SinkWriter<Value> for CountingWriter {
     fn flush(&mut self) -> Result<(), BoxError> {
         self.counter.add(std::mem::take(&mut self.local));
         Ok(())
-    }
-}
-
-/// One line per record. With parallelism > 1 each subtask writes `<path>.<subtask>`.
-struct FileSink {
-    path: PathBuf,
-}
-
-impl Sink<Value> for FileSink {
-    fn kind(&self) -> &'static str {
-        "file"
-    }
-    fn create_writer(&self, ctx: &SubtaskContext) -> Result<Box<dyn SinkWriter<Value>>, BoxError> {
-        // With checkpoints, files are named by subtask at every parallelism, so a job
-        // restored at another parallelism finds the files its snapshots describe.
-        let path_of = |subtask: u32| PathBuf::from(format!("{}.{subtask}", self.path.display()));
-        let path = if ctx.parallelism > 1 || ctx.checkpoints.is_some() {
-            path_of(ctx.subtask)
-        } else {
-            self.path.clone()
-        };
-        // Scaled in: subtask 0 cuts the files of subtasks that no longer exist back to
-        // their snapshot, so lines they wrote after it are not left behind as duplicates.
-        if let Some(c) = ctx.checkpoints.as_ref().filter(|_| ctx.subtask == 0) {
-            for (old, state) in c.restored_states(&ctx.uid)? {
-                if old >= ctx.parallelism
-                    && let Ok(len) = <[u8; 8]>::try_from(state.as_slice())
-                {
-                    let orphan = path_of(old);
-                    if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&orphan) {
-                        f.set_len(u64::from_le_bytes(len).min(f.metadata()?.len()))?;
-                    }
-                }
-            }
-        }
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        }
-        // With checkpoints the file is kept and cut back to the restored checkpoint's length
-        // (see `restore`); without, every run starts it afresh.
-        let file = if ctx.checkpoints.is_some() {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-        } else {
-            std::fs::File::create(&path)
-        }
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-        if ctx
-            .checkpoints
-            .as_ref()
-            .is_some_and(|c| c.restored().is_none())
-        {
-            file.set_len(0)?;
-        }
-        Ok(Box::new(FileWriter {
-            out: std::io::BufWriter::new(file),
-            path,
-        }))
-    }
-}
-
-/// Lines to a file. With checkpoints, exactly once: a snapshot records the file's length
-/// after a flush, and a restore truncates the file to it, dropping lines written after the
-/// checkpoint (they are produced again from the restored state and positions).
-struct FileWriter {
-    out: std::io::BufWriter<std::fs::File>,
-    path: PathBuf,
-}
-
-impl SinkWriter<Value> for FileWriter {
-    fn write(&mut self, item: Value) -> Result<(), BoxError> {
-        writeln!(self.out, "{item}")?;
-        Ok(())
-    }
-    fn flush(&mut self) -> Result<(), BoxError> {
-        self.out.flush()?;
-        Ok(())
-    }
-    fn snapshot(&mut self, _checkpoint: u64) -> Result<Vec<u8>, BoxError> {
-        self.out.flush()?;
-        self.out.get_ref().sync_data()?;
-        Ok(self.out.get_ref().metadata()?.len().to_le_bytes().to_vec())
-    }
-    fn restore(&mut self, state: &[u8]) -> Result<(), BoxError> {
-        let len = u64::from_le_bytes(
-            state
-                .try_into()
-                .map_err(|_| format!("bad file sink snapshot for {}", self.path.display()))?,
-        );
-        let now = self.out.get_ref().metadata()?.len();
-        if now < len {
-            return Err(format!(
-                "{} has {now} bytes but had {len} at the checkpoint: it was changed outside the job",
-                self.path.display()
-            )
-            .into());
-        }
-        self.out.get_ref().set_len(len)?;
-        Ok(())
-    }
-}
-
-/// The job's `onError` policy and where dead letters go.
-struct ErrorPolicy {
-    on_error: OnError,
-    dead_letter: Option<Arc<dyn Sink<Value>>>,
-    run: SpecRun,
-}
-
-/// Per-operator instance of the policy.
-struct Handler {
-    policy: Arc<ErrorPolicy>,
-    id: OpId,
-    dead_letter: Option<Box<dyn SinkWriter<Value>>>,
-}
-
-impl Handler {
-    fn new(policy: Arc<ErrorPolicy>, ctx: &SubtaskContext) -> Result<Self, JobError> {
-        let dead_letter = match &policy.dead_letter {
-            Some(sink) => Some(sink.create_writer(ctx).map_err(|e| JobError::Setup {
-                operator: format!("{} (dead letters)", ctx.operator),
-                message: e.to_string(),
-            })?),
-            None => None,
-        };
-        Ok(Handler {
-            policy,
-            id: OpId::of(ctx),
-            dead_letter,
-        })
-    }
-
-    /// Applies the policy to a record whose expression failed.
-    #[cold]
-    fn failed(&mut self, record: &Value, err: EvalError) -> Result<(), TaskError> {
-        match self.policy.on_error {
-            OnError::Fail => Err(self.id.fail(format!("record {record}: {err}"))),
-            OnError::Skip => {
-                let n = self.policy.run.skipped.fetch_add(1, Ordering::Relaxed) + 1;
-                // Rate-limited: the first ten, then every thousandth.
-                if n <= 10 || n.is_multiple_of(1000) {
-                    warn!(step = %self.id.name, skipped = n, "skipping record {record}: {err}");
-                }
-                Ok(())
-            }
-            OnError::DeadLetter => {
-                let mut letter = std::collections::BTreeMap::new();
-                letter.insert(
-                    "step".to_string(),
-                    serde_json::Value::String(self.id.name.to_string()),
-                );
-                letter.insert("error".to_string(), serde_json::Value::String(err.message));
-                letter.insert("record".to_string(), record.to_json());
-                let letter = Value::from(serde_json::Value::Object(letter.into_iter().collect()));
-                let writer = self
-                    .dead_letter
-                    .as_mut()
-                    .expect("validated: deadLetter sink exists");
-                writer
-                    .write(letter)
-                    .map_err(|e| self.id.fail(format!("dead-letter sink: {e}")))?;
-                self.policy
-                    .run
-                    .dead_lettered
-                    .fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-        }
-    }
-
-    fn flush(&mut self) -> Result<(), TaskError> {
-        match &mut self.dead_letter {
-            Some(w) => w
-                .flush()
-                .map_err(|e| self.id.fail(format!("dead-letter sink: {e}"))),
-            None => Ok(()),
-        }
     }
 }
 

@@ -5,8 +5,10 @@ pub mod collect;
 pub mod collection;
 pub mod environment;
 pub mod file;
+pub mod file_sink;
 pub mod kafka;
 pub mod lines;
+pub mod nexmark;
 pub mod print;
 pub mod socket;
 
