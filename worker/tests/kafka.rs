@@ -961,3 +961,44 @@ fn exactly_once_counts_survive_ten_killed_workers_of_a_distributed_job() {
     assert_eq!(finals(&records), expected);
     assert_eq!(records.len() as u64, expected.values().sum::<u64>());
 }
+
+/// Regression: a committed offset past the end of the log (the broker lost records, or the
+/// topic was re-created) used to be reset silently by `auto.offset.reset` to the start,
+/// re-reading everything.
+#[test]
+fn a_committed_offset_outside_the_log_is_a_clear_error() {
+    let (input, output, group) = (unique("oor-in"), unique("oor-out"), unique("oor-g"));
+    create_topic(&input, 1);
+    create_topic(&output, 1);
+    let lines: Vec<String> = (0..10).map(|i| format!("w{i}")).collect();
+    produce(&input, 1, &lines);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .set("group.id", &group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&input, 0, Offset::Offset(50))
+        .unwrap();
+    consumer
+        .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+        .unwrap();
+    let dir = tmp("oor");
+    let spec = write_job(
+        &dir,
+        &Job {
+            parallelism: 1,
+            starting: "committed",
+            ..Job::new(&input, &output, &group)
+        },
+    );
+    let (ok, err) = run(&spec);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains(&format!(
+            "committed offset of the group for {input}/0 is 50, outside the partition's offsets 0..10"
+        )),
+        "{err}"
+    );
+    assert!(consume_all(&output, false).is_empty(), "nothing re-read");
+}

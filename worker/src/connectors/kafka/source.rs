@@ -199,10 +199,6 @@ impl<T: Send + 'static> Source<T> for KafkaSource<T> {
         if s.topics.is_empty() {
             return Err("a Kafka source needs at least one topic".into());
         }
-        let reset = match s.fallback {
-            OffsetReset::Earliest => "earliest",
-            OffsetReset::Latest => "latest",
-        };
         let client_id = format!("streamjob-{}-{}", ctx.job_name, ctx.subtask);
         let consumer: BaseConsumer = s
             .client
@@ -212,7 +208,10 @@ impl<T: Send + 'static> Source<T> for KafkaSource<T> {
                 ("enable.auto.commit", "false"),
                 ("enable.auto.offset.store", "false"),
                 ("enable.partition.eof", "false"),
-                ("auto.offset.reset", reset),
+                // Never librdkafka's silent reset: a fetch out of range (the log was truncated
+                // or lost records, or a checkpoint is older than the retention) is an error
+                // the reader turns into a job failure naming the partition and offsets.
+                ("auto.offset.reset", "error"),
                 ("allow.auto.create.topics", "false"),
             ])
             .create()
@@ -289,7 +288,65 @@ struct SavedPartition {
     next: i64,
 }
 
+/// Fails unless `offset` lies within the partition's log (`low..=high`): reading from an
+/// offset outside it would skip records or re-read from a guessed position.
+fn check_in_range(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    low: i64,
+    high: i64,
+    what: &str,
+) -> Result<(), BoxError> {
+    if (low..=high).contains(&offset) {
+        return Ok(());
+    }
+    let why = if offset < low {
+        "records before the log start were deleted (retention) or the log was truncated"
+    } else {
+        "the log is shorter than this offset: the broker lost acknowledged records, or the \
+         topic was deleted and re-created"
+    };
+    Err(format!(
+        "Kafka source: {what} for {topic}/{partition} is {offset}, outside the partition's \
+         offsets {low}..{high}: {why}; not guessing where to continue (reset the group's \
+         offsets, or start with startingOffsets: earliest/latest without a checkpoint)"
+    )
+    .into())
+}
+
 impl<T> Reader<T> {
+    /// After librdkafka reported a fetch out of range: the partitions whose next offset lies
+    /// outside their log, as an error naming them.
+    fn out_of_range_error(&self) -> BoxError {
+        let mut found = Vec::new();
+        let mut keys: Vec<_> = self.partitions.keys().collect();
+        keys.sort();
+        for (t, p) in keys {
+            let Some(next) = self.partitions[&(t.clone(), *p)].next else {
+                continue;
+            };
+            match self.consumer.fetch_watermarks(t, *p, LOOKUP) {
+                Ok((low, high)) => {
+                    if let Err(e) = check_in_range(t, *p, next, low, high, "the next offset") {
+                        found.push(e.to_string());
+                    }
+                }
+                Err(e) => found.push(format!("cannot read offsets of {t}/{p}: {e}")),
+            }
+        }
+        if found.is_empty() {
+            format!(
+                "Kafka source: a fetch from {:?} was out of range (the offsets are back in \
+                 range now; failing rather than guessing where to continue)",
+                self.settings.topics
+            )
+            .into()
+        } else {
+            found.join("; ").into()
+        }
+    }
+
     /// Finds partitions of the topics that belong to this subtask and are not assigned yet,
     /// and assigns them: on the first call from the starting offsets, later from the start
     /// of the partition (nothing written to a new partition is missed).
@@ -360,6 +417,10 @@ impl<T> Reader<T> {
             let next = match start {
                 Offset::Beginning => low,
                 Offset::End => high,
+                Offset::Offset(o) if self.settings.starting == StartingOffsets::Committed => {
+                    check_in_range(topic, *p, o, low, high, "committed offset of the group")?;
+                    o
+                }
                 Offset::Offset(o) => o.max(low),
                 _ => low,
             };
@@ -525,6 +586,20 @@ impl<T: Send + 'static> SourceReader<T> for Reader<T> {
                     continue;
                 }
                 if let Some(st) = self.partitions.get_mut(&(s.topic.clone(), s.partition)) {
+                    let (low, high) = self
+                        .consumer
+                        .fetch_watermarks(&s.topic, s.partition, LOOKUP)
+                        .map_err(|e| {
+                            format!("cannot read offsets of {}/{}: {e}", s.topic, s.partition)
+                        })?;
+                    check_in_range(
+                        &s.topic,
+                        s.partition,
+                        s.next,
+                        low,
+                        high,
+                        "the checkpointed offset",
+                    )?;
                     st.next = Some(s.next);
                     st.committed = None;
                     tpl.add_partition_offset(&s.topic, s.partition, Offset::Offset(s.next))
@@ -599,6 +674,9 @@ impl<T: Send + 'static> SourceReader<T> for Reader<T> {
             timeout = Duration::ZERO;
             let m = match result {
                 Ok(m) => m,
+                Err(KafkaError::MessageConsumption(
+                    RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange,
+                )) => return Err(self.out_of_range_error()),
                 Err(KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownTopicOrPartition)) => {
                     return Err(format!(
                         "a topic of {:?} was deleted while reading",
