@@ -16,6 +16,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 mod common;
+use common::kafka::{RawRecord, java_partition, murmur2, read_raw};
 use common::{kill_cluster, kill9, workers_of};
 
 const BIN: &str = env!("CARGO_BIN_EXE_streamjob");
@@ -1001,4 +1002,118 @@ fn a_committed_offset_outside_the_log_is_a_clear_error() {
         "{err}"
     );
     assert!(consume_all(&output, false).is_empty(), "nothing re-read");
+}
+
+#[test]
+fn murmur2_matches_the_java_clients_test_vectors() {
+    // Kafka's `UtilsTest.testMurmur2` vectors.
+    let cases: [(&[u8], i32); 6] = [
+        (b"21", -973_932_308),
+        (b"foobar", -790_332_482),
+        (b"a-little-bit-long-string", -985_981_536),
+        (b"a-little-bit-longer-string", -1_486_304_829),
+        (
+            b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+            -58_897_971,
+        ),
+        (b"abc", 479_470_107),
+    ];
+    for (data, want) in cases {
+        assert_eq!(murmur2(data), want, "{}", String::from_utf8_lossy(data));
+    }
+}
+
+/// Keyed records land where the Java client puts them (murmur2), tombstones stay tombstones
+/// (null in, null out) and headers pass through, in every format.
+#[test]
+fn keys_partition_as_java_does_and_tombstones_and_headers_pass_through() {
+    for format in ["json", "string", "bytes"] {
+        let (input, output) = (unique("pt-in"), unique("pt-out"));
+        create_topic(&input, 1);
+        create_topic(&output, 5);
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", broker())
+            .create()
+            .unwrap();
+        let n = 200;
+        for i in 0..n {
+            let key = format!("user-{i}");
+            let payload = format!("\"v{i}\"");
+            let mut r = BaseRecord::<str, str>::to(&input).key(&key).headers(
+                rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+                    key: "trace",
+                    value: Some(&format!("t{i}")),
+                }),
+            );
+            // Every tenth record is a tombstone.
+            if i % 10 != 0 {
+                r = r.payload(&payload);
+            }
+            producer.send(r).map_err(|(e, _)| e).unwrap();
+        }
+        producer.flush(Duration::from_secs(30)).unwrap();
+        let dir = tmp(&format!("pt-{format}"));
+        let spec = dir.join("job.yaml");
+        std::fs::write(
+            &spec,
+            format!(
+                r#"apiVersion: streamjob.dev/v1alpha1
+kind: StreamJob
+metadata:
+  name: kafka-pt
+spec:
+  parallelism: 1
+  steps:
+    - name: in
+      source:
+        kafka:
+          bootstrapServers: "{b}"
+          topics: [{input}]
+          groupId: {g}
+          startingOffsets: earliest
+          format: {format}
+          includeMetadata: true
+          bounded: true
+    - name: pass
+      map:
+        expr: '{{"key": value.key, "value": value.value, "headers": value.headers}}'
+    - name: out
+      sink:
+        kafka:
+          bootstrapServers: "{b}"
+          topic: {output}
+          format: {format}
+          metadata: true
+"#,
+                b = broker(),
+                g = unique("g"),
+            ),
+        )
+        .unwrap();
+        let (ok, err) = run(&spec);
+        assert!(ok, "{format}: {err}");
+        let got = read_raw(&broker(), &output, n, Duration::from_secs(30));
+        assert_eq!(got.len(), n, "{format}");
+        let mut by_key: BTreeMap<String, RawRecord> = BTreeMap::new();
+        for r in got {
+            let k = String::from_utf8(r.key.clone().unwrap()).unwrap();
+            by_key.insert(k, r);
+        }
+        for i in 0..n {
+            let key = format!("user-{i}");
+            let r = &by_key[&key];
+            assert_eq!(
+                r.partition,
+                java_partition(key.as_bytes(), 5),
+                "{format}: {key}"
+            );
+            let want = (i % 10 != 0).then(|| format!("\"v{i}\"").into_bytes());
+            assert_eq!(r.payload, want, "{format}: {key}");
+            assert_eq!(
+                r.headers,
+                vec![("trace".to_string(), Some(format!("t{i}").into_bytes()))],
+                "{format}: {key}"
+            );
+        }
+    }
 }

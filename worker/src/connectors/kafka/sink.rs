@@ -57,13 +57,13 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{DeliveryResult, Message as _};
+use rdkafka::message::{DeliveryResult, Header, Message as _, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use super::txn_client::{self, Committed};
-use super::{ClientProperties, DeliveryGuarantee};
+use super::{ClientProperties, DeliveryGuarantee, KafkaPartitioner};
 use crate::api::functions::{Sink, SinkWriter};
 use crate::error::BoxError;
 use crate::runtime::context::SubtaskContext;
@@ -84,9 +84,21 @@ pub const DEFAULT_PRODUCER_POOL_SIZE: u32 = 5;
 /// Version of the checkpointed sink state.
 const STATE_VERSION: u32 = 1;
 
-/// Writes `T` into `key` and `value`; returns whether the record has a key.
-type Encode<T> =
-    Arc<dyn Fn(&T, &mut Vec<u8>, &mut Vec<u8>) -> Result<bool, BoxError> + Send + Sync>;
+/// What an encoder wrote for one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Encoded {
+    /// The record has a key (the bytes written to `key`).
+    pub key: bool,
+    /// The record has a value; `false` writes a tombstone (null value), whatever the format.
+    pub value: bool,
+}
+
+/// Writes `T` into `key` and `value` (Kafka headers into the list).
+type Encode<T> = Arc<
+    dyn Fn(&T, &mut Vec<u8>, &mut Vec<u8>, &mut Vec<(String, Vec<u8>)>) -> Result<Encoded, BoxError>
+        + Send
+        + Sync,
+>;
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -97,6 +109,7 @@ struct Settings {
     commit_every: Duration,
     transaction_timeout: Option<Duration>,
     pool_size: u32,
+    partitioner: KafkaPartitioner,
 }
 
 impl Settings {
@@ -136,6 +149,7 @@ impl KafkaSink<String> {
                 commit_every: Duration::from_secs(5),
                 transaction_timeout: None,
                 pool_size: DEFAULT_PRODUCER_POOL_SIZE,
+                partitioner: KafkaPartitioner::Murmur2,
             },
         }
     }
@@ -178,6 +192,11 @@ impl KafkaSinkBuilder {
         self.settings.pool_size = size.max(3);
         self
     }
+    /// How keyed records are spread over partitions (default: murmur2, as the Java client).
+    pub fn partitioner(mut self, partitioner: KafkaPartitioner) -> Self {
+        self.settings.partitioner = partitioner;
+        self
+    }
     /// Any librdkafka producer property.
     pub fn property(mut self, key: &str, value: &str) -> Self {
         self.settings
@@ -193,17 +212,26 @@ impl KafkaSinkBuilder {
 
     /// A sink of strings as UTF-8 payloads without keys (Flink's `SimpleStringSchema`).
     pub fn build(self) -> KafkaSink<String> {
-        self.build_with(|s: &String, _key, value| {
+        self.build_with(|s: &String, _key, value, _headers| {
             value.extend_from_slice(s.as_bytes());
-            Ok(false)
+            Ok(Encoded {
+                key: false,
+                value: true,
+            })
         })
     }
 
-    /// A sink that writes each record's key and payload with `encode`, which returns whether
-    /// the record has a key. Records with equal keys go to the same partition.
+    /// A sink that writes each record's key, payload and headers with `encode`, which says
+    /// whether the record has a key and a value. Records with equal keys go to the same
+    /// partition.
     pub fn build_with<T>(
         self,
-        encode: impl Fn(&T, &mut Vec<u8>, &mut Vec<u8>) -> Result<bool, BoxError>
+        encode: impl Fn(
+            &T,
+            &mut Vec<u8>,
+            &mut Vec<u8>,
+            &mut Vec<(String, Vec<u8>)>,
+        ) -> Result<Encoded, BoxError>
         + Send
         + Sync
         + 'static,
@@ -420,6 +448,7 @@ impl<T> KafkaSink<T> {
             fence: BTreeSet::new(),
             key: Vec::new(),
             value: Vec::new(),
+            headers: Vec::new(),
             since_poll: 0,
             last_commit: Instant::now(),
             last_idle_poll: Instant::now(),
@@ -445,6 +474,7 @@ fn create_producer(
         ("client.id", client_id.to_string()),
         ("linger.ms", "5".into()),
         ("batch.num.messages", "10000".into()),
+        ("partitioner", partitioner_name(s.partitioner).into()),
     ];
     match (mode, transactional_id) {
         (_, Some(id)) => {
@@ -483,6 +513,16 @@ fn create_producer(
     config
         .create_with_context(DeliveryReports::default())
         .map_err(|e| format!("cannot create Kafka producer: {e}"))
+}
+
+/// librdkafka's name of a partitioner. The `_random` variants send records without a key to
+/// a random partition (librdkafka's plain `murmur2` would send them all to one).
+fn partitioner_name(p: KafkaPartitioner) -> &'static str {
+    match p {
+        KafkaPartitioner::Murmur2 => "murmur2_random",
+        KafkaPartitioner::Crc32 => "consistent_random",
+        KafkaPartitioner::Fnv1a => "fnv1a_random",
+    }
 }
 
 fn coordinators(settings: &Settings, client_id: &str) -> txn_client::Client {
@@ -645,6 +685,7 @@ struct Writer<T> {
     fence: BTreeSet<String>,
     key: Vec<u8>,
     value: Vec<u8>,
+    headers: Vec<(String, Vec<u8>)>,
     since_poll: u32,
     last_commit: Instant,
     last_idle_poll: Instant,
@@ -1052,10 +1093,24 @@ impl<T: Send> SinkWriter<T> for Writer<T> {
         }
         self.key.clear();
         self.value.clear();
-        let has_key = (self.encode)(&item, &mut self.key, &mut self.value)?;
-        let mut record = BaseRecord::to(&self.settings.topic).payload(&self.value);
-        if has_key {
+        self.headers.clear();
+        let encoded = (self.encode)(&item, &mut self.key, &mut self.value, &mut self.headers)?;
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.settings.topic);
+        if encoded.value {
+            record = record.payload(&self.value);
+        }
+        if encoded.key {
             record = record.key(&self.key);
+        }
+        if !self.headers.is_empty() {
+            let mut headers = OwnedHeaders::new_with_capacity(self.headers.len());
+            for (k, v) in &self.headers {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v),
+                });
+            }
+            record = record.headers(headers);
         }
         let producer = &self.slots[self.current].producer;
         loop {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message as _;
+use rdkafka::message::{BorrowedHeaders, Message as _};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
@@ -23,7 +23,7 @@ use crate::runtime::context::SubtaskContext;
 const LOOKUP: Duration = Duration::from_secs(10);
 
 /// One consumed record, as the decoder sees it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct KafkaRecord<'a> {
     pub topic: &'a str,
     pub partition: i32,
@@ -31,7 +31,21 @@ pub struct KafkaRecord<'a> {
     /// Milliseconds since the epoch, if the record has a timestamp.
     pub timestamp: Option<i64>,
     pub key: Option<&'a [u8]>,
+    /// `None` for a tombstone.
     pub payload: Option<&'a [u8]>,
+    pub headers: Option<&'a BorrowedHeaders>,
+}
+
+/// Offsets and sizes only: payloads may be personal data and must not reach logs.
+impl std::fmt::Debug for KafkaRecord<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaRecord")
+            .field("position", &self.position())
+            .field("timestamp", &self.timestamp)
+            .field("key_bytes", &self.key.map(<[u8]>::len))
+            .field("payload_bytes", &self.payload.map(<[u8]>::len))
+            .finish()
+    }
 }
 
 impl KafkaRecord<'_> {
@@ -701,6 +715,7 @@ impl<T: Send + 'static> SourceReader<T> for Reader<T> {
                 timestamp: m.timestamp().to_millis(),
                 key: m.key(),
                 payload: m.payload(),
+                headers: m.headers(),
             };
             let Some(st) = self
                 .partitions
