@@ -100,3 +100,134 @@ pub fn read_raw(broker: &str, topic: &str, min: usize, deadline: Duration) -> Ve
     }
     out
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{what} did not start on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn test_bin(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run the tests with scripts/with-kafka.sh (`make test`)")
+    })
+}
+
+/// A Kafka-protocol broker that keeps every acknowledged record across a SIGKILL: tansu
+/// with its log in S3 (a moto server of its own, which outlives the broker's restarts).
+/// noida-db, the default test broker, loses acknowledged records across restarts, so a
+/// broker-restart test on it could not tell the job's losses from the broker's.
+pub struct DurableBroker {
+    pub port: u16,
+    s3_port: u16,
+    s3: std::process::Child,
+    broker: Option<std::process::Child>,
+}
+
+impl DurableBroker {
+    pub fn start() -> Self {
+        let s3_port = free_port();
+        let s3 = std::process::Command::new(test_bin("STREAMJOB_TEST_MOTO_BIN"))
+            .args(["-p", &s3_port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut b = DurableBroker {
+            port: free_port(),
+            s3_port,
+            s3,
+            broker: None,
+        };
+        wait_for_port(s3_port, "the S3 server (moto)");
+        b.create_bucket();
+        b.start_broker();
+        b
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn create_bucket(&self) {
+        use std::io::{Read, Write};
+        let started = Instant::now();
+        loop {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", self.s3_port)).unwrap();
+            write!(
+                s,
+                "PUT /tansu HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.s3_port
+            )
+            .unwrap();
+            let mut reply = String::new();
+            let _ = s.read_to_string(&mut reply);
+            if reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200") {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "cannot create the S3 bucket: {reply}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn start_broker(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = std::process::Command::new(test_bin("STREAMJOB_TEST_TANSU_BIN"))
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "s3://tansu/"])
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_ENDPOINT", format!("http://127.0.0.1:{}", self.s3_port))
+            .env("AWS_ALLOW_HTTP", "true")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.broker = Some(child);
+        wait_for_port(self.port, "the broker (tansu)");
+    }
+
+    /// SIGKILL, then `down` later a new broker on the same port and storage.
+    pub fn kill_and_restart(&mut self, down: Duration) {
+        if let Some(mut b) = self.broker.take() {
+            let _ = b.kill();
+            let _ = b.wait();
+        }
+        std::thread::sleep(down);
+        self.start_broker();
+    }
+}
+
+impl Drop for DurableBroker {
+    fn drop(&mut self) {
+        if let Some(mut b) = self.broker.take() {
+            let _ = b.kill();
+            let _ = b.wait();
+        }
+        let _ = self.s3.kill();
+        let _ = self.s3.wait();
+    }
+}
