@@ -1234,3 +1234,37 @@ spec:
         assert_eq!(missing, 0, "{name}: records lost: {log}");
     }
 }
+
+/// Regression: an unreachable sink took 121 s and ~700 lines of librdkafka errors to fail.
+#[test]
+fn an_unreachable_sink_fails_fast_in_one_line() {
+    let input = unique("us-in");
+    create_topic(&input, 1);
+    produce(&input, 1, &["a b".to_string()]);
+    let dir = tmp("unreachable-sink");
+    let spec = write_job(
+        &dir,
+        &Job {
+            parallelism: 1,
+            ..Job::new(&input, "o", &unique("g"))
+        },
+    );
+    let yaml = std::fs::read_to_string(&spec).unwrap().replacen(
+        &format!("bootstrapServers: \"{}\"\n          topic: o", broker()),
+        "bootstrapServers: \"127.0.0.1:1\"\n          topic: o",
+        1,
+    );
+    assert!(yaml.contains("127.0.0.1:1"));
+    std::fs::write(&spec, yaml).unwrap();
+    let started = Instant::now();
+    let (ok, err) = run(&spec);
+    let took = started.elapsed();
+    assert!(!ok);
+    assert!(
+        err.contains("Kafka sink: cannot reach the brokers 127.0.0.1:1 within 10 s"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(25), "took {took:?}: {err}");
+    let kafka_lines = err.lines().filter(|l| l.contains("librdkafka")).count();
+    assert!(kafka_lines <= 5, "{kafka_lines} librdkafka lines: {err}");
+}

@@ -7,6 +7,7 @@
 //! it transactional, with two-phase commit on checkpoints when checkpointing is on (see
 //! [`sink`]).
 
+mod logs;
 pub mod sink;
 pub mod source;
 pub(crate) mod spec;

@@ -62,6 +62,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
+use super::logs::LogLimiter;
 use super::txn_client::{self, Committed};
 use super::{ClientProperties, DeliveryGuarantee, KafkaPartitioner};
 use crate::api::functions::{Sink, SinkWriter};
@@ -69,6 +70,9 @@ use crate::error::BoxError;
 use crate::runtime::context::SubtaskContext;
 use crate::runtime::message::FINAL_CHECKPOINT;
 
+/// How long the sink waits for the brokers to answer at start, unless the client's
+/// `socket.connection.setup.timeout.ms` says otherwise.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the end of input waits for outstanding deliveries and transaction commits.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long initialising a transactional producer, or committing a restored transaction,
@@ -280,9 +284,18 @@ pub(crate) struct DeliveryReports {
     first_failure: Mutex<Option<String>>,
     failures: AtomicU64,
     producer_id: Mutex<Option<ProducerId>>,
+    limiter: LogLimiter,
 }
 
 impl ClientContext for DeliveryReports {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.limiter.log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.limiter.error(&error, reason);
+    }
+
     fn stats_raw(&self, statistics: &[u8]) {
         if let Some(p) = parse_eos(statistics) {
             *self.producer_id.lock().unwrap() = Some(p);
@@ -430,6 +443,7 @@ impl<T> KafkaSink<T> {
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
+        check_reachable(s, &slots[0].producer)?;
         let restoring = ctx
             .checkpoints
             .as_ref()
@@ -513,6 +527,35 @@ fn create_producer(
     config
         .create_with_context(DeliveryReports::default())
         .map_err(|e| format!("cannot create Kafka producer: {e}"))
+}
+
+/// Fails fast, in one line, when the brokers cannot be reached: otherwise the first
+/// records would wait in librdkafka's retries for minutes before anything is reported.
+/// Waits at most the client's `socket.connection.setup.timeout.ms` when set, else
+/// [`CONNECT_TIMEOUT`].
+fn check_reachable(s: &Settings, producer: &BaseProducer<DeliveryReports>) -> Result<(), String> {
+    let timeout = s
+        .effective("socket.connection.setup.timeout.ms")
+        .and_then(|v| v.parse().ok())
+        .map_or(CONNECT_TIMEOUT, Duration::from_millis);
+    let md = producer
+        .client()
+        .fetch_metadata(Some(&s.topic), timeout)
+        .map_err(|e| {
+            format!(
+                "Kafka sink: cannot reach the brokers {} within {} s: {e}",
+                s.bootstrap_servers(),
+                timeout.as_secs_f64()
+            )
+        })?;
+    match md.topics().iter().find(|t| t.name() == s.topic) {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
+        _ => Err(format!(
+            "Kafka sink: topic '{}' does not exist on {}",
+            s.topic,
+            s.bootstrap_servers()
+        )),
+    }
 }
 
 /// librdkafka's name of a partitioner. The `_random` variants send records without a key to

@@ -13,6 +13,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
+use super::logs::QuietContext;
 use super::{ClientProperties, MissingTopic, OffsetReset, StartingOffsets, subtask_for_partition};
 use crate::api::functions::{Collector, Source, SourceReader, SourceStatus};
 use crate::connectors::SOURCE_BATCH;
@@ -214,7 +215,7 @@ impl<T: Send + 'static> Source<T> for KafkaSource<T> {
             return Err("a Kafka source needs at least one topic".into());
         }
         let client_id = format!("streamjob-{}-{}", ctx.job_name, ctx.subtask);
-        let consumer: BaseConsumer = s
+        let consumer: BaseConsumer<QuietContext> = s
             .client
             .client_config(&[
                 ("group.id", &s.group_id),
@@ -228,7 +229,7 @@ impl<T: Send + 'static> Source<T> for KafkaSource<T> {
                 ("auto.offset.reset", "error"),
                 ("allow.auto.create.topics", "false"),
             ])
-            .create()
+            .create_with_context(QuietContext::default())
             .map_err(|e| format!("cannot create Kafka consumer: {e}"))?;
         let mut reader = Reader {
             consumer,
@@ -246,7 +247,6 @@ impl<T: Send + 'static> Source<T> for KafkaSource<T> {
             last_discovery: Instant::now(),
             last_commit: Instant::now(),
             uncommitted: false,
-            last_poll_error: None,
             checkpointed: false,
             snapshot_offsets: Vec::new(),
         };
@@ -270,7 +270,7 @@ impl PartitionState {
 }
 
 struct Reader<T> {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<QuietContext>,
     settings: Settings,
     decode: Decode<T>,
     on_malformed: Option<MalformedHandler>,
@@ -287,7 +287,6 @@ struct Reader<T> {
     last_discovery: Instant,
     last_commit: Instant,
     uncommitted: bool,
-    last_poll_error: Option<String>,
     /// Checkpoints drive offset commits (instead of the commit interval).
     checkpointed: bool,
     /// Offsets recorded by the last snapshot, committed when its checkpoint completes.
@@ -699,11 +698,10 @@ impl<T: Send + 'static> SourceReader<T> for Reader<T> {
                     .into());
                 }
                 Err(e) => {
-                    // librdkafka reconnects and retries by itself; say so once per kind.
+                    // librdkafka reconnects and retries by itself; say so now and then.
                     let msg = e.to_string();
-                    if self.last_poll_error.as_deref() != Some(msg.as_str()) {
-                        warn!("Kafka consumer: {msg} (retrying)");
-                        self.last_poll_error = Some(msg);
+                    if let Some(held) = self.consumer.context().limiter.allow(&msg) {
+                        warn!(held_back = held, "Kafka consumer: {msg} (retrying)");
                     }
                     continue;
                 }
