@@ -690,6 +690,13 @@ impl<T: Send + 'static> SourceReader<T> for Reader<T> {
                 Err(KafkaError::MessageConsumption(
                     RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange,
                 )) => return Err(self.out_of_range_error()),
+                Err(KafkaError::MessageConsumptionFatal(code)) => {
+                    return Err(format!(
+                        "Kafka consumer of {:?}: fatal error {code:?} (not retried)",
+                        self.settings.topics
+                    )
+                    .into());
+                }
                 Err(KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownTopicOrPartition)) => {
                     return Err(format!(
                         "a topic of {:?} was deleted while reading",
