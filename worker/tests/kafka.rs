@@ -16,6 +16,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 mod common;
+use common::kafka::{DurableBroker, RawRecord, java_partition, murmur2, read_raw};
 use common::{kill_cluster, kill9, workers_of};
 
 const BIN: &str = env!("CARGO_BIN_EXE_streamjob");
@@ -960,4 +961,310 @@ fn exactly_once_counts_survive_ten_killed_workers_of_a_distributed_job() {
     let records = consume_all(&output, true);
     assert_eq!(finals(&records), expected);
     assert_eq!(records.len() as u64, expected.values().sum::<u64>());
+}
+
+/// Regression: a committed offset past the end of the log (the broker lost records, or the
+/// topic was re-created) used to be reset silently by `auto.offset.reset` to the start,
+/// re-reading everything.
+#[test]
+fn a_committed_offset_outside_the_log_is_a_clear_error() {
+    let (input, output, group) = (unique("oor-in"), unique("oor-out"), unique("oor-g"));
+    create_topic(&input, 1);
+    create_topic(&output, 1);
+    let lines: Vec<String> = (0..10).map(|i| format!("w{i}")).collect();
+    produce(&input, 1, &lines);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .set("group.id", &group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&input, 0, Offset::Offset(50))
+        .unwrap();
+    consumer
+        .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+        .unwrap();
+    let dir = tmp("oor");
+    let spec = write_job(
+        &dir,
+        &Job {
+            parallelism: 1,
+            starting: "committed",
+            ..Job::new(&input, &output, &group)
+        },
+    );
+    let (ok, err) = run(&spec);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains(&format!(
+            "committed offset of the group for {input}/0 is 50, outside the partition's offsets 0..10"
+        )),
+        "{err}"
+    );
+    assert!(consume_all(&output, false).is_empty(), "nothing re-read");
+}
+
+#[test]
+fn murmur2_matches_the_java_clients_test_vectors() {
+    // Kafka's `UtilsTest.testMurmur2` vectors.
+    let cases: [(&[u8], i32); 6] = [
+        (b"21", -973_932_308),
+        (b"foobar", -790_332_482),
+        (b"a-little-bit-long-string", -985_981_536),
+        (b"a-little-bit-longer-string", -1_486_304_829),
+        (
+            b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+            -58_897_971,
+        ),
+        (b"abc", 479_470_107),
+    ];
+    for (data, want) in cases {
+        assert_eq!(murmur2(data), want, "{}", String::from_utf8_lossy(data));
+    }
+}
+
+/// Keyed records land where the Java client puts them (murmur2), tombstones stay tombstones
+/// (null in, null out) and headers pass through, in every format.
+#[test]
+fn keys_partition_as_java_does_and_tombstones_and_headers_pass_through() {
+    for format in ["json", "string", "bytes"] {
+        let (input, output) = (unique("pt-in"), unique("pt-out"));
+        create_topic(&input, 1);
+        create_topic(&output, 5);
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", broker())
+            .create()
+            .unwrap();
+        let n = 200;
+        for i in 0..n {
+            let key = format!("user-{i}");
+            let payload = format!("\"v{i}\"");
+            let mut r = BaseRecord::<str, str>::to(&input).key(&key).headers(
+                rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+                    key: "trace",
+                    value: Some(&format!("t{i}")),
+                }),
+            );
+            // Every tenth record is a tombstone.
+            if i % 10 != 0 {
+                r = r.payload(&payload);
+            }
+            producer.send(r).map_err(|(e, _)| e).unwrap();
+        }
+        producer.flush(Duration::from_secs(30)).unwrap();
+        let dir = tmp(&format!("pt-{format}"));
+        let spec = dir.join("job.yaml");
+        std::fs::write(
+            &spec,
+            format!(
+                r#"apiVersion: streamjob.dev/v1alpha1
+kind: StreamJob
+metadata:
+  name: kafka-pt
+spec:
+  parallelism: 1
+  steps:
+    - name: in
+      source:
+        kafka:
+          bootstrapServers: "{b}"
+          topics: [{input}]
+          groupId: {g}
+          startingOffsets: earliest
+          format: {format}
+          includeMetadata: true
+          bounded: true
+    - name: pass
+      map:
+        expr: '{{"key": value.key, "value": value.value, "headers": value.headers}}'
+    - name: out
+      sink:
+        kafka:
+          bootstrapServers: "{b}"
+          topic: {output}
+          format: {format}
+          metadata: true
+"#,
+                b = broker(),
+                g = unique("g"),
+            ),
+        )
+        .unwrap();
+        let (ok, err) = run(&spec);
+        assert!(ok, "{format}: {err}");
+        let got = read_raw(&broker(), &output, n, Duration::from_secs(30));
+        assert_eq!(got.len(), n, "{format}");
+        let mut by_key: BTreeMap<String, RawRecord> = BTreeMap::new();
+        for r in got {
+            let k = String::from_utf8(r.key.clone().unwrap()).unwrap();
+            by_key.insert(k, r);
+        }
+        for i in 0..n {
+            let key = format!("user-{i}");
+            let r = &by_key[&key];
+            assert_eq!(
+                r.partition,
+                java_partition(key.as_bytes(), 5),
+                "{format}: {key}"
+            );
+            let want = (i % 10 != 0).then(|| format!("\"v{i}\"").into_bytes());
+            assert_eq!(r.payload, want, "{format}: {key}");
+            assert_eq!(
+                r.headers,
+                vec![("trace".to_string(), Some(format!("t{i}").into_bytes()))],
+                "{format}: {key}"
+            );
+        }
+    }
+}
+
+/// The broker is SIGKILLed mid-run and restarted on the same storage (tansu with its log in
+/// S3, which keeps every acknowledged record): the job recovers by itself (librdkafka
+/// reconnects, or the job restarts from its last checkpoint) and every input record reaches
+/// the output. (Duplicates are not checked for exactly-once here: tansu shows aborted
+/// transactions to read_committed readers.)
+#[test]
+fn a_broker_killed_and_restarted_mid_run_loses_nothing() {
+    for (name, guarantee) in [
+        ("alo", "at-least-once".to_string()),
+        (
+            "eo",
+            format!(
+                "exactly-once\n          transactionalIdPrefix: {}",
+                unique("tx")
+            ),
+        ),
+    ] {
+        let mut broker = DurableBroker::start();
+        OVERRIDE.with(|o| *o.borrow_mut() = Some(broker.addr()));
+        let (input, output) = (unique(&format!("kr-{name}-in")), unique("kr-out"));
+        create_topic(&input, 2);
+        create_topic(&output, 2);
+        let ids = |from: usize, to: usize| -> Vec<String> {
+            (from..to).map(|i| format!("id-{i}")).collect()
+        };
+        produce(&input, 2, &ids(0, 2_000));
+        let dir = tmp(&format!("kr-{name}"));
+        let spec = dir.join("job.yaml");
+        std::fs::write(
+            &spec,
+            format!(
+                r#"apiVersion: streamjob.dev/v1alpha1
+kind: StreamJob
+metadata:
+  name: kafka-restart
+spec:
+  parallelism: 2
+  checkpointing: {{intervalMs: 300, directory: {chk}}}
+  restartStrategy: {{attempts: 100, initialDelayMs: 200, maxDelayMs: 1000}}
+  steps:
+    - name: in
+      source:
+        kafka:
+          bootstrapServers: "{b}"
+          topics: [{input}]
+          groupId: {g}
+          startingOffsets: earliest
+    - name: pass
+      map:
+        expr: value
+    - name: out
+      sink:
+        kafka:
+          bootstrapServers: "{b}"
+          topic: {output}
+          deliveryGuarantee: {guarantee}
+"#,
+                chk = dir.join("chk").display(),
+                b = broker.addr(),
+                g = unique("g"),
+            ),
+        )
+        .unwrap();
+        let log = dir.join("job.log");
+        let mut job = Command::new(BIN)
+            .arg("run")
+            .arg(&spec)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while read_raw(&broker.addr(), &output, 1, Duration::from_secs(1)).is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{name}: no output: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        // More input keeps arriving while the broker dies and comes back.
+        let feeder = std::thread::spawn({
+            let (input, addr) = (input.clone(), broker.addr());
+            move || {
+                OVERRIDE.with(|o| *o.borrow_mut() = Some(addr));
+                for chunk in 1..30 {
+                    produce(&input, 2, &ids(chunk * 2_000, (chunk + 1) * 2_000));
+                }
+            }
+        });
+        let fed = Instant::now();
+        while read_raw(&broker.addr(), &output, 25_000, Duration::from_secs(1)).len() < 25_000 {
+            assert!(fed.elapsed() < Duration::from_secs(60), "{name}: stalled");
+        }
+        broker.kill_and_restart(Duration::from_secs(3));
+        feeder.join().unwrap();
+        let want: std::collections::BTreeSet<String> = ids(0, 60_000).into_iter().collect();
+        let started = Instant::now();
+        let mut missing = want.len();
+        while started.elapsed() < Duration::from_secs(120) {
+            let got: std::collections::BTreeSet<String> =
+                read_raw(&broker.addr(), &output, usize::MAX, Duration::from_secs(3))
+                    .into_iter()
+                    .filter_map(|r| r.payload.map(|p| String::from_utf8(p).unwrap()))
+                    .collect();
+            missing = want.difference(&got).count();
+            if missing == 0 || job.try_wait().unwrap().is_some() {
+                break;
+            }
+        }
+        let alive = job.try_wait().unwrap().is_none();
+        let _ = job.kill();
+        let _ = job.wait();
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(alive, "{name}: the job survives the broker restart: {log}");
+        assert_eq!(missing, 0, "{name}: records lost: {log}");
+    }
+}
+
+/// Regression: an unreachable sink took 121 s and ~700 lines of librdkafka errors to fail.
+#[test]
+fn an_unreachable_sink_fails_fast_in_one_line() {
+    let input = unique("us-in");
+    create_topic(&input, 1);
+    produce(&input, 1, &["a b".to_string()]);
+    let dir = tmp("unreachable-sink");
+    let spec = write_job(
+        &dir,
+        &Job {
+            parallelism: 1,
+            ..Job::new(&input, "o", &unique("g"))
+        },
+    );
+    let yaml = std::fs::read_to_string(&spec).unwrap().replacen(
+        &format!("bootstrapServers: \"{}\"\n          topic: o", broker()),
+        "bootstrapServers: \"127.0.0.1:1\"\n          topic: o",
+        1,
+    );
+    assert!(yaml.contains("127.0.0.1:1"));
+    std::fs::write(&spec, yaml).unwrap();
+    let started = Instant::now();
+    let (ok, err) = run(&spec);
+    let took = started.elapsed();
+    assert!(!ok);
+    assert!(
+        err.contains("Kafka sink: cannot reach the brokers 127.0.0.1:1 within 10 s"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(25), "took {took:?}: {err}");
+    let kafka_lines = err.lines().filter(|l| l.contains("librdkafka")).count();
+    assert!(kafka_lines <= 5, "{kafka_lines} librdkafka lines: {err}");
 }

@@ -7,6 +7,7 @@
 //! it transactional, with two-phase commit on checkpoints when checkpointing is on (see
 //! [`sink`]).
 
+mod logs;
 pub mod sink;
 pub mod source;
 pub(crate) mod spec;
@@ -20,9 +21,11 @@ use rdkafka::ClientConfig;
 use streamjob_crds::spec::SecretKeyRef;
 use xxhash_rust::xxh3::xxh3_64;
 
-pub use sink::{KafkaSink, KafkaSinkBuilder};
+pub use sink::{Encoded, KafkaSink, KafkaSinkBuilder};
 pub use source::{KafkaRecord, KafkaSource, KafkaSourceBuilder, MalformedHandler};
-pub use streamjob_crds::spec::{DeliveryGuarantee, MissingTopic, OffsetReset, StartingOffsets};
+pub use streamjob_crds::spec::{
+    DeliveryGuarantee, KafkaPartitioner, MissingTopic, OffsetReset, StartingOffsets,
+};
 
 /// Where Secrets referenced by `secretProperties` are mounted: `<dir>/<secret>/<key>`.
 pub const SECRETS_DIR_ENV: &str = "STREAMJOB_SECRETS_DIR";

@@ -6,44 +6,8 @@
 //!   end of input wait until every record is acknowledged. librdkafka retries broker errors,
 //!   so a broker restart during a run loses nothing; a restore replays what came after the
 //!   checkpoint, so output may repeat.
-//! - `exactly-once` with checkpointing: two-phase commit (Flink's `KafkaSink`). Each subtask
-//!   has a small pool of transactional producers with stable ids
-//!   `<prefix>-<subtask>-<slot>`, so a restart knows every id this subtask could have used.
-//!   They are created and initialised (`init_transactions`, in parallel, in the background)
-//!   when the job starts. At the barrier of checkpoint n the open transaction is
-//!   pre-committed (flushed: every record acknowledged), recorded in the checkpoint with its
-//!   producer id and epoch, and writing continues in a transaction on the next free producer
-//!   of the pool (ready, so the switch costs the flush only). When checkpoint n is complete,
-//!   every pending transaction of a checkpoint <= n commits (a failed checkpoint never
-//!   completes, so a later one commits its transaction too). A committed producer takes a new
-//!   transaction only after a later checkpoint completed: until then the checkpoints that
-//!   list its previous transaction may be restored, and the restore must not commit the new
-//!   one (both have the same producer id and epoch). If no producer is free, the checkpoint
-//!   fails with an error naming the pool size (`producer_pool_size`).
-//!
-//!   A restore first commits the transactions listed in the restored checkpoint: its
-//!   completion means they must become visible, and the process that pre-committed them may
-//!   have died before committing. librdkafka cannot resume another process's transaction, so
-//!   the sink asks the transaction coordinator itself (`FindCoordinator` + `EndTxn`, see
-//!   `txn_client`) with the producer id and epoch it recorded (librdkafka reports them in its
-//!   statistics, `eos` section). A fenced epoch means an earlier restore committed it. Only
-//!   then does it initialise the pool's ids, which aborts whatever transaction began after
-//!   the checkpoint (those records are written again). With a smaller parallelism, subtask
-//!   `i` also commits the checkpointed transactions and fences the ids of old subtasks
-//!   `j >= parallelism` with `j % parallelism == i`; and subtask 0 looks up the ids of
-//!   subtasks >= parallelism (`DescribeTransactions`, Kafka 3.0+) and fences those with an
-//!   open transaction, which a run at a higher parallelism that crashed before completing a
-//!   checkpoint leaves (no restored state names them).
-//!
-//!   Limits: the transaction timeout (`transactionTimeoutMs`) must outlast a checkpoint
-//!   interval plus a restart, or the broker aborts a pending transaction first (its output is
-//!   then lost, and the restore cannot tell). Recovery connects in plaintext only (TLS or
-//!   SASL make the sink refuse to start in this mode).
-//!
-//!   End of a bounded input: `finish` only pre-commits the last transaction; the job's final
-//!   checkpoint (written once every task has finished; the tasks wait for it) lists it, and
-//!   its completion, `CheckpointComplete(FINAL_CHECKPOINT)`, commits it. A crash before then
-//!   restores the previous checkpoint and aborts it; a crash after commits it on restore.
+//! - `exactly-once` with checkpointing: two-phase commit over a pool of transactional
+//!   producers, see `two_phase`.
 //! - `exactly-once` without checkpointing: one transactional producer per subtask
 //!   (`<prefix>-<subtask>-0`); the transaction commits every `commitIntervalMs` and at end of
 //!   input. A restarted job fences the old producer and its open transaction is aborted: a
@@ -57,18 +21,21 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{DeliveryResult, Message as _};
+use rdkafka::message::{DeliveryResult, Header, Message as _, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
-use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use super::txn_client::{self, Committed};
-use super::{ClientProperties, DeliveryGuarantee};
+use super::logs::LogLimiter;
+use super::txn_client;
+use super::{ClientProperties, DeliveryGuarantee, KafkaPartitioner};
 use crate::api::functions::{Sink, SinkWriter};
 use crate::error::BoxError;
 use crate::runtime::context::SubtaskContext;
 use crate::runtime::message::FINAL_CHECKPOINT;
 
+/// How long the sink waits for the brokers to answer at start, unless the client's
+/// `socket.connection.setup.timeout.ms` says otherwise.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the end of input waits for outstanding deliveries and transaction commits.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long initialising a transactional producer, or committing a restored transaction,
@@ -84,9 +51,21 @@ pub const DEFAULT_PRODUCER_POOL_SIZE: u32 = 5;
 /// Version of the checkpointed sink state.
 const STATE_VERSION: u32 = 1;
 
-/// Writes `T` into `key` and `value`; returns whether the record has a key.
-type Encode<T> =
-    Arc<dyn Fn(&T, &mut Vec<u8>, &mut Vec<u8>) -> Result<bool, BoxError> + Send + Sync>;
+/// What an encoder wrote for one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Encoded {
+    /// The record has a key (the bytes written to `key`).
+    pub key: bool,
+    /// The record has a value; `false` writes a tombstone (null value), whatever the format.
+    pub value: bool,
+}
+
+/// Writes `T` into `key` and `value` (Kafka headers into the list).
+type Encode<T> = Arc<
+    dyn Fn(&T, &mut Vec<u8>, &mut Vec<u8>, &mut Vec<(String, Vec<u8>)>) -> Result<Encoded, BoxError>
+        + Send
+        + Sync,
+>;
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -97,6 +76,7 @@ struct Settings {
     commit_every: Duration,
     transaction_timeout: Option<Duration>,
     pool_size: u32,
+    partitioner: KafkaPartitioner,
 }
 
 impl Settings {
@@ -136,6 +116,7 @@ impl KafkaSink<String> {
                 commit_every: Duration::from_secs(5),
                 transaction_timeout: None,
                 pool_size: DEFAULT_PRODUCER_POOL_SIZE,
+                partitioner: KafkaPartitioner::Murmur2,
             },
         }
     }
@@ -178,6 +159,11 @@ impl KafkaSinkBuilder {
         self.settings.pool_size = size.max(3);
         self
     }
+    /// How keyed records are spread over partitions (default: murmur2, as the Java client).
+    pub fn partitioner(mut self, partitioner: KafkaPartitioner) -> Self {
+        self.settings.partitioner = partitioner;
+        self
+    }
     /// Any librdkafka producer property.
     pub fn property(mut self, key: &str, value: &str) -> Self {
         self.settings
@@ -193,17 +179,26 @@ impl KafkaSinkBuilder {
 
     /// A sink of strings as UTF-8 payloads without keys (Flink's `SimpleStringSchema`).
     pub fn build(self) -> KafkaSink<String> {
-        self.build_with(|s: &String, _key, value| {
+        self.build_with(|s: &String, _key, value, _headers| {
             value.extend_from_slice(s.as_bytes());
-            Ok(false)
+            Ok(Encoded {
+                key: false,
+                value: true,
+            })
         })
     }
 
-    /// A sink that writes each record's key and payload with `encode`, which returns whether
-    /// the record has a key. Records with equal keys go to the same partition.
+    /// A sink that writes each record's key, payload and headers with `encode`, which says
+    /// whether the record has a key and a value. Records with equal keys go to the same
+    /// partition.
     pub fn build_with<T>(
         self,
-        encode: impl Fn(&T, &mut Vec<u8>, &mut Vec<u8>) -> Result<bool, BoxError>
+        encode: impl Fn(
+            &T,
+            &mut Vec<u8>,
+            &mut Vec<u8>,
+            &mut Vec<(String, Vec<u8>)>,
+        ) -> Result<Encoded, BoxError>
         + Send
         + Sync
         + 'static,
@@ -215,36 +210,6 @@ impl KafkaSinkBuilder {
     }
 }
 
-/// Producer id and epoch of a transactional producer: with the transactional id, all the
-/// transaction coordinator needs to end its transaction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ProducerId {
-    id: i64,
-    epoch: i16,
-}
-
-/// The `eos` section of librdkafka's statistics JSON (STATISTICS.md): the producer id and
-/// epoch once one is assigned.
-fn parse_eos(json: &[u8]) -> Option<ProducerId> {
-    #[derive(Deserialize)]
-    struct Eos {
-        idemp_state: String,
-        producer_id: i64,
-        producer_epoch: i16,
-    }
-    const KEY: &[u8] = b"\"eos\"";
-    // The section comes last; a topic named "eos" comes before it.
-    let at = json.windows(KEY.len()).rposition(|w| w == KEY)?;
-    let rest = &json[at + KEY.len()..];
-    let open = rest.iter().position(|&b| b == b'{')?;
-    let close = open + rest[open..].iter().position(|&b| b == b'}')?;
-    let eos: Eos = serde_json::from_slice(&rest[open..=close]).ok()?;
-    (eos.idemp_state == "Assigned" && eos.producer_id >= 0).then_some(ProducerId {
-        id: eos.producer_id,
-        epoch: eos.producer_epoch,
-    })
-}
-
 /// Delivery failures reported by librdkafka's callback, and the producer id from its
 /// statistics.
 #[derive(Default)]
@@ -252,9 +217,18 @@ pub(crate) struct DeliveryReports {
     first_failure: Mutex<Option<String>>,
     failures: AtomicU64,
     producer_id: Mutex<Option<ProducerId>>,
+    limiter: LogLimiter,
 }
 
 impl ClientContext for DeliveryReports {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.limiter.log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.limiter.error(&error, reason);
+    }
+
     fn stats_raw(&self, statistics: &[u8]) {
         if let Some(p) = parse_eos(statistics) {
             *self.producer_id.lock().unwrap() = Some(p);
@@ -291,25 +265,6 @@ enum Mode {
     TwoPhase,
 }
 
-/// What a producer of the pool is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SlotState {
-    Free,
-    /// Receives the records written now.
-    Open,
-    /// Pre-committed at the barrier of `checkpoint`; commits once a checkpoint >= it completes.
-    Pending {
-        checkpoint: u64,
-        records: u64,
-    },
-    /// Committed while `after_barrier` was the latest barrier: the snapshots up to that
-    /// checkpoint may list its transaction, so it takes no new one (which a restore of them
-    /// would commit) until a later checkpoint completed.
-    Committed {
-        after_barrier: u64,
-    },
-}
-
 struct Slot {
     transactional_id: Option<String>,
     /// Shared with the thread that initialises it.
@@ -317,38 +272,6 @@ struct Slot {
     /// Captured at the first pre-commit (two-phase commit only).
     producer_id: Option<ProducerId>,
     state: SlotState,
-}
-
-/// A transaction pre-committed for a checkpoint, as the checkpoint records it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PendingTxn {
-    checkpoint: u64,
-    transactional_id: String,
-    producer_id: i64,
-    producer_epoch: i16,
-    records: u64,
-}
-
-/// The checkpointed state of an exactly-once (two-phase commit) subtask.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SinkState {
-    version: u32,
-    /// Ids are `<prefix>-<subtask>-<slot>` for slot < `pool_size`.
-    transactional_id_prefix: String,
-    subtask: u32,
-    pool_size: u32,
-    pending: Vec<PendingTxn>,
-}
-
-fn transactional_id(prefix: &str, subtask: u32, slot: u32) -> String {
-    format!("{prefix}-{subtask}-{slot}")
-}
-
-/// The new subtask that takes over an old subtask's transactions after a rescale.
-fn owner_of(old_subtask: u32, parallelism: u32) -> u32 {
-    old_subtask % parallelism
 }
 
 impl<T: Send + 'static> Sink<T> for KafkaSink<T> {
@@ -402,6 +325,7 @@ impl<T> KafkaSink<T> {
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
+        check_reachable(s, &slots[0].producer)?;
         let restoring = ctx
             .checkpoints
             .as_ref()
@@ -420,6 +344,7 @@ impl<T> KafkaSink<T> {
             fence: BTreeSet::new(),
             key: Vec::new(),
             value: Vec::new(),
+            headers: Vec::new(),
             since_poll: 0,
             last_commit: Instant::now(),
             last_idle_poll: Instant::now(),
@@ -445,6 +370,7 @@ fn create_producer(
         ("client.id", client_id.to_string()),
         ("linger.ms", "5".into()),
         ("batch.num.messages", "10000".into()),
+        ("partitioner", partitioner_name(s.partitioner).into()),
     ];
     match (mode, transactional_id) {
         (_, Some(id)) => {
@@ -485,129 +411,42 @@ fn create_producer(
         .map_err(|e| format!("cannot create Kafka producer: {e}"))
 }
 
-fn coordinators(settings: &Settings, client_id: &str) -> txn_client::Client {
-    txn_client::Client::new(
-        settings.bootstrap_servers(),
-        &format!("{client_id}-recovery"),
-        Instant::now() + INIT_TIMEOUT,
-    )
-}
-
-/// Transactional ids of subtasks >= `parallelism` (with this prefix and pool size) that hold
-/// an open transaction: a run at a higher parallelism that crashed before any of its
-/// checkpoints completed leaves them, and no restored state names them. They would hold back
-/// `read_committed` readers until the broker's transaction timeout. Probes subtask after
-/// subtask until two in a row whose first id the coordinator does not know (every subtask
-/// initialises its whole pool at start; the second one covers a run killed while its subtasks
-/// were still starting).
-fn lingering_ids(
-    settings: &Settings,
-    client_id: &str,
-    parallelism: u32,
-    pool_size: u32,
-) -> Result<Vec<String>, String> {
-    let prefix = settings
-        .transactional_id_prefix
-        .as_deref()
-        .unwrap_or_default();
-    let client = coordinators(settings, client_id);
-    let state = |id: &str| {
-        client
-            .state(id)
-            .map_err(|e| format!("cannot look up Kafka transactional id {id}: {e}"))
-    };
-    let mut open = Vec::new();
-    let mut unknown_in_a_row = 0;
-    for subtask in parallelism..parallelism.saturating_add(1024) {
-        let first = transactional_id(prefix, subtask, 0);
-        match state(&first)? {
-            None => {
-                info!(
-                    "the Kafka brokers do not support DescribeTransactions (Kafka < 3.0): \
-                     transactions left open by a crashed run at a higher parallelism end on \
-                     the broker's transaction timeout"
-                );
-                return Ok(open);
-            }
-            Some(txn_client::TxnState::Unknown) => {
-                unknown_in_a_row += 1;
-                if unknown_in_a_row == 2 {
-                    break;
-                }
-                continue;
-            }
-            Some(s) => {
-                unknown_in_a_row = 0;
-                if s.is_open() {
-                    open.push(first);
-                }
-            }
-        }
-        for slot in 1..pool_size {
-            let id = transactional_id(prefix, subtask, slot);
-            if state(&id)?.is_some_and(|s| s.is_open()) {
-                open.push(id);
-            }
-        }
+/// Fails fast, in one line, when the brokers cannot be reached: otherwise the first
+/// records would wait in librdkafka's retries for minutes before anything is reported.
+/// Waits at most the client's `socket.connection.setup.timeout.ms` when set, else
+/// [`CONNECT_TIMEOUT`].
+fn check_reachable(s: &Settings, producer: &BaseProducer<DeliveryReports>) -> Result<(), String> {
+    let timeout = s
+        .effective("socket.connection.setup.timeout.ms")
+        .and_then(|v| v.parse().ok())
+        .map_or(CONNECT_TIMEOUT, Duration::from_millis);
+    let md = producer
+        .client()
+        .fetch_metadata(Some(&s.topic), timeout)
+        .map_err(|e| {
+            format!(
+                "Kafka sink: cannot reach the brokers {} within {} s: {e}",
+                s.bootstrap_servers(),
+                timeout.as_secs_f64()
+            )
+        })?;
+    match md.topics().iter().find(|t| t.name() == s.topic) {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
+        _ => Err(format!(
+            "Kafka sink: topic '{}' does not exist on {}",
+            s.topic,
+            s.bootstrap_servers()
+        )),
     }
-    Ok(open)
 }
 
-/// What a writer's background initialisation needs.
-struct InitJob {
-    settings: Settings,
-    client_id: String,
-    own: Vec<(String, Arc<BaseProducer<DeliveryReports>>)>,
-    fence: Vec<String>,
-    /// Subtask 0 with two-phase commit also aborts what removed subtasks left open.
-    probe: Option<(u32, u32)>,
-}
-
-impl InitJob {
-    /// `init_transactions` on every producer of the pool (fencing their previous incarnations
-    /// and aborting their open transactions) and on the ids to fence, all in parallel.
-    fn run(self) -> Result<(), String> {
-        let mut fence = self.fence;
-        if let Some((parallelism, pool)) = self.probe {
-            fence.extend(lingering_ids(
-                &self.settings,
-                &self.client_id,
-                parallelism,
-                pool,
-            )?);
-        }
-        let (settings, client_id) = (&self.settings, &self.client_id);
-        let results: Vec<Result<(), String>> = std::thread::scope(|scope| {
-            let own = self.own.iter().map(|(id, producer)| {
-                scope.spawn(move || {
-                    producer
-                        .init_transactions(INIT_TIMEOUT)
-                        .map_err(|e| format!("cannot initialise Kafka transactions ({id}): {e}"))
-                })
-            });
-            let others = fence.iter().map(|id| {
-                scope.spawn(move || {
-                    let producer = create_producer(settings, Mode::Timed, client_id, Some(id))?;
-                    producer
-                        .init_transactions(INIT_TIMEOUT)
-                        .map_err(|e| format!("cannot fence Kafka transactional id {id}: {e}"))
-                })
-            });
-            let handles: Vec<_> = own.chain(others).collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err("a Kafka producer set-up thread panicked".to_string())
-                    })
-                })
-                .collect()
-        });
-        results.into_iter().collect::<Result<(), String>>()?;
-        if !fence.is_empty() {
-            info!(ids = ?fence, "fenced transactional ids left by an earlier run");
-        }
-        Ok(())
+/// librdkafka's name of a partitioner. The `_random` variants send records without a key to
+/// a random partition (librdkafka's plain `murmur2` would send them all to one).
+fn partitioner_name(p: KafkaPartitioner) -> &'static str {
+    match p {
+        KafkaPartitioner::Murmur2 => "murmur2_random",
+        KafkaPartitioner::Crc32 => "consistent_random",
+        KafkaPartitioner::Fnv1a => "fnv1a_random",
     }
 }
 
@@ -645,6 +484,7 @@ struct Writer<T> {
     fence: BTreeSet<String>,
     key: Vec<u8>,
     value: Vec<u8>,
+    headers: Vec<(String, Vec<u8>)>,
     since_poll: u32,
     last_commit: Instant,
     last_idle_poll: Instant,
@@ -709,39 +549,6 @@ impl<T> Writer<T> {
         Ok(())
     }
 
-    /// The producer id and epoch of a two-phase-commit producer, from librdkafka's
-    /// statistics (reported every `STATS_INTERVAL_MS` once the id is assigned).
-    fn producer_id(&mut self, slot: usize) -> Result<ProducerId, BoxError> {
-        let s = &mut self.slots[slot];
-        let started = Instant::now();
-        loop {
-            let reported = *s.producer.context().producer_id.lock().unwrap();
-            match (s.producer_id, reported) {
-                (Some(known), Some(now)) if known == now => return Ok(known),
-                (Some(known), now) => {
-                    return Err(format!(
-                        "the Kafka producer {} changed its producer id or epoch \
-                         ({known:?} -> {now:?})",
-                        s.transactional_id.as_deref().unwrap_or_default()
-                    )
-                    .into());
-                }
-                (None, Some(now)) => {
-                    s.producer_id = Some(now);
-                    return Ok(now);
-                }
-                (None, None) if started.elapsed() > Duration::from_secs(10) => {
-                    return Err(format!(
-                        "librdkafka reported no producer id for {} in its statistics within 10 s",
-                        s.transactional_id.as_deref().unwrap_or_default()
-                    )
-                    .into());
-                }
-                (None, None) => s.producer.poll(Duration::from_millis(10)),
-            }
-        }
-    }
-
     fn open_transaction(&mut self) -> Result<(), BoxError> {
         let slot = &mut self.slots[self.current];
         slot.producer
@@ -760,6 +567,20 @@ impl<T> Writer<T> {
     fn check_slot(&self, slot: usize) -> Result<(), BoxError> {
         let producer = &self.slots[slot].producer;
         producer.poll(Duration::ZERO);
+        // A fatal error (fenced, or the broker lost the producer's state) makes every later
+        // call fail: fail now, so the job restarts from its last checkpoint with producers
+        // initialised again instead of waiting for deliveries that cannot come.
+        if let Some((code, reason)) = producer.client().fatal_error() {
+            return Err(format!(
+                "Kafka sink to '{}': the producer {} hit a fatal error ({code:?}): {reason}",
+                self.settings.topic,
+                self.slots[slot]
+                    .transactional_id
+                    .as_deref()
+                    .unwrap_or(&self.client_id)
+            )
+            .into());
+        }
         let ctx = producer.context();
         if let Some(f) = ctx.first_failure.lock().unwrap().take() {
             if self.settings.guarantee == DeliveryGuarantee::None {
@@ -790,196 +611,6 @@ impl<T> Writer<T> {
         info!(records = self.in_transaction, "committed Kafka transaction");
         self.in_transaction = 0;
         self.last_commit = Instant::now();
-        Ok(())
-    }
-
-    /// Two-phase commit: commits every pending transaction of a checkpoint <= `upto`, oldest
-    /// first.
-    fn commit_pending(&mut self, upto: u64) -> Result<(), BoxError> {
-        let mut due: Vec<(u64, usize)> = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| match s.state {
-                SlotState::Pending { checkpoint, .. } if checkpoint <= upto => {
-                    Some((checkpoint, i))
-                }
-                _ => None,
-            })
-            .collect();
-        due.sort_unstable();
-        for (checkpoint, i) in due {
-            let slot = &mut self.slots[i];
-            let records = match slot.state {
-                SlotState::Pending { records, .. } => records,
-                _ => 0,
-            };
-            slot.producer
-                .commit_transaction(FINISH_TIMEOUT)
-                .map_err(|e| {
-                    format!(
-                        "cannot commit the Kafka transaction of checkpoint {checkpoint} ({}): {e}",
-                        slot.transactional_id.as_deref().unwrap_or_default()
-                    )
-                })?;
-            slot.state = SlotState::Committed {
-                after_barrier: self.last_barrier,
-            };
-            debug!(
-                checkpoint,
-                records,
-                id = slot.transactional_id.as_deref().unwrap_or_default(),
-                "committed Kafka transaction"
-            );
-        }
-        Ok(())
-    }
-
-    /// The checkpointed state: the pending transactions.
-    fn state(&self) -> Result<Vec<u8>, BoxError> {
-        let mut pending: Vec<PendingTxn> = self
-            .slots
-            .iter()
-            .filter_map(|s| match s.state {
-                SlotState::Pending {
-                    checkpoint,
-                    records,
-                } => {
-                    let p = s.producer_id.expect("two-phase producers have an id");
-                    Some(PendingTxn {
-                        checkpoint,
-                        transactional_id: s.transactional_id.clone().unwrap_or_default(),
-                        producer_id: p.id,
-                        producer_epoch: p.epoch,
-                        records,
-                    })
-                }
-                _ => None,
-            })
-            .collect();
-        pending.sort_by_key(|p| p.checkpoint);
-        let state = SinkState {
-            version: STATE_VERSION,
-            transactional_id_prefix: self
-                .settings
-                .transactional_id_prefix
-                .clone()
-                .unwrap_or_default(),
-            subtask: self.subtask,
-            pool_size: self.slots.len() as u32,
-            pending,
-        };
-        Ok(serde_json::to_vec(&state)?)
-    }
-
-    /// Two-phase commit at the barrier of `checkpoint`: pre-commits the open transaction and
-    /// moves on to a free producer.
-    fn pre_commit(&mut self, checkpoint: u64) -> Result<(), BoxError> {
-        if self.in_transaction > 0 {
-            let cur = self.current;
-            let started = Instant::now();
-            // Every record of the transaction acknowledged: only the commit is left.
-            self.flush_all(cur)?;
-            self.producer_id(cur)?;
-            debug!(
-                checkpoint,
-                records = self.in_transaction,
-                flush_ms = started.elapsed().as_millis() as u64,
-                "pre-committed Kafka transaction"
-            );
-            if checkpoint == FINAL_CHECKPOINT {
-                // End of input: nothing follows, so no new transaction; the final checkpoint
-                // commits this one.
-                self.slots[cur].state = SlotState::Pending {
-                    checkpoint,
-                    records: self.in_transaction,
-                };
-                self.in_transaction = 0;
-                self.last_barrier = checkpoint;
-                return Ok(());
-            }
-            let next = self
-                .slots
-                .iter()
-                .position(|s| s.state == SlotState::Free)
-                .ok_or_else(|| {
-                    format!(
-                        "Kafka sink: no free transactional producer at checkpoint \
-                         {checkpoint}: all {} of subtask {} hold a transaction of a checkpoint \
-                         that has not completed, or wait for a later checkpoint to complete \
-                         after their commit (checkpoints are not completing; or raise the \
-                         producer pool size)",
-                        self.slots.len(),
-                        self.subtask
-                    )
-                })?;
-            self.slots[cur].state = SlotState::Pending {
-                checkpoint,
-                records: self.in_transaction,
-            };
-            self.current = next;
-            self.open_transaction()?;
-        }
-        self.last_barrier = checkpoint;
-        Ok(())
-    }
-
-    /// Commits the transactions a restored checkpoint lists and remembers which ids to fence.
-    fn recover(&mut self, old_subtask: u32, bytes: &[u8]) -> Result<(), BoxError> {
-        if bytes.is_empty() {
-            return Ok(()); // not exactly-once then: nothing pending
-        }
-        let state: SinkState = serde_json::from_slice(bytes)
-            .map_err(|e| format!("cannot read the Kafka sink's checkpointed state: {e}"))?;
-        if state.version != STATE_VERSION {
-            return Err(format!(
-                "the Kafka sink's checkpointed state has version {}, this build reads {STATE_VERSION}",
-                state.version
-            )
-            .into());
-        }
-        if !state.pending.is_empty() {
-            txn_client::check_security(self.settings.effective("security.protocol"))?;
-        }
-        let client = coordinators(&self.settings, &self.client_id);
-        for p in &state.pending {
-            let txn = txn_client::Txn {
-                transactional_id: p.transactional_id.clone(),
-                producer_id: p.producer_id,
-                producer_epoch: p.producer_epoch,
-            };
-            let outcome = client.commit(&txn).map_err(|e| {
-                format!(
-                    "cannot commit Kafka transaction {} (producer id {}, epoch {}) of restored \
-                     checkpoint {}: {e}",
-                    p.transactional_id, p.producer_id, p.producer_epoch, p.checkpoint
-                )
-            })?;
-            match outcome {
-                Committed::Now => info!(
-                    id = %p.transactional_id,
-                    checkpoint = p.checkpoint,
-                    records = p.records,
-                    "committed a transaction of the restored checkpoint"
-                ),
-                Committed::Earlier => info!(
-                    id = %p.transactional_id,
-                    checkpoint = p.checkpoint,
-                    "a transaction of the restored checkpoint was committed before (fenced epoch)"
-                ),
-            }
-        }
-        let own: BTreeSet<&str> = self
-            .slots
-            .iter()
-            .filter_map(|s| s.transactional_id.as_deref())
-            .collect();
-        for slot in 0..state.pool_size {
-            let id = transactional_id(&state.transactional_id_prefix, old_subtask, slot);
-            if !own.contains(id.as_str()) {
-                self.fence.insert(id);
-            }
-        }
         Ok(())
     }
 }
@@ -1052,10 +683,24 @@ impl<T: Send> SinkWriter<T> for Writer<T> {
         }
         self.key.clear();
         self.value.clear();
-        let has_key = (self.encode)(&item, &mut self.key, &mut self.value)?;
-        let mut record = BaseRecord::to(&self.settings.topic).payload(&self.value);
-        if has_key {
+        self.headers.clear();
+        let encoded = (self.encode)(&item, &mut self.key, &mut self.value, &mut self.headers)?;
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.settings.topic);
+        if encoded.value {
+            record = record.payload(&self.value);
+        }
+        if encoded.key {
             record = record.key(&self.key);
+        }
+        if !self.headers.is_empty() {
+            let mut headers = OwnedHeaders::new_with_capacity(self.headers.len());
+            for (k, v) in &self.headers {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v),
+                });
+            }
+            record = record.headers(headers);
         }
         let producer = &self.slots[self.current].producer;
         loop {
@@ -1135,28 +780,9 @@ impl<T: Send> SinkWriter<T> for Writer<T> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn producer_ids_come_from_the_statistics_eos_section() {
-        let stats = br#"{"name":"p#producer-1","topics":{"eos":{"partitions":{}}},"eos": { "idemp_state": "Assigned", "idemp_stateage": 47, "txn_state": "InTransaction", "txn_stateage": 9, "txn_may_enq": true, "producer_id": 1000, "producer_epoch": 3, "epoch_cnt": 1 }}"#;
-        assert_eq!(parse_eos(stats), Some(ProducerId { id: 1000, epoch: 3 }));
-        let unassigned = br#"{"eos": { "idemp_state": "WaitPID", "idemp_stateage": 1, "txn_state": "Init", "txn_stateage": 1, "txn_may_enq": false, "producer_id": -1, "producer_epoch": -1, "epoch_cnt": 0 }}"#;
-        assert_eq!(parse_eos(unassigned), None);
-        assert_eq!(parse_eos(br#"{"name":"x"}"#), None);
-    }
-
-    #[test]
-    fn rescaled_subtasks_take_over_old_ones_round_robin() {
-        // 5 -> 2: old 0, 2, 4 go to new 0; old 1, 3 to new 1.
-        let owners: Vec<u32> = (0..5).map(|old| owner_of(old, 2)).collect();
-        assert_eq!(owners, vec![0, 1, 0, 1, 0]);
-        // 2 -> 3: everyone keeps their own.
-        assert_eq!(owner_of(1, 3), 1);
-    }
-}
+#[path = "two_phase.rs"]
+mod two_phase;
+use two_phase::{InitJob, ProducerId, SlotState, owner_of, parse_eos, transactional_id};
 
 /// The recovery path against a real broker (STREAMJOB_TEST_KAFKA).
 #[cfg(test)]

@@ -12,7 +12,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use streamjob_crds::KeyGroupRange;
 
+use super::two_phase::{SinkState, coordinators};
 use super::*;
+use crate::connectors::kafka::txn_client::{self, Committed};
 use crate::runtime::checkpoint::{CheckpointConfig, Coordinator};
 use crate::runtime::context::CancelFlag;
 

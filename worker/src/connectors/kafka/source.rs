@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message as _;
+use rdkafka::message::{BorrowedHeaders, Message as _};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
+use super::logs::QuietContext;
 use super::{ClientProperties, MissingTopic, OffsetReset, StartingOffsets, subtask_for_partition};
 use crate::api::functions::{Collector, Source, SourceReader, SourceStatus};
 use crate::connectors::SOURCE_BATCH;
@@ -23,7 +24,7 @@ use crate::runtime::context::SubtaskContext;
 const LOOKUP: Duration = Duration::from_secs(10);
 
 /// One consumed record, as the decoder sees it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct KafkaRecord<'a> {
     pub topic: &'a str,
     pub partition: i32,
@@ -31,7 +32,21 @@ pub struct KafkaRecord<'a> {
     /// Milliseconds since the epoch, if the record has a timestamp.
     pub timestamp: Option<i64>,
     pub key: Option<&'a [u8]>,
+    /// `None` for a tombstone.
     pub payload: Option<&'a [u8]>,
+    pub headers: Option<&'a BorrowedHeaders>,
+}
+
+/// Offsets and sizes only: payloads may be personal data and must not reach logs.
+impl std::fmt::Debug for KafkaRecord<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaRecord")
+            .field("position", &self.position())
+            .field("timestamp", &self.timestamp)
+            .field("key_bytes", &self.key.map(<[u8]>::len))
+            .field("payload_bytes", &self.payload.map(<[u8]>::len))
+            .finish()
+    }
 }
 
 impl KafkaRecord<'_> {
@@ -199,12 +214,8 @@ impl<T: Send + 'static> Source<T> for KafkaSource<T> {
         if s.topics.is_empty() {
             return Err("a Kafka source needs at least one topic".into());
         }
-        let reset = match s.fallback {
-            OffsetReset::Earliest => "earliest",
-            OffsetReset::Latest => "latest",
-        };
         let client_id = format!("streamjob-{}-{}", ctx.job_name, ctx.subtask);
-        let consumer: BaseConsumer = s
+        let consumer: BaseConsumer<QuietContext> = s
             .client
             .client_config(&[
                 ("group.id", &s.group_id),
@@ -212,10 +223,13 @@ impl<T: Send + 'static> Source<T> for KafkaSource<T> {
                 ("enable.auto.commit", "false"),
                 ("enable.auto.offset.store", "false"),
                 ("enable.partition.eof", "false"),
-                ("auto.offset.reset", reset),
+                // Never librdkafka's silent reset: a fetch out of range (the log was truncated
+                // or lost records, or a checkpoint is older than the retention) is an error
+                // the reader turns into a job failure naming the partition and offsets.
+                ("auto.offset.reset", "error"),
                 ("allow.auto.create.topics", "false"),
             ])
-            .create()
+            .create_with_context(QuietContext::default())
             .map_err(|e| format!("cannot create Kafka consumer: {e}"))?;
         let mut reader = Reader {
             consumer,
@@ -233,7 +247,6 @@ impl<T: Send + 'static> Source<T> for KafkaSource<T> {
             last_discovery: Instant::now(),
             last_commit: Instant::now(),
             uncommitted: false,
-            last_poll_error: None,
             checkpointed: false,
             snapshot_offsets: Vec::new(),
         };
@@ -257,7 +270,7 @@ impl PartitionState {
 }
 
 struct Reader<T> {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<QuietContext>,
     settings: Settings,
     decode: Decode<T>,
     on_malformed: Option<MalformedHandler>,
@@ -274,7 +287,6 @@ struct Reader<T> {
     last_discovery: Instant,
     last_commit: Instant,
     uncommitted: bool,
-    last_poll_error: Option<String>,
     /// Checkpoints drive offset commits (instead of the commit interval).
     checkpointed: bool,
     /// Offsets recorded by the last snapshot, committed when its checkpoint completes.
@@ -289,7 +301,65 @@ struct SavedPartition {
     next: i64,
 }
 
+/// Fails unless `offset` lies within the partition's log (`low..=high`): reading from an
+/// offset outside it would skip records or re-read from a guessed position.
+fn check_in_range(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    low: i64,
+    high: i64,
+    what: &str,
+) -> Result<(), BoxError> {
+    if (low..=high).contains(&offset) {
+        return Ok(());
+    }
+    let why = if offset < low {
+        "records before the log start were deleted (retention) or the log was truncated"
+    } else {
+        "the log is shorter than this offset: the broker lost acknowledged records, or the \
+         topic was deleted and re-created"
+    };
+    Err(format!(
+        "Kafka source: {what} for {topic}/{partition} is {offset}, outside the partition's \
+         offsets {low}..{high}: {why}; not guessing where to continue (reset the group's \
+         offsets, or start with startingOffsets: earliest/latest without a checkpoint)"
+    )
+    .into())
+}
+
 impl<T> Reader<T> {
+    /// After librdkafka reported a fetch out of range: the partitions whose next offset lies
+    /// outside their log, as an error naming them.
+    fn out_of_range_error(&self) -> BoxError {
+        let mut found = Vec::new();
+        let mut keys: Vec<_> = self.partitions.keys().collect();
+        keys.sort();
+        for (t, p) in keys {
+            let Some(next) = self.partitions[&(t.clone(), *p)].next else {
+                continue;
+            };
+            match self.consumer.fetch_watermarks(t, *p, LOOKUP) {
+                Ok((low, high)) => {
+                    if let Err(e) = check_in_range(t, *p, next, low, high, "the next offset") {
+                        found.push(e.to_string());
+                    }
+                }
+                Err(e) => found.push(format!("cannot read offsets of {t}/{p}: {e}")),
+            }
+        }
+        if found.is_empty() {
+            format!(
+                "Kafka source: a fetch from {:?} was out of range (the offsets are back in \
+                 range now; failing rather than guessing where to continue)",
+                self.settings.topics
+            )
+            .into()
+        } else {
+            found.join("; ").into()
+        }
+    }
+
     /// Finds partitions of the topics that belong to this subtask and are not assigned yet,
     /// and assigns them: on the first call from the starting offsets, later from the start
     /// of the partition (nothing written to a new partition is missed).
@@ -360,6 +430,10 @@ impl<T> Reader<T> {
             let next = match start {
                 Offset::Beginning => low,
                 Offset::End => high,
+                Offset::Offset(o) if self.settings.starting == StartingOffsets::Committed => {
+                    check_in_range(topic, *p, o, low, high, "committed offset of the group")?;
+                    o
+                }
                 Offset::Offset(o) => o.max(low),
                 _ => low,
             };
@@ -525,6 +599,20 @@ impl<T: Send + 'static> SourceReader<T> for Reader<T> {
                     continue;
                 }
                 if let Some(st) = self.partitions.get_mut(&(s.topic.clone(), s.partition)) {
+                    let (low, high) = self
+                        .consumer
+                        .fetch_watermarks(&s.topic, s.partition, LOOKUP)
+                        .map_err(|e| {
+                            format!("cannot read offsets of {}/{}: {e}", s.topic, s.partition)
+                        })?;
+                    check_in_range(
+                        &s.topic,
+                        s.partition,
+                        s.next,
+                        low,
+                        high,
+                        "the checkpointed offset",
+                    )?;
                     st.next = Some(s.next);
                     st.committed = None;
                     tpl.add_partition_offset(&s.topic, s.partition, Offset::Offset(s.next))
@@ -599,6 +687,16 @@ impl<T: Send + 'static> SourceReader<T> for Reader<T> {
             timeout = Duration::ZERO;
             let m = match result {
                 Ok(m) => m,
+                Err(KafkaError::MessageConsumption(
+                    RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange,
+                )) => return Err(self.out_of_range_error()),
+                Err(KafkaError::MessageConsumptionFatal(code)) => {
+                    return Err(format!(
+                        "Kafka consumer of {:?}: fatal error {code:?} (not retried)",
+                        self.settings.topics
+                    )
+                    .into());
+                }
                 Err(KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownTopicOrPartition)) => {
                     return Err(format!(
                         "a topic of {:?} was deleted while reading",
@@ -607,11 +705,10 @@ impl<T: Send + 'static> SourceReader<T> for Reader<T> {
                     .into());
                 }
                 Err(e) => {
-                    // librdkafka reconnects and retries by itself; say so once per kind.
+                    // librdkafka reconnects and retries by itself; say so now and then.
                     let msg = e.to_string();
-                    if self.last_poll_error.as_deref() != Some(msg.as_str()) {
-                        warn!("Kafka consumer: {msg} (retrying)");
-                        self.last_poll_error = Some(msg);
+                    if let Some(held) = self.consumer.context().limiter.allow(&msg) {
+                        warn!(held_back = held, "Kafka consumer: {msg} (retrying)");
                     }
                     continue;
                 }
@@ -623,6 +720,7 @@ impl<T: Send + 'static> SourceReader<T> for Reader<T> {
                 timestamp: m.timestamp().to_millis(),
                 key: m.key(),
                 payload: m.payload(),
+                headers: m.headers(),
             };
             let Some(st) = self
                 .partitions

@@ -9,7 +9,7 @@ use streamjob_crds::expr::{Program, Value};
 use streamjob_crds::spec::{self, RecordFormat};
 
 use super::source::KafkaRecord;
-use super::{ClientProperties, KafkaSink, KafkaSource};
+use super::{ClientProperties, Encoded, KafkaSink, KafkaSource};
 use crate::error::BoxError;
 
 fn client(
@@ -53,11 +53,22 @@ fn key_value(key: Option<&[u8]>) -> Value {
     }
 }
 
-/// `{key, value, topic, partition, offset, timestamp}` of a record.
+/// Header name -> value (a string if UTF-8, else bytes; null for a null header); a name
+/// that repeats keeps its last value.
+fn headers_value(r: &KafkaRecord<'_>) -> Value {
+    use rdkafka::message::Headers as _;
+    let Some(h) = r.headers else {
+        return Value::map(Vec::<(&str, Value)>::new());
+    };
+    Value::map(h.iter().map(|h| (h.key, key_value(h.value))))
+}
+
+/// `{key, value, headers, topic, partition, offset, timestamp}` of a record.
 fn with_metadata(r: &KafkaRecord<'_>, value: Value) -> Value {
     Value::map([
         ("key", key_value(r.key)),
         ("value", value),
+        ("headers", headers_value(r)),
         ("topic", Value::string(r.topic)),
         ("partition", Value::Int(i64::from(r.partition))),
         ("offset", Value::Int(r.offset)),
@@ -155,28 +166,92 @@ pub(crate) fn sink(
     if let Some(p) = &k.transactional_id_prefix {
         b = b.transactional_id_prefix(p);
     }
-    let format = k.format;
-    Ok(b.build_with(move |v: &Value, key_out, value_out| {
-        encode_payload(format, v, value_out).map_err(|e| format!("record {v}: {e}"))?;
-        let Some(program) = &key else {
-            return Ok(false);
-        };
-        match program.eval_cow(&[v]) {
-            Ok(k) => {
-                match k.as_ref() {
-                    Value::String(s) => key_out.extend_from_slice(s.as_bytes()),
-                    Value::Bytes(b) => key_out.extend_from_slice(b),
-                    Value::Null => return Ok(false),
-                    other => {
-                        use std::io::Write as _;
-                        write!(key_out, "{other}").expect("writes to a Vec")
-                    }
+    b = b.partitioner(k.partitioner);
+    let (format, metadata) = (k.format, k.metadata);
+    Ok(
+        b.build_with(move |v: &Value, key_out, value_out, headers_out| {
+            let (payload, record_key) = if metadata {
+                let m = v.as_map().ok_or_else(|| {
+                format!(
+                    "Kafka sink with metadata: true needs a map {{key, value, headers}}, got {}",
+                    v.value_type().name()
+                )
+            })?;
+                if let Some(h) = m.get("headers") {
+                    write_headers(h, headers_out)?;
                 }
-                Ok(true)
+                (
+                    m.get("value").unwrap_or(&Value::Null),
+                    m.get("key").unwrap_or(&Value::Null),
+                )
+            } else {
+                (v, &Value::Null)
+            };
+            // Null in, null out: a tombstone in every format.
+            let has_value = !matches!(payload, Value::Null);
+            if has_value {
+                // Errors name the value's type, never its contents (they reach the logs).
+                encode_payload(format, payload, value_out)?;
             }
-            Err(e) => Err(format!("record {v}: Kafka key: {e}").into()),
+            let has_key = match &key {
+                Some(program) => {
+                    let vars = [v];
+                    let k = program
+                        .eval_cow(&vars)
+                        .map_err(|e| format!("Kafka key: {e}"))?;
+                    write_key(k.as_ref(), key_out)
+                }
+                None => write_key(record_key, key_out),
+            };
+            Ok(Encoded {
+                key: has_key,
+                value: has_value,
+            })
+        }),
+    )
+}
+
+/// Writes a record key; `false` for null (no key).
+fn write_key(k: &Value, out: &mut Vec<u8>) -> bool {
+    match k {
+        Value::Null => return false,
+        Value::String(s) => out.extend_from_slice(s.as_bytes()),
+        Value::Bytes(b) => out.extend_from_slice(b),
+        other => {
+            use std::io::Write as _;
+            write!(out, "{other}").expect("writes to a Vec")
         }
-    }))
+    }
+    true
+}
+
+/// Record headers from a map of strings or bytes (null: no header).
+fn write_headers(h: &Value, out: &mut Vec<(String, Vec<u8>)>) -> Result<(), String> {
+    let map = match h {
+        Value::Null => return Ok(()),
+        Value::Map(m) => m,
+        other => {
+            return Err(format!(
+                "Kafka sink headers must be a map, got {}",
+                other.value_type().name()
+            ));
+        }
+    };
+    for (name, v) in map.iter() {
+        let bytes = match v {
+            Value::Null => continue,
+            Value::String(s) => s.as_bytes().to_vec(),
+            Value::Bytes(b) => b.to_vec(),
+            other => {
+                return Err(format!(
+                    "Kafka sink header '{name}' must be a string or bytes, got {}",
+                    other.value_type().name()
+                ));
+            }
+        };
+        out.push((name.to_string(), bytes));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -241,10 +316,11 @@ mod tests {
             timestamp: Some(1_700_000_000_000),
             key: Some(b"u1"),
             payload: Some(b"x"),
+            headers: None,
         };
         assert_eq!(
             with_metadata(&r, Value::string("x")).to_string(),
-            r#"{"key":"u1","offset":17,"partition":3,"timestamp":1700000000000,"topic":"events","value":"x"}"#
+            r#"{"headers":{},"key":"u1","offset":17,"partition":3,"timestamp":1700000000000,"topic":"events","value":"x"}"#
         );
     }
 }
