@@ -82,7 +82,10 @@ fn main() -> anyhow::Result<()> {
                 .with_timestamp_assigner(|c: &Click, _| c.ts)
                 // A watermark after every click, so which clicks are late does not depend on timing.
                 .with_watermark_per_record(),
-        );
+        )
+        // One subtask, like the collection source: over two, the window's watermark would
+        // be the minimum of two channels, and which clicks are late would depend on timing.
+        .set_parallelism(1);
     let per_minute = clicks
         .key_by(|c: &Click| c.user.clone())
         .window(TumblingEventTimeWindows::of(Duration::from_secs(60)))
