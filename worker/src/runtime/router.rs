@@ -62,6 +62,7 @@ impl<T: Clone + Send> Router<T> {
         buf.push(item);
         if buf.len() >= self.batch_size {
             let full = std::mem::replace(buf, Vec::with_capacity(self.batch_size));
+            crate::metrics::records_out(full.len() as u64);
             send(&self.senders[target], Message::Data(full), &self.who)?;
         }
         Ok(())
@@ -113,6 +114,7 @@ impl<T: Clone + Send> Output<T> for Router<T> {
         for (buf, tx) in self.buffers.iter_mut().zip(&self.senders) {
             if !buf.is_empty() {
                 let part = std::mem::replace(buf, Vec::with_capacity(self.batch_size));
+                crate::metrics::records_out(part.len() as u64);
                 send(tx, Message::Data(part), &self.who)?;
             }
         }
