@@ -230,9 +230,11 @@ fn run(
     let job = load(file)?;
     let name = job.metadata.name.clone().unwrap_or_else(|| "job".into());
     let metrics = streamjob::metrics::global();
-    if let Some(addr) = web {
-        let at = streamjob::web::start(addr)?;
-        eprintln!("job page and metrics: http://{at}/");
+    // A busy port must not stop the job (local runs side by side, workers sharing a host).
+    match web.map(streamjob::web::start) {
+        Some(Ok(at)) => eprintln!("job page and metrics: http://{at}/"),
+        Some(Err(e)) => eprintln!("warning: {e}; running without them"),
+        None => {}
     }
     let strategy = RestartStrategy::from_spec(&job.spec);
     let restarting = strategy != RestartStrategy::NoRestart;
