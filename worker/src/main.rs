@@ -59,6 +59,9 @@ enum Command {
         /// Port of the live job page and /metrics on 127.0.0.1 (0: any free port), or `off`.
         #[arg(long, default_value = "8081")]
         web_port: streamjob::web::WebPort,
+        /// No progress line or periodic rate on stderr (the summary at the end stays).
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Take a savepoint of a running distributed job through worker 0's job control API
     /// (needs STREAMJOB_TOKEN); prints the savepoint's path.
@@ -143,15 +146,17 @@ fn dispatch(command: Command) -> Result<()> {
             slots,
             restore,
             web_port,
+            ..
         } => commands::minicluster::run(&file, n, slots, &restore, web_port),
         Command::Run {
             file,
             restore,
             web_port,
+            quiet,
             ..
         } => {
             let web = web_port.0.map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
-            run(&file, None, &restore, web)
+            run(&file, None, &restore, web, quiet)
         }
         Command::Worker(args) => {
             commands::worker::die_with_parent()?;
@@ -159,7 +164,13 @@ fn dispatch(command: Command) -> Result<()> {
                 .metrics_port
                 .0
                 .map(|p| SocketAddr::from(([0, 0, 0, 0], p)));
-            run(&args.file.clone(), Some(args.clone()), &args.restore, web)
+            run(
+                &args.file.clone(),
+                Some(args.clone()),
+                &args.restore,
+                web,
+                true,
+            )
         }
         Command::Savepoint {
             address,
@@ -226,6 +237,7 @@ fn run(
     worker: Option<commands::worker::WorkerArgs>,
     restore: &commands::worker::RestoreArgs,
     web: Option<SocketAddr>,
+    quiet: bool,
 ) -> Result<()> {
     let job = load(file)?;
     let name = job.metadata.name.clone().unwrap_or_else(|| "job".into());
@@ -236,6 +248,7 @@ fn run(
         Some(Err(e)) => eprintln!("warning: {e}; running without them"),
         None => {}
     }
+    let progress = commands::progress::Progress::start(commands::progress::bounded(&job), quiet);
     let strategy = RestartStrategy::from_spec(&job.spec);
     let restarting = strategy != RestartStrategy::NoRestart;
     let mut restarts = Restarts::new(strategy);
@@ -321,6 +334,11 @@ fn run(
         "job '{name}' finished in {:.3}s ({summary})",
         result.duration.as_secs_f64()
     );
+    if worker.is_none() {
+        let line = progress.summary();
+        drop(progress);
+        eprintln!("{line}");
+    }
     Ok(())
 }
 

@@ -110,10 +110,7 @@ spec:
     let completed = sum("streamjob_checkpoints_completed_total", &[job]);
     assert!(completed >= 1.0, "{m}");
     assert_eq!(sum("streamjob_checkpoints_failed_total", &[job]), 0.0);
-    assert_eq!(
-        sum("streamjob_checkpoint_last_completed_id", &[job]) > 0.0,
-        true
-    );
+    assert!(sum("streamjob_checkpoint_last_completed_id", &[job]) > 0.0);
     assert_eq!(sum("streamjob_restarts_total", &[job]), 0.0);
     assert_eq!(sum("streamjob_records_skipped_total", &[job]), 0.0);
     // The operator's summary agrees.
@@ -122,5 +119,68 @@ spec:
     assert_eq!(s["records_out"], 8 * lines);
     assert_eq!(s["checkpoints_completed"].as_f64(), Some(completed));
     assert!(s["last_checkpoint_ms"].as_u64().is_some());
+    // The operator's client reads the same endpoint (the field names are the contract).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let read = runtime.block_on(streamjob_operator::metrics::get_summary(&p.web));
+    let read = read.expect("the operator reads the worker's summary");
+    assert!(read.records_in_per_second >= 0.0 && read.records_out_per_second >= 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn records_skipped_by_the_on_error_policy_are_counted() {
+    let dir = std::env::temp_dir().join(format!("sj-metrics-skip-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = dir.join("job.yaml");
+    std::fs::write(
+        &manifest,
+        r#"apiVersion: streamjob.dev/v1alpha1
+kind: StreamJob
+metadata: {name: skipping}
+spec:
+  onError: skip
+  steps:
+    - {name: numbers, source: {collection: {values: ["1", "2", "oops", "4", "{", "6"]}}}
+    - {name: parse, map: {expr: parseJson(value) * 10}}
+    - {name: out, sink: {blackhole: {}}}
+"#,
+    )
+    .unwrap();
+    let peer = format!("127.0.0.1:{}", free_port());
+    let p = start(
+        &[
+            "worker",
+            manifest.to_str().unwrap(),
+            "--index",
+            "0",
+            "--workers",
+            "1",
+            "--peers",
+            &peer,
+            "--metrics-port",
+            "0",
+            "--idle-after-finish",
+        ],
+        &[("STREAMJOB_TOKEN", "metrics-test")],
+    );
+    wait_for(Duration::from_secs(60), "the job to finish", || {
+        (get_json(&p.web, "/api/job")["state"] == "finished").then_some(())
+    });
+    let (_, m) = get(&p.web, "/metrics").unwrap();
+    let job = r#"job="skipping""#;
+    assert_eq!(
+        sample_sum(&m, "streamjob_records_skipped_total", &[job]),
+        Some(2.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample_sum(&m, "streamjob_records_out_total", &[job]),
+        Some(4.0),
+        "{m}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

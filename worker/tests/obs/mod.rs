@@ -1,5 +1,7 @@
 //! Helpers of the observability tests: a `streamjob` process that prints its job page URL,
 //! and plain HTTP GETs against it.
+// Shared by two test crates; each uses only some of the helpers.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
