@@ -32,9 +32,17 @@ test-deps: ## Install the Python test tools into a venv outside the repo (STREAM
 	@./scripts/test-deps.sh >/dev/null
 
 .PHONY: test
-test: setup test-deps check-examples check-manifests check-chart ## Run every test (installs what they need, starts a Kafka broker), then the local end-to-end
+test: setup test-deps browser-deps check-examples check-manifests check-chart ## Run every test (installs what they need, starts a Kafka broker), then the local end-to-end
 	./scripts/with-kafka.sh ./scripts/with-s3.sh $(CARGO) test --workspace
 	./e2e/local/run.sh
+
+.PHONY: browser-deps
+browser-deps: ## Install Debian's chromium for the job page test (worker/tests/job_page.rs)
+	@./scripts/browser-deps.sh
+
+.PHONY: test-observability
+test-observability: setup browser-deps ## Metrics scrape and job page (headless chromium) tests; screenshot in $(CARGO_TARGET_DIR)/tmp
+	$(CARGO) test -p streamjob-worker --test metrics --test job_page -- --nocapture
 
 .PHONY: check-manifests
 check-manifests: test-deps ## Validate the CRD and the operator's generated objects against the Kubernetes schemas

@@ -52,6 +52,9 @@ fn default_transaction_timeout_ms() -> u64 {
     printcolumn = r#"{"name":"Parallelism","type":"integer","jsonPath":".spec.parallelism"}"#,
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyWorkers"}"#,
     printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.desiredWorkers"}"#,
+    printcolumn = r#"{"name":"Rate","type":"integer","description":"Records per second read by the sources","jsonPath":".status.recordsInPerSecond"}"#,
+    printcolumn = r#"{"name":"Last-Checkpoint","type":"date","jsonPath":".status.lastCheckpoint.time"}"#,
+    printcolumn = r#"{"name":"Restarts","type":"integer","jsonPath":".status.restarts"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     // `kubectl scale sj NAME --replicas N` and an HPA set `spec.parallelism`; the operator
     // rolls the change out as `upgradeMode` says (a savepoint or last-state restore at the new
@@ -873,6 +876,15 @@ pub struct StreamJobStatus {
     /// Label selector of the worker pods (the scale subresource's selector, for an HPA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
+    /// Records per second the sources read (over the last second, as worker 0 measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records_in_per_second: Option<u64>,
+    /// Records per second the sinks wrote (over the last second, as worker 0 measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records_out_per_second: Option<u64>,
+    /// Times the job restarted after a failure in the running deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<u32>,
 }
 
 /// A complete checkpoint or savepoint.

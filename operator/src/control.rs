@@ -84,6 +84,8 @@ pub struct JobReport {
     /// Cause of the last failure, if any.
     pub failure: Option<String>,
     pub restarts: u32,
+    /// Rates summed over every worker's metrics endpoint; `None` when any did not answer.
+    pub metrics: Option<crate::metrics::JobRates>,
 }
 
 impl JobReport {
@@ -123,6 +125,16 @@ pub trait JobControl: Send + Sync {
 
     /// Run and checkpoint state of the job.
     fn status<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Result<JobReport, ControlError>>;
+
+    /// Record rates of the job's `workers` workers, from their metrics endpoints; `None`
+    /// when unknown (a client without access to them).
+    fn rates<'a>(
+        &'a self,
+        _target: &'a Target,
+        _workers: u32,
+    ) -> BoxFuture<'a, Option<crate::metrics::JobRates>> {
+        Box::pin(async { None })
+    }
 }
 
 /// The real client: a fresh gRPC connection to worker 0 per call (calls are rare: one status
@@ -254,6 +266,18 @@ impl JobControl for GrpcJobControl {
         })
     }
 
+    fn rates<'a>(
+        &'a self,
+        target: &'a Target,
+        workers: u32,
+    ) -> BoxFuture<'a, Option<crate::metrics::JobRates>> {
+        // Through a port-forward (`address` set) the workers' metrics ports are not reachable.
+        match self.address {
+            Some(_) => Box::pin(async { None }),
+            None => Box::pin(crate::metrics::JobRates::fetch(target, workers)),
+        }
+    }
+
     fn status<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Result<JobReport, ControlError>> {
         Box::pin(async move {
             let mut client = self.client(target).await?;
@@ -280,6 +304,7 @@ impl JobControl for GrpcJobControl {
                 restored_from: non_empty(r.restored_from),
                 failure: non_empty(r.failure),
                 restarts: r.restarts,
+                metrics: None,
             })
         })
     }

@@ -237,3 +237,81 @@ mod tests {
         server.abort();
     }
 }
+
+/// What a worker's `/api/summary` answers (the fields the status needs).
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+pub struct WorkerSummary {
+    pub records_in_per_second: f64,
+    pub records_out_per_second: f64,
+}
+
+/// A job's record rates (records per second, rounded), summed over its workers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobRates {
+    pub records_in_per_second: u64,
+    pub records_out_per_second: u64,
+}
+
+/// Time one worker gets to answer.
+const SUMMARY_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl JobRates {
+    /// Sums every worker's summary; `None` (logged) when any cannot be read, so a partial
+    /// sum never shows as the job's rate.
+    pub async fn fetch(target: &crate::control::Target, workers: u32) -> Option<JobRates> {
+        let (mut records_in, mut records_out) = (0.0, 0.0);
+        for i in 0..workers {
+            let addr = crate::resources::worker_metrics_address(&target.job, &target.namespace, i);
+            match tokio::time::timeout(SUMMARY_TIMEOUT, get_summary(&addr)).await {
+                Ok(Ok(s)) => {
+                    records_in += s.records_in_per_second;
+                    records_out += s.records_out_per_second;
+                }
+                Ok(Err(e)) => {
+                    tracing::info!(worker = i, %addr, error = %e, "no metrics summary");
+                    return None;
+                }
+                Err(_) => {
+                    tracing::info!(worker = i, %addr, "metrics summary timed out");
+                    return None;
+                }
+            }
+        }
+        Some(JobRates {
+            records_in_per_second: records_in.round() as u64,
+            records_out_per_second: records_out.round() as u64,
+        })
+    }
+}
+
+/// GET `/api/summary` from a worker's metrics port.
+pub async fn get_summary(addr: &str) -> Result<WorkerSummary, String> {
+    use http_body_util::{BodyExt as _, Empty};
+    use hyper::body::Bytes;
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let request = hyper::Request::get("/api/summary")
+        .header(header::HOST, addr)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("answered {}", response.status()));
+    }
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|e| format!("unreadable summary: {e}"))
+}

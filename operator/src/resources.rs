@@ -20,6 +20,18 @@ use streamjob_crds::spec::{JobState, StreamJob};
 
 /// Port of the worker's gRPC exchange (and its gRPC health service).
 pub const EXCHANGE_PORT: i32 = 6121;
+/// Every worker's HTTP port: /metrics, /healthz, /readyz, /api/summary, worker 0's job page
+/// (the worker's `--metrics-port` default).
+pub const METRICS_PORT: i32 = 9249;
+
+/// `host:port` of worker `i`'s metrics port through the job's headless Service.
+pub fn worker_metrics_address(job: &str, namespace: &str, i: u32) -> String {
+    format!(
+        "{}-{i}.{}.{namespace}.svc:{METRICS_PORT}",
+        statefulset_name(job),
+        service_name(job)
+    )
+}
 /// Where the worker reads its job spec.
 pub const SPEC_DIR: &str = "/etc/streamjob";
 pub const SPEC_FILE: &str = "streamjob.yaml";
@@ -441,12 +453,20 @@ pub fn children_for_run(
             .chain(job.spec.env.iter().cloned())
             .collect(),
         ),
-        ports: Some(vec![ContainerPort {
-            name: Some("exchange".into()),
-            container_port: EXCHANGE_PORT,
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("exchange".into()),
+                container_port: EXCHANGE_PORT,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("metrics".into()),
+                container_port: METRICS_PORT,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+        ]),
         liveness_probe: Some(probe("liveness", 10, 3)),
         readiness_probe: Some(probe("readiness", 5, 2)),
         resources: Some(worker_resources(job, defaults)),
@@ -467,13 +487,19 @@ pub fn children_for_run(
         metadata: Some(ObjectMeta {
             labels: Some(labels(&name)),
             annotations: Some(
-                [(SPEC_HASH_ANNOTATION.to_string(), spec_hash(job))]
-                    .into_iter()
-                    .chain(
-                        run.restart_nonce
-                            .map(|n| (RESTART_NONCE_ANNOTATION.to_string(), n.to_string())),
-                    )
-                    .collect(),
+                [
+                    (SPEC_HASH_ANNOTATION.to_string(), spec_hash(job)),
+                    // Prometheus' conventional pod discovery.
+                    ("prometheus.io/scrape".to_string(), "true".to_string()),
+                    ("prometheus.io/port".to_string(), METRICS_PORT.to_string()),
+                    ("prometheus.io/path".to_string(), "/metrics".to_string()),
+                ]
+                .into_iter()
+                .chain(
+                    run.restart_nonce
+                        .map(|n| (RESTART_NONCE_ANNOTATION.to_string(), n.to_string())),
+                )
+                .collect(),
             ),
             ..Default::default()
         }),

@@ -138,6 +138,7 @@ async fn savepoints_and_status_go_to_worker_0_with_the_job_token() {
             last_savepoint: None,
             restored_from: None,
             failure: Some("task n[1]: division by zero".into()),
+            metrics: None,
             restarts: 2,
         }
     );

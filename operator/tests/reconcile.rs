@@ -17,7 +17,7 @@ use streamjob_operator::control::{
     ControlError, JobControl, JobReport, RunState, Snapshot, Target,
 };
 use streamjob_operator::controller::{Context, DEFAULT_MAX_WORKERS_PER_JOB, FINALIZER, reconcile};
-use streamjob_operator::metrics::Metrics;
+use streamjob_operator::metrics::{JobRates, Metrics};
 use streamjob_operator::resources::{self, Defaults, Run};
 
 type Check = Box<dyn Fn(&Value) + Send>;
@@ -179,11 +179,17 @@ struct Job {
     journal: Journal,
     statuses: Mutex<VecDeque<Result<JobReport, ControlError>>>,
     savepoints: Mutex<VecDeque<(bool, Result<Snapshot, ControlError>)>>,
+    /// What the workers' metrics endpoints answer (None: unreachable).
+    rates: Option<JobRates>,
 }
 
 impl Job {
     fn status(self, r: Result<JobReport, ControlError>) -> Self {
         self.statuses.lock().unwrap().push_back(r);
+        self
+    }
+    fn rates(mut self, r: JobRates) -> Self {
+        self.rates = Some(r);
         self
     }
     /// Expects a TriggerSavepoint with `stop` and answers `r`.
@@ -233,6 +239,15 @@ impl JobControl for Job {
             .expect("unexpected GetStatus");
         Box::pin(async move { answer })
     }
+
+    fn rates<'a>(&'a self, target: &'a Target, workers: u32) -> BoxFuture<'a, Option<JobRates>> {
+        check_target(target);
+        self.journal
+            .lock()
+            .unwrap()
+            .push(format!("Rates workers={workers}"));
+        Box::pin(async move { self.rates })
+    }
 }
 
 fn report(state: RunState) -> JobReport {
@@ -243,6 +258,7 @@ fn report(state: RunState) -> JobReport {
         restored_from: None,
         failure: None,
         restarts: 0,
+        metrics: None,
     }
 }
 
@@ -715,6 +731,47 @@ async fn ready_workers_make_the_job_running_and_report_their_checkpoints() {
         restored_from: Some("file:///ckpt/savepoints/savepoint-1".into()),
         ..running_with_checkpoint("wc-uid1-2", 4)
     }));
+    run(j, script, fake).await.0.unwrap();
+}
+
+#[tokio::test]
+async fn the_status_shows_the_rates_restarts_and_last_checkpoint_of_a_running_job() {
+    let j = job(SPEC);
+    let hash = resources::spec_hash(&j);
+    let script = Script::steady(sts_reply(2, &hash, 2)).then(status(|s| {
+        assert_eq!(s["phase"], "Running");
+        assert_eq!(s["recordsInPerSecond"], 1200);
+        assert_eq!(s["recordsOutPerSecond"], 9600);
+        assert_eq!(s["restarts"], 3);
+        assert_eq!(s["lastCheckpoint"]["time"], "2023-11-14T22:13:25Z");
+    }));
+    let fake = Job::default()
+        .status(Ok(JobReport {
+            restarts: 3,
+            ..running_with_checkpoint("wc-uid1-2", 5)
+        }))
+        .rates(JobRates {
+            records_in_per_second: 1200,
+            records_out_per_second: 9600,
+        });
+    let (result, journal) = run(j, script, fake).await;
+    result.unwrap();
+    // Every worker of the StatefulSet is asked (the rate is the job's, not worker 0's).
+    assert!(
+        journal.iter().any(|e| e == "Rates workers=2"),
+        "{journal:?}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_rates_leave_the_rate_columns_empty() {
+    let j = job(SPEC);
+    let hash = resources::spec_hash(&j);
+    let script = Script::steady(sts_reply(2, &hash, 2)).then(status(|s| {
+        assert!(s.get("recordsInPerSecond").is_none(), "{s}");
+        assert_eq!(s["restarts"], 0);
+    }));
+    let fake = Job::default().status(Ok(report(RunState::Running)));
     run(j, script, fake).await.0.unwrap();
 }
 

@@ -36,10 +36,12 @@ pub mod codec;
 pub mod connectors;
 pub mod declarative;
 pub mod error;
+pub mod metrics;
 pub mod net;
 pub(crate) mod operators;
 pub mod runtime;
 pub mod state;
+pub mod web;
 
 pub use api::datastream::{DataStream, DataStreamSink, KeyedStream};
 pub use api::environment::{JobExecutionResult, StreamExecutionEnvironment};

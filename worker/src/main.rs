@@ -1,5 +1,6 @@
 //! The `streamjob` command line.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -55,6 +56,12 @@ enum Command {
         slots: Option<u32>,
         #[command(flatten)]
         restore: commands::worker::RestoreArgs,
+        /// Port of the live job page and /metrics on 127.0.0.1 (0: any free port), or `off`.
+        #[arg(long, default_value = "8081")]
+        web_port: streamjob::web::WebPort,
+        /// No progress line or periodic rate on stderr (the summary at the end stays).
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Take a savepoint of a running distributed job through worker 0's job control API
     /// (needs STREAMJOB_TOKEN); prints the savepoint's path.
@@ -138,11 +145,32 @@ fn dispatch(command: Command) -> Result<()> {
             workers: Some(n),
             slots,
             restore,
-        } => commands::minicluster::run(&file, n, slots, &restore),
-        Command::Run { file, restore, .. } => run(&file, None, &restore),
+            web_port,
+            ..
+        } => commands::minicluster::run(&file, n, slots, &restore, web_port),
+        Command::Run {
+            file,
+            restore,
+            web_port,
+            quiet,
+            ..
+        } => {
+            let web = web_port.0.map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
+            run(&file, None, &restore, web, quiet)
+        }
         Command::Worker(args) => {
             commands::worker::die_with_parent()?;
-            run(&args.file.clone(), Some(args.clone()), &args.restore)
+            let web = args
+                .metrics_port
+                .0
+                .map(|p| SocketAddr::from(([0, 0, 0, 0], p)));
+            run(
+                &args.file.clone(),
+                Some(args.clone()),
+                &args.restore,
+                web,
+                true,
+            )
         }
         Command::Savepoint {
             address,
@@ -208,9 +236,19 @@ fn run(
     file: &Path,
     worker: Option<commands::worker::WorkerArgs>,
     restore: &commands::worker::RestoreArgs,
+    web: Option<SocketAddr>,
+    quiet: bool,
 ) -> Result<()> {
     let job = load(file)?;
     let name = job.metadata.name.clone().unwrap_or_else(|| "job".into());
+    let metrics = streamjob::metrics::global();
+    // A busy port must not stop the job (local runs side by side, workers sharing a host).
+    match web.map(streamjob::web::start) {
+        Some(Ok(at)) => eprintln!("job page and metrics: http://{at}/"),
+        Some(Err(e)) => eprintln!("warning: {e}; running without them"),
+        None => {}
+    }
+    let progress = commands::progress::Progress::start(commands::progress::bounded(&job), quiet);
     let strategy = RestartStrategy::from_spec(&job.spec);
     let restarting = strategy != RestartStrategy::NoRestart;
     let mut restarts = Restarts::new(strategy);
@@ -222,6 +260,7 @@ fn run(
                 SpecError::Invalid(errors) => invalid(file, &errors),
                 other => anyhow::anyhow!("{}: {other}", file.display()),
             })?;
+            metrics.set_on_error_counters(counters.skipped.clone(), counters.dead_lettered.clone());
             env.configure_checkpointing(|c| {
                 if restore.run_id.is_some() {
                     c.run_id.clone_from(&restore.run_id);
@@ -231,13 +270,17 @@ fn run(
                 }
             });
             let result = match &worker {
-                None => env.execute(&name)?,
+                None => {
+                    metrics.set_layout(env.plan(&name)?, 0, None);
+                    env.execute(&name)?
+                }
                 Some(args) => {
                     let slots_needed = env.plan(&name)?.slots_needed();
                     let spec_hash = xxhash_rust::xxh3::xxh3_64(&serde_json::to_vec(&job.spec)?);
                     let mut cluster =
                         commands::worker::cluster_config(args, &name, slots_needed, spec_hash)?;
                     cluster.restarts = restarted;
+                    metrics.set_layout(env.plan(&name)?, cluster.index, Some(cluster.slots));
                     env.execute_as_worker(&name, &cluster)?
                 }
             };
@@ -249,6 +292,7 @@ fn run(
                 .is_some_and(JobError::is_retryable)
         },
         |e, restart, delay| {
+            metrics.failed(&format!("{e:#}"), true);
             tracing::warn!(error = %e, restart, ?delay, "job failed; restarting from the latest checkpoint");
             eprintln!("job '{name}' failed: {e}; restart {restart} in {delay:?}");
         },
@@ -256,6 +300,7 @@ fn run(
     let ((result, counters), restarts) = match outcome {
         Ok(r) => (r, restarts.total()),
         Err(Final { error, gave_up }) => {
+            metrics.failed(&format!("{error:#}"), false);
             let e = match gave_up {
                 Some(reason) if restarting => error.context(format!("not restarted: {reason}")),
                 _ => error,
@@ -269,6 +314,7 @@ fn run(
             });
         }
     };
+    metrics.finished();
     let skipped = counters.skipped.load(std::sync::atomic::Ordering::Relaxed);
     let dead = counters
         .dead_lettered
@@ -288,6 +334,11 @@ fn run(
         "job '{name}' finished in {:.3}s ({summary})",
         result.duration.as_secs_f64()
     );
+    if worker.is_none() {
+        let line = progress.summary();
+        drop(progress);
+        eprintln!("{line}");
+    }
     Ok(())
 }
 

@@ -284,7 +284,15 @@ async fn deploy(
 
     // What the running job says about itself.
     let report = match was_running {
-        true => Some(job_report(ctx, job, &target).await),
+        true => Some(
+            job_report(
+                ctx,
+                job,
+                &target,
+                before.as_ref().map_or(0, replicas) as u32,
+            )
+            .await,
+        ),
         false => None,
     };
     let failure_reported = matches!(&report, Some(Ok(r)) if r.failure.is_some());

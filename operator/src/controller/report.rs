@@ -15,6 +15,7 @@ pub(crate) async fn job_report(
     ctx: &Context,
     job: &StreamJob,
     target: &Target,
+    workers: u32,
 ) -> Result<JobReport, ControlError> {
     let key = key(job);
     if let Some((at, report)) = ctx.reports.lock().unwrap().get(&key)
@@ -22,7 +23,10 @@ pub(crate) async fn job_report(
     {
         return Ok(report.clone());
     }
-    let report = ctx.control.status(target).await;
+    let mut report = ctx.control.status(target).await;
+    if let Ok(r) = &mut report {
+        r.metrics = ctx.control.rates(target, workers).await;
+    }
     match &report {
         Ok(r) => {
             ctx.reports
@@ -55,6 +59,11 @@ pub(crate) fn merge_report(st: &mut StreamJobStatus, r: &JobReport, restored_fro
     }
     if let Some(f) = &r.failure {
         st.last_failure = Some(f.clone());
+    }
+    st.restarts = Some(r.restarts);
+    if let Some(m) = &r.metrics {
+        st.records_in_per_second = Some(m.records_in_per_second);
+        st.records_out_per_second = Some(m.records_out_per_second);
     }
 }
 

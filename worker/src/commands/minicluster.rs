@@ -86,7 +86,13 @@ fn told_to_stop(status: ExitStatus) -> bool {
     matches!(status.signal(), Some(SIGTERM | SIGINT))
 }
 
-pub fn run(file: &Path, workers: u32, slots: Option<u32>, restore: &RestoreArgs) -> Result<()> {
+pub fn run(
+    file: &Path,
+    workers: u32,
+    slots: Option<u32>,
+    restore: &RestoreArgs,
+    web: streamjob::web::WebPort,
+) -> Result<()> {
     if workers == 0 {
         bail!("--workers must be at least 1");
     }
@@ -132,6 +138,15 @@ pub fn run(file: &Path, workers: u32, slots: Option<u32>, restore: &RestoreArgs)
             .args(["--peers", &peers.join(",")])
             .args(["--listen", &peers[i as usize]])
             .args(restore.to_args())
+            // Only worker 0 serves the job page (on the mini-cluster's --web-port).
+            .args([
+                "--metrics-port",
+                &if i == 0 {
+                    web.to_string()
+                } else {
+                    "off".into()
+                },
+            ])
             .env(TOKEN_ENV, &token)
             .env(PARENT_PID_ENV, &parent)
             .env_remove("POD_NAME");

@@ -2,4 +2,5 @@
 
 pub mod control;
 pub mod minicluster;
+pub mod progress;
 pub mod worker;

@@ -88,6 +88,10 @@ pub struct WorkerArgs {
     /// CA certificate (PEM) that signed every worker's certificate.
     #[arg(long, env = "STREAMJOB_TLS_CA", requires = "tls_cert")]
     pub tls_ca: Option<PathBuf>,
+    /// HTTP port for /metrics, /healthz, /readyz and (worker 0) the job page; `off` turns
+    /// it off, 0 picks a free port.
+    #[arg(long, env = "STREAMJOB_METRICS_PORT", default_value = "9249")]
+    pub metrics_port: streamjob::web::WebPort,
     #[command(flatten)]
     pub restore: RestoreArgs,
 }

@@ -266,6 +266,8 @@ pub(crate) struct SinkOp<T> {
     pub writer: Box<dyn SinkWriter<T>>,
     pub id: OpId,
     checkpoints: Option<(Arc<Coordinator>, Arc<str>)>,
+    /// Records written since the last flush (metrics hook).
+    written: u64,
 }
 
 impl<T: 'static> SinkOp<T> {
@@ -293,6 +295,7 @@ impl<T: 'static> SinkOp<T> {
             writer,
             id: OpId::of(ctx),
             checkpoints: ctx.checkpoints.clone().map(|c| (c, ctx.uid.clone())),
+            written: 0,
         })
     }
 }
@@ -311,9 +314,11 @@ impl<T> SinkOp<T> {
 impl<T: Send> Output<T> for SinkOp<T> {
     #[inline]
     fn emit(&mut self, item: T) -> Result<(), TaskError> {
+        self.written += 1;
         self.call(|w| w.write(item))
     }
     fn signal(&mut self, signal: Signal) -> Result<(), TaskError> {
+        crate::metrics::records_out(std::mem::take(&mut self.written));
         match signal {
             Signal::EndOfInput => {
                 self.call(|w| w.finish())?;
@@ -340,6 +345,7 @@ impl<T: Send> Output<T> for SinkOp<T> {
         }
     }
     fn flush(&mut self) -> Result<(), TaskError> {
+        crate::metrics::records_out(std::mem::take(&mut self.written));
         self.call(|w| w.flush())
     }
 }

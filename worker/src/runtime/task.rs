@@ -129,6 +129,7 @@ fn task_finished<T>(
 impl<T: Send> Task for SourceTask<T> {
     fn run(mut self: Box<Self>) -> Result<TaskStats, TaskError> {
         let who = endpoint(&self.ctx);
+        let metrics = crate::metrics::enter_task(&self.ctx);
         let mut stats = TaskStats::default();
         let mut last_flush = Instant::now();
         let mut cursor = CheckpointCursor::of(&self.ctx);
@@ -190,6 +191,7 @@ impl<T: Send> Task for SourceTask<T> {
             let mut out = Collector::new(&mut *self.head);
             let polled = catch_unwind(AssertUnwindSafe(|| self.reader.poll_next(&mut out)));
             stats.records_in += out.count();
+            metrics.records_in(out.count());
             out.into_result()?;
             let status = match polled {
                 Ok(Ok(status)) => status,
@@ -261,6 +263,7 @@ pub(crate) struct InputTask<T> {
 impl<T: Send> Task for InputTask<T> {
     fn run(mut self: Box<Self>) -> Result<TaskStats, TaskError> {
         let who = endpoint(&self.ctx);
+        let metrics = crate::metrics::enter_task(&self.ctx);
         let mut stats = TaskStats::default();
         let mut last_flush = Instant::now();
         let mut cursor = CheckpointCursor::of(&self.ctx);
@@ -272,6 +275,7 @@ impl<T: Send> Task for InputTask<T> {
                     // Input is idle: send what we have so latency stays low, then wait.
                     self.head.flush()?;
                     last_flush = Instant::now();
+                    let _idle = metrics.idle_scope();
                     loop {
                         if self.ctx.is_cancelled() {
                             return Err(cancelled(&who));
@@ -292,12 +296,14 @@ impl<T: Send> Task for InputTask<T> {
                 Message::Data(batch) => {
                     stats.records_in += batch.len() as u64;
                     set_current_timestamp(NO_TIMESTAMP);
+                    metrics.records_in(batch.len() as u64);
                     for item in batch {
                         self.head.emit(item)?;
                     }
                 }
                 Message::Timed(batch, stamps) => {
                     stats.records_in += batch.len() as u64;
+                    metrics.records_in(batch.len() as u64);
                     for (item, ts) in batch.into_iter().zip(stamps) {
                         set_current_timestamp(ts);
                         self.head.emit(item)?;
@@ -321,7 +327,12 @@ impl<T: Send> Task for InputTask<T> {
                         c.barrier = b.id;
                     }
                 }
-                Message::Signal(s) => self.head.signal(s)?,
+                Message::Signal(s) => {
+                    if let Signal::Watermark(w) = s {
+                        metrics.watermark(w);
+                    }
+                    self.head.signal(s)?
+                }
             }
             if last_flush.elapsed() >= self.ctx.buffer_timeout {
                 self.head.flush()?;

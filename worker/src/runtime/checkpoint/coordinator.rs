@@ -420,6 +420,7 @@ impl Coordinator {
             self.stop_at.store(id, Ordering::Release);
         }
         self.triggered.store(id, Ordering::Release);
+        crate::metrics::global().checkpoint_triggered(id);
         drop(s);
         self.publish(|_| {});
         debug!(checkpoint = id, savepoint = is_savepoint, stop, "triggered");
@@ -696,6 +697,7 @@ impl Coordinator {
             return;
         }
         warn!(checkpoint = id, %cause, "checkpoint failed");
+        crate::metrics::global().checkpoint_failed(id, &cause);
         s.failed.push(id);
         s.acked.remove(&id);
         s.handles.remove(&id);
@@ -829,6 +831,12 @@ impl Coordinator {
                 s.settled_at = Some(Instant::now());
                 self.completed.fetch_max(id, Ordering::AcqRel);
                 self.settled.fetch_max(id, Ordering::AcqRel);
+                crate::metrics::global().checkpoint_completed(
+                    id,
+                    meta.triggered_ms,
+                    meta.completed_ms,
+                    meta.state_bytes,
+                );
                 info!(
                     checkpoint = id,
                     took_ms = meta.completed_ms.saturating_sub(meta.triggered_ms),

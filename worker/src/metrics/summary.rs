@@ -1,0 +1,238 @@
+//! The JSON view of a job for the job page and the operator: the plan with each subtask's
+//! counters and rates, checkpoints, exceptions. Rates come from a sample taken every second
+//! ([`JobMetrics::sample`]), so every reader sees the same numbers.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::{CheckpointRecord, Exception, JobMetrics, TaskSnapshot, global};
+use crate::runtime::checkpoint::now_ms;
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Rates {
+    pub records_in_per_second: f64,
+    pub records_out_per_second: f64,
+    /// Shares of the last second (0..=1).
+    pub busy: f64,
+    pub backpressured: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SubtaskView {
+    pub subtask: u32,
+    pub worker: u32,
+    /// None: runs on another worker (its counters are there).
+    pub metrics: Option<TaskSnapshot>,
+    pub rates: Option<Rates>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChainView {
+    pub id: usize,
+    pub name: String,
+    pub operators: Vec<String>,
+    pub parallelism: u32,
+    pub subtasks: Vec<SubtaskView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EdgeView {
+    pub from: usize,
+    pub to: usize,
+    pub partitioning: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CheckpointView {
+    pub triggered: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub last_completed_id: Option<u64>,
+    pub last_completed_ms: Option<u64>,
+    pub history: Vec<CheckpointRecord>,
+}
+
+/// What the job page shows.
+#[derive(Debug, Serialize)]
+pub struct JobSummary {
+    pub job: String,
+    /// "running", "finished" or "failed".
+    pub state: &'static str,
+    pub worker: u32,
+    pub started_ms: u64,
+    pub now_ms: u64,
+    pub chains: Vec<ChainView>,
+    pub edges: Vec<EdgeView>,
+    pub checkpoints: CheckpointView,
+    pub exceptions: Vec<Exception>,
+    pub restarts: u64,
+    pub records_skipped: u64,
+    pub records_dead_lettered: u64,
+    pub totals: Summary,
+}
+
+/// The few numbers the operator copies into the StreamJob status.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct Summary {
+    /// Records read by the sources of this process, and their rate over the last second.
+    pub records_in: u64,
+    pub records_in_per_second: f64,
+    /// Records written by the sinks (chains with no outgoing edge) of this process.
+    pub records_out: u64,
+    pub records_out_per_second: f64,
+    pub restarts: u64,
+    pub checkpoints_completed: u64,
+    /// When the last checkpoint completed (ms since the epoch).
+    pub last_checkpoint_ms: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Sampler {
+    last: Mutex<Option<(Instant, Vec<TaskSnapshot>)>>,
+    rates: Mutex<HashMap<(String, u32), Rates>>,
+}
+
+impl JobMetrics {
+    /// Takes the sample rates are computed from; called about once a second.
+    pub fn sample(&self) {
+        let now = Instant::now();
+        let tasks = self.snapshots();
+        let s = &self.sampler;
+        let mut last = s.last.lock().unwrap();
+        if let Some((at, before)) = &*last {
+            let dt = now.duration_since(*at).as_secs_f64();
+            if dt > 0.0 {
+                let mut rates = s.rates.lock().unwrap();
+                for t in &tasks {
+                    let Some(b) = before
+                        .iter()
+                        .find(|b| b.operator == t.operator && b.subtask == t.subtask)
+                    else {
+                        continue;
+                    };
+                    let per_s = |a: u64, b: u64| a.saturating_sub(b) as f64 / dt;
+                    let share = |a: f64, b: f64| ((a - b) / dt).clamp(0.0, 1.0);
+                    rates.insert(
+                        (t.operator.clone(), t.subtask),
+                        Rates {
+                            records_in_per_second: per_s(t.records_in, b.records_in),
+                            records_out_per_second: per_s(t.records_out, b.records_out),
+                            busy: share(t.busy_seconds, b.busy_seconds),
+                            backpressured: share(t.backpressured_seconds, b.backpressured_seconds),
+                        },
+                    );
+                }
+            }
+        }
+        *last = Some((now, tasks));
+    }
+
+    fn rates(&self, operator: &str, subtask: u32) -> Option<Rates> {
+        self.sampler
+            .rates
+            .lock()
+            .unwrap()
+            .get(&(operator.to_string(), subtask))
+            .copied()
+    }
+
+    pub fn job_summary(&self) -> JobSummary {
+        let layout = self.layout.read().unwrap().clone();
+        let tasks = self.snapshots();
+        let mut chains = Vec::new();
+        let mut edges = Vec::new();
+        let mut totals = Summary::default();
+        if let Some(l) = &layout {
+            let plan = &l.plan;
+            for c in &plan.chains {
+                let head = &plan.nodes[c.nodes[0]].name;
+                let is_source = !plan.edges.iter().any(|e| e.to_chain == c.id);
+                let is_sink = !plan.edges.iter().any(|e| e.from_chain == c.id);
+                let subtasks = (0..c.parallelism)
+                    .map(|i| {
+                        let metrics = tasks
+                            .iter()
+                            .find(|t| &t.operator == head && t.subtask == i)
+                            .cloned();
+                        let rates = self.rates(head, i);
+                        if let Some(m) = &metrics {
+                            let r = rates.unwrap_or_default();
+                            if is_source {
+                                totals.records_in += m.records_in;
+                                totals.records_in_per_second += r.records_in_per_second;
+                            }
+                            if is_sink {
+                                totals.records_out += m.records_out;
+                                totals.records_out_per_second += r.records_out_per_second;
+                            }
+                        }
+                        SubtaskView {
+                            subtask: i,
+                            worker: l.worker_of(i),
+                            metrics,
+                            rates,
+                        }
+                    })
+                    .collect();
+                chains.push(ChainView {
+                    id: c.id,
+                    name: c.name.clone(),
+                    operators: c
+                        .nodes
+                        .iter()
+                        .map(|&n| plan.nodes[n].name.clone())
+                        .collect(),
+                    parallelism: c.parallelism,
+                    subtasks,
+                });
+            }
+            edges = plan
+                .edges
+                .iter()
+                .map(|e| EdgeView {
+                    from: e.from_chain,
+                    to: e.to_chain,
+                    partitioning: format!("{:?}", e.partitioning).to_lowercase(),
+                })
+                .collect();
+        }
+        let c = &self.checkpoints;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let nonzero = |v: u64| (v != 0).then_some(v);
+        let (skipped, dead) = self.on_error_counts();
+        totals.restarts = self.restarts.load(Ordering::Relaxed);
+        totals.checkpoints_completed = load(&c.completed);
+        totals.last_checkpoint_ms = nonzero(load(&c.last_completed_ms));
+        JobSummary {
+            job: self.job_name(),
+            state: self.state(),
+            worker: layout.as_ref().map_or(0, |l| l.worker),
+            started_ms: self.started_ms,
+            now_ms: now_ms(),
+            chains,
+            edges,
+            checkpoints: CheckpointView {
+                triggered: load(&c.triggered),
+                completed: load(&c.completed),
+                failed: load(&c.failed),
+                last_completed_id: nonzero(load(&c.last_completed_id)),
+                last_completed_ms: nonzero(load(&c.last_completed_ms)),
+                history: self.history.lock().unwrap().iter().cloned().collect(),
+            },
+            exceptions: self.exceptions.lock().unwrap().iter().cloned().collect(),
+            restarts: totals.restarts,
+            records_skipped: skipped,
+            records_dead_lettered: dead,
+            totals,
+        }
+    }
+}
+
+/// The operator's view of the process's job.
+pub fn summary() -> Summary {
+    global().job_summary().totals
+}
