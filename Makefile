@@ -62,7 +62,7 @@ bench-checkpoint: setup ## Keyed count over 1M keys with and without checkpoints
 	$(CARGO) bench -p streamjob-worker --bench checkpoint -- $(CHECKPOINT_ARGS)
 
 .PHONY: bench-kafka
-bench-kafka: setup test-deps ## Kafka -> word count -> Kafka vs raw rdkafka, on a broker it starts
+bench-kafka: setup test-deps ## Kafka -> map -> Kafka (at-least-once, exactly-once) vs raw rdkafka, on a broker it starts
 	./scripts/with-kafka.sh $(CARGO) bench -p streamjob-worker --bench kafka -- $(KAFKA_ARGS)
 
 .PHONY: fmt
