@@ -74,7 +74,7 @@ bench-nexmark: setup ## Nexmark q0/q1/q2/q5/q7 at parallelism 1 and 2: events/s,
 	$(CARGO) bench -p streamjob-worker --bench nexmark -- $(NEXMARK_ARGS)
 
 .PHONY: bench-kafka
-bench-kafka: setup test-deps ## Kafka -> word count -> Kafka vs raw rdkafka, on a broker it starts
+bench-kafka: setup test-deps ## Kafka -> map -> Kafka (at-least-once, exactly-once) vs raw rdkafka, on a broker it starts
 	./scripts/with-kafka.sh $(CARGO) bench -p streamjob-worker --bench kafka -- $(KAFKA_ARGS)
 
 .PHONY: fmt
