@@ -36,7 +36,6 @@ pub mod codec;
 pub mod connectors;
 pub mod declarative;
 pub mod error;
-pub mod metrics;
 pub mod net;
 pub(crate) mod operators;
 pub mod runtime;

@@ -241,7 +241,7 @@ fn run(
 ) -> Result<()> {
     let job = load(file)?;
     let name = job.metadata.name.clone().unwrap_or_else(|| "job".into());
-    let metrics = streamjob::metrics::global();
+    let metrics = streamjob::runtime::metrics::global();
     // A busy port must not stop the job (local runs side by side, workers sharing a host).
     match web.map(streamjob::web::start) {
         Some(Ok(at)) => eprintln!("job page and metrics: http://{at}/"),

@@ -19,6 +19,8 @@ const RANKS: &[(&str, u32)] = &[
     ("runtime", 1),
     // The gRPC transport, coordination and health (implements runtime's Transport).
     ("net", 2),
+    // The HTTP side: metrics text, job page, summary for the operator.
+    ("web", 2),
     ("operators", 2),
     ("api", 3),
     // Distributed execution: wires the API's graph to net.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use streamjob::crds::spec::StreamJob;
-use streamjob::metrics::{self, Summary};
+use streamjob::runtime::metrics::{self, Summary};
 
 /// How often an unbounded run prints its rate.
 const RATE_EVERY: Duration = Duration::from_secs(10);

@@ -10,12 +10,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use streamjob_crds::keygroup::key_group_of_hash;
 
-use crate::api::windows::{EmitFn, Window, WindowAggregator, WindowContext};
 use crate::codec::key_hash::stable_hash;
 use crate::codec::state::{KeyedStateWriter, Restore, read_keyed_state};
 use crate::error::{BoxError, TaskError};
 use crate::operators::OpId;
 use crate::operators::window::{WindowKeyFn, WindowOutputs};
+use crate::operators::windows::{EmitFn, Window, WindowAggregator, WindowContext};
 use crate::runtime::checkpoint::Coordinator;
 use crate::runtime::message::Signal;
 use crate::runtime::output::Output;

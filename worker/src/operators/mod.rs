@@ -4,8 +4,11 @@
 
 pub(crate) mod count_window;
 pub(crate) mod process;
+pub mod process_fn;
 pub(crate) mod watermark;
+pub mod watermark_strategy;
 pub(crate) mod window;
+pub mod windows;
 
 use std::borrow::{Borrow, Cow};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -318,7 +321,7 @@ impl<T: Send> Output<T> for SinkOp<T> {
         self.call(|w| w.write(item))
     }
     fn signal(&mut self, signal: Signal) -> Result<(), TaskError> {
-        crate::metrics::records_out(std::mem::take(&mut self.written));
+        crate::runtime::metrics::records_out(std::mem::take(&mut self.written));
         match signal {
             Signal::EndOfInput => {
                 self.call(|w| w.finish())?;
@@ -345,7 +348,7 @@ impl<T: Send> Output<T> for SinkOp<T> {
         }
     }
     fn flush(&mut self) -> Result<(), TaskError> {
-        crate::metrics::records_out(std::mem::take(&mut self.written));
+        crate::runtime::metrics::records_out(std::mem::take(&mut self.written));
         self.call(|w| w.flush())
     }
 }

@@ -11,14 +11,14 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use streamjob_crds::keygroup::key_group_of_hash;
 
-use crate::api::functions::Collector;
-use crate::api::process::{KeyEntry, KeyedContext, KeyedProcessFunction, TimerDomain};
 use crate::codec::key_hash::stable_hash;
 use crate::codec::state::{KeyedStateWriter, Restore, read_keyed_state};
 use crate::error::TaskError;
 use crate::operators::OpId;
+use crate::operators::process_fn::{KeyEntry, KeyedContext, KeyedProcessFunction, TimerDomain};
 use crate::operators::window::WindowKeyFn;
 use crate::runtime::checkpoint::Coordinator;
+use crate::runtime::functions::Collector;
 use crate::runtime::message::Signal;
 use crate::runtime::output::Output;
 use crate::runtime::time::{Clock, NO_TIMESTAMP, current_timestamp, with_timestamp};

@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 
-use crate::api::watermark::WatermarkStrategy;
 use crate::error::TaskError;
 use crate::operators::OpId;
+use crate::operators::watermark_strategy::WatermarkStrategy;
 use crate::runtime::checkpoint::Coordinator;
 use crate::runtime::message::Signal;
 use crate::runtime::output::Output;

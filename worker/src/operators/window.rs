@@ -20,15 +20,15 @@ use serde::{Deserialize, Serialize};
 use streamjob_crds::keygroup::key_group_of_hash;
 use tracing::{info, warn};
 
-use crate::api::functions::Collector;
-use crate::api::windows::{
-    EmitFn, TimeDomain, Window, WindowAggregator, WindowAssigner, WindowContext, WindowOutput,
-};
 use crate::codec::key_hash::stable_hash;
 use crate::codec::state::{KeyedStateWriter, Restore, read_keyed_state};
 use crate::error::{BoxError, TaskError};
 use crate::operators::OpId;
+use crate::operators::windows::{
+    EmitFn, TimeDomain, Window, WindowAggregator, WindowAssigner, WindowContext, WindowOutput,
+};
 use crate::runtime::checkpoint::Coordinator;
+use crate::runtime::functions::Collector;
 use crate::runtime::message::Signal;
 use crate::runtime::output::Output;
 use crate::runtime::time::{Clock, NO_TIMESTAMP, current_timestamp, with_timestamp};
@@ -688,7 +688,7 @@ mod tests {
     use streamjob_crds::KeyGroupRange;
 
     use super::*;
-    use crate::api::windows::{
+    use crate::operators::windows::{
         Aggregate, AggregateFunction, EventTimeSessionWindows, TumblingEventTimeWindows,
         TumblingProcessingTimeWindows,
     };

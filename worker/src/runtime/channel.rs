@@ -37,7 +37,7 @@ pub(crate) fn send<T>(tx: &Sender<T>, msg: Message<T>, who: &Endpoint) -> Result
         Err(TrySendError::Full(m)) => m,
         Err(TrySendError::Disconnected(_)) => return Err(downstream_gone(who)),
     };
-    let _backpressured = crate::metrics::BackpressureScope::start();
+    let _backpressured = crate::runtime::metrics::BackpressureScope::start();
     loop {
         match tx.send_timeout(msg, CANCEL_POLL) {
             Ok(()) => return Ok(()),

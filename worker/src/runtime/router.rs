@@ -85,7 +85,7 @@ impl<T: Clone + Send> Router<T> {
             &mut self.buffers[target],
             Vec::with_capacity(self.batch_size),
         );
-        crate::metrics::records_out(records.len() as u64);
+        crate::runtime::metrics::records_out(records.len() as u64);
         let stamps = std::mem::take(&mut self.stamps[target]);
         let msg = if stamps.is_empty() {
             Message::Data(records)

@@ -129,7 +129,7 @@ fn task_finished<T>(
 impl<T: Send> Task for SourceTask<T> {
     fn run(mut self: Box<Self>) -> Result<TaskStats, TaskError> {
         let who = endpoint(&self.ctx);
-        let metrics = crate::metrics::enter_task(&self.ctx);
+        let metrics = crate::runtime::metrics::enter_task(&self.ctx);
         let mut stats = TaskStats::default();
         let mut last_flush = Instant::now();
         let mut cursor = CheckpointCursor::of(&self.ctx);
@@ -263,7 +263,7 @@ pub(crate) struct InputTask<T> {
 impl<T: Send> Task for InputTask<T> {
     fn run(mut self: Box<Self>) -> Result<TaskStats, TaskError> {
         let who = endpoint(&self.ctx);
-        let metrics = crate::metrics::enter_task(&self.ctx);
+        let metrics = crate::runtime::metrics::enter_task(&self.ctx);
         let mut stats = TaskStats::default();
         let mut last_flush = Instant::now();
         let mut cursor = CheckpointCursor::of(&self.ctx);

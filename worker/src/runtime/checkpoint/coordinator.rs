@@ -420,7 +420,7 @@ impl Coordinator {
             self.stop_at.store(id, Ordering::Release);
         }
         self.triggered.store(id, Ordering::Release);
-        crate::metrics::global().checkpoint_triggered(id);
+        crate::runtime::metrics::global().checkpoint_triggered(id);
         drop(s);
         self.publish(|_| {});
         debug!(checkpoint = id, savepoint = is_savepoint, stop, "triggered");
@@ -697,7 +697,7 @@ impl Coordinator {
             return;
         }
         warn!(checkpoint = id, %cause, "checkpoint failed");
-        crate::metrics::global().checkpoint_failed(id, &cause);
+        crate::runtime::metrics::global().checkpoint_failed(id, &cause);
         s.failed.push(id);
         s.acked.remove(&id);
         s.handles.remove(&id);
@@ -831,7 +831,7 @@ impl Coordinator {
                 s.settled_at = Some(Instant::now());
                 self.completed.fetch_max(id, Ordering::AcqRel);
                 self.settled.fetch_max(id, Ordering::AcqRel);
-                crate::metrics::global().checkpoint_completed(
+                crate::runtime::metrics::global().checkpoint_completed(
                     id,
                     meta.triggered_ms,
                     meta.completed_ms,

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::api::functions::Collector;
+use crate::runtime::functions::Collector;
 
 pub trait KeyedProcessFunction<K: ?Sized, T>: Send + Sync + 'static {
     type State: Default + PartialEq + Clone + Send + Serialize + DeserializeOwned + 'static;

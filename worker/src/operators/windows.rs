@@ -365,7 +365,12 @@ pub struct WindowContext {
 
 /// Turns a window's aggregate into output records: `(key, context, aggregate, out)`.
 pub type EmitFn<K, O, R> = Arc<
-    dyn Fn(&K, &WindowContext, O, &mut crate::Collector<'_, R>) -> Result<(), BoxError>
+    dyn Fn(
+            &K,
+            &WindowContext,
+            O,
+            &mut crate::runtime::functions::Collector<'_, R>,
+        ) -> Result<(), BoxError>
         + Send
         + Sync,
 >;
