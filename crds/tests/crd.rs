@@ -71,7 +71,19 @@ fn crd_basics() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(cols, ["Phase", "Parallelism", "Ready", "Desired", "Age"]);
+    assert_eq!(
+        cols,
+        [
+            "Phase",
+            "Parallelism",
+            "Ready",
+            "Desired",
+            "Rate",
+            "Last-Checkpoint",
+            "Restarts",
+            "Age"
+        ]
+    );
     let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
     assert_eq!(spec["properties"]["steps"]["minItems"], 1);
     assert_eq!(
