@@ -2,7 +2,7 @@
 //! scripts/browser-deps.sh): during a real `streamjob run` of an unbounded job, the page
 //! draws the job's chains with non-zero rates; a screenshot is kept as a test artifact.
 
-mod obs;
+mod common;
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use obs::{get_json, start, wait_for};
+use common::http::{get_json, start};
+use common::wait_for;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 

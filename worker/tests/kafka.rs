@@ -568,14 +568,9 @@ impl PrivateBroker {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "broker did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        common::wait_until(Duration::from_secs(20), "broker did not start", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
         PrivateBroker { child }
     }
 

@@ -1,11 +1,12 @@
 //! A real `streamjob worker` run scraped over its metrics port: exact counts of a bounded
 //! job, checkpoints, health endpoints.
 
-mod obs;
+mod common;
 
 use std::time::Duration;
 
-use obs::{free_port, get, get_json, sample_sum, start, wait_for};
+use common::http::{get, get_json, sample_sum, start};
+use common::{free_ports, wait_for};
 
 #[test]
 fn a_bounded_job_reports_exact_record_counts_and_checkpoints() {
@@ -43,7 +44,7 @@ spec:
         ),
     )
     .unwrap();
-    let peer = format!("127.0.0.1:{}", free_port());
+    let peer = free_ports(1).remove(0);
     let p = start(
         &[
             "worker",
@@ -53,6 +54,9 @@ spec:
             "--workers",
             "1",
             "--peers",
+            &peer,
+            // Its own exchange port: the default (6121) would collide with the other test.
+            "--listen",
             &peer,
             "--metrics-port",
             "0",
@@ -150,7 +154,7 @@ spec:
 "#,
     )
     .unwrap();
-    let peer = format!("127.0.0.1:{}", free_port());
+    let peer = free_ports(1).remove(0);
     let p = start(
         &[
             "worker",
@@ -160,6 +164,9 @@ spec:
             "--workers",
             "1",
             "--peers",
+            &peer,
+            // Its own exchange port: the default (6121) would collide with the other test.
+            "--listen",
             &peer,
             "--metrics-port",
             "0",

@@ -110,14 +110,11 @@ fn free_port() -> u16 {
 }
 
 fn wait_for_port(port: u16, what: &str) {
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{what} did not start on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    super::wait_until(
+        Duration::from_secs(30),
+        format!("{what} did not start on port {port}"),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
 }
 
 fn test_bin(var: &str) -> String {

@@ -2,6 +2,7 @@
 
 // Each test crate uses a part of this module.
 #![allow(dead_code)]
+pub mod http;
 pub mod kafka;
 
 /// The child processes of `pid`: the workers a mini-cluster (`run --workers N`) started.

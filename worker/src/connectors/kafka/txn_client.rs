@@ -228,12 +228,9 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-fn put_uvarint(out: &mut Vec<u8>, mut n: u64) {
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
+/// Kafka's unsigned varints are protobuf's base-128 varints: one implementation, prost's.
+fn put_uvarint(out: &mut Vec<u8>, n: u64) {
+    prost::encoding::encode_varint(n, out);
 }
 
 fn put_compact_str(out: &mut Vec<u8>, s: &str) {
@@ -266,15 +263,12 @@ impl<'a> Reader<'a> {
         Ok(i32::from_be_bytes(self.take(4)?.try_into().unwrap()))
     }
     fn uvarint(&mut self) -> Result<u64, String> {
-        let mut n = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.take(1)?[0];
-            n |= u64::from(b & 0x7f) << shift;
-            if b < 0x80 {
-                return Ok(n);
-            }
-        }
-        Err("malformed varint in the broker's response".into())
+        let mut rest = self.buf.get(self.pos..).unwrap_or_default();
+        let before = rest.len();
+        let n = prost::encoding::decode_varint(&mut rest)
+            .map_err(|_| "malformed or truncated varint in the broker's response".to_string())?;
+        self.pos += before - rest.len();
+        Ok(n)
     }
     fn nullable_str(&mut self) -> Result<Option<String>, String> {
         let n = self.i16()?;
@@ -535,11 +529,24 @@ mod tests {
 
     #[test]
     fn varints_round_trip() {
-        for n in [0u64, 1, 127, 128, 300, 16_384, u64::from(u32::MAX)] {
+        for n in [
+            0u64,
+            1,
+            127,
+            128,
+            300,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
             let mut b = Vec::new();
             put_uvarint(&mut b, n);
-            assert_eq!(Reader::new(&b).uvarint().unwrap(), n);
+            let mut r = Reader::new(&b);
+            assert_eq!(r.uvarint().unwrap(), n);
+            assert_eq!(r.pos, b.len(), "the reader moves past the varint");
         }
+        // 300 is [0xac, 0x02]: a cut-off varint is an error, not a guess.
+        assert!(Reader::new(&[0xac]).uvarint().is_err());
     }
 
     /// A broker answering with canned bytes: each connection gets ApiVersions, then either

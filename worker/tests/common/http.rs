@@ -1,7 +1,5 @@
 //! Helpers of the observability tests: a `streamjob` process that prints its job page URL,
 //! and plain HTTP GETs against it.
-// Shared by two test crates; each uses only some of the helpers.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -9,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_streamjob");
+use super::BIN;
 
 /// A running `streamjob` process; killed when dropped.
 pub struct Proc {
@@ -101,18 +99,6 @@ pub fn get_json(addr: &str, path: &str) -> serde_json::Value {
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
 }
 
-/// Polls `f` until it returns Some, or panics naming `what` after `within`.
-pub fn wait_for<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// The sum of every sample of `name` whose labels contain all of `labels`.
 pub fn sample_sum(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
     let mut found = None;
@@ -124,13 +110,4 @@ pub fn sample_sum(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
         }
     }
     found
-}
-
-/// A free loopback port (bound and released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
