@@ -386,18 +386,24 @@ fn source_runtime(
         let at = format!("{path}.source.kafka");
         let policy = policy.clone();
         Arc::new(
-            kafka::spec::source(k, &at)
-                .map_err(|message| SpecError::Unsupported { path: at, message })?
-                .on_malformed(move |ctx| {
-                    // Payloads that do not decode follow the job's onError policy.
-                    let mut handler = Handler::new(policy.clone(), ctx)?;
-                    Ok(Box::new(move |r: &kafka::KafkaRecord<'_>, e: BoxError| {
-                        let message = format!("record {}: {e}", r.position());
-                        handler
-                            .failed(&kafka::spec::describe_malformed(r), EvalError { message })
-                            .map_err(|e| BoxError::from(e.message))
-                    }) as kafka::MalformedHandler)
-                }),
+            kafka::spec::source(
+                k,
+                &at,
+                src.watermarks
+                    .as_ref()
+                    .is_some_and(|w| w.timestamp.is_none()),
+            )
+            .map_err(|message| SpecError::Unsupported { path: at, message })?
+            .on_malformed(move |ctx| {
+                // Payloads that do not decode follow the job's onError policy.
+                let mut handler = Handler::new(policy.clone(), ctx)?;
+                Ok(Box::new(move |r: &kafka::KafkaRecord<'_>, e: BoxError| {
+                    let message = format!("record {}: {e}", r.position());
+                    handler
+                        .failed(&kafka::spec::describe_malformed(r), EvalError { message })
+                        .map_err(|e| BoxError::from(e.message))
+                }) as kafka::MalformedHandler)
+            }),
         )
     } else if let Some(n) = &src.nexmark {
         Arc::new(NexmarkSource::with_records(

@@ -1263,3 +1263,96 @@ fn an_unreachable_sink_fails_fast_in_one_line() {
     let kafka_lines = err.lines().filter(|l| l.contains("librdkafka")).count();
     assert!(kafka_lines <= 5, "{kafka_lines} librdkafka lines: {err}");
 }
+
+/// A spec Kafka source with `watermarks` but no `timestamp` expression takes each record's
+/// Kafka timestamp as its event time (the documented default): per-minute counts come out of
+/// the records' own timestamps, not of when the job read them.
+#[test]
+fn kafka_record_timestamps_are_the_default_event_time() {
+    let input = unique("clicks");
+    create_topic(&input, 1);
+    // A recent minute boundary (old timestamps could fall to the broker's time retention).
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let t0 = (now_ms / 60_000 - 10) * 60_000;
+    let clicks = [
+        ("alice", t0 + 1_000),
+        ("bob", t0 + 2_000),
+        ("alice", t0 + 59_000),
+        ("alice", t0 + 61_000),
+        ("bob", t0 + 125_000),
+    ];
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .create()
+        .unwrap();
+    for (user, ts) in clicks {
+        let record = BaseRecord::<(), _>::to(&input)
+            .payload(user.as_bytes())
+            .partition(0)
+            .timestamp(ts);
+        producer.send(record).map_err(|(e, _)| e).unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let dir = tmp("event-time");
+    let out = dir.join("out.txt");
+    let spec = dir.join("job.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            r#"apiVersion: streamjob.dev/v1alpha1
+kind: StreamJob
+metadata: {{name: kafka-event-time}}
+spec:
+  parallelism: 1
+  steps:
+    - name: clicks
+      source:
+        kafka:
+          bootstrapServers: "{broker}"
+          topics: [{input}]
+          groupId: {group}
+          startingOffsets: earliest
+          format: string
+          bounded: true
+        watermarks: {{maxOutOfOrderness: 0s, interval: 0s}}
+    - {{name: by-user, keyBy: {{expr: value}}}}
+    - name: per-minute
+      window:
+        tumbling: {{size: 1m}}
+        aggregates: [{{name: clicks, function: count}}]
+        output: "{{'user': key, 'minute': window.start, 'clicks': clicks}}"
+    - {{name: out, sink: {{file: {{path: {out}}}}}}}
+"#,
+            broker = broker(),
+            group = unique("g"),
+            out = out.display(),
+        ),
+    )
+    .unwrap();
+    let (ok, err) = run(&spec);
+    assert!(ok, "{err}");
+    assert!(err.contains("records in 5,"), "all five clicks read: {err}");
+    let mut got: Vec<(String, i64, u64)> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["user"].as_str().unwrap().to_string(),
+                v["minute"].as_i64().unwrap(),
+                v["clicks"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    got.sort();
+    let expected = vec![
+        ("alice".to_string(), t0, 2),
+        ("alice".to_string(), t0 + 60_000, 1),
+        ("bob".to_string(), t0, 1),
+        ("bob".to_string(), t0 + 120_000, 1),
+    ];
+    assert_eq!(got, expected);
+}

@@ -77,6 +77,9 @@ struct Settings {
     missing_topic: MissingTopic,
     discovery: Duration,
     commit_every: Duration,
+    /// Records carry their Kafka timestamp as event time (off by default: batches without
+    /// timestamps are smaller and cheaper to route).
+    record_timestamps: bool,
 }
 
 /// Reads Kafka topics (Flink's `KafkaSource`). Build with [`KafkaSource::builder`].
@@ -105,6 +108,7 @@ impl KafkaSource<String> {
                 missing_topic: MissingTopic::Fail,
                 discovery: Duration::from_secs(10),
                 commit_every: Duration::from_secs(5),
+                record_timestamps: false,
             },
         }
     }
@@ -154,6 +158,13 @@ impl KafkaSourceBuilder {
     }
     pub fn commit_interval(mut self, every: Duration) -> Self {
         self.settings.commit_every = every;
+        self
+    }
+    /// Each record's Kafka timestamp (create or log-append time) becomes its event time, for
+    /// `assign_timestamps_and_watermarks` without an assigner and event-time windows. A
+    /// record without a timestamp gets none (an event-time window then fails naming it).
+    pub fn record_timestamps(mut self, on: bool) -> Self {
+        self.settings.record_timestamps = on;
         self
     }
     /// Any librdkafka consumer property.
@@ -734,7 +745,12 @@ impl<T: Send + 'static> SourceReader<T> for Reader<T> {
             }
             match (self.decode)(&record) {
                 Ok(v) => {
-                    out.collect(v);
+                    match record.timestamp {
+                        Some(ts) if self.settings.record_timestamps => {
+                            out.collect_with_timestamp(v, ts)
+                        }
+                        _ => out.collect(v),
+                    }
                     emitted += 1;
                 }
                 Err(e) => match &mut self.on_malformed {

@@ -84,7 +84,13 @@ pub(crate) fn describe_malformed(r: &KafkaRecord<'_>) -> Value {
     with_metadata(r, payload)
 }
 
-pub(crate) fn source(k: &spec::KafkaSource, at: &str) -> Result<KafkaSource<Value>, String> {
+/// `record_timestamps`: the source's `watermarks` have no `timestamp` expression, so the
+/// Kafka record timestamp is the event time (the spec's documented default).
+pub(crate) fn source(
+    k: &spec::KafkaSource,
+    at: &str,
+    record_timestamps: bool,
+) -> Result<KafkaSource<Value>, String> {
     let mut b = KafkaSource::builder()
         .client_properties(client(
             &k.bootstrap_servers,
@@ -99,7 +105,8 @@ pub(crate) fn source(k: &spec::KafkaSource, at: &str) -> Result<KafkaSource<Valu
         .bounded(k.bounded)
         .missing_topic(k.missing_topic)
         .partition_discovery_interval(Duration::from_millis(k.partition_discovery_interval_ms))
-        .commit_interval(Duration::from_millis(k.commit_interval_ms));
+        .commit_interval(Duration::from_millis(k.commit_interval_ms))
+        .record_timestamps(record_timestamps);
     if let Some(ts) = k.starting_timestamp_ms {
         b = b.starting_timestamp(ts);
     }
