@@ -124,6 +124,7 @@ fn init_tracing() {
 }
 
 fn main() -> std::process::ExitCode {
+    commands::progress::mark_process_start();
     init_tracing();
     match dispatch(Cli::parse().command) {
         Ok(()) => std::process::ExitCode::SUCCESS,

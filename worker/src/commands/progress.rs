@@ -88,14 +88,16 @@ impl Progress {
         }
     }
 
-    /// The one-line summary of a finished run.
+    /// The one-line summary of a finished run. Wall time counts from the process start
+    /// (see [`mark_process_start`]) so that it compares with the process's CPU time.
     pub fn summary(&self) -> String {
         let s = metrics::summary();
+        let started = PROCESS_START.get().copied().unwrap_or(self.started);
         let mut line = format!(
             "records in {}, out {}; wall {:.3}s",
             s.records_in,
             s.records_out,
-            self.started.elapsed().as_secs_f64()
+            started.elapsed().as_secs_f64()
         );
         if let Some((cpu, rss)) = cpu_and_peak_rss() {
             line.push_str(&format!(
@@ -105,6 +107,13 @@ impl Progress {
         }
         line
     }
+}
+
+static PROCESS_START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// Remembers when the process started (call first thing in `main`).
+pub fn mark_process_start() {
+    let _ = PROCESS_START.set(Instant::now());
 }
 
 impl Drop for Progress {
