@@ -273,6 +273,22 @@ impl Validator {
                     .saturating_mul(2)
                     .saturating_add(spec.restart_strategy.max_delay_ms)
                     .saturating_add(RESTART_ALLOWANCE_MS);
+                // `streamjob run` refuses this (its transaction-coordinator client speaks
+                // plaintext only): refusing it here too keeps the operator from deploying
+                // pods that crash-loop. A protocol given in secretProperties is not known
+                // until run time.
+                if let Some(p) = eo.and_then(|k| k.properties.get("security.protocol"))
+                    && !p.eq_ignore_ascii_case("plaintext")
+                {
+                    self.push(
+                        format!("spec.steps[{i}].sink.kafka.properties.security.protocol"),
+                        format!(
+                            "'{p}' is not supported yet with deliveryGuarantee exactly-once and \
+                             checkpointing (a restored checkpoint's transactions are committed \
+                             over plaintext only): use at-least-once, or a plaintext listener"
+                        ),
+                    );
+                }
                 if let Some(k) = eo
                     && k.transaction_timeout_ms <= needed
                 {

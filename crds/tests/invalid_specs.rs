@@ -544,6 +544,21 @@ fn an_exactly_once_transaction_timeout_shorter_than_a_checkpoint_and_restart_is_
     );
 }
 
+/// `run` refuses it (the transaction-coordinator client is plaintext only), so validation
+/// must too: otherwise the operator deploys pods that crash-loop.
+#[test]
+fn exactly_once_with_checkpointing_over_tls_or_sasl_is_refused_like_run_refuses_it() {
+    for protocol in ["SSL", "SASL_SSL", "sasl_plaintext"] {
+        assert_error(
+            &format!(
+                "checkpointing: {{intervalMs: 1000, directory: /tmp/c}}\nsteps:\n{SRC}\n- name: out\n  sink:\n    kafka: {{bootstrapServers: 'k:9092', topic: t, deliveryGuarantee: exactly-once, transactionalIdPrefix: p, properties: {{security.protocol: {protocol}}}}}"
+            ),
+            "spec.steps[1].sink.kafka.properties.security.protocol",
+            &format!("'{protocol}' is not supported yet with deliveryGuarantee exactly-once"),
+        );
+    }
+}
+
 #[test]
 fn operator_owned_environment_variables_are_reserved() {
     assert_error(
