@@ -44,26 +44,7 @@ spec:
         ),
     )
     .unwrap();
-    let peer = free_ports(1).remove(0);
-    let p = start(
-        &[
-            "worker",
-            manifest.to_str().unwrap(),
-            "--index",
-            "0",
-            "--workers",
-            "1",
-            "--peers",
-            &peer,
-            // Its own exchange port: the default (6121) would collide with the other test.
-            "--listen",
-            &peer,
-            "--metrics-port",
-            "0",
-            "--idle-after-finish",
-        ],
-        &[("STREAMJOB_TOKEN", "metrics-test")],
-    );
+    let p = one_worker(&manifest);
     assert_eq!(get(&p.web, "/healthz").unwrap().0, 200);
     // The worker keeps serving after the job (as in a pod): read the final numbers.
     wait_for(Duration::from_secs(60), "the job to finish", || {
@@ -154,8 +135,30 @@ spec:
 "#,
     )
     .unwrap();
+    let p = one_worker(&manifest);
+    wait_for(Duration::from_secs(60), "the job to finish", || {
+        (get_json(&p.web, "/api/job")["state"] == "finished").then_some(())
+    });
+    let (_, m) = get(&p.web, "/metrics").unwrap();
+    let job = r#"job="skipping""#;
+    assert_eq!(
+        sample_sum(&m, "streamjob_records_skipped_total", &[job]),
+        Some(2.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample_sum(&m, "streamjob_records_out_total", &[job]),
+        Some(4.0),
+        "{m}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A one-worker cluster running `manifest` (what a pod runs), serving metrics on a free port
+/// and staying up after the job so the final numbers can be read.
+fn one_worker(manifest: &std::path::Path) -> common::http::Proc {
     let peer = free_ports(1).remove(0);
-    let p = start(
+    start(
         &[
             "worker",
             manifest.to_str().unwrap(),
@@ -173,21 +176,5 @@ spec:
             "--idle-after-finish",
         ],
         &[("STREAMJOB_TOKEN", "metrics-test")],
-    );
-    wait_for(Duration::from_secs(60), "the job to finish", || {
-        (get_json(&p.web, "/api/job")["state"] == "finished").then_some(())
-    });
-    let (_, m) = get(&p.web, "/metrics").unwrap();
-    let job = r#"job="skipping""#;
-    assert_eq!(
-        sample_sum(&m, "streamjob_records_skipped_total", &[job]),
-        Some(2.0),
-        "{m}"
-    );
-    assert_eq!(
-        sample_sum(&m, "streamjob_records_out_total", &[job]),
-        Some(4.0),
-        "{m}"
-    );
-    let _ = std::fs::remove_dir_all(&dir);
+    )
 }

@@ -5,6 +5,7 @@
 pub(crate) mod count_window;
 pub(crate) mod process;
 pub mod process_fn;
+pub(crate) mod timed_state;
 pub(crate) mod watermark;
 pub mod watermark_strategy;
 pub(crate) mod window;

@@ -16,6 +16,7 @@ use crate::codec::state::{KeyedStateWriter, Restore, read_keyed_state};
 use crate::error::TaskError;
 use crate::operators::OpId;
 use crate::operators::process_fn::{KeyEntry, KeyedContext, KeyedProcessFunction, TimerDomain};
+use crate::operators::timed_state;
 use crate::operators::window::WindowKeyFn;
 use crate::runtime::checkpoint::Coordinator;
 use crate::runtime::functions::Collector;
@@ -138,10 +139,7 @@ where
     }
 
     pub fn snapshot(&self) -> Result<Vec<u8>, String> {
-        let mut out = Vec::with_capacity(64);
-        out.extend_from_slice(MAGIC);
-        out.push(FORMAT_VERSION);
-        out.extend_from_slice(&self.watermark.to_le_bytes());
+        let out = timed_state::start(MAGIC, FORMAT_VERSION, self.watermark);
         let mut w = KeyedStateWriter::appending_to(out);
         for g in self.state.key_groups().as_range() {
             for (k, v) in self.state.iter_group(g) {
@@ -162,21 +160,9 @@ where
         for (subtask, snap) in snapshots {
             let bad =
                 |what: &str| format!("process function state of old subtask {subtask}: {what}");
-            let rest = snap
-                .strip_prefix(MAGIC)
-                .ok_or_else(|| bad("the SJkpf header is missing"))?;
-            let (&version, rest) = rest.split_first().ok_or_else(|| bad("cut off"))?;
-            if version != FORMAT_VERSION {
-                return Err(bad(&format!(
-                    "format version {version} is not supported: this build reads version \
-                     {FORMAT_VERSION}"
-                )));
-            }
-            if rest.len() < 8 {
-                return Err(bad("cut off before the watermark"));
-            }
-            let (wm, blob) = rest.split_at(8);
-            let wm = i64::from_le_bytes(wm.try_into().expect("8 bytes"));
+            let (wm, blob) =
+                timed_state::split(snap, MAGIC, FORMAT_VERSION, "process function state")
+                    .map_err(|e| bad(&e))?;
             watermark = Some(watermark.map_or(wm, |m| m.min(wm)));
             let (state, eq, pq) = (
                 &mut self.state,

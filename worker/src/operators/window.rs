@@ -24,6 +24,7 @@ use crate::codec::key_hash::stable_hash;
 use crate::codec::state::{KeyedStateWriter, Restore, read_keyed_state};
 use crate::error::{BoxError, TaskError};
 use crate::operators::OpId;
+use crate::operators::timed_state;
 use crate::operators::windows::{
     EmitFn, TimeDomain, Window, WindowAggregator, WindowAssigner, WindowContext, WindowOutput,
 };
@@ -535,10 +536,7 @@ where
 
     /// The state in the window-state format: header, watermark, keyed state.
     pub fn snapshot(&self) -> Result<Vec<u8>, String> {
-        let mut out = Vec::with_capacity(64);
-        out.extend_from_slice(MAGIC);
-        out.push(FORMAT_VERSION);
-        out.extend_from_slice(&self.watermark.to_le_bytes());
+        let out = timed_state::start(MAGIC, FORMAT_VERSION, self.watermark);
         let mut w = KeyedStateWriter::appending_to(out);
         for g in self.state.key_groups().as_range() {
             for (k, v) in self.state.iter_group(g) {
@@ -562,21 +560,8 @@ where
         let mut windows: Restored<K::Owned, A::Acc> = Vec::new();
         for (subtask, snap) in snapshots {
             let bad = |what: &str| format!("window state of old subtask {subtask}: {what}");
-            let rest = snap
-                .strip_prefix(MAGIC)
-                .ok_or_else(|| bad("not window state (the SJwin header is missing)"))?;
-            let (&version, rest) = rest.split_first().ok_or_else(|| bad("cut off"))?;
-            if version != FORMAT_VERSION {
-                return Err(bad(&format!(
-                    "window state format version {version} is not supported: this build \
-                     reads version {FORMAT_VERSION}"
-                )));
-            }
-            if rest.len() < 8 {
-                return Err(bad("cut off before the watermark"));
-            }
-            let (wm, blob) = rest.split_at(8);
-            let wm = i64::from_le_bytes(wm.try_into().expect("8 bytes"));
+            let (wm, blob) = timed_state::split(snap, MAGIC, FORMAT_VERSION, "window state")
+                .map_err(|e| bad(&e))?;
             // With aligned barriers every subtask had the same watermark; the minimum is
             // the safe choice either way (nothing is considered late that was not).
             watermark = Some(watermark.map_or(wm, |m| m.min(wm)));
