@@ -47,7 +47,10 @@ pub struct DataStream<T> {
 pub(crate) struct Split {
     pub origin: usize,
     /// (tag id, node, the side `DataStream<X>`).
-    pub sides: Vec<(String, usize, Box<dyn std::any::Any>)>,
+    pub sides: RefCell<Vec<(String, usize, Box<dyn std::any::Any>)>>,
+    /// A process function's split: the operator emits `ProcessOutput<T>` and the node of a
+    /// side output is added when `get_side_output` first asks for its tag.
+    pub on_request: bool,
 }
 
 impl<T> Clone for DataStream<T> {
@@ -155,7 +158,7 @@ impl<T: Data> DataStream<T> {
     fn split_nodes(&self) -> Vec<usize> {
         self.split.as_ref().map_or_else(Vec::new, |s| {
             std::iter::once(s.origin)
-                .chain(s.sides.iter().map(|(_, n, _)| *n))
+                .chain(s.sides.borrow().iter().map(|(_, n, _)| *n))
                 .collect()
         })
     }
@@ -187,7 +190,7 @@ impl<T: Data> DataStream<T> {
                 g.nodes[s.origin].logical.uid = Some(uid.to_string());
                 let main = self.nodes[0];
                 g.nodes[main].logical.uid = Some(format!("{uid}/main"));
-                for (tag, n, _) in &s.sides {
+                for (tag, n, _) in s.sides.borrow().iter() {
                     g.nodes[*n].logical.uid = Some(format!("{uid}/side/{tag}"));
                 }
             }
@@ -196,27 +199,70 @@ impl<T: Data> DataStream<T> {
         self
     }
 
-    /// The side output `tag` of this stream's operator (e.g. late records of a window).
-    /// Panics if the operator has no such side output: a mistake in the job's code,
-    /// found when the job is built.
+    /// The side output `tag` of this stream's operator (late records of a window, records
+    /// a process function sent with `ctx.output(&tag, ..)`). Panics if the operator has no
+    /// such side output, or it has another type: a mistake in the job's code, found when
+    /// the job is built.
     pub fn get_side_output<X: Data>(
         &self,
         tag: &crate::api::windows::OutputTag<X>,
     ) -> DataStream<X> {
-        let side = self.split.as_ref().and_then(|s| {
-            s.sides
+        if let Some(s) = &self.split {
+            let found = s
+                .sides
+                .borrow()
                 .iter()
                 .find(|(id, _, _)| *id == tag.id)
-                .map(|(_, _, d)| d)
-        });
-        match side.and_then(|d| d.downcast_ref::<DataStream<X>>()) {
-            Some(d) => d.clone(),
-            None => panic!(
-                "no side output {:?} of type {} on this stream",
-                tag.id,
-                std::any::type_name::<X>()
-            ),
+                .map(|(_, _, d)| d.downcast_ref::<DataStream<X>>().cloned());
+            match found {
+                Some(Some(d)) => return d,
+                Some(None) => panic!(
+                    "side output {:?} is read as {} but has another type",
+                    tag.id,
+                    std::any::type_name::<X>()
+                ),
+                None if s.on_request => return self.process_side_output(s, tag),
+                None => {}
+            }
         }
+        panic!(
+            "no side output {:?} of type {} on this stream",
+            tag.id,
+            std::any::type_name::<X>()
+        )
+    }
+
+    /// Adds the node that reads side output `tag` from a process operator's output, with the
+    /// operator's parallelism and uid (so it chains to it).
+    fn process_side_output<X: Data>(
+        &self,
+        s: &Split,
+        tag: &crate::api::windows::OutputTag<X>,
+    ) -> DataStream<X> {
+        use crate::operators::side_output::{ProcessOutput, read_side, tag_hash};
+        let both: DataStream<ProcessOutput<T>> = DataStream::from_node(self.env.clone(), s.origin);
+        let (id, hash) = (tag.id.clone(), tag_hash(&tag.id));
+        let side = both.flat_map(move |o: ProcessOutput<T>, out: &mut Collector<'_, X>| {
+            match read_side::<X>(&id, hash, o) {
+                Ok(Some(x)) => out.collect(x),
+                Ok(None) => {}
+                // A job reading one tag id as two types; fails the job naming the tag.
+                Err(e) => panic!("{e}"),
+            }
+        });
+        {
+            let mut g = self.env.borrow_mut();
+            let origin = g.nodes[s.origin].logical.clone();
+            let n = &mut g.nodes[side.nodes[0]].logical;
+            n.name = format!("side output {}", tag.id);
+            n.parallelism = origin.parallelism;
+            n.max_parallelism = origin.max_parallelism;
+            n.uid = origin.uid.map(|u| format!("{u}/side/{}", tag.id));
+        }
+        s.sides
+            .borrow_mut()
+            .push((tag.id.clone(), side.nodes[0], Box::new(side.clone())));
+        side
     }
 
     /// One output record per input record.

@@ -3,6 +3,7 @@
 //! window functions.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +26,8 @@ use crate::codec::key_hash::stable_hash;
 use crate::error::{BoxError, JobError};
 use crate::operators::OpId;
 use crate::operators::count_window::CountWindowOperator;
-use crate::operators::process::KeyedProcessOperator;
+use crate::operators::process::{KeyedProcessOperator, ProcessSetup};
+use crate::operators::side_output::ProcessOutput;
 use crate::operators::watermark::TimestampsAndWatermarks;
 use crate::operators::window::{
     WindowKeyFn, WindowOperator, WindowOutputs, WindowSetup, WindowSpec,
@@ -136,19 +138,15 @@ where
         let f = Arc::new(f);
         let key = self.window_key();
         let build: TransformBuild = Arc::new(move |next, ctx| {
-            let mut op = KeyedProcessOperator {
-                key: key.clone(),
-                f: f.clone(),
-                state: HashMapValueState::new(ctx.key_groups),
-                event_queue: Default::default(),
-                processing_queue: Default::default(),
-                watermark: i64::MIN,
-                clock: clock.clone(),
+            let process = ProcessSetup {
+                key_groups: ctx.key_groups,
                 max_parallelism: ctx.max_parallelism,
-                next: unbox(next),
+                clock: clock.clone(),
                 id: OpId::of(ctx),
                 checkpoint: checkpoint_of(ctx),
             };
+            let mut op = KeyedProcessOperator::new(key.clone(), f.clone(), process, unbox(next))
+                .map_err(|e| setup(ctx, e))?;
             op.restore(&restored_states(ctx)?)
                 .map_err(|e| setup(ctx, format!("cannot restore from checkpoint: {e}")))?;
             Ok(boxed::<T>(op))
@@ -159,7 +157,7 @@ where
                 stable_hash(&*key(t))
             }))));
         let s = &self.stream;
-        let id = add_node::<F::Out>(
+        let id = add_node::<ProcessOutput<F::Out>>(
             &s.env,
             &s.nodes,
             Partitioning::Hash,
@@ -171,7 +169,22 @@ where
                 runtime: NodeRuntime::Transform(build),
             },
         );
-        DataStream::from_node(s.env.clone(), id)
+        // Main and side records share the operator's output; side outputs are split off
+        // when `get_side_output` asks for them.
+        let both = DataStream::<ProcessOutput<F::Out>>::from_node(s.env.clone(), id);
+        let main = both.flat_map(|o, out: &mut Collector<'_, F::Out>| {
+            if let ProcessOutput::Main(x) = o {
+                out.collect(x)
+            }
+        });
+        DataStream {
+            split: Some(Rc::new(Split {
+                origin: id,
+                sides: RefCell::new(Vec::new()),
+                on_request: true,
+            })),
+            ..main
+        }
     }
 
     fn window_key(&self) -> WindowKeyFn<T, K> {
@@ -457,7 +470,8 @@ where
         DataStream {
             split: Some(Rc::new(Split {
                 origin: id,
-                sides: vec![(tag, side_node, Box::new(side))],
+                sides: RefCell::new(vec![(tag, side_node, Box::new(side))]),
+                on_request: false,
             })),
             ..main
         }

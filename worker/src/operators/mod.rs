@@ -3,8 +3,11 @@
 //! files: [`watermark`] (timestamp assigner and watermark generator), [`window`].
 
 pub(crate) mod count_window;
+pub mod keyed_state;
 pub(crate) mod process;
 pub mod process_fn;
+pub(crate) mod side_output;
+pub mod state_ttl;
 pub(crate) mod timed_state;
 pub(crate) mod watermark;
 pub mod watermark_strategy;

@@ -2,20 +2,28 @@
 //! state and timers. Timers live in the key's entry (checkpointed with its state, by key
 //! group); the operator's time-ordered queues are rebuilt from them on restore, and a timer
 //! is removed from its key before it fires, so a restore never fires it twice.
+//!
+//! A snapshot names the function's states (name, kind, type) before the keyed entries, so a
+//! restore into a job that declares them differently fails naming the state instead of
+//! misreading it. Expired TTL entries are swept at every snapshot (and left out of it) and
+//! every shortest-TTL of processing time.
 
 use std::borrow::Borrow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use streamjob_crds::KeyGroupRange;
 use streamjob_crds::keygroup::key_group_of_hash;
 
 use crate::codec::key_hash::stable_hash;
 use crate::codec::state::{KeyedStateWriter, Restore, read_keyed_state};
 use crate::error::TaskError;
 use crate::operators::OpId;
+use crate::operators::keyed_state::{StateDeclarations, StateKind, StateTable, describe};
 use crate::operators::process_fn::{KeyEntry, KeyedContext, KeyedProcessFunction, TimerDomain};
+use crate::operators::side_output::{ProcessOutput, SideBuffer};
 use crate::operators::timed_state;
 use crate::operators::window::WindowKeyFn;
 use crate::runtime::checkpoint::Coordinator;
@@ -28,18 +36,73 @@ use crate::state::{HashMapValueState, ValueState};
 type Queue<KO> = BTreeMap<i64, Vec<(u32, u64, KO)>>;
 
 const MAGIC: &[u8; 5] = b"SJkpf";
-const FORMAT_VERSION: u8 = 1;
+/// 2: the state table after the header and named states in each key's entry.
+const FORMAT_VERSION: u8 = 2;
+
+/// The states a snapshot holds, checked against the job's before any entry is read.
+#[derive(Serialize, Deserialize)]
+struct SnapshotStates {
+    /// Type name of the function's `State`.
+    function_state: String,
+    states: Vec<(String, StateKind, String)>,
+}
+
+/// A key's entry in a snapshot: named states as (index in `SnapshotStates`, encoding).
+#[derive(Serialize)]
+struct EntryOut<'a, S> {
+    state: &'a S,
+    event_timers: &'a BTreeSet<i64>,
+    processing_timers: &'a BTreeSet<i64>,
+    named: Vec<(u32, Vec<u8>)>,
+}
+
+#[derive(Deserialize)]
+struct EntryIn<S> {
+    state: S,
+    event_timers: BTreeSet<i64>,
+    processing_timers: BTreeSet<i64>,
+    named: Vec<(u32, Vec<u8>)>,
+}
+
+/// Emits main records of a process function as `ProcessOutput::Main`.
+struct MainOutput<'a, O>(&'a mut dyn Output<ProcessOutput<O>>);
+
+impl<O> Output<O> for MainOutput<'_, O> {
+    #[inline]
+    fn emit(&mut self, item: O) -> Result<(), TaskError> {
+        self.0.emit(ProcessOutput::Main(item))
+    }
+    fn signal(&mut self, signal: Signal) -> Result<(), TaskError> {
+        self.0.signal(signal)
+    }
+    fn flush(&mut self) -> Result<(), TaskError> {
+        self.0.flush()
+    }
+}
 
 pub(crate) struct KeyedProcessOperator<T, K: ?Sized + ToOwned, F: KeyedProcessFunction<K, T>> {
-    pub key: WindowKeyFn<T, K>,
-    pub f: Arc<F>,
-    pub state: HashMapValueState<K, KeyEntry<F::State>>,
-    pub event_queue: Queue<K::Owned>,
-    pub processing_queue: Queue<K::Owned>,
-    pub watermark: i64,
-    pub clock: Arc<dyn Clock>,
+    key: WindowKeyFn<T, K>,
+    f: Arc<F>,
+    state: HashMapValueState<K, KeyEntry<F::State>>,
+    states: StateTable,
+    side: SideBuffer,
+    event_queue: Queue<K::Owned>,
+    processing_queue: Queue<K::Owned>,
+    watermark: i64,
+    clock: Arc<dyn Clock>,
+    /// Processing time of the next sweep of expired TTL entries.
+    next_sweep: i64,
+    max_parallelism: u32,
+    next: Box<dyn Output<ProcessOutput<F::Out>>>,
+    id: OpId,
+    checkpoint: Option<(Arc<Coordinator>, Arc<str>)>,
+}
+
+/// Where and how a process operator runs.
+pub(crate) struct ProcessSetup {
+    pub key_groups: KeyGroupRange,
     pub max_parallelism: u32,
-    pub next: Box<dyn Output<F::Out>>,
+    pub clock: Arc<dyn Clock>,
     pub id: OpId,
     pub checkpoint: Option<(Arc<Coordinator>, Arc<str>)>,
 }
@@ -51,7 +114,35 @@ where
     K::Owned: Borrow<K> + Clone + Serialize + DeserializeOwned + Send + 'static,
     F: KeyedProcessFunction<K, T>,
 {
+    /// Fails if the function declares a state name twice.
+    pub fn new(
+        key: WindowKeyFn<T, K>,
+        f: Arc<F>,
+        setup: ProcessSetup,
+        next: Box<dyn Output<ProcessOutput<F::Out>>>,
+    ) -> Result<Self, String> {
+        let mut declared = StateDeclarations::default();
+        f.declare_state(&mut declared);
+        Ok(KeyedProcessOperator {
+            key,
+            f,
+            state: HashMapValueState::new(setup.key_groups),
+            states: StateTable::new(declared)?,
+            side: SideBuffer::default(),
+            event_queue: Default::default(),
+            processing_queue: Default::default(),
+            watermark: i64::MIN,
+            clock: setup.clock,
+            next_sweep: i64::MIN,
+            max_parallelism: setup.max_parallelism,
+            next,
+            id: setup.id,
+            checkpoint: setup.checkpoint,
+        })
+    }
+
     /// Calls the function for one key; `call` gets the context and the collector.
+    #[allow(clippy::too_many_arguments)]
     fn with_key(
         &mut self,
         group: u32,
@@ -59,17 +150,14 @@ where
         key: &K::Owned,
         timestamp: Option<i64>,
         domain: Option<TimerDomain>,
+        processing_time: i64,
         call: impl FnOnce(&F, &mut KeyedContext<'_, K, F::State>, &mut Collector<'_, F::Out>),
     ) -> Result<(), TaskError> {
-        if self.state.get_mut(group, hash, key.borrow()).is_none() {
-            self.state
-                .put(group, hash, key.clone(), KeyEntry::default());
-        }
-        let processing_time = self.clock.now_ms();
         let entry = self
             .state
-            .get_mut(group, hash, key.borrow())
-            .expect("inserted above");
+            .get_or_insert_with(group, hash, key.borrow(), || {
+                (key.clone(), KeyEntry::default())
+            });
         let mut ctx = KeyedContext {
             key: key.borrow(),
             timestamp,
@@ -77,16 +165,17 @@ where
             processing_time,
             domain,
             entry,
+            states: &self.states,
+            side: &mut self.side,
             new_timers: Vec::new(),
         };
-        let mut out = Collector::new(&mut *self.next);
+        let mut main = MainOutput(&mut *self.next);
+        let mut out = Collector::new(&mut main);
         let f = &*self.f;
         self.id.guard(|| call(f, &mut ctx, &mut out))?;
         out.into_result()?;
         let new_timers = std::mem::take(&mut ctx.new_timers);
-        let empty = ctx.entry.event_timers.is_empty()
-            && ctx.entry.processing_timers.is_empty()
-            && ctx.entry.state == F::State::default();
+        let empty = ctx.entry.is_empty();
         for (d, t) in new_timers {
             let q = match d {
                 TimerDomain::EventTime => &mut self.event_queue,
@@ -96,6 +185,13 @@ where
         }
         if empty {
             self.state.remove(group, hash, key.borrow());
+        }
+        if let Some(e) = self.side.error.take() {
+            self.side.records.clear();
+            return Err(self.id.fail(e));
+        }
+        for r in self.side.records.drain(..) {
+            self.next.emit(ProcessOutput::Side(r))?;
         }
         Ok(())
     }
@@ -129,8 +225,9 @@ where
                     TimerDomain::EventTime => Some(time),
                     TimerDomain::ProcessingTime => None,
                 };
+                let now = self.clock.now_ms();
                 with_timestamp(ts.unwrap_or(NO_TIMESTAMP), || {
-                    self.with_key(group, hash, &key, ts, Some(domain), |f, ctx, out| {
+                    self.with_key(group, hash, &key, ts, Some(domain), now, |f, ctx, out| {
                         f.on_timer(time, ctx, out)
                     })
                 })?;
@@ -138,15 +235,106 @@ where
         }
     }
 
-    pub fn snapshot(&self) -> Result<Vec<u8>, String> {
-        let out = timed_state::start(MAGIC, FORMAT_VERSION, self.watermark);
+    /// Drops expired TTL entries of every key (and keys left with nothing).
+    fn sweep_expired(&mut self, now: i64) {
+        let Some(ttl) = self.states.min_ttl_ms() else {
+            return;
+        };
+        self.next_sweep = now.saturating_add(ttl);
+        let mut expired = Vec::new();
+        for g in self.state.key_groups().as_range() {
+            for (k, e) in self.state.iter_group(g) {
+                if self.states.any_expired(&e.named, now) {
+                    expired.push((g, k.clone()));
+                }
+            }
+        }
+        for (g, k) in expired {
+            let hash = stable_hash(k.borrow());
+            let Some(e) = self.state.get_mut(g, hash, k.borrow()) else {
+                continue;
+            };
+            self.states.purge(&mut e.named, now);
+            if e.is_empty() {
+                self.state.remove(g, hash, k.borrow());
+            }
+        }
+    }
+
+    /// Sweeps expired entries once per shortest TTL of processing time.
+    fn maybe_sweep(&mut self, now: i64) {
+        if self.states.min_ttl_ms().is_some() && now >= self.next_sweep {
+            self.sweep_expired(now);
+        }
+    }
+
+    /// The operator's state (expired TTL entries are dropped first, so they are not in it).
+    pub fn snapshot(&mut self) -> Result<Vec<u8>, String> {
+        self.sweep_expired(self.clock.now_ms());
+        let mut out = timed_state::start(MAGIC, FORMAT_VERSION, self.watermark);
+        let table = SnapshotStates {
+            function_state: std::any::type_name::<F::State>().to_string(),
+            states: self
+                .states
+                .iter()
+                .map(|d| (d.name.to_string(), d.kind, d.type_name.clone()))
+                .collect(),
+        };
+        crate::codec::append(&table, &mut out).map_err(|e| e.to_string())?;
         let mut w = KeyedStateWriter::appending_to(out);
         for g in self.state.key_groups().as_range() {
-            for (k, v) in self.state.iter_group(g) {
-                w.push(g, k.borrow(), v).map_err(|e| e.to_string())?;
+            for (k, e) in self.state.iter_group(g) {
+                let mut named = Vec::new();
+                for (i, slot) in e.named.iter().enumerate() {
+                    if let Some(s) = slot {
+                        let d = self.states.get(i);
+                        let bytes = (d.encode)(&**s)
+                            .map_err(|err| format!("cannot encode {}: {err}", d.describe()))?;
+                        named.push((i as u32, bytes));
+                    }
+                }
+                let entry = EntryOut {
+                    state: &e.state,
+                    event_timers: &e.event_timers,
+                    processing_timers: &e.processing_timers,
+                    named,
+                };
+                w.push(g, k.borrow(), &entry).map_err(|e| e.to_string())?;
             }
         }
         Ok(w.finish())
+    }
+
+    /// Maps a snapshot's states to the declared ones (by name): an error names the first
+    /// state that the job does not declare alike.
+    fn match_states(&self, snap: &SnapshotStates) -> Result<Vec<usize>, String> {
+        let ours = std::any::type_name::<F::State>();
+        if snap.function_state != ours {
+            return Err(format!(
+                "the function's State type differs: the snapshot holds {}, the job has {ours}",
+                snap.function_state
+            ));
+        }
+        snap.states
+            .iter()
+            .map(|(name, kind, type_name)| {
+                let theirs = describe(*kind, name, type_name);
+                let Some(i) = self.states.index_of(name) else {
+                    return Err(format!(
+                        "the snapshot holds {theirs}, which the process function does not \
+                         declare (declare it in declare_state to restore it)"
+                    ));
+                };
+                let d = self.states.get(i);
+                if d.kind != *kind || d.type_name != *type_name {
+                    return Err(format!(
+                        "the snapshot holds {theirs}, the job declares {}",
+                        d.describe()
+                    ));
+                }
+                Ok(i)
+            })
+            .collect()
     }
 
     /// Loads this subtask's key groups (any old parallelism) and rebuilds the timer queues.
@@ -160,29 +348,69 @@ where
         for (subtask, snap) in snapshots {
             let bad =
                 |what: &str| format!("process function state of old subtask {subtask}: {what}");
-            let (wm, blob) =
+            let (wm, rest) =
                 timed_state::split(snap, MAGIC, FORMAT_VERSION, "process function state")
                     .map_err(|e| bad(&e))?;
+            let (table, blob) = postcard::take_from_bytes::<SnapshotStates>(rest)
+                .map_err(|e| bad(&format!("cannot read its list of states: {e}")))?;
+            let index = self.match_states(&table).map_err(|e| bad(&e))?;
             watermark = Some(watermark.map_or(wm, |m| m.min(wm)));
-            let (state, eq, pq) = (
+            let (state, eq, pq, states) = (
                 &mut self.state,
                 &mut self.event_queue,
                 &mut self.processing_queue,
+                &self.states,
             );
+            let mut failed: Option<String> = None;
             read_keyed_state(
                 blob,
                 &restore,
-                |g, hash, key: K::Owned, e: KeyEntry<F::State>| {
+                |g, hash, key: K::Owned, e: EntryIn<F::State>| {
+                    if failed.is_some() {
+                        return;
+                    }
+                    let mut named = Vec::new();
+                    for (i, bytes) in e.named {
+                        let Some(&ours) = index.get(i as usize) else {
+                            failed = Some(format!("a key has state number {i}, not in the list"));
+                            return;
+                        };
+                        let d = states.get(ours);
+                        match (d.decode)(&bytes) {
+                            Ok(slot) => {
+                                if named.len() <= ours {
+                                    named.resize_with(states.len(), || None);
+                                }
+                                named[ours] = Some(slot);
+                            }
+                            Err(err) => {
+                                failed = Some(format!(
+                                    "cannot decode {} of key group {g}: {err}",
+                                    d.describe()
+                                ));
+                                return;
+                            }
+                        }
+                    }
                     for t in &e.event_timers {
                         eq.entry(*t).or_default().push((g, hash, key.clone()));
                     }
                     for t in &e.processing_timers {
                         pq.entry(*t).or_default().push((g, hash, key.clone()));
                     }
-                    state.put(g, hash, key, e);
+                    let entry = KeyEntry {
+                        state: e.state,
+                        event_timers: e.event_timers,
+                        processing_timers: e.processing_timers,
+                        named,
+                    };
+                    state.put(g, hash, key, entry);
                 },
             )
             .map_err(|e| bad(&e.to_string()))?;
+            if let Some(e) = failed {
+                return Err(bad(&e));
+            }
         }
         if let Some(w) = watermark {
             self.watermark = self.watermark.max(w);
@@ -190,13 +418,14 @@ where
         Ok(())
     }
 
-    fn write_snapshot(&self, checkpoint: Option<u64>) -> Result<(), TaskError> {
-        let Some((c, uid)) = &self.checkpoint else {
+    fn write_snapshot(&mut self, checkpoint: Option<u64>) -> Result<(), TaskError> {
+        if self.checkpoint.is_none() {
             return Ok(());
-        };
+        }
         let bytes = self
             .snapshot()
             .map_err(|e| self.id.fail(format!("cannot snapshot state: {e}")))?;
+        let (c, uid) = self.checkpoint.as_ref().expect("checked above");
         match checkpoint {
             Some(id) => c
                 .write_state(id, uid, self.id.subtask, &bytes)
@@ -217,10 +446,11 @@ where
     F: KeyedProcessFunction<K, T>,
 {
     fn emit(&mut self, item: T) -> Result<(), TaskError> {
+        let now = self.clock.now_ms();
         if !self.processing_queue.is_empty() {
-            let now = self.clock.now_ms();
             self.fire_due(TimerDomain::ProcessingTime, now)?;
         }
+        self.maybe_sweep(now);
         let key_fn = self.key.clone();
         let key: K::Owned = self
             .id
@@ -236,7 +466,7 @@ where
         }
         let ts = current_timestamp();
         let ts = (ts != NO_TIMESTAMP).then_some(ts);
-        self.with_key(group, hash, &key, ts, None, |f, ctx, out| {
+        self.with_key(group, hash, &key, ts, None, now, |f, ctx, out| {
             f.process_element(item, ctx, out)
         })
     }
@@ -255,10 +485,11 @@ where
     }
 
     fn flush(&mut self) -> Result<(), TaskError> {
+        let now = self.clock.now_ms();
         if !self.processing_queue.is_empty() {
-            let now = self.clock.now_ms();
             self.fire_due(TimerDomain::ProcessingTime, now)?;
         }
+        self.maybe_sweep(now);
         self.next.flush()
     }
 }
@@ -267,8 +498,6 @@ where
 mod tests {
     use std::borrow::Cow;
     use std::sync::Mutex;
-
-    use streamjob_crds::KeyGroupRange;
 
     use super::*;
     use crate::runtime::time::{MAX_WATERMARK, ManualClock, set_current_timestamp};
@@ -309,8 +538,11 @@ mod tests {
     type Fired = (String, &'static str, i64, u64);
 
     struct Sink(Arc<Mutex<Vec<Fired>>>);
-    impl Output<Fired> for Sink {
-        fn emit(&mut self, item: Fired) -> Result<(), TaskError> {
+    impl Output<ProcessOutput<Fired>> for Sink {
+        fn emit(&mut self, item: ProcessOutput<Fired>) -> Result<(), TaskError> {
+            let ProcessOutput::Main(item) = item else {
+                panic!("no side outputs here")
+            };
             self.0.lock().unwrap().push(item);
             Ok(())
         }
@@ -326,22 +558,22 @@ mod tests {
         clock: &ManualClock,
         out: &Arc<Mutex<Vec<Fired>>>,
     ) -> KeyedProcessOperator<String, str, Timers> {
-        KeyedProcessOperator {
-            key: Arc::new(|s: &String| Ok(Cow::Borrowed(s.as_str()))),
-            f: Arc::new(Timers),
-            state: HashMapValueState::new(KeyGroupRange::for_subtask(0, 1, 128)),
-            event_queue: Default::default(),
-            processing_queue: Default::default(),
-            watermark: i64::MIN,
-            clock: Arc::new(clock.clone()),
-            max_parallelism: 128,
-            next: Box::new(Sink(out.clone())),
-            id: OpId {
-                name: "p".into(),
-                subtask: 0,
+        KeyedProcessOperator::new(
+            Arc::new(|s: &String| Ok(Cow::Borrowed(s.as_str()))),
+            Arc::new(Timers),
+            ProcessSetup {
+                key_groups: KeyGroupRange::for_subtask(0, 1, 128),
+                max_parallelism: 128,
+                clock: Arc::new(clock.clone()),
+                id: OpId {
+                    name: "p".into(),
+                    subtask: 0,
+                },
+                checkpoint: None,
             },
-            checkpoint: None,
-        }
+            Box::new(Sink(out.clone())),
+        )
+        .unwrap()
     }
 
     #[test]

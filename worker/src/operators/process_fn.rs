@@ -1,21 +1,38 @@
 //! `KeyedProcessFunction` (Flink's): per record and per timer, with the key, the record's
 //! timestamp, the watermark, the processing time, a timer service and per-key state.
 //!
-//! Per-key state is one value of a type the function chooses (`State`: a struct, an
-//! `Option<V>` for a value state, a `Vec<V>` for a list state, a `BTreeMap` for a map
-//! state), checkpointed by key group with the key's timers. A key whose state equals
-//! `State::default()` and that has no timers is dropped.
+//! Per-key state comes two ways, both checkpointed by key group with the key's timers:
+//! named state handles (value, list, map, reducing; optional TTL), declared in
+//! `declare_state` and read with `ctx.get_state(&descriptor)` (see [`keyed_state`]), and one
+//! value of a type the function chooses (`State`, `ctx.state()`). A key whose `State`
+//! equals `State::default()`, with no named state and no timers, is dropped.
+//!
+//! `ctx.output(&tag, value)` sends a record to a side output, read with `get_side_output`.
 
 use std::collections::BTreeSet;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::operators::keyed_state::{Slot, StateTable};
+use crate::operators::side_output::SideBuffer;
+use crate::operators::windows::OutputTag;
 use crate::runtime::functions::Collector;
+
+pub use crate::operators::keyed_state::{
+    ListState, ListStateDescriptor, MapState, MapStateDescriptor, ReducingState,
+    ReducingStateDescriptor, StateData, StateDeclarations, StateDescriptor, StateKind, ValueState,
+    ValueStateDescriptor,
+};
+pub use crate::operators::state_ttl::{StateTtlConfig, UpdateType};
 
 pub trait KeyedProcessFunction<K: ?Sized, T>: Send + Sync + 'static {
     type State: Default + PartialEq + Clone + Send + Serialize + DeserializeOwned + 'static;
     type Out;
+
+    /// The named states the function uses (`states.add(&self.count)`). Only declared
+    /// states can be used, and a restore checks a snapshot's states against them.
+    fn declare_state(&self, _states: &mut StateDeclarations) {}
 
     fn process_element(
         &self,
@@ -35,11 +52,23 @@ pub trait KeyedProcessFunction<K: ?Sized, T>: Send + Sync + 'static {
 }
 
 /// A key's timers (one per key, time and domain, as in Flink) and state.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Default)]
 pub(crate) struct KeyEntry<S> {
     pub state: S,
     pub event_timers: BTreeSet<i64>,
     pub processing_timers: BTreeSet<i64>,
+    /// Named states by declaration index; `None` where the key has none.
+    pub named: Vec<Option<Slot>>,
+}
+
+impl<S: Default + PartialEq> KeyEntry<S> {
+    /// Nothing left to keep for the key.
+    pub fn is_empty(&self) -> bool {
+        self.event_timers.is_empty()
+            && self.processing_timers.is_empty()
+            && self.named.iter().all(Option::is_none)
+            && self.state == S::default()
+    }
 }
 
 /// Which clock a timer follows.
@@ -57,6 +86,8 @@ pub struct KeyedContext<'a, K: ?Sized, S> {
     pub(crate) processing_time: i64,
     pub(crate) domain: Option<TimerDomain>,
     pub(crate) entry: &'a mut KeyEntry<S>,
+    pub(crate) states: &'a StateTable,
+    pub(crate) side: &'a mut SideBuffer,
     /// Timers registered during this call, for the operator's queues.
     pub(crate) new_timers: Vec<(TimerDomain, i64)>,
 }
@@ -79,9 +110,23 @@ impl<K: ?Sized, S> KeyedContext<'_, K, S> {
     pub fn timer_domain(&self) -> Option<TimerDomain> {
         self.domain
     }
-    /// This key's state.
+    /// This key's `State` value.
     pub fn state(&mut self) -> &mut S {
         &mut self.entry.state
+    }
+    /// This key's entry of a named state declared in `declare_state`, e.g.
+    /// `ctx.get_state(&self.count).value()`. With a TTL, expired entries are never returned;
+    /// the TTL follows the operator's processing-time clock.
+    pub fn get_state<'s, D: StateDescriptor>(&'s mut self, descriptor: &'s D) -> D::Handle<'s> {
+        let cell = self
+            .states
+            .cell(descriptor, &mut self.entry.named, self.processing_time);
+        descriptor.handle(cell)
+    }
+    /// Emits `value` to the side output `tag` (read it with `get_side_output(&tag)` on the
+    /// stream `process` returned).
+    pub fn output<X: Serialize>(&mut self, tag: &OutputTag<X>, value: X) {
+        self.side.push(&tag.id, &value)
     }
     /// Fires `on_timer` once the watermark reaches `time` (once per key and time).
     pub fn register_event_time_timer(&mut self, time: i64) {
@@ -117,6 +162,9 @@ pub trait KeyedCoProcessFunction<K: ?Sized, A, B>: Send + Sync + 'static {
     type State: Default + PartialEq + Clone + Send + Serialize + DeserializeOwned + 'static;
     type Out;
 
+    /// As [`KeyedProcessFunction::declare_state`]: both inputs share these states.
+    fn declare_state(&self, _states: &mut StateDeclarations) {}
+
     fn process_element1(
         &self,
         value: A,
@@ -149,6 +197,10 @@ where
 {
     type State = F::State;
     type Out = F::Out;
+
+    fn declare_state(&self, states: &mut StateDeclarations) {
+        self.0.declare_state(states)
+    }
 
     fn process_element(
         &self,
