@@ -196,7 +196,12 @@ impl KeyedProcessFunction<String, Visit> for Router {
         }
     }
 
-    fn on_timer(&self, _t: i64, ctx: &mut KeyedContext<'_, String, ()>, _: &mut Collector<'_, i64>) {
+    fn on_timer(
+        &self,
+        _t: i64,
+        ctx: &mut KeyedContext<'_, String, ()>,
+        _: &mut Collector<'_, i64>,
+    ) {
         let user = ctx.get_current_key().clone();
         ctx.output(&self.ended, user);
     }
@@ -215,11 +220,7 @@ fn side_outputs_of_a_process_function_get_exactly_their_records() {
         .filter(|v| v.amount > 50)
         .map(|v| (v.user.clone(), v.amount))
         .collect();
-    let mut want_negative: Vec<i64> = input
-        .iter()
-        .map(|v| v.amount)
-        .filter(|a| *a < 0)
-        .collect();
+    let mut want_negative: Vec<i64> = input.iter().map(|v| v.amount).filter(|a| *a < 0).collect();
     let mut want_ended: Vec<String> = input.iter().map(|v| v.user.clone()).collect();
     want_ended.sort();
     want_ended.dedup();
@@ -254,7 +255,11 @@ fn side_outputs_of_a_process_function_get_exactly_their_records() {
         env.execute("side outputs").unwrap();
         assert_eq!(sorted(main.take()), want_main, "main, parallelism {p}");
         assert_eq!(sorted(big.take()), want_big, "big, parallelism {p}");
-        assert_eq!(sorted(negative.take()), want_negative, "negative, parallelism {p}");
+        assert_eq!(
+            sorted(negative.take()),
+            want_negative,
+            "negative, parallelism {p}"
+        );
         assert_eq!(sorted(ended.take()), want_ended, "ended, parallelism {p}");
     }
 }
@@ -281,7 +286,9 @@ fn a_side_output_read_as_another_type_fails_the_job_naming_the_tag() {
         .from_collection(visits(10, 1))
         .key_by(|v: &Visit| v.user.clone())
         .process(WritesStrings(OutputTag::new("names")));
-    let _ = main.get_side_output(&OutputTag::<u64>::new("names")).collect_sink();
+    let _ = main
+        .get_side_output(&OutputTag::<u64>::new("names"))
+        .collect_sink();
     let err = env.execute("wrong side type").unwrap_err().to_string();
     assert!(
         err.contains("side output \"names\" is read as u64 but was written with another type"),

@@ -622,3 +622,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "process_state_tests.rs"]
+mod state_tests;
