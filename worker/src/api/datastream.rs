@@ -42,12 +42,14 @@ pub struct DataStream<T> {
     pub(crate) _t: PhantomData<fn() -> T>,
 }
 
+/// A side output of a split: (tag id, node, the side `DataStream<X>`).
+pub(crate) type SideStream = (String, usize, Box<dyn std::any::Any>);
+
 /// An operator whose output is split into a main stream and side outputs: settings on the
 /// main stream apply to the operator itself (`origin`) and to every split node.
 pub(crate) struct Split {
     pub origin: usize,
-    /// (tag id, node, the side `DataStream<X>`).
-    pub sides: RefCell<Vec<(String, usize, Box<dyn std::any::Any>)>>,
+    pub sides: RefCell<Vec<SideStream>>,
     /// A process function's split: the operator emits `ProcessOutput<T>` and the node of a
     /// side output is added when `get_side_output` first asks for its tag.
     pub on_request: bool,
