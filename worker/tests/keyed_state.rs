@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use streamjob::api::process::{
-    KeyedContext, KeyedProcessFunction, ListStateDescriptor, MapStateDescriptor,
-    ReducingStateDescriptor, StateDeclarations, StateTtlConfig, ValueStateDescriptor,
+    KeyedCoProcessFunction, KeyedContext, KeyedProcessFunction, ListStateDescriptor,
+    MapStateDescriptor, ReducingStateDescriptor, StateDeclarations, StateTtlConfig,
+    ValueStateDescriptor,
 };
 use streamjob::api::windows::OutputTag;
 use streamjob::{Collector, StreamExecutionEnvironment};
@@ -338,5 +339,97 @@ fn keyed_states_restored_at_another_parallelism_continue_exactly() {
         got.sort();
         assert_eq!(got, want, "{from} -> {to}");
         let _ = std::fs::remove_dir_all(&chk);
+    }
+}
+
+/// Enrichment with a control stream: amounts wait in list state until their user's factor
+/// arrives in value state; the final watermark's timer flushes users that never got one.
+struct Enrich {
+    factor: ValueStateDescriptor<i64>,
+    pending: ListStateDescriptor<i64>,
+}
+
+impl KeyedCoProcessFunction<String, (String, i64), (String, i64)> for Enrich {
+    type State = ();
+    type Out = (String, i64);
+
+    fn declare_state(&self, states: &mut StateDeclarations) {
+        states.add(&self.factor).add(&self.pending);
+    }
+
+    fn process_element1(
+        &self,
+        (user, amount): (String, i64),
+        ctx: &mut KeyedContext<'_, String, ()>,
+        out: &mut Collector<'_, (String, i64)>,
+    ) {
+        match ctx.get_state(&self.factor).value().copied() {
+            Some(f) => out.collect((user, amount * f)),
+            None => {
+                ctx.get_state(&self.pending).add(amount);
+                ctx.register_event_time_timer(0);
+            }
+        }
+    }
+
+    fn process_element2(
+        &self,
+        (user, f): (String, i64),
+        ctx: &mut KeyedContext<'_, String, ()>,
+        out: &mut Collector<'_, (String, i64)>,
+    ) {
+        ctx.get_state(&self.factor).update(f);
+        let mut pending = ctx.get_state(&self.pending);
+        for a in pending.get() {
+            out.collect((user.clone(), a * f));
+        }
+        pending.clear();
+    }
+
+    fn on_timer(
+        &self,
+        _: i64,
+        ctx: &mut KeyedContext<'_, String, ()>,
+        out: &mut Collector<'_, (String, i64)>,
+    ) {
+        let user = ctx.get_current_key().clone();
+        let mut pending = ctx.get_state(&self.pending);
+        for a in pending.get() {
+            out.collect((user.clone(), *a));
+        }
+        pending.clear();
+    }
+}
+
+#[test]
+fn a_co_process_function_shares_named_state_between_its_inputs() {
+    let amounts: Vec<(String, i64)> = (0..400)
+        .map(|i| (format!("u{}", i % 9), i as i64))
+        .collect();
+    let factors: Vec<(String, i64)> = (0..6).map(|i| (format!("u{i}"), 10 + i)).collect();
+    let factor_of: BTreeMap<String, i64> = factors.iter().cloned().collect();
+    let want = sorted(
+        amounts
+            .iter()
+            .map(|(u, a)| (u.clone(), a * factor_of.get(u).copied().unwrap_or(1)))
+            .collect(),
+    );
+    for p in [1, 3] {
+        let env = StreamExecutionEnvironment::get_execution_environment();
+        env.set_parallelism(p);
+        let out = env
+            .from_collection(amounts.clone())
+            .connect(&env.from_collection(factors.clone()))
+            .key_by(
+                |a: &(String, i64)| a.0.clone(),
+                |f: &(String, i64)| f.0.clone(),
+            )
+            .co_process(Enrich {
+                factor: ValueStateDescriptor::new("factor"),
+                pending: ListStateDescriptor::new("pending"),
+            })
+            .collect_sink();
+        env.execute("enrich").unwrap();
+        assert_eq!(sorted(out.take()), want, "parallelism {p}");
     }
 }

@@ -6,7 +6,7 @@
 //! A snapshot names the function's states (name, kind, type) before the keyed entries, so a
 //! restore into a job that declares them differently fails naming the state instead of
 //! misreading it. Expired TTL entries are swept at every snapshot (and left out of it) and
-//! every shortest-TTL of processing time.
+//! once per shortest TTL (at least a second) of processing time.
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,6 +36,8 @@ use crate::state::{HashMapValueState, ValueState};
 type Queue<KO> = BTreeMap<i64, Vec<(u32, u64, KO)>>;
 
 const MAGIC: &[u8; 5] = b"SJkpf";
+/// Shortest time between two sweeps of expired TTL entries.
+const MIN_SWEEP_INTERVAL_MS: i64 = 1_000;
 /// 2: the state table after the header and named states in each key's entry.
 const FORMAT_VERSION: u8 = 2;
 
@@ -240,7 +242,8 @@ where
         let Some(ttl) = self.states.min_ttl_ms() else {
             return;
         };
-        self.next_sweep = now.saturating_add(ttl);
+        // A sweep visits every key: at most once a second, whatever the TTL.
+        self.next_sweep = now.saturating_add(ttl.max(MIN_SWEEP_INTERVAL_MS));
         let mut expired = Vec::new();
         for g in self.state.key_groups().as_range() {
             for (k, e) in self.state.iter_group(g) {
@@ -261,7 +264,7 @@ where
         }
     }
 
-    /// Sweeps expired entries once per shortest TTL of processing time.
+    /// Sweeps expired entries once per shortest TTL (at least a second) of processing time.
     fn maybe_sweep(&mut self, now: i64) {
         if self.states.min_ttl_ms().is_some() && now >= self.next_sweep {
             self.sweep_expired(now);

@@ -200,12 +200,13 @@ fn expired_entries_are_swept_and_left_out_of_snapshots() {
     assert_eq!(seen(&out), (None, vec![], vec![], None));
     q.emit(("k30".into(), Cmd::Read)).unwrap();
     assert_eq!(seen(&out), (Some(30), vec![30], vec![(0, 30)], Some(30)));
-    // Without snapshots or reads, the sweep (every shortest TTL of processing time) drops
-    // keys nobody touches again; the snapshot's sweep at 1125 makes the next one due at 1225.
-    clock.set(1_224);
+    // Without snapshots or reads, the sweep (every shortest TTL, at least a second, of
+    // processing time) drops keys nobody touches again; the snapshot's sweep at 1125 makes
+    // the next one due at 2125.
+    clock.set(2_124);
     p.emit(("other".into(), Cmd::Set(1))).unwrap();
     assert_eq!(p.state.len(), 25, "no sweep yet");
-    clock.set(1_225);
+    clock.set(2_125);
     p.emit(("other".into(), Cmd::Set(1))).unwrap();
     assert_eq!(p.state.len(), 1, "only the key just written is left");
 }
