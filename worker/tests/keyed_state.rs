@@ -433,3 +433,52 @@ fn a_co_process_function_shares_named_state_between_its_inputs() {
         assert_eq!(sorted(out.take()), want, "parallelism {p}");
     }
 }
+
+/// `AllStates` with its `count` retyped.
+struct RetypedCount(ValueStateDescriptor<String>, AllStates);
+
+impl KeyedProcessFunction<String, Visit> for RetypedCount {
+    type State = ();
+    type Out = Out;
+    fn declare_state(&self, states: &mut StateDeclarations) {
+        states
+            .add(&self.0)
+            .add(&self.1.recent)
+            .add(&self.1.per_page)
+            .add(&self.1.max_amount);
+    }
+    fn process_element(
+        &self,
+        _: Visit,
+        _: &mut KeyedContext<'_, String, ()>,
+        _: &mut Collector<'_, Out>,
+    ) {
+    }
+}
+
+#[test]
+fn a_job_restoring_states_it_declares_differently_fails_naming_the_state() {
+    let chk = tmp("retyped");
+    run_checkpointed(visits(100, 3), 2, &chk);
+    let env = StreamExecutionEnvironment::get_execution_environment();
+    env.set_parallelism(2)
+        .enable_checkpointing(Duration::from_secs(3600), &chk, 3);
+    env.from_collection(visits(10, 4))
+        .key_by(|v: &Visit| v.user.clone())
+        .process(RetypedCount(
+            ValueStateDescriptor::new("count"),
+            AllStates::new(),
+        ))
+        .uid("all-states")
+        .collect_sink();
+    let err = env.execute("retyped").unwrap_err().to_string();
+    assert!(
+        err.contains("cannot restore from checkpoint")
+            && err.contains(
+                "the snapshot holds value state 'count' of u64, the job declares value state \
+                 'count' of alloc::string::String"
+            ),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&chk);
+}
