@@ -7,6 +7,7 @@ pub mod keyed_state;
 pub(crate) mod process;
 pub mod process_fn;
 pub(crate) mod side_output;
+pub mod state_handles;
 pub mod state_ttl;
 pub(crate) mod timed_state;
 pub(crate) mod watermark;
