@@ -1,5 +1,6 @@
-//! Keyed state handles for process functions (Flink's `ValueState`, `ListState`, `MapState`
-//! and `ReducingState`), scoped to the current key.
+//! Named keyed state of process functions (Flink's `ValueState`, `ListState`, `MapState`
+//! and `ReducingState`, scoped to the current key): how entries are stored, declared and
+//! checked. The typed descriptors and handles are in `state_handles`.
 //!
 //! A function names its states with typed descriptors (`ValueStateDescriptor::<u64>::new
 //! ("count")`), declares them in `declare_state`, and reads them with `ctx.get_state(&desc)`.
