@@ -19,7 +19,7 @@ use streamjob::connectors::nexmark::{GeneratorConfig, event_time_of};
 mod common;
 
 use common::cluster::MiniCluster;
-use common::kafka_topics::{broker, create_topic, payloads, unique};
+use common::kafka_topics::{broker, create_topic, payloads, payloads_until_quiet, unique};
 use common::{BIN, has_complete_checkpoint_below, kill9, sorted_lines, wait_until, workers_of};
 
 const EVENTS: u64 = 60_000;
@@ -125,9 +125,9 @@ fn kafka_sink(topic: &str) -> String {
     )
 }
 
-/// The paced run takes ~12 s of wall time at 5000 events/s: long enough for checkpoints
-/// and kills mid-run.
-const RATE: u64 = 5000;
+/// The paced run takes ~15 s of wall time at 4000 events/s: long enough for checkpoints,
+/// kills and savepoints mid-run.
+const RATE: u64 = 4000;
 
 #[test]
 fn the_uninterrupted_run_matches_the_oracle() {
@@ -139,7 +139,11 @@ fn the_uninterrupted_run_matches_the_oracle() {
         .arg(&spec)
         .output()
         .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     assert_eq!(sorted_lines(&out, "windows"), oracle());
 }
 
@@ -194,8 +198,14 @@ fn workers_killed_mid_window_with_the_exactly_once_kafka_sink_show_each_window_o
     create_topic(&topic, 3);
     let spec = spec(&dir, "kill-kafka", 2, RATE, &kafka_sink(&topic));
     let mut cluster = MiniCluster::start(&spec, &["--workers", "2"]);
-    kill_both_workers_mid_run(&mut cluster, &dir, || payloads(&topic, true).len());
-    let mut seen = payloads(&topic, true);
+    kill_both_workers_mid_run(&mut cluster, &dir, || {
+        payloads_until_quiet(&topic, true, Duration::from_millis(500)).len()
+    });
+    assert_exactly_once(payloads(&topic, true));
+}
+
+/// `seen` (what a read_committed reader got) is every window result exactly once.
+fn assert_exactly_once(mut seen: Vec<String>) {
     seen.sort();
     let want = oracle();
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
@@ -203,39 +213,73 @@ fn workers_killed_mid_window_with_the_exactly_once_kafka_sink_show_each_window_o
         *counts.entry(s).or_default() += 1;
     }
     let repeated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(repeated.is_empty(), "windows seen more than once: {repeated:?}");
+    assert!(
+        repeated.is_empty(),
+        "windows seen more than once: {repeated:?}"
+    );
     assert_eq!(seen, want);
+}
+
+/// Stop-with-savepoint at parallelism 2 (once `count` says some output exists), restore at
+/// 3 and stop again, restore at 1 and run to the end. Returns the savepoint paths.
+fn savepoint_2_3_1(dir: &Path, sink: &str, count: impl Fn() -> usize) {
+    let want = oracle().len();
+    let one = MiniCluster::start(
+        &spec(dir, "sp", 2, RATE, sink),
+        &["--workers", "2", "--run-id", "one"],
+    );
+    let sp1 = one.stop_with_savepoint_when(|| count() > 0);
+    assert!(Path::new(&sp1).join("_metadata").is_file(), "{sp1}");
+    let first = count();
+    assert!(
+        first > 0 && first < want,
+        "stopped mid-run: {first} of {want} results"
+    );
+
+    let two = MiniCluster::start(
+        &spec(dir, "sp", 3, RATE, sink),
+        &["--workers", "3", "--run-id", "two", "--restore-from", &sp1],
+    );
+    let sp2 = two.stop_with_savepoint_when(|| count() > first + 5);
+    let second = count();
+    assert!(
+        second > first && second < want,
+        "stopped mid-run: {second} of {want} results, {first} after the first savepoint"
+    );
+
+    let mut three = MiniCluster::start(
+        &spec(dir, "sp", 1, 0, sink),
+        &[
+            "--workers",
+            "1",
+            "--run-id",
+            "three",
+            "--restore-from",
+            &sp2,
+        ],
+    );
+    let (ok, log) = three.wait(Duration::from_secs(120));
+    assert!(ok, "{log}");
 }
 
 #[test]
 fn a_savepoint_with_open_windows_restores_at_2_then_3_then_1_with_the_uninterrupted_output() {
     let dir = tmp("savepoint");
     let out = dir.join("out");
-    let lines = || sorted_lines(&out, "windows").len();
-    let want = oracle();
+    savepoint_2_3_1(&dir, &file_sink(&out), || {
+        sorted_lines(&out, "windows").len()
+    });
+    assert_eq!(sorted_lines(&out, "windows"), oracle());
+}
 
-    let one = MiniCluster::start(
-        &spec(&dir, "sp", 2, RATE, &file_sink(&out)),
-        &["--workers", "2", "--run-id", "one"],
-    );
-    let sp1 = one.stop_with_savepoint_when(|| lines() > 0);
-    assert!(Path::new(&sp1).join("_metadata").is_file(), "{sp1}");
-    let first = lines();
-    assert!(first > 0 && first < want.len(), "stopped mid-run: {first}");
-
-    let two = MiniCluster::start(
-        &spec(&dir, "sp", 3, RATE, &file_sink(&out)),
-        &["--workers", "3", "--run-id", "two", "--restore-from", &sp1],
-    );
-    let sp2 = two.stop_with_savepoint_when(|| lines() > first + 5);
-    let second = lines();
-    assert!(second > first && second < want.len(), "stopped mid-run: {second}");
-
-    let mut three = MiniCluster::start(
-        &spec(&dir, "sp", 1, 0, &file_sink(&out)),
-        &["--workers", "1", "--run-id", "three", "--restore-from", &sp2],
-    );
-    let (ok, log) = three.wait(Duration::from_secs(120));
-    assert!(ok, "{log}");
-    assert_eq!(sorted_lines(&out, "windows"), want);
+#[test]
+fn a_savepoint_restored_at_2_then_3_then_1_shows_each_window_once_through_the_exactly_once_kafka_sink()
+ {
+    let dir = tmp("savepoint-kafka");
+    let topic = unique("windows-sp");
+    create_topic(&topic, 3);
+    savepoint_2_3_1(&dir, &kafka_sink(&topic), || {
+        payloads_until_quiet(&topic, true, Duration::from_millis(500)).len()
+    });
+    assert_exactly_once(payloads(&topic, true));
 }

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{BIN, kill_cluster, wait_exit, wait_for};
+use super::{BIN, kill_cluster};
 
 const TOKEN: &str = "windows-test-token";
 
@@ -73,14 +73,28 @@ impl MiniCluster {
     /// exists), then stops it with a savepoint; returns the savepoint's path once the
     /// cluster has ended cleanly.
     pub fn stop_with_savepoint_when(mut self, mut ready: impl FnMut() -> bool) -> String {
-        wait_for(
-            Duration::from_secs(60),
-            "no checkpoint completed with output written",
-            || {
-                let s = self.status();
-                (s["lastCheckpoint"]["id"].as_u64().is_some() && ready()).then_some(())
-            },
-        );
+        let mut last = serde_json::Value::Null;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let (_, log) = self.wait(Duration::from_secs(5));
+                panic!(
+                    "the job ended ({status}) before its savepoint; last status {last}; log:\n{log}"
+                );
+            }
+            last = self.status();
+            if last["lastCheckpoint"]["id"].as_u64().is_some() && ready() {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                kill_cluster(&mut self.child);
+                let (_, log) = self.wait(Duration::from_secs(5));
+                panic!(
+                    "no checkpoint completed with output written within 60s; last status {last}; log:\n{log}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let sp = Command::new(BIN)
             .args(["savepoint", "--stop", "--address", &self.address])
             .env("STREAMJOB_TOKEN", TOKEN)
@@ -97,12 +111,32 @@ impl MiniCluster {
     }
 
     /// Waits for the cluster to exit; returns (success, its stderr).
+    /// On timeout the cluster is killed and the log says so.
     pub fn wait(&mut self, within: Duration) -> (bool, String) {
-        let status = wait_exit(&mut self.child, within);
+        let deadline = std::time::Instant::now() + within;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                kill_cluster(&mut self.child);
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         if let Some(d) = self.drain.take() {
             let _ = d.join();
         }
-        (status.success(), self.log())
+        match status {
+            Some(s) => (s.success(), self.log()),
+            None => (
+                false,
+                format!(
+                    "did not exit within {within:?}, killed; its log:\n{}",
+                    self.log()
+                ),
+            ),
+        }
     }
 
     pub fn log(&self) -> String {

@@ -94,6 +94,12 @@ pub fn produce_to(topic: &str, records: &[(i32, String)]) {
 
 /// The payloads of every record now in `topic` (read_committed or read_uncommitted).
 pub fn payloads(topic: &str, read_committed: bool) -> Vec<String> {
+    payloads_until_quiet(topic, read_committed, Duration::from_secs(3))
+}
+
+/// [`payloads`], giving up once nothing arrived for `quiet` (for polling a running job's
+/// output: an open transaction's records never arrive for read_committed).
+pub fn payloads_until_quiet(topic: &str, read_committed: bool, quiet: Duration) -> Vec<String> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", broker())
         .set("group.id", unique("check"))
@@ -127,7 +133,7 @@ pub fn payloads(topic: &str, read_committed: bool) -> Vec<String> {
     let mut positions: BTreeMap<i32, i64> = BTreeMap::new();
     // Until every partition reached its end, or nothing arrived for a while (transaction
     // markers take offsets that carry no record).
-    while idle.elapsed() < Duration::from_secs(3)
+    while idle.elapsed() < quiet
         && ends
             .iter()
             .any(|(p, &h)| positions.get(p).copied().unwrap_or(0) < h - 1)
