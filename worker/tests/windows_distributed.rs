@@ -85,6 +85,25 @@ fn text(recs: &[(String, i64, i64)]) -> String {
 /// The spec job: `source` (a source step's body, with its watermarks) -> fields -> keyBy
 /// -> tumbling window (count, sum) -> file sink at `out`.
 fn window_spec(dir: &Path, name: &str, parallelism: u32, source: &str, out: &Path) -> PathBuf {
+    window_spec_with(
+        dir,
+        name,
+        parallelism,
+        source,
+        &format!("tumbling: {{size: {WINDOW}ms}}"),
+        out,
+    )
+}
+
+/// [`window_spec`] with another window assigner (`assigner`: its spec line).
+fn window_spec_with(
+    dir: &Path,
+    name: &str,
+    parallelism: u32,
+    source: &str,
+    assigner: &str,
+    out: &Path,
+) -> PathBuf {
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(
         &path,
@@ -100,7 +119,7 @@ spec:
       keyBy: {{expr: 'value[0]'}}
     - name: w
       window:
-        tumbling: {{size: {WINDOW}ms}}
+        {assigner}
         aggregates:
           - {{name: n, function: count}}
           - {{name: s, function: sum, expr: 'int(value[2])'}}
@@ -169,6 +188,70 @@ fn a_spec_window_gives_identical_output_in_one_process_and_on_2_and_3_workers() 
         outputs.push(got.join("\n"));
     }
     assert!(outputs.windows(2).all(|w| w[0] == w[1]));
+}
+
+/// Session windows of `gap` ms per key: a session is a run of a key's timestamps (sorted)
+/// each within `gap` of the previous (Flink merges windows that touch), ending `gap` after
+/// its last record.
+fn session_oracle(recs: &[(String, i64, i64)], gap: i64) -> Vec<String> {
+    let mut per_key: BTreeMap<&str, Vec<(i64, i64)>> = BTreeMap::new();
+    for (k, ts, v) in recs {
+        per_key.entry(k).or_default().push((*ts, *v));
+    }
+    let mut out = Vec::new();
+    for (k, mut rs) in per_key {
+        rs.sort_unstable();
+        let mut session: Option<(i64, i64, i64, i64)> = None; // start, last, n, sum
+        for (ts, v) in rs {
+            session = match session {
+                Some((start, last, n, s)) if ts <= last + gap => Some((start, ts, n + 1, s + v)),
+                done => {
+                    if let Some((start, last, n, s)) = done {
+                        out.push(serde_json::to_string(&(k, start, last + gap, n, s)).unwrap());
+                    }
+                    Some((ts, ts, 1, v))
+                }
+            };
+        }
+        let (start, last, n, s) = session.unwrap();
+        out.push(serde_json::to_string(&(k, start, last + gap, n, s)).unwrap());
+    }
+    out.sort();
+    out
+}
+
+/// Session windows merge out-of-order records the same way whichever worker process holds
+/// a key: identical output in one process and on 2 and 3 workers.
+#[test]
+fn session_windows_merge_identically_in_one_process_and_on_2_and_3_workers() {
+    let dir = tmp("session");
+    let recs = records(4000, 4);
+    std::fs::write(dir.join("input.txt"), text(&recs)).unwrap();
+    let want = session_oracle(&recs, 400);
+    let merged = want.iter().filter(|l| !l.ends_with(",1,0]")).count();
+    assert!(
+        want.len() > 200 && want.len() < recs.len() / 2,
+        "sessions merge records: {} sessions of {} records, {merged} with more than one",
+        want.len(),
+        recs.len()
+    );
+    for workers in [None, Some(2), Some(3)] {
+        let out = dir.join(format!("out-{workers:?}"));
+        std::fs::create_dir_all(&out).unwrap();
+        let spec = window_spec_with(
+            &dir,
+            "session",
+            3,
+            &file_source(&dir.join("input.txt")),
+            "session: {gap: 400ms}",
+            &out.join("windows"),
+        );
+        match workers {
+            None => run_ok(&["run"], &spec),
+            Some(n) => run_ok(&["run", "--workers", &n.to_string()], &spec),
+        }
+        assert_eq!(sorted_lines(&out, "windows"), want, "workers {workers:?}");
+    }
 }
 
 /// Count and sum of the values of a window.
