@@ -29,6 +29,9 @@ pub(crate) struct TimestampsAndWatermarks<T> {
     active: bool,
     last_active_ms: i64,
     idle: bool,
+    /// After `EndOfInput` nothing more goes downstream: the chain is still flushed while
+    /// it waits for the final checkpoint, but the subtasks it feeds may be gone.
+    ended: bool,
 }
 
 impl<T> TimestampsAndWatermarks<T> {
@@ -52,6 +55,7 @@ impl<T> TimestampsAndWatermarks<T> {
             active: false,
             last_active_ms: now,
             idle: false,
+            ended: false,
         }
     }
 
@@ -74,6 +78,9 @@ impl<T> TimestampsAndWatermarks<T> {
 
     /// Periodic work: emit a watermark when due, announce idleness.
     fn tick(&mut self) -> Result<(), TaskError> {
+        if self.ended {
+            return Ok(());
+        }
         let now = self.strategy.clock.now_ms();
         if self.active {
             self.active = false;
@@ -149,6 +156,10 @@ impl<T: Send> Output<T> for TimestampsAndWatermarks<T> {
             }
             // This operator's watermarks replace upstream's.
             Signal::Watermark(_) | Signal::Idle => Ok(()),
+            Signal::EndOfInput => {
+                self.ended = true;
+                self.next.signal(signal)
+            }
             Signal::Barrier(b) => {
                 if let Some((c, uid)) = &self.checkpoint {
                     c.write_state(b.id, uid, self.id.subtask, &self.emitted.to_le_bytes())
@@ -246,6 +257,26 @@ mod tests {
                 "Watermark(9223372036854775807)",
             ]
         );
+    }
+
+    /// Regression: a source stopped by a savepoint (or waiting for the final checkpoint)
+    /// flushes its chain after the end of input; a watermark or idle status then went out
+    /// after `EndOfInput` to downstream subtasks that had already finished, failing the
+    /// job with "a downstream subtask stopped" (a distributed stop-with-savepoint then
+    /// restarted instead of stopping).
+    #[test]
+    fn nothing_is_emitted_after_the_end_of_input() {
+        let clock = ManualClock::new(0);
+        let s = WatermarkStrategy::for_bounded_out_of_orderness(Duration::from_millis(5))
+            .with_timestamp_assigner(|v: &i64, _| *v)
+            .with_idleness(Duration::from_millis(1000))
+            .with_clock(Arc::new(clock.clone()));
+        let (mut op, log) = op(s, None);
+        op.emit(100).unwrap();
+        op.signal(Signal::EndOfInput).unwrap();
+        clock.set(5000);
+        op.flush().unwrap();
+        assert_eq!(*log.0.lock().unwrap(), vec!["100@100", "EndOfInput"]);
     }
 
     #[test]

@@ -650,6 +650,9 @@ where
                     );
                 }
                 self.write_snapshot(None)?;
+                // As in Flink, processing-time timers do not fire after the end of input:
+                // the chain is still flushed, but nothing may follow `EndOfInput`.
+                self.processing_timers.clear();
             }
             _ => {}
         }
@@ -787,6 +790,27 @@ mod tests {
         clock.set(1_300);
         w.emit(("a".into(), 1)).unwrap();
         assert_eq!(*out.lock().unwrap(), vec![("a".into(), 1100, 1200, 7)]);
+    }
+
+    /// Regression: the task flushes its chain after the end of input (while it waits for
+    /// the final checkpoint); a processing-time window firing then sent its result after
+    /// `EndOfInput`, to a downstream subtask that may have finished (lost, or a failed job).
+    #[test]
+    fn processing_time_windows_do_not_fire_after_the_end_of_input() {
+        let clock = ManualClock::new(1_000);
+        let out = Arc::new(Mutex::new(vec![]));
+        let mut w = op(
+            TumblingProcessingTimeWindows::of(Duration::from_millis(100)),
+            0,
+            Arc::new(clock.clone()),
+            KeyGroupRange::for_subtask(0, 1, MAX_P),
+            out.clone(),
+        );
+        w.emit(("a".into(), 1)).unwrap();
+        w.signal(Signal::EndOfInput).unwrap();
+        clock.set(1_200);
+        w.flush().unwrap();
+        assert!(out.lock().unwrap().is_empty());
     }
 
     /// Records (key, value, timestamp) in arrival order, with the watermark after each.

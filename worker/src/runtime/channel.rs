@@ -226,8 +226,10 @@ impl<T> InputGate<T> {
                     self.ready.push_back(Message::Signal(Signal::EndOfInput));
                     return;
                 }
-                // A finished input no longer holds back event time or alignment.
-                self.advance_watermark();
+                // A finished input no longer holds back alignment. Its watermark stays: a
+                // bounded input sent +infinity before its end, and one stopped by a
+                // savepoint must not let event time jump past the records it holds back
+                // (windows would fire partial after the savepoint's barrier).
                 if self.pending_barrier.is_some() {
                     self.release_barrier_if_aligned();
                 }
@@ -281,7 +283,7 @@ impl<T> InputGate<T> {
 
     fn advance_watermark(&mut self) {
         let min = (0..self.inputs.len())
-            .filter(|&i| self.state[i] != InputState::Finished && !self.idle[i])
+            .filter(|&i| !self.idle[i])
             .map(|i| self.watermarks[i])
             .min();
         if let Some(min) = min
@@ -340,6 +342,20 @@ mod tests {
         assert!(drain(&mut g).is_empty());
         txs[1].send(Message::Signal(Signal::Watermark(5))).unwrap();
         assert_eq!(drain(&mut g), vec!["Watermark(5)"]);
+        // Ended without +infinity (stopped by a savepoint): it still holds event time back.
+        txs[1].send(Message::Signal(Signal::EndOfInput)).unwrap();
+        assert!(drain(&mut g).is_empty());
+    }
+
+    #[test]
+    fn a_bounded_input_ends_with_infinity_and_no_longer_holds_back() {
+        let (txs, mut g) = gate(2);
+        txs[0].send(Message::Signal(Signal::Watermark(10))).unwrap();
+        txs[1].send(Message::Signal(Signal::Watermark(5))).unwrap();
+        assert_eq!(drain(&mut g), vec!["Watermark(5)"]);
+        txs[1]
+            .send(Message::Signal(Signal::Watermark(i64::MAX)))
+            .unwrap();
         txs[1].send(Message::Signal(Signal::EndOfInput)).unwrap();
         assert_eq!(drain(&mut g), vec!["Watermark(10)"]);
     }

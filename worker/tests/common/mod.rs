@@ -2,8 +2,10 @@
 
 // Each test crate uses a part of this module.
 #![allow(dead_code)]
+pub mod cluster;
 pub mod http;
 pub mod kafka;
+pub mod kafka_topics;
 
 /// The child processes of `pid`: the workers a mini-cluster (`run --workers N`) started.
 pub fn workers_of(pid: u32) -> Vec<u32> {
@@ -170,4 +172,34 @@ pub fn has_complete_checkpoint(dir: &std::path::Path) -> bool {
             .flatten()
             .any(|e| e.path().join("_metadata").is_file())
     })
+}
+
+/// True once a complete checkpoint (its `_metadata`, written last) exists anywhere below
+/// `dir` (a run's checkpoints may sit under a run id).
+pub fn has_complete_checkpoint_below(dir: &std::path::Path) -> bool {
+    fn walk(dir: &std::path::Path, depth: u32) -> bool {
+        std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                let p = e.path();
+                p.join("_metadata").is_file() || (depth > 0 && p.is_dir() && walk(&p, depth - 1))
+            })
+        })
+    }
+    walk(dir, 3)
+}
+
+/// Lines of every file under `dir` whose name starts with `stem` (a sink's subtask files),
+/// sorted.
+pub fn sorted_lines(dir: &std::path::Path, stem: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(stem) {
+                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                out.extend(text.lines().map(str::to_string));
+            }
+        }
+    }
+    out.sort();
+    out
 }

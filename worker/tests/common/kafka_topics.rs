@@ -1,0 +1,149 @@
+//! Kafka topics for tests run under scripts/with-kafka.sh (`make test`): create, produce to
+//! chosen partitions, read everything with either isolation level.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// The broker scripts/with-kafka.sh started.
+pub fn broker() -> String {
+    std::env::var("STREAMJOB_TEST_KAFKA").expect(
+        "STREAMJOB_TEST_KAFKA is not set: run the tests with `make test`, which starts a broker \
+         (scripts/with-kafka.sh), or point it at a Kafka broker",
+    )
+}
+
+/// A name no other test run uses.
+pub fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{name}-{}-{nanos}", std::process::id())
+}
+
+/// Creates `name` with `partitions` partitions and waits until they are visible.
+pub fn create_topic(name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
+        match rt.block_on(admin.create_topics([&topic], &opts)) {
+            Ok(results) if results.iter().all(|r| r.is_ok()) => break,
+            other if started.elapsed() > Duration::from_secs(20) => {
+                panic!("cannot create topic {name}: {other:?}")
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .create()
+        .unwrap();
+    super::wait_until(
+        Duration::from_secs(20),
+        format!("topic {name} not visible"),
+        || {
+            consumer
+                .fetch_metadata(Some(name), Duration::from_secs(5))
+                .map(|m| m.topics()[0].partitions().len())
+                .unwrap_or(0)
+                >= partitions as usize
+        },
+    );
+}
+
+/// Produces each `(partition, payload)` in order; waits until all are acknowledged.
+pub fn produce_to(topic: &str, records: &[(i32, String)]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    for (partition, payload) in records {
+        let mut record = BaseRecord::<(), _>::to(topic)
+            .payload(payload.as_bytes())
+            .partition(*partition);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// The payloads of every record now in `topic` (read_committed or read_uncommitted).
+pub fn payloads(topic: &str, read_committed: bool) -> Vec<String> {
+    payloads_until_quiet(topic, read_committed, Duration::from_secs(3))
+}
+
+/// [`payloads`], giving up once nothing arrived for `quiet` (for polling a running job's
+/// output: an open transaction's records never arrive for read_committed).
+pub fn payloads_until_quiet(topic: &str, read_committed: bool, quiet: Duration) -> Vec<String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .set("group.id", unique("check"))
+        .set("enable.auto.commit", "false")
+        .set(
+            "isolation.level",
+            if read_committed {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        )
+        .create()
+        .unwrap();
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .unwrap();
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+            .unwrap();
+        ends.insert(p.id(), high);
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let mut idle = Instant::now();
+    let mut positions: BTreeMap<i32, i64> = BTreeMap::new();
+    // Until every partition reached its end, or nothing arrived for a while (transaction
+    // markers take offsets that carry no record).
+    while idle.elapsed() < quiet
+        && ends
+            .iter()
+            .any(|(p, &h)| positions.get(p).copied().unwrap_or(0) < h - 1)
+    {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m.unwrap();
+            positions.insert(m.partition(), m.offset());
+            out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+            idle = Instant::now();
+        }
+    }
+    out
+}
