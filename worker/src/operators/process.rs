@@ -481,7 +481,14 @@ where
                 self.fire_due(TimerDomain::EventTime, w)?;
             }
             Signal::Barrier(b) => self.write_snapshot(Some(b.id))?,
-            Signal::EndOfInput => self.write_snapshot(None)?,
+            Signal::EndOfInput => {
+                self.write_snapshot(None)?;
+                // As in the window operator: processing-time timers do not fire after the end
+                // of input. The task still flushes its chain while it waits for the final
+                // checkpoint, and a timer firing then would send output after `EndOfInput`
+                // to a subtask that may have finished. The snapshot above keeps them.
+                self.processing_queue = Default::default();
+            }
             _ => {}
         }
         self.next.signal(signal)
@@ -623,6 +630,20 @@ mod tests {
                 ("b".into(), "processing", 1100, 1)
             ]
         );
+    }
+
+    /// Regression: a processing-time timer fired from the flush after `EndOfInput`.
+    #[test]
+    fn processing_time_timers_do_not_fire_after_the_end_of_input() {
+        let clock = ManualClock::new(1_000);
+        let out = Arc::new(Mutex::new(vec![]));
+        let mut p = op(&clock, &out);
+        set_current_timestamp(5);
+        p.emit("a".into()).unwrap();
+        p.signal(Signal::EndOfInput).unwrap();
+        clock.set(1_100);
+        p.flush().unwrap();
+        assert!(out.lock().unwrap().is_empty());
     }
 }
 
