@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 pub mod http;
 pub mod kafka;
+pub mod topics;
 
 /// The child processes of `pid`: the workers a mini-cluster (`run --workers N`) started.
 pub fn workers_of(pid: u32) -> Vec<u32> {

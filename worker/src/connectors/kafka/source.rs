@@ -365,6 +365,9 @@ struct EventTime<T> {
     tracker: SplitWatermarks,
     /// `WatermarkStrategy::no_watermarks`: timestamps only.
     emits: bool,
+    idleness_ms: Option<i64>,
+    /// When the last record arrived or partition was added (processing time).
+    last_active_ms: i64,
     assigner: Option<TimestampAssignerFn<T>>,
     clock: Arc<dyn Clock>,
     interval_ms: i64,
@@ -384,6 +387,8 @@ impl<T> EventTime<T> {
                 strategy.idleness_ms,
             ),
             emits: strategy.out_of_orderness_ms.is_some(),
+            idleness_ms: strategy.idleness_ms.filter(|i| *i > 0),
+            last_active_ms: i64::MIN,
             assigner: strategy.assigner.clone(),
             next_emit_ms: i64::MIN,
             interval_ms: strategy.interval_ms,
@@ -394,13 +399,35 @@ impl<T> EventTime<T> {
         }
     }
 
+    /// Records (or a new partition) arrived at `now`.
+    #[inline]
+    fn active(&mut self, now: i64) {
+        self.last_active_ms = self.last_active_ms.max(now);
+    }
+
     /// Emits the watermark (if it advanced) or announces idleness (once).
     fn emit(&mut self, now: i64, out: &mut Collector<'_, impl Sized>) {
         self.next_emit_ms = now.saturating_add(self.interval_ms);
         if !self.emits {
             return;
         }
-        match self.tracker.current(now) {
+        if let Some(idle) = self.idleness_ms {
+            // Every partition has gone idle since the last look: first the watermark of the
+            // moment before the last one did (the partitions idle before it left out), as a
+            // continuous check would have emitted it, so a periodic check between the
+            // partitions going idle one after the other does not lose it.
+            let before = self.last_active_ms.saturating_add(idle - 1);
+            if before < now {
+                let w = self.tracker.current(before);
+                self.advance(w, out);
+            }
+        }
+        let w = self.tracker.current(now);
+        self.advance(w, out);
+    }
+
+    fn advance(&mut self, current: Option<i64>, out: &mut Collector<'_, impl Sized>) {
+        match current {
             Some(w) if w > self.sent || (self.idle && w != i64::MIN) => {
                 self.sent = w;
                 self.idle = false;
@@ -651,6 +678,7 @@ impl<T> Reader<T> {
             {
                 // Holds the watermark back until it has records or is idle.
                 t.tracker.add_split(&split, now);
+                t.active(now);
             }
             let lag = partition_lag(topic, *p);
             lag.set(high - next);
@@ -1018,6 +1046,7 @@ impl<T: Send + 'static> SourceReader<T> for Reader<T> {
                     match (ts, &mut self.time) {
                         (Some(ts), Some(t)) => {
                             t.tracker.on_record(&st.split, ts, now);
+                            t.active(now);
                             out.collect_with_timestamp(v, ts);
                             if t.per_record {
                                 t.emit(now, out);
