@@ -39,8 +39,6 @@ use crate::runtime::metrics::kafka as metrics;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the end of input waits for outstanding deliveries and transaction commits.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long dropping a failed writer waits for its open transaction to abort.
-const ABORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long initialising a transactional producer, or committing a restored transaction,
 /// may take.
 const INIT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -792,33 +790,6 @@ impl<T: Send> SinkWriter<T> for Writer<T> {
         }
         self.finished = true;
         self.check_deliveries()
-    }
-}
-
-/// A writer dropped with a transaction open (the job failed or was cancelled) aborts it now
-/// rather than leaving it to the next run's fencing: read_committed consumers stop waiting on
-/// it at once. A pre-committed transaction is never aborted here (a restore commits it).
-impl<T> Drop for Writer<T> {
-    fn drop(&mut self) {
-        if self.mode == Mode::Plain || !self.started || self.finished {
-            return;
-        }
-        let slot = &self.slots[self.current];
-        if !matches!(slot.state, SlotState::Open) {
-            return;
-        }
-        match slot.producer.abort_transaction(ABORT_TIMEOUT) {
-            Ok(()) => {
-                metrics::transaction_aborted();
-                info!(
-                    records = self.in_transaction,
-                    id = slot.transactional_id.as_deref().unwrap_or_default(),
-                    "aborted the open Kafka transaction"
-                );
-            }
-            // Fenced or fatal: the next run's initialisation aborts it.
-            Err(e) => debug!("could not abort the open Kafka transaction: {e}"),
-        }
     }
 }
 

@@ -104,7 +104,8 @@ pub fn transaction_committed() {
     KAFKA.committed.fetch_add(1, Ordering::Relaxed);
 }
 
-/// A Kafka transaction of an exactly-once sink was aborted by this process.
+/// A Kafka transaction of an exactly-once sink was aborted by this process (explicitly, or
+/// by initialising its transactional id, which aborts what an earlier run left open).
 pub fn transaction_aborted() {
     KAFKA.aborted.fetch_add(1, Ordering::Relaxed);
 }
@@ -207,7 +208,7 @@ pub(super) fn encode(
         ),
         (
             "kafka_transactions_aborted",
-            "Kafka transactions aborted by exactly-once sinks of this process",
+            "Kafka transactions of exactly-once sinks this process aborted (left open by a failed run)",
             k.transactions_aborted,
         ),
     ] {
