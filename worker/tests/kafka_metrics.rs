@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::http::{get, get_json, sample_sum, start};
 use common::topics::{broker, create_topic, produce_at, unique};
@@ -15,8 +15,9 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-/// Records in `topic` a read_committed consumer sees (committed transactions only).
-fn committed_count(topic: &str, partitions: i32) -> u64 {
+/// Records in `topic` a read_committed consumer sees (committed transactions only): read
+/// until `expected` arrived (or a minute passed), then until a second passes without more.
+fn committed_count(topic: &str, partitions: i32, expected: u64) -> u64 {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", broker())
         .set("isolation.level", "read_committed")
@@ -24,17 +25,21 @@ fn committed_count(topic: &str, partitions: i32) -> u64 {
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    let mut n = 0;
+    let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        // Per partition, the log start to the last stable offset: what read_committed
-        // readers can see, counted by reading it.
-        let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, p, Offset::Beginning)
             .unwrap();
-        consumer.assign(&tpl).unwrap();
-        while let Some(m) = consumer.poll(Duration::from_millis(500)) {
-            m.unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let started = Instant::now();
+    let mut n = 0;
+    let mut last = Instant::now();
+    while started.elapsed() < Duration::from_secs(60)
+        && (n < expected || last.elapsed() < Duration::from_secs(1))
+    {
+        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
             n += 1;
+            last = Instant::now();
         }
     }
     n
@@ -137,11 +142,7 @@ spec:
     );
     // Every produced record is in the output, once, and visible to read_committed readers
     // (its transaction committed).
-    wait_for(
-        Duration::from_secs(30),
-        "the output to be committed",
-        || (committed_count(&output, 2) == records as u64).then_some(()),
-    );
+    assert_eq!(committed_count(&output, 2, records as u64), records as u64);
     assert_eq!(
         sample_sum(&m, "streamjob_kafka_records_produced_total", &[job]),
         Some(f64::from(records)),

@@ -107,7 +107,12 @@ pub fn transaction_committed() {
 /// A Kafka transaction of an exactly-once sink was aborted by this process (explicitly, or
 /// by initialising its transactional id, which aborts what an earlier run left open).
 pub fn transaction_aborted() {
-    KAFKA.aborted.fetch_add(1, Ordering::Relaxed);
+    transactions_aborted(1);
+}
+
+/// `n` transactions aborted at once (the open ones a restarted sink fences).
+pub fn transactions_aborted(n: u64) {
+    KAFKA.aborted.fetch_add(n, Ordering::Relaxed);
 }
 
 /// What the scrape and the summary show.
@@ -250,5 +255,11 @@ mod tests {
         drop(a);
         produced(topic, 3).delivered(2);
         assert!(snapshot().produced.contains(&(topic.into(), 3, 12)));
+        let before = snapshot();
+        transaction_committed();
+        transactions_aborted(2);
+        let after = snapshot();
+        assert!(after.transactions_committed > before.transactions_committed);
+        assert!(after.transactions_aborted >= before.transactions_aborted + 2);
     }
 }
