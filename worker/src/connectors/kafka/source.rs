@@ -1080,3 +1080,73 @@ impl<T: Send + 'static> SourceReader<T> for Reader<T> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::message::Signal;
+    use crate::runtime::output::Output;
+    use crate::runtime::time::ManualClock;
+
+    #[test]
+    fn snapshots_of_the_earlier_format_still_restore() {
+        let old = br#"[{"topic":"t","partition":1,"next":42}]"#;
+        let (p, w) = serde_json::from_slice::<Saved>(old).unwrap().into_parts();
+        assert_eq!(
+            (p[0].topic.as_str(), p[0].partition, p[0].next),
+            ("t", 1, 42)
+        );
+        assert_eq!(w, None);
+        let new = serde_json::to_vec(&Saved::WithWatermark {
+            partitions: p,
+            watermark: Some(7),
+        })
+        .unwrap();
+        let (p, w) = serde_json::from_slice::<Saved>(&new).unwrap().into_parts();
+        assert_eq!((p.len(), w), (1, Some(7)));
+    }
+
+    /// Signals a collector received.
+    #[derive(Default)]
+    struct Signals(Vec<String>);
+    impl Output<()> for Signals {
+        fn emit(&mut self, _: ()) -> Result<(), crate::error::TaskError> {
+            Ok(())
+        }
+        fn signal(&mut self, s: Signal) -> Result<(), crate::error::TaskError> {
+            self.0.push(match s {
+                Signal::Watermark(w) => format!("wm {w}"),
+                Signal::Idle => "idle".into(),
+                other => format!("{other:?}"),
+            });
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<(), crate::error::TaskError> {
+            Ok(())
+        }
+    }
+
+    /// p1 never has a record and goes idle at 1000; p0's last record was at 100, so it goes
+    /// idle at 1100. A check at 1200 (both idle) still emits p0's watermark before the
+    /// source announces idleness: what a check at 1050 would have emitted.
+    #[test]
+    fn partitions_going_idle_between_two_checks_still_advance_the_watermark() {
+        let clock = Arc::new(ManualClock::new(0));
+        let strategy = WatermarkStrategy::<()>::for_monotonous_timestamps()
+            .with_idleness(Duration::from_millis(1000))
+            .with_clock(clock);
+        let mut t = EventTime::new(&strategy);
+        t.tracker.add_split("p0", 0);
+        t.tracker.add_split("p1", 0);
+        t.active(0);
+        t.tracker.on_record("p0", 5_000, 100);
+        t.active(100);
+        let mut signals = Signals::default();
+        let mut out = Collector::new(&mut signals);
+        t.emit(100, &mut out);
+        t.emit(1200, &mut out);
+        t.emit(1400, &mut out);
+        drop(out);
+        assert_eq!(signals.0, vec!["wm 4999", "idle"]);
+    }
+}
