@@ -53,6 +53,7 @@ fn default_transaction_timeout_ms() -> u64 {
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyWorkers"}"#,
     printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.desiredWorkers"}"#,
     printcolumn = r#"{"name":"Rate","type":"integer","description":"Records per second read by the sources","jsonPath":".status.recordsInPerSecond"}"#,
+    printcolumn = r#"{"name":"Lag","type":"integer","description":"Records the Kafka sources are behind the end of their partitions","jsonPath":".status.kafkaLag"}"#,
     printcolumn = r#"{"name":"Last-Checkpoint","type":"date","jsonPath":".status.lastCheckpoint.time"}"#,
     printcolumn = r#"{"name":"Restarts","type":"integer","jsonPath":".status.restarts"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
@@ -885,6 +886,10 @@ pub struct StreamJobStatus {
     /// Times the job restarted after a failure in the running deployment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarts: Option<u32>,
+    /// Records the Kafka sources are behind the end of their partitions (high watermark, or
+    /// last stable offset with read_committed), summed over the partitions of every worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka_lag: Option<u64>,
 }
 
 /// A complete checkpoint or savepoint.

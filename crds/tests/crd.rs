@@ -79,6 +79,7 @@ fn crd_basics() {
             "Ready",
             "Desired",
             "Rate",
+            "Lag",
             "Last-Checkpoint",
             "Restarts",
             "Age"

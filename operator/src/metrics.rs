@@ -243,6 +243,9 @@ mod tests {
 pub struct WorkerSummary {
     pub records_in_per_second: f64,
     pub records_out_per_second: f64,
+    /// Records this worker's Kafka sources are behind; absent without a Kafka source.
+    #[serde(default)]
+    pub kafka_lag: Option<u64>,
 }
 
 /// A job's record rates (records per second, rounded), summed over its workers.
@@ -250,6 +253,8 @@ pub struct WorkerSummary {
 pub struct JobRates {
     pub records_in_per_second: u64,
     pub records_out_per_second: u64,
+    /// Records the Kafka sources are behind, summed over the workers that have one.
+    pub kafka_lag: Option<u64>,
 }
 
 /// Time one worker gets to answer.
@@ -260,12 +265,16 @@ impl JobRates {
     /// sum never shows as the job's rate.
     pub async fn fetch(target: &crate::control::Target, workers: u32) -> Option<JobRates> {
         let (mut records_in, mut records_out) = (0.0, 0.0);
+        let mut kafka_lag: Option<u64> = None;
         for i in 0..workers {
             let addr = crate::resources::worker_metrics_address(&target.job, &target.namespace, i);
             match tokio::time::timeout(SUMMARY_TIMEOUT, get_summary(&addr)).await {
                 Ok(Ok(s)) => {
                     records_in += s.records_in_per_second;
                     records_out += s.records_out_per_second;
+                    if let Some(lag) = s.kafka_lag {
+                        kafka_lag = Some(kafka_lag.unwrap_or(0) + lag);
+                    }
                 }
                 Ok(Err(e)) => {
                     tracing::info!(worker = i, %addr, error = %e, "no metrics summary");
@@ -280,6 +289,7 @@ impl JobRates {
         Some(JobRates {
             records_in_per_second: records_in.round() as u64,
             records_out_per_second: records_out.round() as u64,
+            kafka_lag,
         })
     }
 }

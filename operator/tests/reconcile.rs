@@ -735,13 +735,14 @@ async fn ready_workers_make_the_job_running_and_report_their_checkpoints() {
 }
 
 #[tokio::test]
-async fn the_status_shows_the_rates_restarts_and_last_checkpoint_of_a_running_job() {
+async fn the_status_shows_the_rates_lag_restarts_and_last_checkpoint_of_a_running_job() {
     let j = job(SPEC);
     let hash = resources::spec_hash(&j);
     let script = Script::steady(sts_reply(2, &hash, 2)).then(status(|s| {
         assert_eq!(s["phase"], "Running");
         assert_eq!(s["recordsInPerSecond"], 1200);
         assert_eq!(s["recordsOutPerSecond"], 9600);
+        assert_eq!(s["kafkaLag"], 4321);
         assert_eq!(s["restarts"], 3);
         assert_eq!(s["lastCheckpoint"]["time"], "2023-11-14T22:13:25Z");
     }));
@@ -753,6 +754,7 @@ async fn the_status_shows_the_rates_restarts_and_last_checkpoint_of_a_running_jo
         .rates(JobRates {
             records_in_per_second: 1200,
             records_out_per_second: 9600,
+            kafka_lag: Some(4321),
         });
     let (result, journal) = run(j, script, fake).await;
     result.unwrap();
@@ -769,6 +771,7 @@ async fn unknown_rates_leave_the_rate_columns_empty() {
     let hash = resources::spec_hash(&j);
     let script = Script::steady(sts_reply(2, &hash, 2)).then(status(|s| {
         assert!(s.get("recordsInPerSecond").is_none(), "{s}");
+        assert!(s.get("kafkaLag").is_none(), "{s}");
         assert_eq!(s["restarts"], 0);
     }));
     let fake = Job::default().status(Ok(report(RunState::Running)));

@@ -166,7 +166,13 @@ pub fn build_job(
                 .watermarks
                 .as_ref()
                 .expect("validated: watermarks compiled");
-            window::watermarks_runtime(w, &policy)
+            match &step.op {
+                // The Kafka source tracks watermarks per partition itself.
+                StepOp::Source(src) if src.kafka.is_some() => {
+                    NodeRuntime::Transform(Arc::new(|next: AnyBox, _: &SubtaskContext| Ok(next)))
+                }
+                _ => window::watermarks_runtime(w, &policy),
+            }
         } else if let StepOp::Window(w) = &step.op {
             let key = graph.key_by_of(id).and_then(|k| {
                 Some((
@@ -260,7 +266,10 @@ fn node_runtime(
         }))
     };
     Ok(match op {
-        StepOp::Source(src) => source_runtime(src, base_dir, path, policy)?,
+        StepOp::Source(src) => {
+            let watermarks = validated.step(graph.step_of(node)).watermarks.as_ref();
+            source_runtime(src, watermarks, base_dir, path, policy)?
+        }
         StepOp::Map(p) => expr_op(Kind::Map, p),
         StepOp::Filter(p) => expr_op(Kind::Filter, p),
         StepOp::FlatMap(p) => expr_op(Kind::FlatMap, p),
@@ -333,6 +342,7 @@ fn resolve(base_dir: &Path, p: &str) -> PathBuf {
 
 fn source_runtime(
     src: &SourceSpec,
+    watermarks: Option<&streamjob_crds::validate::Watermarks>,
     base_dir: &Path,
     path: &str,
     policy: &Arc<ErrorPolicy>,
@@ -385,26 +395,28 @@ fn source_runtime(
     } else if let Some(k) = &src.kafka {
         let at = format!("{path}.source.kafka");
         let policy = policy.clone();
-        Arc::new(
-            kafka::spec::source(
-                k,
-                &at,
-                src.watermarks
-                    .as_ref()
-                    .is_some_and(|w| w.timestamp.is_none()),
-            )
-            .map_err(|message| SpecError::Unsupported { path: at, message })?
-            .on_malformed(move |ctx| {
-                // Payloads that do not decode follow the job's onError policy.
-                let mut handler = Handler::new(policy.clone(), ctx)?;
-                Ok(Box::new(move |r: &kafka::KafkaRecord<'_>, e: BoxError| {
-                    let message = format!("record {}: {e}", r.position());
-                    handler
-                        .failed(&kafka::spec::describe_malformed(r), EvalError { message })
-                        .map_err(|e| BoxError::from(e.message))
-                }) as kafka::MalformedHandler)
-            }),
+        let source = kafka::spec::source(
+            k,
+            &at,
+            src.watermarks
+                .as_ref()
+                .is_some_and(|w| w.timestamp.is_none()),
         )
+        .map_err(|message| SpecError::Unsupported { path: at, message })?;
+        let source = match watermarks {
+            Some(w) => source.with_spec_watermarks(w),
+            None => source,
+        };
+        Arc::new(source.on_malformed(move |ctx| {
+            // Payloads that do not decode follow the job's onError policy.
+            let mut handler = Handler::new(policy.clone(), ctx)?;
+            Ok(Box::new(move |r: &kafka::KafkaRecord<'_>, e: BoxError| {
+                let message = format!("record {}: {e}", r.position());
+                handler
+                    .failed(&kafka::spec::describe_malformed(r), EvalError { message })
+                    .map_err(|e| BoxError::from(e.message))
+            }) as kafka::MalformedHandler)
+        }))
     } else if let Some(n) = &src.nexmark {
         Arc::new(NexmarkSource::with_records(
             nexmark_config(n),

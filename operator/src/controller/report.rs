@@ -64,6 +64,7 @@ pub(crate) fn merge_report(st: &mut StreamJobStatus, r: &JobReport, restored_fro
     if let Some(m) = &r.metrics {
         st.records_in_per_second = Some(m.records_in_per_second);
         st.records_out_per_second = Some(m.records_out_per_second);
+        st.kafka_lag = m.kafka_lag;
     }
 }
 

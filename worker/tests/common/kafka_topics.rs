@@ -70,15 +70,27 @@ pub fn create_topic(name: &str, partitions: i32) {
 
 /// Produces each `(partition, payload)` in order; waits until all are acknowledged.
 pub fn produce_to(topic: &str, records: &[(i32, String)]) {
+    produce(topic, records.iter().map(|(p, v)| (*p, v, None)));
+}
+
+/// Writes `(partition, payload, timestamp ms)` records in this order; waits for the acks.
+pub fn produce_at(topic: &str, records: &[(i32, String, i64)]) {
+    produce(topic, records.iter().map(|(p, v, ts)| (*p, v, Some(*ts))));
+}
+
+fn produce<'a>(topic: &str, records: impl Iterator<Item = (i32, &'a String, Option<i64>)>) {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", broker())
         .set("linger.ms", "5")
         .create()
         .unwrap();
-    for (partition, payload) in records {
+    for (partition, payload, ts) in records {
         let mut record = BaseRecord::<(), _>::to(topic)
             .payload(payload.as_bytes())
-            .partition(*partition);
+            .partition(partition);
+        if let Some(ts) = ts {
+            record = record.timestamp(ts);
+        }
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -90,6 +102,15 @@ pub fn produce_to(topic: &str, records: &[(i32, String)]) {
         }
     }
     producer.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// A recent whole minute (ms): old timestamps could fall to the broker's time retention.
+pub fn recent_minute() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    (now / 60_000 - 10) * 60_000
 }
 
 /// The payloads of every record now in `topic` (read_committed or read_uncommitted).

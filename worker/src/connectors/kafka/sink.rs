@@ -16,7 +16,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
@@ -32,6 +32,7 @@ use crate::api::functions::{Sink, SinkWriter};
 use crate::error::BoxError;
 use crate::runtime::context::SubtaskContext;
 use crate::runtime::message::FINAL_CHECKPOINT;
+use crate::runtime::metrics::kafka as metrics;
 
 /// How long the sink waits for the brokers to answer at start, unless the client's
 /// `socket.connection.setup.timeout.ms` says otherwise.
@@ -218,6 +219,8 @@ pub(crate) struct DeliveryReports {
     failures: AtomicU64,
     producer_id: Mutex<Option<ProducerId>>,
     limiter: LogLimiter,
+    /// Deliveries counted for the metrics (set once the writer knows its subtask).
+    produced: OnceLock<Arc<metrics::Produced>>,
 }
 
 impl ClientContext for DeliveryReports {
@@ -240,7 +243,12 @@ impl ProducerContext for DeliveryReports {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, m)) = result {
+        if result.is_ok() {
+            // Called on the thread that polls this producer (the writer's): one writer.
+            if let Some(p) = self.produced.get() {
+                p.delivered(1);
+            }
+        } else if let Err((e, m)) = result {
             self.failures.fetch_add(1, Ordering::Relaxed);
             let mut first = self.first_failure.lock().unwrap();
             if first.is_none() {
@@ -326,6 +334,10 @@ impl<T> KafkaSink<T> {
             })
             .collect::<Result<Vec<_>, String>>()?;
         check_reachable(s, &slots[0].producer)?;
+        let produced = metrics::produced(&s.topic, ctx.subtask);
+        for slot in &slots {
+            let _ = slot.producer.context().produced.set(produced.clone());
+        }
         let restoring = ctx
             .checkpoints
             .as_ref()
@@ -609,6 +621,7 @@ impl<T> Writer<T> {
             .and_then(|()| producer.commit_transaction(FINISH_TIMEOUT))
             .map_err(|e| format!("cannot commit the Kafka transaction: {e}"))?;
         info!(records = self.in_transaction, "committed Kafka transaction");
+        metrics::transaction_committed();
         self.in_transaction = 0;
         self.last_commit = Instant::now();
         Ok(())

@@ -2,7 +2,6 @@
 //! the configured starting offsets, optionally up to the offsets that were latest at start
 //! (bounded), and commits what it has emitted to the consumer group.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,12 +12,18 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
+use streamjob_crds::expr::Value;
+use streamjob_crds::validate::Watermarks;
+
 use super::logs::QuietContext;
 use super::{ClientProperties, MissingTopic, OffsetReset, StartingOffsets, subtask_for_partition};
 use crate::api::functions::{Collector, Source, SourceReader, SourceStatus};
 use crate::connectors::SOURCE_BATCH;
 use crate::error::BoxError;
+use crate::operators::watermark_strategy::{TimestampAssignerFn, WatermarkStrategy};
 use crate::runtime::context::SubtaskContext;
+use crate::runtime::metrics::kafka::{PartitionLag, partition_lag};
+use crate::runtime::time::{Clock, NO_TIMESTAMP, SplitWatermarks};
 
 /// Timeout of metadata and offset lookups.
 const LOOKUP: Duration = Duration::from_secs(10);
@@ -57,6 +62,7 @@ impl KafkaRecord<'_> {
 }
 
 type Decode<T> = Arc<dyn Fn(&KafkaRecord<'_>) -> Result<T, BoxError> + Send + Sync>;
+type Extract<T> = Arc<dyn Fn(&T) -> Result<i64, BoxError> + Send + Sync>;
 
 /// Decides about a record that failed to decode: `Ok(())` drops it (skipped or dead-lettered),
 /// an error fails the job.
@@ -87,6 +93,9 @@ pub struct KafkaSource<T> {
     settings: Settings,
     decode: Decode<T>,
     on_malformed: Option<MalformedFactory>,
+    /// Per-partition event time (see [`KafkaSource::with_watermarks`]).
+    watermarks: Option<WatermarkStrategy<T>>,
+    extract: Option<Extract<T>>,
 }
 
 /// Settings of a [`KafkaSource`].
@@ -200,6 +209,8 @@ impl KafkaSourceBuilder {
             settings: self.settings,
             decode: Arc::new(decode),
             on_malformed: None,
+            watermarks: None,
+            extract: None,
         }
     }
 }
@@ -212,6 +223,59 @@ impl<T> KafkaSource<T> {
     ) -> Self {
         self.on_malformed = Some(Arc::new(factory));
         self
+    }
+
+    /// Event time tracked per partition (Flink's `fromSource(source, strategy, name)` with a
+    /// Kafka source): each partition has its own watermark (highest timestamp seen minus the
+    /// strategy's out-of-orderness) and the subtask emits the minimum over its partitions,
+    /// leaving out partitions idle for longer than the strategy's idleness. Records of one
+    /// partition may then be out of order against another's by any amount without being
+    /// late. Without an assigner the Kafka record timestamp is the event time. Use this
+    /// instead of `assign_timestamps_and_watermarks` on the source's stream, which only sees
+    /// the subtask's interleaved records.
+    pub fn with_watermarks(mut self, strategy: WatermarkStrategy<T>) -> Self {
+        self.watermarks = Some(strategy);
+        self
+    }
+
+    /// A timestamp extractor that can fail (the spec's `watermarks.timestamp` expression): a
+    /// record whose extractor fails goes to the malformed-record handler (or fails the job).
+    /// Takes precedence over the strategy's assigner.
+    pub fn with_fallible_timestamps(
+        mut self,
+        extract: impl Fn(&T) -> Result<i64, BoxError> + Send + Sync + 'static,
+    ) -> Self {
+        self.extract = Some(Arc::new(extract));
+        self
+    }
+}
+
+impl KafkaSource<Value> {
+    /// The spec's `watermarks` of a Kafka source: per-partition tracking, the record
+    /// timestamp unless a `timestamp` expression is given.
+    pub(crate) fn with_spec_watermarks(self, w: &Watermarks) -> Self {
+        let mut strategy =
+            WatermarkStrategy::<Value>::for_bounded_out_of_orderness(w.max_out_of_orderness);
+        if let Some(idle) = w.idleness {
+            strategy = strategy.with_idleness(idle);
+        }
+        strategy = match w.interval.is_zero() {
+            true => strategy.with_watermark_per_record(),
+            false => strategy.with_emit_interval(w.interval),
+        };
+        let with = self.with_watermarks(strategy);
+        match w.timestamp.clone() {
+            None => with,
+            Some(program) => with.with_fallible_timestamps(move |v: &Value| {
+                match program.eval_cow(&[v]).map(|t| t.as_i64()) {
+                    Ok(Some(ts)) => Ok(ts),
+                    Ok(None) => Err("the watermarks timestamp expression must return an int \
+                                     (ms since the epoch)"
+                        .into()),
+                    Err(e) => Err(format!("watermarks timestamp: {e}").into()),
+                }
+            }),
+        }
     }
 }
 
@@ -226,21 +290,23 @@ impl<T: Send + 'static> Source<T> for KafkaSource<T> {
             return Err("a Kafka source needs at least one topic".into());
         }
         let client_id = format!("streamjob-{}-{}", ctx.job_name, ctx.subtask);
-        let consumer: BaseConsumer<QuietContext> = s
-            .client
-            .client_config(&[
-                ("group.id", &s.group_id),
-                ("client.id", &client_id),
-                ("enable.auto.commit", "false"),
-                ("enable.auto.offset.store", "false"),
-                ("enable.partition.eof", "false"),
-                // Never librdkafka's silent reset: a fetch out of range (the log was truncated
-                // or lost records, or a checkpoint is older than the retention) is an error
-                // the reader turns into a job failure naming the partition and offsets.
-                ("auto.offset.reset", "error"),
-                ("allow.auto.create.topics", "false"),
-            ])
-            .create_with_context(QuietContext::default())
+        let config = s.client.client_config(&[
+            ("group.id", &s.group_id),
+            ("client.id", &client_id),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("enable.partition.eof", "false"),
+            // Never librdkafka's silent reset: a fetch out of range (the log was truncated
+            // or lost records, or a checkpoint is older than the retention) is an error
+            // the reader turns into a job failure naming the partition and offsets.
+            ("auto.offset.reset", "error"),
+            ("allow.auto.create.topics", "false"),
+            // The partitions' end offsets for the consumer lag metric.
+            ("statistics.interval.ms", STATS_INTERVAL_MS),
+        ]);
+        let context = QuietContext::new(config.get("isolation.level") != Some("read_uncommitted"));
+        let consumer: BaseConsumer<QuietContext> = config
+            .create_with_context(context)
             .map_err(|e| format!("cannot create Kafka consumer: {e}"))?;
         let mut reader = Reader {
             consumer,
@@ -252,7 +318,8 @@ impl<T: Send + 'static> Source<T> for KafkaSource<T> {
             },
             subtask: ctx.subtask,
             parallelism: ctx.parallelism,
-            partitions: HashMap::new(),
+            partitions: Vec::new(),
+            last_hit: 0,
             initial_done: false,
             assigned: false,
             last_discovery: Instant::now(),
@@ -260,23 +327,119 @@ impl<T: Send + 'static> Source<T> for KafkaSource<T> {
             uncommitted: false,
             checkpointed: false,
             snapshot_offsets: Vec::new(),
+            time: self
+                .watermarks
+                .as_ref()
+                .map(|strategy| EventTime::new(strategy)),
+            extract: self.extract.clone(),
         };
         reader.discover()?;
         Ok(Box::new(reader))
     }
 }
 
+/// librdkafka statistics interval of the consumer (the lag metric's resolution).
+const STATS_INTERVAL_MS: &str = "1000";
+
 struct PartitionState {
+    topic: String,
+    partition: i32,
+    /// `topic/partition`: the key of its watermark.
+    split: String,
     /// Next offset to emit (the one after the last emitted), once known.
     next: Option<i64>,
     /// Bounded reads stop here (the high watermark at start).
     stop: Option<i64>,
     committed: Option<i64>,
+    lag: Arc<PartitionLag>,
 }
 
 impl PartitionState {
     fn done(&self) -> bool {
         matches!((self.next, self.stop), (Some(n), Some(s)) if n >= s)
+    }
+}
+
+/// Per-partition event time of a reader (see [`KafkaSource::with_watermarks`]).
+struct EventTime<T> {
+    tracker: SplitWatermarks,
+    /// `WatermarkStrategy::no_watermarks`: timestamps only.
+    emits: bool,
+    idleness_ms: Option<i64>,
+    /// When the last record arrived or partition was added (processing time).
+    last_active_ms: i64,
+    assigner: Option<TimestampAssignerFn<T>>,
+    clock: Arc<dyn Clock>,
+    interval_ms: i64,
+    per_record: bool,
+    next_emit_ms: i64,
+    /// The last watermark sent downstream (`i64::MIN`: none yet).
+    sent: i64,
+    /// Idleness was announced and no watermark or record followed yet.
+    idle: bool,
+}
+
+impl<T> EventTime<T> {
+    fn new(strategy: &WatermarkStrategy<T>) -> Self {
+        EventTime {
+            tracker: SplitWatermarks::new(
+                strategy.out_of_orderness_ms.unwrap_or(0),
+                strategy.idleness_ms,
+            ),
+            emits: strategy.out_of_orderness_ms.is_some(),
+            idleness_ms: strategy.idleness_ms.filter(|i| *i > 0),
+            last_active_ms: i64::MIN,
+            assigner: strategy.assigner.clone(),
+            next_emit_ms: i64::MIN,
+            interval_ms: strategy.interval_ms,
+            per_record: strategy.per_record,
+            clock: strategy.clock.clone(),
+            sent: i64::MIN,
+            idle: false,
+        }
+    }
+
+    /// Records (or a new partition) arrived at `now`.
+    #[inline]
+    fn active(&mut self, now: i64) {
+        self.last_active_ms = self.last_active_ms.max(now);
+    }
+
+    /// Emits the watermark (if it advanced) or announces idleness (once).
+    fn emit(&mut self, now: i64, out: &mut Collector<'_, impl Sized>) {
+        self.next_emit_ms = now.saturating_add(self.interval_ms);
+        if !self.emits {
+            return;
+        }
+        if let Some(idle) = self.idleness_ms {
+            // Every partition has gone idle since the last look: first the watermark of the
+            // moment before the last one did (the partitions idle before it left out), as a
+            // continuous check would have emitted it, so a periodic check between the
+            // partitions going idle one after the other does not lose it.
+            let before = self.last_active_ms.saturating_add(idle - 1);
+            if before < now {
+                let w = self.tracker.current(before);
+                self.advance(w, out);
+            }
+        }
+        let w = self.tracker.current(now);
+        self.advance(w, out);
+    }
+
+    fn advance(&mut self, current: Option<i64>, out: &mut Collector<'_, impl Sized>) {
+        match current {
+            Some(w) if w > self.sent || (self.idle && w != i64::MIN) => {
+                self.sent = w;
+                self.idle = false;
+                out.emit_watermark(w);
+            }
+            Some(_) => {}
+            None if !self.idle => {
+                self.idle = true;
+                out.mark_idle();
+            }
+            None => {}
+        }
     }
 }
 
@@ -287,7 +450,10 @@ struct Reader<T> {
     on_malformed: Option<MalformedHandler>,
     subtask: u32,
     parallelism: u32,
-    partitions: HashMap<(String, i32), PartitionState>,
+    /// The partitions this subtask reads (a handful: looked up by scanning).
+    partitions: Vec<PartitionState>,
+    /// Index of the partition the last record came from (records arrive in runs).
+    last_hit: usize,
     /// The first assignment (which uses the starting offsets) has been made.
     initial_done: bool,
     /// The consumer has been given its partitions. The first assignment waits for the first
@@ -302,6 +468,28 @@ struct Reader<T> {
     checkpointed: bool,
     /// Offsets recorded by the last snapshot, committed when its checkpoint completes.
     snapshot_offsets: Vec<(String, i32, i64)>,
+    time: Option<EventTime<T>>,
+    extract: Option<Extract<T>>,
+}
+
+/// The partition a record came from, without allocating (the last one first: records
+/// arrive in runs per partition).
+#[inline]
+fn locate(
+    partitions: &[PartitionState],
+    last_hit: &mut usize,
+    topic: &str,
+    partition: i32,
+) -> Option<usize> {
+    let hit = partitions
+        .get(*last_hit)
+        .is_some_and(|p| p.partition == partition && p.topic == topic);
+    if !hit {
+        *last_hit = partitions
+            .iter()
+            .position(|p| p.partition == partition && p.topic == topic)?;
+    }
+    Some(*last_hit)
 }
 
 /// Position of one partition in a snapshot.
@@ -310,6 +498,31 @@ struct SavedPartition {
     topic: String,
     partition: i32,
     next: i64,
+}
+
+/// A source subtask's snapshot: its partitions' positions and the watermark it emitted
+/// (so a restored source never emits a lower one). Snapshots of earlier versions are the
+/// bare list of positions.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+enum Saved {
+    WithWatermark {
+        partitions: Vec<SavedPartition>,
+        watermark: Option<i64>,
+    },
+    Positions(Vec<SavedPartition>),
+}
+
+impl Saved {
+    fn into_parts(self) -> (Vec<SavedPartition>, Option<i64>) {
+        match self {
+            Saved::WithWatermark {
+                partitions,
+                watermark,
+            } => (partitions, watermark),
+            Saved::Positions(p) => (p, None),
+        }
+    }
 }
 
 /// Fails unless `offset` lies within the partition's log (`low..=high`): reading from an
@@ -340,19 +553,26 @@ fn check_in_range(
 }
 
 impl<T> Reader<T> {
+    fn find(&self, topic: &str, partition: i32) -> Option<usize> {
+        self.partitions
+            .iter()
+            .position(|p| p.partition == partition && p.topic == topic)
+    }
+
     /// After librdkafka reported a fetch out of range: the partitions whose next offset lies
     /// outside their log, as an error naming them.
     fn out_of_range_error(&self) -> BoxError {
         let mut found = Vec::new();
-        let mut keys: Vec<_> = self.partitions.keys().collect();
-        keys.sort();
-        for (t, p) in keys {
-            let Some(next) = self.partitions[&(t.clone(), *p)].next else {
+        let mut parts: Vec<&PartitionState> = self.partitions.iter().collect();
+        parts.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        for st in parts {
+            let (t, p) = (&st.topic, st.partition);
+            let Some(next) = st.next else {
                 continue;
             };
-            match self.consumer.fetch_watermarks(t, *p, LOOKUP) {
+            match self.consumer.fetch_watermarks(t, p, LOOKUP) {
                 Ok((low, high)) => {
-                    if let Err(e) = check_in_range(t, *p, next, low, high, "the next offset") {
+                    if let Err(e) = check_in_range(t, p, next, low, high, "the next offset") {
                         found.push(e.to_string());
                     }
                 }
@@ -410,11 +630,10 @@ impl<T> Reader<T> {
                 }
             }
             for p in partitions {
-                let key = (topic.clone(), p);
                 if subtask_for_partition(topic, p, self.parallelism) == self.subtask
-                    && !self.partitions.contains_key(&key)
+                    && self.find(topic, p).is_none()
                 {
-                    new.push(key);
+                    new.push((topic.clone(), p));
                 }
             }
         }
@@ -432,6 +651,7 @@ impl<T> Reader<T> {
             self.starting_offsets(&new)?
         };
         self.initial_done = true;
+        let now = self.time.as_ref().map(|t| t.clock.now_ms());
         let mut tpl = TopicPartitionList::new();
         for ((topic, p), start) in new.iter().zip(starts) {
             let (low, high) = self
@@ -451,14 +671,26 @@ impl<T> Reader<T> {
             tpl.add_partition_offset(topic, *p, Offset::Offset(next))
                 .map_err(|e| format!("{topic}/{p}: {e}"))?;
             info!(topic, partition = p, offset = next, "assigned partition");
-            self.partitions.insert(
-                (topic.clone(), *p),
-                PartitionState {
-                    next: Some(next),
-                    stop: self.settings.bounded.then_some(high),
-                    committed: None,
-                },
-            );
+            let split = format!("{topic}/{p}");
+            let stop = self.settings.bounded.then_some(high);
+            if let (Some(t), Some(now)) = (&mut self.time, now)
+                && stop.is_none_or(|s| next < s)
+            {
+                // Holds the watermark back until it has records or is idle.
+                t.tracker.add_split(&split, now);
+                t.active(now);
+            }
+            let lag = partition_lag(topic, *p);
+            lag.set(high - next);
+            self.partitions.push(PartitionState {
+                topic: topic.clone(),
+                partition: *p,
+                split,
+                next: Some(next),
+                stop,
+                committed: None,
+                lag,
+            });
         }
         if self.assigned {
             self.consumer
@@ -471,9 +703,9 @@ impl<T> Reader<T> {
     /// The first assignment: every known partition at its next offset.
     fn assign(&mut self) -> Result<(), BoxError> {
         let mut tpl = TopicPartitionList::new();
-        for ((t, p), st) in &self.partitions {
+        for st in &self.partitions {
             let at = st.next.map_or(Offset::Beginning, Offset::Offset);
-            tpl.add_partition_offset(t, *p, at)
+            tpl.add_partition_offset(&st.topic, st.partition, at)
                 .map_err(|e| e.to_string())?;
         }
         self.consumer
@@ -535,11 +767,11 @@ impl<T> Reader<T> {
             return Ok(());
         }
         let mut tpl = TopicPartitionList::new();
-        for ((t, p), st) in &self.partitions {
+        for st in &self.partitions {
             if let Some(n) = st.next
                 && st.committed != Some(n)
             {
-                tpl.add_partition_offset(t, *p, Offset::Offset(n))
+                tpl.add_partition_offset(&st.topic, st.partition, Offset::Offset(n))
                     .map_err(|e| e.to_string())?;
             }
         }
@@ -550,12 +782,10 @@ impl<T> Reader<T> {
         match self.consumer.commit(&tpl, mode) {
             Ok(()) => {
                 for e in tpl.elements() {
-                    if let (Some(st), Offset::Offset(o)) = (
-                        self.partitions
-                            .get_mut(&(e.topic().to_string(), e.partition())),
-                        e.offset(),
-                    ) {
-                        st.committed = Some(o);
+                    if let (Some(i), Offset::Offset(o)) =
+                        (self.find(e.topic(), e.partition()), e.offset())
+                    {
+                        self.partitions[i].committed = Some(o);
                     }
                 }
                 self.uncommitted = false;
@@ -574,19 +804,36 @@ impl<T> Reader<T> {
             .into()),
         }
     }
+
+    /// Consumer lag per partition from the latest statistics: the end of the log (high
+    /// watermark, or last stable offset with read_committed) minus the position. A finished
+    /// bounded partition is 0 behind.
+    fn update_lag(&mut self) {
+        let Some(ends) = self.consumer.context().take_ends() else {
+            return;
+        };
+        for e in ends {
+            if let Some(i) = self.find(&e.topic, e.partition) {
+                let st = &self.partitions[i];
+                let Some(next) = st.next else { continue };
+                let end = st.stop.map_or(e.end, |s| e.end.min(s));
+                st.lag.set(end - next.max(e.app_offset));
+            }
+        }
+    }
 }
 
 impl<T: Send + 'static> SourceReader<T> for Reader<T> {
-    /// Next offset per assigned partition.
+    /// Next offset per assigned partition, and the watermark emitted so far.
     fn snapshot(&mut self) -> Result<Vec<u8>, BoxError> {
         self.checkpointed = true;
         let saved: Vec<SavedPartition> = self
             .partitions
             .iter()
-            .filter_map(|((t, p), st)| {
+            .filter_map(|st| {
                 Some(SavedPartition {
-                    topic: t.clone(),
-                    partition: *p,
+                    topic: st.topic.clone(),
+                    partition: st.partition,
                     next: st.next?,
                 })
             })
@@ -595,21 +842,35 @@ impl<T: Send + 'static> SourceReader<T> for Reader<T> {
             .iter()
             .map(|s| (s.topic.clone(), s.partition, s.next))
             .collect();
-        Ok(serde_json::to_vec(&saved)?)
+        let watermark = self
+            .time
+            .as_ref()
+            .map(|t| t.sent)
+            .filter(|w| *w != i64::MIN);
+        Ok(serde_json::to_vec(&Saved::WithWatermark {
+            partitions: saved,
+            watermark,
+        })?)
     }
 
     /// Takes the partitions this subtask owns now (the parallelism may have changed) from
-    /// every old subtask's snapshot and seeks them to the saved offsets.
+    /// every old subtask's snapshot and seeks them to the saved offsets. The watermark goes
+    /// on from this subtask's own (same parallelism) or the lowest of the old subtasks'
+    /// (rescaled: its partitions came from any of them), never lower.
     fn restore_from_all(&mut self, states: &[Vec<u8>]) -> Result<bool, BoxError> {
         self.checkpointed = true;
         let mut tpl = TopicPartitionList::new();
+        let mut watermarks = Vec::new();
         for state in states {
-            let saved: Vec<SavedPartition> = serde_json::from_slice(state)?;
+            let saved: Saved = serde_json::from_slice(state)
+                .map_err(|e| format!("cannot read the Kafka source's checkpointed state: {e}"))?;
+            let (saved, watermark) = saved.into_parts();
+            watermarks.push(watermark);
             for s in saved {
                 if subtask_for_partition(&s.topic, s.partition, self.parallelism) != self.subtask {
                     continue;
                 }
-                if let Some(st) = self.partitions.get_mut(&(s.topic.clone(), s.partition)) {
+                if let Some(i) = self.find(&s.topic, s.partition) {
                     let (low, high) = self
                         .consumer
                         .fetch_watermarks(&s.topic, s.partition, LOOKUP)
@@ -624,22 +885,34 @@ impl<T: Send + 'static> SourceReader<T> for Reader<T> {
                         high,
                         "the checkpointed offset",
                     )?;
+                    let st = &mut self.partitions[i];
                     st.next = Some(s.next);
                     st.committed = None;
+                    st.lag.set(high - s.next);
                     tpl.add_partition_offset(&s.topic, s.partition, Offset::Offset(s.next))
                         .map_err(|e| e.to_string())?;
                     info!(topic = %s.topic, partition = s.partition, offset = s.next, "restored partition offset");
                 }
             }
         }
+        if let Some(t) = &mut self.time {
+            let restored = match watermarks.len() == self.parallelism as usize {
+                true => watermarks[self.subtask as usize],
+                false => watermarks.iter().flatten().copied().min(),
+            };
+            if let Some(w) = restored {
+                t.tracker.restore_emitted(w);
+                t.sent = w;
+            }
+        }
         if !self.assigned {
             return Ok(true); // the first poll assigns from the restored offsets
         }
         // Re-assign everything: restored offsets, and the rest as discovered.
-        for ((t, p), st) in &self.partitions {
-            if tpl.find_partition(t, *p).is_none() {
+        for st in &self.partitions {
+            if tpl.find_partition(&st.topic, st.partition).is_none() {
                 let at = st.next.map_or(Offset::Beginning, Offset::Offset);
-                tpl.add_partition_offset(t, *p, at)
+                tpl.add_partition_offset(&st.topic, st.partition, at)
                     .map_err(|e| e.to_string())?;
             }
         }
@@ -671,7 +944,10 @@ impl<T: Send + 'static> SourceReader<T> for Reader<T> {
             self.assign()?;
         }
         if self.settings.bounded {
-            if self.partitions.values().all(PartitionState::done) && self.initial_done {
+            if self.partitions.iter().all(PartitionState::done) && self.initial_done {
+                for st in &self.partitions {
+                    st.lag.set(0);
+                }
                 self.commit(CommitMode::Sync)?;
                 return Ok(SourceStatus::Finished);
             }
@@ -689,6 +965,8 @@ impl<T: Send + 'static> SourceReader<T> for Reader<T> {
             }
             return Ok(SourceStatus::Idle);
         }
+        // One look at the clock per batch: the processing time of its records.
+        let now = self.time.as_ref().map_or(0, |t| t.clock.now_ms());
         let mut emitted = 0;
         let mut timeout = Duration::from_millis(10);
         while emitted < SOURCE_BATCH {
@@ -733,20 +1011,48 @@ impl<T: Send + 'static> SourceReader<T> for Reader<T> {
                 payload: m.payload(),
                 headers: m.headers(),
             };
-            let Some(st) = self
-                .partitions
-                .get_mut(&(record.topic.to_string(), record.partition))
-            else {
+            let Some(i) = locate(
+                &self.partitions,
+                &mut self.last_hit,
+                record.topic,
+                record.partition,
+            ) else {
                 continue;
             };
+            let st = &mut self.partitions[i];
             if st.stop.is_some_and(|s| record.offset >= s) {
                 st.next = st.stop;
+                if let Some(t) = &mut self.time {
+                    // A finished partition no longer holds back the watermark.
+                    t.tracker.remove_split(&st.split);
+                }
                 continue;
             }
-            match (self.decode)(&record) {
-                Ok(v) => {
-                    match record.timestamp {
-                        Some(ts) if self.settings.record_timestamps => {
+            let decoded = (self.decode)(&record).and_then(|v| {
+                let ts = match (&self.extract, &self.time) {
+                    (Some(f), _) => Some(f(&v)?),
+                    (
+                        None,
+                        Some(EventTime {
+                            assigner: Some(f), ..
+                        }),
+                    ) => Some(f(&v, record.timestamp.unwrap_or(NO_TIMESTAMP))),
+                    _ => record.timestamp,
+                };
+                Ok((v, ts))
+            });
+            match decoded {
+                Ok((v, ts)) => {
+                    match (ts, &mut self.time) {
+                        (Some(ts), Some(t)) => {
+                            t.tracker.on_record(&st.split, ts, now);
+                            t.active(now);
+                            out.collect_with_timestamp(v, ts);
+                            if t.per_record {
+                                t.emit(now, out);
+                            }
+                        }
+                        (Some(ts), None) if self.settings.record_timestamps => {
                             out.collect_with_timestamp(v, ts)
                         }
                         _ => out.collect(v),
@@ -761,10 +1067,86 @@ impl<T: Send + 'static> SourceReader<T> for Reader<T> {
             st.next = Some(record.offset + 1);
             self.uncommitted = true;
         }
+        self.update_lag();
+        if let Some(t) = &mut self.time
+            && now >= t.next_emit_ms
+        {
+            t.emit(now, out);
+        }
         Ok(if emitted > 0 {
             SourceStatus::MoreAvailable
         } else {
             SourceStatus::Idle
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::message::Signal;
+    use crate::runtime::output::Output;
+    use crate::runtime::time::ManualClock;
+
+    #[test]
+    fn snapshots_of_the_earlier_format_still_restore() {
+        let old = br#"[{"topic":"t","partition":1,"next":42}]"#;
+        let (p, w) = serde_json::from_slice::<Saved>(old).unwrap().into_parts();
+        assert_eq!(
+            (p[0].topic.as_str(), p[0].partition, p[0].next),
+            ("t", 1, 42)
+        );
+        assert_eq!(w, None);
+        let new = serde_json::to_vec(&Saved::WithWatermark {
+            partitions: p,
+            watermark: Some(7),
+        })
+        .unwrap();
+        let (p, w) = serde_json::from_slice::<Saved>(&new).unwrap().into_parts();
+        assert_eq!((p.len(), w), (1, Some(7)));
+    }
+
+    /// Signals a collector received.
+    #[derive(Default)]
+    struct Signals(Vec<String>);
+    impl Output<()> for Signals {
+        fn emit(&mut self, _: ()) -> Result<(), crate::error::TaskError> {
+            Ok(())
+        }
+        fn signal(&mut self, s: Signal) -> Result<(), crate::error::TaskError> {
+            self.0.push(match s {
+                Signal::Watermark(w) => format!("wm {w}"),
+                Signal::Idle => "idle".into(),
+                other => format!("{other:?}"),
+            });
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<(), crate::error::TaskError> {
+            Ok(())
+        }
+    }
+
+    /// p1 never has a record and goes idle at 1000; p0's last record was at 100, so it goes
+    /// idle at 1100. A check at 1200 (both idle) still emits p0's watermark before the
+    /// source announces idleness: what a check at 1050 would have emitted.
+    #[test]
+    fn partitions_going_idle_between_two_checks_still_advance_the_watermark() {
+        let clock = Arc::new(ManualClock::new(0));
+        let strategy = WatermarkStrategy::<()>::for_monotonous_timestamps()
+            .with_idleness(Duration::from_millis(1000))
+            .with_clock(clock);
+        let mut t = EventTime::new(&strategy);
+        t.tracker.add_split("p0", 0);
+        t.tracker.add_split("p1", 0);
+        t.active(0);
+        t.tracker.on_record("p0", 5_000, 100);
+        t.active(100);
+        let mut signals = Signals::default();
+        let mut out = Collector::new(&mut signals);
+        t.emit(100, &mut out);
+        t.emit(1200, &mut out);
+        t.emit(1400, &mut out);
+        drop(out);
+        assert_eq!(signals.0, vec!["wm 4999", "idle"]);
     }
 }

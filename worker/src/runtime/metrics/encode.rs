@@ -12,13 +12,13 @@ use prometheus_client::registry::{Registry, Unit};
 
 use super::{JobMetrics, TaskSnapshot, global};
 
-type Labels = Vec<(&'static str, String)>;
+pub(super) type Labels = Vec<(&'static str, String)>;
 
 /// The collector over the process's registry.
 #[derive(Debug)]
 struct Job;
 
-fn family<M: EncodeMetric>(
+pub(super) fn family<M: EncodeMetric>(
     enc: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
@@ -193,6 +193,7 @@ impl Collector for Job {
                 [(job_only(), ConstGauge::new(value))],
             )?;
         }
+        super::kafka::encode(&mut enc, &job)?;
         Ok(())
     }
 }

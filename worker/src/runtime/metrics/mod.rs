@@ -7,6 +7,7 @@
 //! thread-local set when the task starts, also looked up once per batch.
 
 mod encode;
+pub mod kafka;
 mod summary;
 
 use std::cell::RefCell;

@@ -88,6 +88,9 @@ pub struct Summary {
     pub checkpoints_completed: u64,
     /// When the last checkpoint completed (ms since the epoch).
     pub last_checkpoint_ms: Option<u64>,
+    /// Records the Kafka sources of this process are behind the end of their partitions.
+    #[serde(default)]
+    pub kafka_lag: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -207,6 +210,7 @@ impl JobMetrics {
         totals.restarts = self.restarts.load(Ordering::Relaxed);
         totals.checkpoints_completed = load(&c.completed);
         totals.last_checkpoint_ms = nonzero(load(&c.last_completed_ms));
+        totals.kafka_lag = super::kafka::snapshot().total_lag();
         JobSummary {
             job: self.job_name(),
             state: self.state(),

@@ -1,0 +1,167 @@
+//! Kafka metrics of a real `streamjob worker` run against the test broker
+//! (STREAMJOB_TEST_KAFKA, started by `make test`), scraped from its metrics port: consumer
+//! lag per partition reaches 0 once the input is drained, records produced equals what the
+//! output topic holds, committed transactions are counted, and the summary the operator
+//! reads carries the lag.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::http::{get, get_json, sample_sum, start};
+use common::kafka_topics::{broker, create_topic, produce_at, unique};
+use common::{free_ports, wait_for};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// Records in `topic` a read_committed consumer sees (committed transactions only): read
+/// until `expected` arrived (or a minute passed), then until a second passes without more.
+fn committed_count(topic: &str, partitions: i32, expected: u64) -> u64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .set("isolation.level", "read_committed")
+        .set("group.id", unique("check"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let started = Instant::now();
+    let mut n = 0;
+    let mut last = Instant::now();
+    while started.elapsed() < Duration::from_secs(60)
+        && (n < expected || last.elapsed() < Duration::from_secs(1))
+    {
+        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+            n += 1;
+            last = Instant::now();
+        }
+    }
+    n
+}
+
+#[test]
+fn kafka_lag_drains_to_zero_and_produced_records_and_transactions_are_counted() {
+    let input = unique("metrics-in");
+    let output = unique("metrics-out");
+    create_topic(&input, 3);
+    create_topic(&output, 2);
+    let records = 3000;
+    let lines: Vec<(i32, String, i64)> = (0..records)
+        .map(|i| (i % 3, format!("r{i}"), 1_700_000_000_000 + i64::from(i)))
+        .collect();
+    produce_at(&input, &lines);
+    let dir = std::env::temp_dir().join(format!("sj-kafka-metrics-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = dir.join("job.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"apiVersion: streamjob.dev/v1alpha1
+kind: StreamJob
+metadata: {{name: kafka-metered}}
+spec:
+  parallelism: 2
+  steps:
+    - name: in
+      source:
+        kafka:
+          bootstrapServers: "{broker}"
+          topics: [{input}]
+          groupId: {group}
+          startingOffsets: earliest
+          format: string
+    - {{name: upper, map: {{expr: value.upperAscii()}}}}
+    - name: out
+      sink:
+        kafka:
+          bootstrapServers: "{broker}"
+          topic: {output}
+          format: string
+          deliveryGuarantee: exactly-once
+          transactionalIdPrefix: {tx}
+          commitIntervalMs: 200
+"#,
+            broker = broker(),
+            group = unique("g"),
+            tx = unique("tx"),
+        ),
+    )
+    .unwrap();
+    let peer = free_ports(1).remove(0);
+    let p = start(
+        &[
+            "worker",
+            manifest.to_str().unwrap(),
+            "--index",
+            "0",
+            "--workers",
+            "1",
+            "--peers",
+            &peer,
+            "--listen",
+            &peer,
+            "--metrics-port",
+            "0",
+        ],
+        &[("STREAMJOB_TOKEN", "kafka-metrics-test")],
+    );
+    let job = r#"job="kafka-metered""#;
+    let topic_in = format!(r#"topic="{input}""#);
+    let topic_out = format!(r#"topic="{output}""#);
+    // Unbounded: the job keeps running with nothing left to read.
+    let m = wait_for(
+        Duration::from_secs(90),
+        "lag 0 on every input partition and every record produced and committed",
+        || {
+            let (_, m) = get(&p.web, "/metrics").ok()?;
+            let lag: Vec<f64> = (0..3)
+                .map(|part| {
+                    let partition = format!(r#"partition="{part}""#);
+                    sample_sum(
+                        &m,
+                        "streamjob_kafka_consumer_lag",
+                        &[job, &topic_in, &partition],
+                    )
+                })
+                .collect::<Option<_>>()?;
+            let produced = sample_sum(
+                &m,
+                "streamjob_kafka_records_produced_total",
+                &[job, &topic_out],
+            )?;
+            let committed = sample_sum(&m, "streamjob_kafka_transactions_committed_total", &[job])?;
+            (lag == [0.0; 3] && produced == f64::from(records) && committed >= 1.0).then_some(m)
+        },
+    );
+    // Every produced record is in the output, once, and visible to read_committed readers
+    // (its transaction committed).
+    assert_eq!(committed_count(&output, 2, records as u64), records as u64);
+    assert_eq!(
+        sample_sum(&m, "streamjob_kafka_records_produced_total", &[job]),
+        Some(f64::from(records)),
+        "{m}"
+    );
+    assert_eq!(
+        sample_sum(&m, "streamjob_kafka_transactions_aborted_total", &[job]),
+        Some(0.0)
+    );
+    // The summary the operator copies into the status: the lag summed over partitions.
+    let s = get_json(&p.web, "/api/summary");
+    assert_eq!(s["kafka_lag"], 0, "{s}");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let read = runtime
+        .block_on(streamjob_operator::metrics::get_summary(&p.web))
+        .expect("the operator reads the worker's summary");
+    assert_eq!(read.kafka_lag, Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
