@@ -282,6 +282,14 @@ fn run(
                         commands::worker::cluster_config(args, &name, slots_needed, spec_hash)?;
                     cluster.restarts = restarted;
                     metrics.set_layout(env.plan(&name)?, cluster.index, Some(cluster.slots));
+                    if cluster.index == 0 {
+                        streamjob::web::read_peers(streamjob::web::peer_addresses(
+                            0,
+                            &cluster.peers,
+                            &args.peer_metrics,
+                            args.metrics_port.0,
+                        ));
+                    }
                     env.execute_as_worker(&name, &cluster)?
                 }
             };

@@ -7,7 +7,7 @@
 //! which is what barrier alignment needs, and is the same shape the network exchange uses.
 
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flume::{RecvTimeoutError, SendTimeoutError, TryRecvError, TrySendError};
 
@@ -93,6 +93,8 @@ pub(crate) struct InputGate<T> {
     open: usize,
     /// Barrier being aligned (delivered by some inputs, awaited on the others).
     pending_barrier: Option<crate::CheckpointBarrier>,
+    /// When the first input delivered the pending barrier (alignment time, for metrics).
+    aligning_since: Option<Instant>,
     next: usize,
     ready: VecDeque<Message<T>>,
     who: Endpoint,
@@ -110,6 +112,7 @@ impl<T> InputGate<T> {
             current_watermark: i64::MIN,
             open: n,
             pending_barrier: None,
+            aligning_since: None,
             next: 0,
             ready: VecDeque::new(),
             who,
@@ -191,10 +194,12 @@ impl<T> InputGate<T> {
         match m {
             Message::Data(batch) => {
                 self.set_active(i);
+                self.count_queued();
                 self.ready.push_back(Message::Data(batch))
             }
             Message::Timed(batch, stamps) => {
                 self.set_active(i);
+                self.count_queued();
                 self.ready.push_back(Message::Timed(batch, stamps))
             }
             Message::Signal(Signal::Watermark(w)) => {
@@ -209,6 +214,7 @@ impl<T> InputGate<T> {
             }
             Message::Signal(Signal::Barrier(b)) => {
                 self.state[i] = InputState::Blocked(b.id);
+                self.aligning_since.get_or_insert_with(Instant::now);
                 self.pending_barrier = Some(b);
                 self.release_barrier_if_aligned();
             }
@@ -242,6 +248,9 @@ impl<T> InputGate<T> {
         let Some(barrier) = self.pending_barrier.take() else {
             return;
         };
+        if let Some(t) = self.aligning_since.take() {
+            crate::runtime::metrics::aligned(t.elapsed());
+        }
         for s in &mut self.state {
             if matches!(s, InputState::Blocked(_)) {
                 *s = InputState::Open;
@@ -257,6 +266,12 @@ impl<T> InputGate<T> {
         if self.open == 0 {
             self.ready.push_back(Message::Signal(Signal::EndOfInput));
         }
+    }
+
+    /// Batches waiting in the inputs (a gauge, taken per batch).
+    #[inline]
+    fn count_queued(&self) {
+        crate::runtime::metrics::queued(self.inputs.iter().map(|r| r.len()).sum());
     }
 
     /// Records or a watermark from an idle input: it counts again. Downstream learns that
