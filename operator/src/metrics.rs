@@ -210,12 +210,16 @@ mod tests {
         assert!(text.contains("streamjob_operator_leader 0\n"), "{text}");
         let running = m.reconciling();
         assert!(
-            m.render().contains("streamjob_operator_reconciles_in_flight 1\n"),
+            m.render()
+                .contains("streamjob_operator_reconciles_in_flight 1\n"),
             "{}",
             m.render()
         );
         drop(running);
-        assert!(m.render().contains("streamjob_operator_reconciles_in_flight 0\n"));
+        assert!(
+            m.render()
+                .contains("streamjob_operator_reconciles_in_flight 0\n")
+        );
     }
 
     #[test]
@@ -305,7 +309,11 @@ impl JobRates {
                     });
                 }
                 Ok(Ok(s)) if i == 0 && s.workers > 1 => {
-                    tracing::info!(covered = s.workers, workers, "worker 0 reads only some workers");
+                    tracing::info!(
+                        covered = s.workers,
+                        workers,
+                        "worker 0 reads only some workers"
+                    );
                     return None;
                 }
                 Ok(Ok(s)) => {

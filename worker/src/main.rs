@@ -245,7 +245,11 @@ fn run(
     let metrics = streamjob::runtime::metrics::global();
     // A busy port must not stop the job (local runs side by side, workers sharing a host).
     match web.map(streamjob::web::start) {
-        Some(Ok(at)) => eprintln!("job page and metrics: http://{at}/"),
+        // Only worker 0 has the job-wide page; the others' ports are for Prometheus.
+        Some(Ok(at)) => match worker.as_ref().and_then(|w| w.index) {
+            Some(i) if i > 0 => eprintln!("worker {i} metrics: http://{at}/metrics"),
+            _ => eprintln!("job page and metrics: http://{at}/"),
+        },
         Some(Err(e)) => eprintln!("warning: {e}; running without them"),
         None => {}
     }

@@ -247,9 +247,10 @@ spec:
     let m1 = get(&w1.web, "/metrics").unwrap().1;
     let job = r#"job="spread""#;
     // Each direction: worker 0's subtask 0 sends to subtask 1 on worker 1, and back.
-    for (sender, receiver, from, to, to_peer, from_peer) in
-        [(&m0, &m1, "0", "1", "1", "0"), (&m1, &m0, "1", "0", "0", "1")]
-    {
+    for (sender, receiver, from, to, to_peer, from_peer) in [
+        (&m0, &m1, "0", "1", "1", "0"),
+        (&m1, &m0, "1", "0", "0", "1"),
+    ] {
         let channel = [
             job,
             r#"from_operator="lines""#,
@@ -267,13 +268,21 @@ spec:
         assert!(sent > 0.0);
         assert_eq!(
             sent,
-            on(receiver, "streamjob_exchange_received_bytes_total", from_peer)
+            on(
+                receiver,
+                "streamjob_exchange_received_bytes_total",
+                from_peer
+            )
         );
         let batches = on(sender, "streamjob_exchange_sent_batches_total", to_peer);
         assert!(batches > 0.0);
         assert_eq!(
             batches,
-            on(receiver, "streamjob_exchange_received_batches_total", from_peer)
+            on(
+                receiver,
+                "streamjob_exchange_received_batches_total",
+                from_peer
+            )
         );
         // The sender reports the credit it holds.
         assert!(on(sender, "streamjob_exchange_credits_outstanding", to_peer) >= 0.0);
@@ -282,7 +291,11 @@ spec:
             sample_sum(
                 m,
                 name,
-                &[job, &format!(r#"operator="{op}""#), &format!(r#"subtask="{subtask}""#)],
+                &[
+                    job,
+                    &format!(r#"operator="{op}""#),
+                    &format!(r#"subtask="{subtask}""#),
+                ],
             )
             .unwrap_or_else(|| panic!("no {name} in\n{m}"))
         };

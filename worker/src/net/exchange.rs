@@ -189,8 +189,15 @@ impl Exchange for ExchangeService {
         let span = info_span!("exchange-in", channel = %slot.label, peer = slot.peer);
         let counters = metrics::global().channel(id, slot.peer, Direction::Received);
         tokio::spawn(
-            receive(frames, slot, tx, self.credit, self.failures.clone(), counters)
-                .instrument(span),
+            receive(
+                frames,
+                slot,
+                tx,
+                self.credit,
+                self.failures.clone(),
+                counters,
+            )
+            .instrument(span),
         );
         Ok(Response::new(ReceiverStream::new(rx)))
     }

@@ -111,8 +111,12 @@ impl JobMetrics {
             })
             .collect();
         v.sort_by(|a, b| {
-            (&a.from_operator, &a.to_operator, a.from, a.to)
-                .cmp(&(&b.from_operator, &b.to_operator, b.from, b.to))
+            (&a.from_operator, &a.to_operator, a.from, a.to).cmp(&(
+                &b.from_operator,
+                &b.to_operator,
+                b.from,
+                b.to,
+            ))
         });
         v
     }

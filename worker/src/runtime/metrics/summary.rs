@@ -217,7 +217,11 @@ impl JobMetrics {
     /// Counters and rates of a subtask another worker runs, from its last fresh answer.
     fn from_peer(&self, worker: u32, chain: usize, subtask: u32) -> Option<(TaskSnapshot, Rates)> {
         let peers = self.sampler.peers.lock().unwrap();
-        let (at, job) = peers.iter().find(|p| p.worker == worker)?.answered.as_ref()?;
+        let (at, job) = peers
+            .iter()
+            .find(|p| p.worker == worker)?
+            .answered
+            .as_ref()?;
         if at.elapsed() > PEER_FRESH {
             return None;
         }
@@ -233,7 +237,11 @@ impl JobMetrics {
 
     fn peer_views(&self) -> (Vec<PeerView>, u32) {
         let peers = self.sampler.peers.lock().unwrap();
-        let fresh = |p: &PeerReport| p.answered.as_ref().is_some_and(|(at, _)| at.elapsed() <= PEER_FRESH);
+        let fresh = |p: &PeerReport| {
+            p.answered
+                .as_ref()
+                .is_some_and(|(at, _)| at.elapsed() <= PEER_FRESH)
+        };
         let views = peers
             .iter()
             .map(|p| PeerView {
