@@ -84,7 +84,7 @@ enum Command {
     },
     /// Run one worker of a distributed StreamJob (the pod entrypoint): this worker's slots,
     /// exchanging records with its peers over gRPC. Needs STREAMJOB_TOKEN.
-    Worker(commands::worker::WorkerArgs),
+    Worker(Box<commands::worker::WorkerArgs>),
     /// Print the physical plan of a StreamJob: chains, parallelism, partitioning.
     Plan {
         file: PathBuf,
@@ -167,7 +167,7 @@ fn dispatch(command: Command) -> Result<()> {
                 .map(|p| SocketAddr::from(([0, 0, 0, 0], p)));
             run(
                 &args.file.clone(),
-                Some(args.clone()),
+                Some((*args).clone()),
                 &args.restore,
                 web,
                 true,

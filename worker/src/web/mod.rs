@@ -215,3 +215,28 @@ impl std::fmt::Display for WebPort {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::peer_addresses;
+
+    #[test]
+    fn peers_are_read_on_their_exchange_host_with_the_metrics_port_or_as_given() {
+        let exchange = [
+            "wc-worker-0.wc:6121".to_string(),
+            "wc-worker-1.wc:6121".into(),
+        ];
+        assert_eq!(
+            peer_addresses(0, &exchange, &[], Some(9249)),
+            [(1, "wc-worker-1.wc:9249".to_string())]
+        );
+        let given = ["-".to_string(), "127.0.0.1:4000".into()];
+        assert_eq!(
+            peer_addresses(0, &exchange, &given, Some(0)),
+            [(1, "127.0.0.1:4000".to_string())]
+        );
+        // Metrics off or on a random port: the peers' ports are unknown.
+        assert!(peer_addresses(0, &exchange, &[], None).is_empty());
+        assert!(peer_addresses(0, &exchange, &[], Some(0)).is_empty());
+    }
+}

@@ -215,7 +215,12 @@ impl JobMetrics {
     }
 
     /// Counters and rates of a subtask another worker runs, from its last fresh answer.
-    fn from_peer(&self, worker: u32, chain: usize, subtask: u32) -> Option<(TaskSnapshot, Rates)> {
+    fn peer_subtask(
+        &self,
+        worker: u32,
+        chain: usize,
+        subtask: u32,
+    ) -> Option<(TaskSnapshot, Rates)> {
         let peers = self.sampler.peers.lock().unwrap();
         let (at, job) = peers
             .iter()
@@ -286,11 +291,12 @@ impl JobMetrics {
                             .find(|t| &t.operator == head && t.subtask == i)
                             .cloned();
                         let mut rates = self.rates(head, i);
-                        if metrics.is_none() && worker != l.worker {
-                            if let Some((m, r)) = self.from_peer(worker, c.id, i) {
-                                metrics = Some(m);
-                                rates = Some(r);
-                            }
+                        if metrics.is_none()
+                            && worker != l.worker
+                            && let Some((m, r)) = self.peer_subtask(worker, c.id, i)
+                        {
+                            metrics = Some(m);
+                            rates = Some(r);
                         }
                         if let Some(m) = &metrics {
                             let r = rates.unwrap_or_default();
