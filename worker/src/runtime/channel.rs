@@ -70,6 +70,9 @@ pub(crate) fn cancelled(who: &Endpoint) -> TaskError {
     )
 }
 
+/// The input queue depth is sampled once in this many batches.
+const QUEUE_SAMPLE: u32 = 64;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum InputState {
     Open,
@@ -95,6 +98,8 @@ pub(crate) struct InputGate<T> {
     pending_barrier: Option<crate::CheckpointBarrier>,
     /// When the first input delivered the pending barrier (alignment time, for metrics).
     aligning_since: Option<Instant>,
+    /// Batches taken, to sample the queue depth every [`QUEUE_SAMPLE`] batches.
+    batches: u32,
     next: usize,
     ready: VecDeque<Message<T>>,
     who: Endpoint,
@@ -113,6 +118,7 @@ impl<T> InputGate<T> {
             open: n,
             pending_barrier: None,
             aligning_since: None,
+            batches: 0,
             next: 0,
             ready: VecDeque::new(),
             who,
@@ -268,10 +274,14 @@ impl<T> InputGate<T> {
         }
     }
 
-    /// Batches waiting in the inputs (a gauge, taken per batch).
+    /// Batches waiting in the inputs, for the queue-depth gauge. Reading a channel's length
+    /// takes its lock (contended by the producer), so only every so many batches.
     #[inline]
-    fn count_queued(&self) {
-        crate::runtime::metrics::queued(self.inputs.iter().map(|r| r.len()).sum());
+    fn count_queued(&mut self) {
+        self.batches = self.batches.wrapping_add(1);
+        if self.batches % QUEUE_SAMPLE == 1 {
+            crate::runtime::metrics::queued(self.inputs.iter().map(|r| r.len()).sum());
+        }
     }
 
     /// Records or a watermark from an idle input: it counts again. Downstream learns that

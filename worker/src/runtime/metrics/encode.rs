@@ -172,7 +172,7 @@ impl Collector for Job {
             ),
             (
                 "task_input_queue_batches",
-                "Batches waiting in the task's input channels (as of its last batch)",
+                "Batches waiting in the task's input channels (sampled every 64 batches it takes)",
                 None,
                 per_task_gauge(|t| Some(t.queued_batches as f64)),
             ),

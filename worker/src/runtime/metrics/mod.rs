@@ -60,7 +60,7 @@ pub struct TaskMetrics {
     /// Size of a bounded source's input, bytes or records (0: unknown or unbounded).
     source_total_bytes: AtomicU64,
     source_total_records: AtomicU64,
-    /// Batches waiting in the task's input channels, as of its last batch.
+    /// Batches waiting in the task's input channels, sampled by its input gate.
     queued_batches: AtomicU64,
     /// Barrier alignment at the input gate: count, total and last time.
     alignments: AtomicU64,
@@ -250,7 +250,7 @@ pub fn source_total(bytes: Option<u64>, records: Option<u64>) {
     with_current(|m| m.source_total(bytes, records));
 }
 
-/// `n` batches wait in this thread's task's input channels (called per batch).
+/// `n` batches wait in this thread's task's input channels (sampled by the input gate).
 #[inline]
 pub fn queued(n: usize) {
     with_current(|m| m.queued_batches.store(n as u64, Ordering::Relaxed));
