@@ -242,6 +242,21 @@ mod tests {
         );
     }
 
+    #[test]
+    fn worker_0s_summary_is_the_jobs_only_when_it_covers_every_worker() {
+        let s = WorkerSummary {
+            records_in_per_second: 10.4,
+            records_out_per_second: 20.6,
+            workers: 3,
+        };
+        let rates = Some(JobRates {
+            records_in_per_second: 10,
+            records_out_per_second: 21,
+        });
+        assert_eq!(job_wide(&s, 3), rates);
+        assert_eq!(job_wide(&WorkerSummary { workers: 2, ..s }, 3), None);
+    }
+
     async fn get(addr: std::net::SocketAddr, path: &str) -> String {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -302,19 +317,12 @@ impl JobRates {
         for i in 0..workers {
             let addr = crate::resources::worker_metrics_address(&target.job, &target.namespace, i);
             match tokio::time::timeout(SUMMARY_TIMEOUT, get_summary(&addr)).await {
-                Ok(Ok(s)) if i == 0 && s.workers >= workers => {
-                    return Some(JobRates {
-                        records_in_per_second: s.records_in_per_second.round() as u64,
-                        records_out_per_second: s.records_out_per_second.round() as u64,
-                    });
-                }
                 Ok(Ok(s)) if i == 0 && s.workers > 1 => {
-                    tracing::info!(
-                        covered = s.workers,
-                        workers,
-                        "worker 0 reads only some workers"
-                    );
-                    return None;
+                    let whole = job_wide(&s, workers);
+                    if whole.is_none() {
+                        tracing::info!(covered = s.workers, workers, "worker 0 reads only some");
+                    }
+                    return whole;
                 }
                 Ok(Ok(s)) => {
                     records_in += s.records_in_per_second;
@@ -335,6 +343,15 @@ impl JobRates {
             records_out_per_second: records_out.round() as u64,
         })
     }
+}
+
+/// Worker 0's summary as the job's rates when it covers every worker; `None` when it covers
+/// some other workers but not all (adding the others' would count some twice).
+fn job_wide(s: &WorkerSummary, workers: u32) -> Option<JobRates> {
+    (s.workers >= workers).then(|| JobRates {
+        records_in_per_second: s.records_in_per_second.round() as u64,
+        records_out_per_second: s.records_out_per_second.round() as u64,
+    })
 }
 
 /// GET `/api/summary` from a worker's metrics port.
