@@ -30,6 +30,7 @@ pub struct Metrics {
     duration: Histogram,
     leader_gauge: Gauge,
     watches_down: Gauge,
+    in_flight: Gauge,
     /// This replica holds the leader lease (or leader election is off).
     leader: AtomicBool,
     /// Each watch the controller runs, and whether it is listed and not failing.
@@ -44,7 +45,13 @@ impl Default for Metrics {
         let duration = Histogram::new(BUCKETS);
         let leader_gauge = Gauge::default();
         let watches_down = Gauge::default();
+        let in_flight = Gauge::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
+        registry.register(
+            "reconciles_in_flight",
+            "Reconciles running now (kube-runtime's scheduler queue itself is not exposed)",
+            in_flight.clone(),
+        );
         registry.register(
             "reconcile_errors",
             "Reconciles that failed",
@@ -72,13 +79,29 @@ impl Default for Metrics {
             duration,
             leader_gauge,
             watches_down,
+            in_flight,
             leader: AtomicBool::new(false),
             watches: Mutex::new(BTreeMap::new()),
         }
     }
 }
 
+/// A reconcile counted as in flight until dropped.
+pub struct InFlight<'a>(&'a Gauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 impl Metrics {
+    /// Counts a reconcile as running until the guard drops.
+    pub fn reconciling(&self) -> InFlight<'_> {
+        self.in_flight.inc();
+        InFlight(&self.in_flight)
+    }
+
     pub fn observe(&self, took: Duration, failed: bool) {
         self.reconciles.inc();
         if failed {
@@ -185,6 +208,18 @@ mod tests {
         assert!(text.contains("_bucket{le=\"10.0\"} 2\n"), "{text}");
         assert!(text.contains("_bucket{le=\"+Inf\"} 2\n"), "{text}");
         assert!(text.contains("streamjob_operator_leader 0\n"), "{text}");
+        let running = m.reconciling();
+        assert!(
+            m.render()
+                .contains("streamjob_operator_reconciles_in_flight 1\n"),
+            "{}",
+            m.render()
+        );
+        drop(running);
+        assert!(
+            m.render()
+                .contains("streamjob_operator_reconciles_in_flight 0\n")
+        );
     }
 
     #[test]
@@ -205,6 +240,21 @@ mod tests {
             "{}",
             m.render()
         );
+    }
+
+    #[test]
+    fn worker_0s_summary_is_the_jobs_only_when_it_covers_every_worker() {
+        let s = WorkerSummary {
+            records_in_per_second: 10.4,
+            records_out_per_second: 20.6,
+            workers: 3,
+        };
+        let rates = Some(JobRates {
+            records_in_per_second: 10,
+            records_out_per_second: 21,
+        });
+        assert_eq!(job_wide(&s, 3), rates);
+        assert_eq!(job_wide(&WorkerSummary { workers: 2, ..s }, 3), None);
     }
 
     async fn get(addr: std::net::SocketAddr, path: &str) -> String {
@@ -246,6 +296,9 @@ pub struct WorkerSummary {
     /// Records this worker's Kafka sources are behind; absent without a Kafka source.
     #[serde(default)]
     pub kafka_lag: Option<u64>,
+    /// Workers the numbers cover: worker 0 adds the other workers' (0: an older worker).
+    #[serde(default)]
+    pub workers: u32,
 }
 
 /// A job's record rates (records per second, rounded), summed over its workers.
@@ -261,14 +314,22 @@ pub struct JobRates {
 const SUMMARY_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl JobRates {
-    /// Sums every worker's summary; `None` (logged) when any cannot be read, so a partial
-    /// sum never shows as the job's rate.
+    /// Worker 0's summary when it covers the whole job, else the sum of every worker's;
+    /// `None` (logged) when any cannot be read or worker 0 covers only some of the others,
+    /// so a partial sum never shows as the job's rate.
     pub async fn fetch(target: &crate::control::Target, workers: u32) -> Option<JobRates> {
         let (mut records_in, mut records_out) = (0.0, 0.0);
         let mut kafka_lag: Option<u64> = None;
         for i in 0..workers {
             let addr = crate::resources::worker_metrics_address(&target.job, &target.namespace, i);
             match tokio::time::timeout(SUMMARY_TIMEOUT, get_summary(&addr)).await {
+                Ok(Ok(s)) if i == 0 && s.workers > 1 => {
+                    let whole = job_wide(&s, workers);
+                    if whole.is_none() {
+                        tracing::info!(covered = s.workers, workers, "worker 0 reads only some");
+                    }
+                    return whole;
+                }
                 Ok(Ok(s)) => {
                     records_in += s.records_in_per_second;
                     records_out += s.records_out_per_second;
@@ -292,6 +353,16 @@ impl JobRates {
             kafka_lag,
         })
     }
+}
+
+/// Worker 0's summary as the job's rates when it covers every worker; `None` when it covers
+/// some other workers but not all (adding the others' would count some twice).
+fn job_wide(s: &WorkerSummary, workers: u32) -> Option<JobRates> {
+    (s.workers >= workers).then(|| JobRates {
+        records_in_per_second: s.records_in_per_second.round() as u64,
+        records_out_per_second: s.records_out_per_second.round() as u64,
+        kafka_lag: s.kafka_lag,
+    })
 }
 
 /// GET `/api/summary` from a worker's metrics port.

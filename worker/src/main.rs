@@ -84,7 +84,7 @@ enum Command {
     },
     /// Run one worker of a distributed StreamJob (the pod entrypoint): this worker's slots,
     /// exchanging records with its peers over gRPC. Needs STREAMJOB_TOKEN.
-    Worker(commands::worker::WorkerArgs),
+    Worker(Box<commands::worker::WorkerArgs>),
     /// Print the physical plan of a StreamJob: chains, parallelism, partitioning.
     Plan {
         file: PathBuf,
@@ -167,7 +167,7 @@ fn dispatch(command: Command) -> Result<()> {
                 .map(|p| SocketAddr::from(([0, 0, 0, 0], p)));
             run(
                 &args.file.clone(),
-                Some(args.clone()),
+                Some((*args).clone()),
                 &args.restore,
                 web,
                 true,
@@ -245,7 +245,11 @@ fn run(
     let metrics = streamjob::runtime::metrics::global();
     // A busy port must not stop the job (local runs side by side, workers sharing a host).
     match web.map(streamjob::web::start) {
-        Some(Ok(at)) => eprintln!("job page and metrics: http://{at}/"),
+        // Only worker 0 has the job-wide page; the others' ports are for Prometheus.
+        Some(Ok(at)) => match worker.as_ref().and_then(|w| w.index) {
+            Some(i) if i > 0 => eprintln!("worker {i} metrics: http://{at}/metrics"),
+            _ => eprintln!("job page and metrics: http://{at}/"),
+        },
         Some(Err(e)) => eprintln!("warning: {e}; running without them"),
         None => {}
     }
@@ -282,6 +286,14 @@ fn run(
                         commands::worker::cluster_config(args, &name, slots_needed, spec_hash)?;
                     cluster.restarts = restarted;
                     metrics.set_layout(env.plan(&name)?, cluster.index, Some(cluster.slots));
+                    if cluster.index == 0 {
+                        streamjob::web::read_peers(streamjob::web::peer_addresses(
+                            0,
+                            &cluster.peers,
+                            &args.peer_metrics,
+                            args.metrics_port.0,
+                        ));
+                    }
                     env.execute_as_worker(&name, &cluster)?
                 }
             };

@@ -1,6 +1,7 @@
 //! The live job page in a real headless browser (Debian's chromium, installed by
-//! scripts/browser-deps.sh): during a real `streamjob run` of an unbounded job, the page
-//! draws the job's chains with non-zero rates; a screenshot is kept as a test artifact.
+//! scripts/browser-deps.sh): during a real two-worker `streamjob run` of an unbounded job,
+//! worker 0's page draws the job's chains with non-zero rates, including those of subtasks
+//! worker 1 runs; a screenshot is kept as a test artifact and as docs/job-page.png.
 
 mod common;
 
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::http::{get_json, start};
+use common::http::{get, get_json, sample_sum, start};
 use common::wait_for;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -96,7 +97,17 @@ spec:
         ),
     )
     .unwrap();
-    let mut p = start(&["run", manifest.to_str().unwrap(), "--web-port", "0"], &[]);
+    let mut p = start(
+        &[
+            "run",
+            manifest.to_str().unwrap(),
+            "--workers",
+            "2",
+            "--web-port",
+            "0",
+        ],
+        &[],
+    );
     let (mut conn, _) = server.accept().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let feeder = {
@@ -120,6 +131,37 @@ spec:
         let job = get_json(&p.web, "/api/job");
         (job["totals"]["records_in_per_second"].as_f64() > Some(0.0)).then_some(())
     });
+    // Worker 0 shows the rates of subtasks worker 1 runs (it reads worker 1's counters).
+    wait_for(Duration::from_secs(30), "a rate from worker 1", || {
+        let job = get_json(&p.web, "/api/job");
+        let remote_rate = job["chains"].as_array()?.iter().any(|c| {
+            c["subtasks"].as_array().unwrap().iter().any(|s| {
+                s["worker"] == 1 && s["rates"]["records_in_per_second"].as_f64() > Some(0.0)
+            })
+        });
+        remote_rate.then_some(())
+    });
+    // Barriers are aligned at the two-input gates of `counts`: once n checkpoints
+    // completed, a later scrape shows at least n alignments at each of them.
+    let completed = wait_for(Duration::from_secs(60), "3 checkpoints", || {
+        let m = get(&p.web, "/metrics").unwrap().1;
+        let n = sample_sum(&m, "streamjob_checkpoints_completed_total", &[])?;
+        (n >= 3.0).then_some(n)
+    });
+    let m = get(&p.web, "/metrics").unwrap().1;
+    // Worker 0 runs counts[0] (its gate merges words[0] and words[1]).
+    let labels = [r#"operator="counts""#, r#"subtask="0""#];
+    let aligned = sample_sum(&m, "streamjob_checkpoint_alignments_total", &labels);
+    assert!(
+        aligned >= Some(completed),
+        "{aligned:?} < {completed}:\n{m}"
+    );
+    let secs = sample_sum(&m, "streamjob_checkpoint_alignment_seconds_total", &labels);
+    assert!(secs >= Some(0.0), "{m}");
+    assert!(
+        sample_sum(&m, "streamjob_checkpoint_alignment_last_seconds", &labels).is_some(),
+        "{m}"
+    );
     let profile = dir.join("profile");
     let v = wait_for(
         Duration::from_secs(60),
@@ -138,6 +180,9 @@ spec:
     let png = std::fs::read(&shot).expect("chromium wrote no screenshot");
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     eprintln!("job page screenshot: {}", shot.display());
+    // The README shows it.
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/job-page.png");
+    std::fs::copy(&shot, &docs).expect("copy the screenshot to docs/");
 
     stop.store(true, Ordering::Relaxed);
     feeder.join().unwrap();

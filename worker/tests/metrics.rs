@@ -154,6 +154,210 @@ spec:
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A bounded word count on two workers: every channel counts the same bytes and batches on
+/// both ends, the tasks' bytes add up to their channels', and worker 0's page and summary
+/// cover the subtasks worker 1 runs.
+#[test]
+fn two_workers_count_the_exchange_on_both_ends_and_worker_0_reports_the_whole_job() {
+    let dir = std::env::temp_dir().join(format!("sj-metrics-two-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let lines = 2000;
+    let text: String = (0..lines)
+        .map(|i| format!("w{} w{} w{}\n", i % 31, i % 17, i % 5))
+        .collect();
+    std::fs::write(dir.join("in.txt"), &text).unwrap();
+    let manifest = dir.join("job.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: streamjob.dev/v1alpha1
+kind: StreamJob
+metadata: {name: spread}
+spec:
+  parallelism: 2
+  steps:
+    - {name: lines, source: {file: {path: in.txt}}}
+    - {name: words, flatMap: {expr: value.words()}}
+    - {name: by-word, keyBy: {expr: value}}
+    - {name: counts, reduce: {expr: acc}}
+    - {name: out, sink: {blackhole: {}}}
+",
+    )
+    .unwrap();
+    let exchange = free_ports(2);
+    let web1 = free_ports(1).remove(0);
+    let port1 = web1.rsplit(':').next().unwrap();
+    let token = [("STREAMJOB_TOKEN", "metrics-two")];
+    let worker = |index: &str, metrics_port: &str, extra: &[&str]| {
+        let i: usize = index.parse().unwrap();
+        let mut args = vec![
+            "worker",
+            manifest.to_str().unwrap(),
+            "--index",
+            index,
+            "--workers",
+            "2",
+            "--peers",
+            &exchange.join(","),
+            "--listen",
+            &exchange[i],
+            "--metrics-port",
+            metrics_port,
+            "--idle-after-finish",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        start(&args, &token)
+    };
+    let w1 = worker("1", port1, &[]);
+    let w0 = worker("0", "0", &[&format!("--peer-metrics=-,{web1}")]);
+    for w in [&w0, &w1] {
+        wait_for(Duration::from_secs(60), "the job to finish", || {
+            (get_json(&w.web, "/api/job")["state"] == "finished").then_some(())
+        });
+    }
+    // Worker 0 reads worker 1 once a second: its summary becomes job-wide.
+    let s = wait_for(Duration::from_secs(30), "a job-wide summary", || {
+        let s = get_json(&w0.web, "/api/summary");
+        (s["workers"] == 2).then_some(s)
+    });
+    assert_eq!(s["records_in"], lines, "{s}");
+    assert_eq!(s["records_out"], 3 * lines, "{s}");
+    assert_eq!(s["source_bytes_read"], text.len(), "{s}");
+    assert_eq!(s["source_bytes_total"], text.len(), "{s}");
+    // The page's data has worker 1's subtasks with their counters.
+    let job = get_json(&w0.web, "/api/job");
+    let remote: Vec<&serde_json::Value> = job["chains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["subtasks"].as_array().unwrap())
+        .filter(|s| s["worker"] == 1)
+        .collect();
+    assert_eq!(remote.len(), 2, "{job}");
+    for s in &remote {
+        assert!(s["metrics"]["records_in"].as_u64() > Some(0), "{s}");
+        assert!(s["rates"].is_object(), "{s}");
+    }
+
+    let m0 = get(&w0.web, "/metrics").unwrap().1;
+    let m1 = get(&w1.web, "/metrics").unwrap().1;
+    let job = r#"job="spread""#;
+    // Each direction: worker 0's subtask 0 sends to subtask 1 on worker 1, and back.
+    for (sender, receiver, from, to, to_peer, from_peer) in [
+        (&m0, &m1, "0", "1", "1", "0"),
+        (&m1, &m0, "1", "0", "0", "1"),
+    ] {
+        let channel = [
+            job,
+            r#"from_operator="lines""#,
+            &format!(r#"from_subtask="{from}""#),
+            r#"to_operator="counts""#,
+            &format!(r#"to_subtask="{to}""#),
+        ];
+        let on = |m: &str, name: &str, peer: &str| {
+            let mut labels = channel.to_vec();
+            let peer = format!(r#"peer="{peer}""#);
+            labels.push(&peer);
+            sample_sum(m, name, &labels).unwrap_or_else(|| panic!("no {name} {labels:?} in\n{m}"))
+        };
+        let sent = on(sender, "streamjob_exchange_sent_bytes_total", to_peer);
+        assert!(sent > 0.0);
+        assert_eq!(
+            sent,
+            on(
+                receiver,
+                "streamjob_exchange_received_bytes_total",
+                from_peer
+            )
+        );
+        let batches = on(sender, "streamjob_exchange_sent_batches_total", to_peer);
+        assert!(batches > 0.0);
+        assert_eq!(
+            batches,
+            on(
+                receiver,
+                "streamjob_exchange_received_batches_total",
+                from_peer
+            )
+        );
+        // The sender reports the credit it holds.
+        assert!(on(sender, "streamjob_exchange_credits_outstanding", to_peer) >= 0.0);
+        // The tasks at the two ends carry the channel's bytes.
+        let task = |m: &str, name: &str, op: &str, subtask: &str| {
+            sample_sum(
+                m,
+                name,
+                &[
+                    job,
+                    &format!(r#"operator="{op}""#),
+                    &format!(r#"subtask="{subtask}""#),
+                ],
+            )
+            .unwrap_or_else(|| panic!("no {name} in\n{m}"))
+        };
+        assert_eq!(
+            task(sender, "streamjob_task_output_bytes_total", "lines", from),
+            sent
+        );
+        assert_eq!(
+            task(receiver, "streamjob_task_input_bytes_total", "counts", to),
+            sent
+        );
+    }
+    // The file was read once, all of it, by the two source subtasks.
+    let read: f64 = [&m0, &m1]
+        .iter()
+        .map(|m| sample_sum(m, "streamjob_source_read_bytes_total", &[job]).unwrap())
+        .sum();
+    assert_eq!(read, text.len() as f64);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `STREAMJOB_PROGRESS=always` draws the bar without a terminal: a file counts bytes of its
+/// total, a collection records of its total, each with an ETA.
+#[test]
+fn progress_shows_the_total_and_an_eta_when_forced() {
+    let dir = std::env::temp_dir().join(format!("sj-progress-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("in.txt"), "a b\nc d\ne\n").unwrap();
+    let run = |name: &str, source: &str| {
+        let manifest = dir.join(format!("{name}.yaml"));
+        std::fs::write(
+            &manifest,
+            format!(
+                "apiVersion: streamjob.dev/v1alpha1
+kind: StreamJob
+metadata: {{name: {name}}}
+spec:
+  steps:
+    - {{name: input, source: {source}}}
+    - {{name: out, sink: {{blackhole: {{}}}}}}
+"
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(common::BIN)
+            .args(["run", manifest.to_str().unwrap(), "--web-port", "off"])
+            .env("STREAMJOB_PROGRESS", "always")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let err = run("fromfile", "{file: {path: in.txt}}");
+    assert!(err.contains("10 B of 10 B (100%)"), "{err}");
+    assert!(err.contains("ETA"), "{err}");
+    let err = run("fromlist", r#"{collection: {values: ["1", "2", "3"]}}"#);
+    assert!(err.contains("3 of 3 records (100%)"), "{err}");
+    assert!(err.contains("ETA"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A one-worker cluster running `manifest` (what a pod runs), serving metrics on a free port
 /// and staying up after the job so the final numbers can be read.
 fn one_worker(manifest: &std::path::Path) -> common::http::Proc {

@@ -91,6 +91,7 @@ pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Action,
 async fn reconcile_named(ns: &str, name: &str, ctx: &Context) -> Result<Action, Error> {
     let span = info_span!("reconcile", namespace = %ns, job = %name);
     let started = Instant::now();
+    let _in_flight = ctx.metrics.reconciling();
     let result = reconcile_fresh(ns, name, ctx).instrument(span).await;
     ctx.metrics.observe(started.elapsed(), result.is_err());
     if result.is_ok() {

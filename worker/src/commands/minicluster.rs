@@ -128,6 +128,18 @@ pub fn run(
         "mini-cluster: {workers} worker(s); worker 0 (checkpoint coordinator, job control) at {}",
         peers[0]
     );
+    // With the job page on, every worker serves metrics, and worker 0 reads the others'.
+    let web_ports: Vec<String> = match web.0 {
+        Some(_) => (1..workers)
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .map(|a| a.to_string())
+            })
+            .collect::<std::io::Result<_>>()
+            .context("cannot reserve loopback ports")?,
+        None => Vec::new(),
+    };
     let parent = std::process::id().to_string();
     let start = |i: u32| -> Result<Child> {
         let mut cmd = Command::new(&exe);
@@ -138,13 +150,13 @@ pub fn run(
             .args(["--peers", &peers.join(",")])
             .args(["--listen", &peers[i as usize]])
             .args(restore.to_args())
-            // Only worker 0 serves the job page (on the mini-cluster's --web-port).
+            // Worker 0 serves the job page on the mini-cluster's --web-port.
             .args([
                 "--metrics-port",
-                &if i == 0 {
-                    web.to_string()
-                } else {
-                    "off".into()
+                &match (i, web.0) {
+                    (0, _) => web.to_string(),
+                    (_, Some(_)) => web_ports[i as usize - 1].rsplit(':').next().unwrap().into(),
+                    (_, None) => "off".into(),
                 },
             ])
             .env(TOKEN_ENV, &token)
@@ -152,6 +164,13 @@ pub fn run(
             .env_remove("POD_NAME");
         if let Some(s) = slots {
             cmd.args(["--slots", &s.to_string()]);
+        }
+        if i == 0 && !web_ports.is_empty() {
+            // Worker 0's own entry is unused.
+            let all: Vec<&str> = std::iter::once("-")
+                .chain(web_ports.iter().map(String::as_str))
+                .collect();
+            cmd.arg(format!("--peer-metrics={}", all.join(",")));
         }
         cmd.spawn()
             .with_context(|| format!("cannot start worker {i}"))

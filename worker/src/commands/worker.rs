@@ -92,6 +92,10 @@ pub struct WorkerArgs {
     /// it off, 0 picks a free port.
     #[arg(long, env = "STREAMJOB_METRICS_PORT", default_value = "9249")]
     pub metrics_port: streamjob::web::WebPort,
+    /// Metrics addresses (`host:port`) of every worker in index order, which worker 0 reads
+    /// for the job-wide page and summary; default: each peer's host with --metrics-port.
+    #[arg(long, env = "STREAMJOB_PEER_METRICS", value_delimiter = ',')]
+    pub peer_metrics: Vec<String>,
     #[command(flatten)]
     pub restore: RestoreArgs,
 }

@@ -41,6 +41,9 @@ struct CollectionReader<T> {
 
 impl<T: Clone + Send + Sync> SourceReader<T> for CollectionReader<T> {
     fn poll_next(&mut self, out: &mut Collector<'_, T>) -> Result<SourceStatus, BoxError> {
+        if self.pos == 0 {
+            crate::runtime::metrics::source_total(None, Some(self.items.len() as u64));
+        }
         let end = (self.pos + SOURCE_BATCH).min(self.items.len());
         for item in &self.items[self.pos..end] {
             out.collect(item.clone());

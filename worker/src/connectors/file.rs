@@ -176,6 +176,7 @@ impl<T: Send + 'static> Source<T> for FileSource<T> {
             make: self.make,
             on_invalid: handler_for(&self.on_invalid, ctx)?,
             parallelism: ctx.parallelism,
+            unreported_total: Some(splits.iter().map(|s| s.end - s.start).sum()),
             splits,
             current: None,
             scratch: Vec::with_capacity(256),
@@ -201,6 +202,8 @@ struct FileReader<T> {
     splits: Vec<Split>,
     current: Option<OpenSplit>,
     scratch: Vec<u8>,
+    /// Bytes of the splits, told to the metrics (progress, ETA) on the task's first poll.
+    unreported_total: Option<u64>,
 }
 
 fn open(split: &Split) -> Result<OpenSplit, BoxError> {
@@ -227,13 +230,20 @@ fn open(split: &Split) -> Result<OpenSplit, BoxError> {
 
 impl<T: Send> SourceReader<T> for FileReader<T> {
     fn poll_next(&mut self, out: &mut Collector<'_, T>) -> Result<SourceStatus, BoxError> {
+        if let Some(total) = self.unreported_total.take() {
+            crate::runtime::metrics::source_total(Some(total), None);
+        }
         let mut emitted = 0;
+        let mut read = 0;
         while emitted < SOURCE_BATCH {
             let cur = match &mut self.current {
                 Some(c) => c,
                 None => match self.splits.pop() {
                     Some(split) => self.current.insert(open(&split)?),
-                    None => return Ok(SourceStatus::Finished),
+                    None => {
+                        crate::runtime::metrics::source_read(read);
+                        return Ok(SourceStatus::Finished);
+                    }
                 },
             };
             if cur.pos >= cur.end {
@@ -248,6 +258,7 @@ impl<T: Send> SourceReader<T> for FileReader<T> {
             }
             let line_start = cur.pos;
             cur.pos += n as u64;
+            read += n as u64;
             let line = trim_line_end(&self.scratch);
             if let Some(record) = decode(
                 line,
@@ -260,6 +271,7 @@ impl<T: Send> SourceReader<T> for FileReader<T> {
             }
             emitted += 1;
         }
+        crate::runtime::metrics::source_read(read);
         Ok(SourceStatus::MoreAvailable)
     }
 
@@ -288,6 +300,8 @@ impl<T: Send> SourceReader<T> for FileReader<T> {
             )
             .into());
         }
+        // Progress counts what is left to read.
+        self.unreported_total = Some(splits.iter().map(|s| s.end - s.start).sum());
         self.splits = splits;
         self.current = None;
         Ok(())

@@ -28,6 +28,7 @@ use crate::net::proto::exchange_server::{Exchange, ExchangeServer};
 use crate::net::proto::{self, Barrier, Hello, Reply, frame, reply};
 use crate::runtime::context::CancelFlag;
 use crate::runtime::message::CheckpointBarrier;
+use crate::runtime::metrics::{self, ChannelMetrics, Direction};
 use crate::runtime::transport::{ChannelId, Frame, InboundSlot, OutboundChannel, PushError};
 
 /// Largest gRPC message accepted (one batch of large records).
@@ -186,8 +187,17 @@ impl Exchange for ExchangeService {
         .await
         .map_err(|_| Status::cancelled("peer left during the handshake"))?;
         let span = info_span!("exchange-in", channel = %slot.label, peer = slot.peer);
+        let counters = metrics::global().channel(id, slot.peer, Direction::Received);
         tokio::spawn(
-            receive(frames, slot, tx, self.credit, self.failures.clone()).instrument(span),
+            receive(
+                frames,
+                slot,
+                tx,
+                self.credit,
+                self.failures.clone(),
+                counters,
+            )
+            .instrument(span),
         );
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -201,6 +211,7 @@ async fn receive(
     replies: ReplyTx,
     credit: u32,
     failures: Failures,
+    counters: Arc<ChannelMetrics>,
 ) {
     let refill = (credit / 2).max(1);
     let mut owed = 0u32;
@@ -229,6 +240,9 @@ async fn receive(
             Err(m) => return failures.fail(what(&m)),
         };
         let is_batch = matches!(kind, Frame::Batch(_));
+        if let Frame::Batch(b) = &kind {
+            counters.batch(b.len() as u64);
+        }
         let end = matches!(kind, Frame::EndOfInput);
         match slot.inbound.push(kind).await {
             Ok(()) => {}
@@ -365,11 +379,16 @@ pub(crate) async fn send(
         Ok(_) => return Err(what("no handshake reply")),
         Err(s) => return Err(what(&format!("refused: {}", s.message()))),
     };
+    let counters = metrics::global().channel(ch.id, ch.peer, Direction::Sent);
+    counters.credits(credit);
     let mut bytes = 0u64;
     loop {
         tokio::select! {
             r = replies.message() => match r {
-                Ok(Some(Reply { kind: Some(reply::Kind::Credit(c)) })) => credit += c,
+                Ok(Some(Reply { kind: Some(reply::Kind::Credit(c)) })) => {
+                    credit += c;
+                    counters.credits(credit);
+                }
                 Ok(_) => return Err(what("receiver closed the channel before end of input")),
                 Err(s) => return Err(what(&format!("lost connection: {}", s.message()))),
             },
@@ -381,6 +400,8 @@ pub(crate) async fn send(
                 if let Frame::Batch(b) = &kind {
                     credit -= 1;
                     bytes += b.len() as u64;
+                    counters.batch(b.len() as u64);
+                    counters.credits(credit);
                 }
                 let end = matches!(kind, Frame::EndOfInput);
                 if tx.send(proto::Frame { kind: Some(to_proto(kind)) }).await.is_err() {

@@ -7,7 +7,7 @@
 //! which is what barrier alignment needs, and is the same shape the network exchange uses.
 
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flume::{RecvTimeoutError, SendTimeoutError, TryRecvError, TrySendError};
 
@@ -70,6 +70,9 @@ pub(crate) fn cancelled(who: &Endpoint) -> TaskError {
     )
 }
 
+/// The input queue depth is sampled once in this many batches.
+const QUEUE_SAMPLE: u32 = 64;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum InputState {
     Open,
@@ -93,6 +96,10 @@ pub(crate) struct InputGate<T> {
     open: usize,
     /// Barrier being aligned (delivered by some inputs, awaited on the others).
     pending_barrier: Option<crate::CheckpointBarrier>,
+    /// When the first input delivered the pending barrier (alignment time, for metrics).
+    aligning_since: Option<Instant>,
+    /// Batches taken, to sample the queue depth every [`QUEUE_SAMPLE`] batches.
+    batches: u32,
     next: usize,
     ready: VecDeque<Message<T>>,
     who: Endpoint,
@@ -110,6 +117,8 @@ impl<T> InputGate<T> {
             current_watermark: i64::MIN,
             open: n,
             pending_barrier: None,
+            aligning_since: None,
+            batches: 0,
             next: 0,
             ready: VecDeque::new(),
             who,
@@ -191,10 +200,12 @@ impl<T> InputGate<T> {
         match m {
             Message::Data(batch) => {
                 self.set_active(i);
+                self.count_queued();
                 self.ready.push_back(Message::Data(batch))
             }
             Message::Timed(batch, stamps) => {
                 self.set_active(i);
+                self.count_queued();
                 self.ready.push_back(Message::Timed(batch, stamps))
             }
             Message::Signal(Signal::Watermark(w)) => {
@@ -209,6 +220,7 @@ impl<T> InputGate<T> {
             }
             Message::Signal(Signal::Barrier(b)) => {
                 self.state[i] = InputState::Blocked(b.id);
+                self.aligning_since.get_or_insert_with(Instant::now);
                 self.pending_barrier = Some(b);
                 self.release_barrier_if_aligned();
             }
@@ -244,6 +256,9 @@ impl<T> InputGate<T> {
         let Some(barrier) = self.pending_barrier.take() else {
             return;
         };
+        if let Some(t) = self.aligning_since.take() {
+            crate::runtime::metrics::aligned(t.elapsed());
+        }
         for s in &mut self.state {
             if matches!(s, InputState::Blocked(_)) {
                 *s = InputState::Open;
@@ -258,6 +273,16 @@ impl<T> InputGate<T> {
             .push_back(Message::Signal(Signal::Barrier(barrier)));
         if self.open == 0 {
             self.ready.push_back(Message::Signal(Signal::EndOfInput));
+        }
+    }
+
+    /// Batches waiting in the inputs, for the queue-depth gauge. Reading a channel's length
+    /// takes its lock (contended by the producer), so only every so many batches.
+    #[inline]
+    fn count_queued(&mut self) {
+        self.batches = self.batches.wrapping_add(1);
+        if self.batches % QUEUE_SAMPLE == 1 {
+            crate::runtime::metrics::queued(self.inputs.iter().map(|r| r.len()).sum());
         }
     }
 

@@ -91,6 +91,9 @@ pub fn start(addr: SocketAddr) -> Result<SocketAddr, WebError> {
                     loop {
                         tick.tick().await;
                         metrics::global().sample();
+                        for (worker, address) in PEERS.get().into_iter().flatten() {
+                            tokio::spawn(read_peer(*worker, address.clone()));
+                        }
                     }
                 });
                 let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -104,6 +107,87 @@ pub fn start(addr: SocketAddr) -> Result<SocketAddr, WebError> {
         })
         .map_err(WebError::Runtime)?;
     Ok(local)
+}
+
+/// The other workers' metrics ports, which worker 0 reads once a second so that its page and
+/// `/api/summary` cover the whole job.
+static PEERS: std::sync::OnceLock<Vec<(u32, String)>> = std::sync::OnceLock::new();
+
+/// Time another worker gets to answer (less than the sampling tick).
+const PEER_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// Makes this process (worker 0) read the `/api/job` of the other workers: `(worker,
+/// host:port)` each. Set once; later calls (a restarted job) change nothing.
+pub fn read_peers(peers: Vec<(u32, String)>) {
+    let _ = PEERS.set(peers);
+}
+
+/// The metrics addresses of the other workers: given explicitly, or each peer's exchange
+/// host with this worker's metrics port (every pod of a job serves the same port).
+pub fn peer_addresses(
+    index: u32,
+    exchange_peers: &[String],
+    explicit: &[String],
+    own_port: Option<u16>,
+) -> Vec<(u32, String)> {
+    let hosts: Vec<String> = match (explicit.is_empty(), own_port) {
+        (false, _) => explicit.to_vec(),
+        (true, Some(port)) if port != 0 => exchange_peers
+            .iter()
+            .map(|p| match p.rsplit_once(':') {
+                Some((host, _)) => format!("{host}:{port}"),
+                None => format!("{p}:{port}"),
+            })
+            .collect(),
+        _ => return Vec::new(),
+    };
+    hosts
+        .into_iter()
+        .enumerate()
+        .filter(|&(i, _)| i as u32 != index)
+        .map(|(i, a)| (i as u32, a))
+        .collect()
+}
+
+async fn read_peer(worker: u32, address: String) {
+    let answer = match tokio::time::timeout(PEER_TIMEOUT, http_get(&address, "/api/job")).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {PEER_TIMEOUT:?}")),
+    };
+    if let Err(e) = &answer {
+        tracing::debug!(worker, %address, error = %e, "cannot read a peer's job metrics");
+    }
+    metrics::global().peer_report(worker, &address, answer.as_deref().map_err(Clone::clone));
+}
+
+/// GET `path` from `host:port` over plain HTTP/1.1.
+async fn http_get(address: &str, path: &str) -> Result<Vec<u8>, String> {
+    use http_body_util::{BodyExt as _, Empty};
+    let stream = tokio::net::TcpStream::connect(address)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let request = hyper::Request::get(path)
+        .header(header::HOST, address)
+        .body(Empty::<bytes::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("answered {}", response.status()));
+    }
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(body.to_bytes().to_vec())
 }
 
 /// A `--web-port`/`--metrics-port` value: a port (0: any free one) or `off`.
@@ -129,5 +213,30 @@ impl std::fmt::Display for WebPort {
             Some(p) => write!(f, "{p}"),
             None => f.write_str("off"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::peer_addresses;
+
+    #[test]
+    fn peers_are_read_on_their_exchange_host_with_the_metrics_port_or_as_given() {
+        let exchange = [
+            "wc-worker-0.wc:6121".to_string(),
+            "wc-worker-1.wc:6121".into(),
+        ];
+        assert_eq!(
+            peer_addresses(0, &exchange, &[], Some(9249)),
+            [(1, "wc-worker-1.wc:9249".to_string())]
+        );
+        let given = ["-".to_string(), "127.0.0.1:4000".into()];
+        assert_eq!(
+            peer_addresses(0, &exchange, &given, Some(0)),
+            [(1, "127.0.0.1:4000".to_string())]
+        );
+        // Metrics off or on a random port: the peers' ports are unknown.
+        assert!(peer_addresses(0, &exchange, &[], None).is_empty());
+        assert!(peer_addresses(0, &exchange, &[], Some(0)).is_empty());
     }
 }

@@ -49,6 +49,13 @@ pub fn start(args: &[&str], env: &[(&str, &str)]) -> Proc {
         if let Some(rest) = line.strip_prefix("job page and metrics: http://") {
             break rest.trim_end_matches('/').to_string();
         }
+        // A worker other than 0 serves metrics only (in a mini-cluster, wait for worker 0).
+        if let Some((_, rest)) = line.split_once(" metrics: http://")
+            && line.starts_with("worker ")
+            && args.first() == Some(&"worker")
+        {
+            break rest.trim_end_matches("/metrics").to_string();
+        }
     };
     Proc { child, web }
 }

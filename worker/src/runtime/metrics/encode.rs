@@ -10,7 +10,8 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::{JobMetrics, TaskSnapshot, global};
+use super::exchange::ChannelSnapshot;
+use super::{Direction, JobMetrics, TaskSnapshot, global};
 
 pub(super) type Labels = Vec<(&'static str, String)>;
 
@@ -110,6 +111,143 @@ impl Collector for Job {
                     .map(|w| (task_labels(&job, t), ConstGauge::new(w)))
             }),
         )?;
+        let per_task_gauge = |f: fn(&TaskSnapshot) -> Option<f64>| {
+            tasks
+                .iter()
+                .filter_map(|t| f(t).map(|v| (task_labels(&job, t), ConstGauge::new(v))))
+                .collect::<Vec<_>>()
+        };
+        let gauge = MetricType::Gauge;
+        let bytes = Some(Unit::Bytes);
+        let seconds = Some(Unit::Seconds);
+        for (name, help, unit, samples) in [
+            (
+                "task_input",
+                "Bytes into the task: read by its source, and received from other workers \
+                 (in-process hand-overs count none)",
+                bytes.clone(),
+                per_task(|t| t.bytes_in),
+            ),
+            (
+                "task_output",
+                "Bytes the task sent to other workers over the exchange (encoded batches)",
+                bytes.clone(),
+                per_task(|t| t.bytes_out),
+            ),
+            (
+                "source_read",
+                "Bytes a source read from its input",
+                bytes.clone(),
+                per_task(|t| t.source_bytes_read),
+            ),
+            (
+                "checkpoint_alignments",
+                "Checkpoint barriers aligned at the task's input gate",
+                None,
+                per_task(|t| t.alignments),
+            ),
+        ] {
+            family(&mut enc, name, help, unit, counter, samples)?;
+        }
+        family(
+            &mut enc,
+            "checkpoint_alignment",
+            "Time inputs of the task were blocked aligning checkpoint barriers",
+            seconds.clone(),
+            counter,
+            per_task_secs(|t| t.alignment_seconds),
+        )?;
+        for (name, help, unit, samples) in [
+            (
+                "checkpoint_alignment_last",
+                "Time the last aligned barrier kept inputs of the task blocked",
+                seconds.clone(),
+                per_task_gauge(|t| Some(t.alignment_last_seconds)),
+            ),
+            (
+                "task_event_time_lag",
+                "Wall clock minus the task's input watermark; absent without a watermark",
+                seconds.clone(),
+                per_task_gauge(|t| t.event_time_lag_seconds),
+            ),
+            (
+                "task_input_queue_batches",
+                "Batches waiting in the task's input channels (sampled every 64 batches it takes)",
+                None,
+                per_task_gauge(|t| Some(t.queued_batches as f64)),
+            ),
+            (
+                "source_input_size",
+                "Size of a bounded source's input (its share of the files)",
+                bytes.clone(),
+                per_task_gauge(|t| t.source_total_bytes.map(|b| b as f64)),
+            ),
+            (
+                "source_input_records",
+                "Records of a bounded collection source",
+                None,
+                per_task_gauge(|t| t.source_total_records.map(|r| r as f64)),
+            ),
+        ] {
+            family(&mut enc, name, help, unit, gauge, samples)?;
+        }
+        let channels = m.channel_snapshots();
+        let channel_labels = |c: &ChannelSnapshot| -> Labels {
+            vec![
+                ("job", job.clone()),
+                ("from_operator", c.from_operator.clone()),
+                ("from_subtask", c.from.to_string()),
+                ("to_operator", c.to_operator.clone()),
+                ("to_subtask", c.to.to_string()),
+                ("peer", c.peer.to_string()),
+            ]
+        };
+        let per_channel = |d: Direction, f: fn(&ChannelSnapshot) -> u64| {
+            channels
+                .iter()
+                .filter(|c| c.direction == d)
+                .map(|c| (channel_labels(c), ConstCounter::new(f(c))))
+                .collect::<Vec<_>>()
+        };
+        for (name, help, unit, samples) in [
+            (
+                "exchange_sent",
+                "Bytes of encoded batches sent to the peer worker on this channel",
+                bytes.clone(),
+                per_channel(Direction::Sent, |c| c.bytes),
+            ),
+            (
+                "exchange_sent_batches",
+                "Batches sent to the peer worker on this channel",
+                None,
+                per_channel(Direction::Sent, |c| c.batches),
+            ),
+            (
+                "exchange_received",
+                "Bytes of encoded batches received from the peer worker on this channel",
+                bytes.clone(),
+                per_channel(Direction::Received, |c| c.bytes),
+            ),
+            (
+                "exchange_received_batches",
+                "Batches received from the peer worker on this channel",
+                None,
+                per_channel(Direction::Received, |c| c.batches),
+            ),
+        ] {
+            family(&mut enc, name, help, unit, counter, samples)?;
+        }
+        family(
+            &mut enc,
+            "exchange_credits_outstanding",
+            "Batches the receiver granted that the sender has not used yet (0: the sender waits)",
+            None,
+            gauge,
+            channels
+                .iter()
+                .filter(|c| c.direction == Direction::Sent)
+                .map(|c| (channel_labels(c), ConstGauge::new(c.credits as i64))),
+        )?;
         let job_only = || vec![("job", job.clone())];
         let c = &m.checkpoints;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
@@ -150,7 +288,6 @@ impl Collector for Job {
                 [(job_only(), ConstCounter::new(value))],
             )?;
         }
-        let gauge = MetricType::Gauge;
         let last = |ms: u64| ms as f64 / 1000.0;
         for (name, help, unit, value) in [
             (

@@ -8,6 +8,7 @@
 
 mod encode;
 pub mod kafka;
+mod exchange;
 mod summary;
 
 use std::cell::RefCell;
@@ -19,10 +20,12 @@ use std::time::{Duration, Instant};
 use streamjob_crds::plan::PhysicalPlan;
 
 pub use encode::render;
+pub use exchange::{ChannelMetrics, Direction};
 pub use summary::{JobSummary, Rates, Summary, summary};
 
 use crate::runtime::checkpoint::now_ms;
 use crate::runtime::context::SubtaskContext;
+use crate::runtime::time::MAX_WATERMARK;
 
 /// No watermark has reached the task yet.
 pub const NO_WATERMARK: i64 = i64::MIN;
@@ -53,6 +56,17 @@ pub struct TaskMetrics {
     ended_ns: AtomicU64,
     /// Busy time of earlier runs of this subtask (before a restart).
     earlier_ns: AtomicU64,
+    /// Bytes a source read from its input (a file's bytes); 0 for other tasks.
+    source_bytes: AtomicU64,
+    /// Size of a bounded source's input, bytes or records (0: unknown or unbounded).
+    source_total_bytes: AtomicU64,
+    source_total_records: AtomicU64,
+    /// Batches waiting in the task's input channels, sampled by its input gate.
+    queued_batches: AtomicU64,
+    /// Barrier alignment at the input gate: count, total and last time.
+    alignments: AtomicU64,
+    alignment_total_ns: AtomicU64,
+    alignment_last_ns: AtomicU64,
 }
 
 /// Adds to a counter only one thread writes: a plain load and store, no locked
@@ -75,6 +89,13 @@ impl TaskMetrics {
             started_ns: AtomicU64::new(0),
             ended_ns: AtomicU64::new(0),
             earlier_ns: AtomicU64::new(0),
+            source_bytes: AtomicU64::new(0),
+            source_total_bytes: AtomicU64::new(0),
+            source_total_records: AtomicU64::new(0),
+            queued_batches: AtomicU64::new(0),
+            alignments: AtomicU64::new(0),
+            alignment_total_ns: AtomicU64::new(0),
+            alignment_last_ns: AtomicU64::new(0),
         }
     }
 
@@ -105,7 +126,17 @@ impl TaskMetrics {
         self.watermark.store(w, Ordering::Relaxed);
     }
 
-    fn snapshot(&self, now_ns: u64) -> TaskSnapshot {
+    /// A bounded source's input size (bytes and/or records), for progress and its ETA.
+    pub fn source_total(&self, bytes: Option<u64>, records: Option<u64>) {
+        if let Some(b) = bytes {
+            self.source_total_bytes.store(b, Ordering::Relaxed);
+        }
+        if let Some(r) = records {
+            self.source_total_records.store(r, Ordering::Relaxed);
+        }
+    }
+
+    fn snapshot(&self, now_ns: u64, wall_ms: u64) -> TaskSnapshot {
         let started = self.started_ns.load(Ordering::Relaxed);
         let ended = self.ended_ns.load(Ordering::Relaxed);
         let alive = match ended {
@@ -114,6 +145,13 @@ impl TaskMetrics {
         } + self.earlier_ns.load(Ordering::Relaxed);
         let idle = self.idle_ns.load(Ordering::Relaxed);
         let backpressured = self.backpressured_ns.load(Ordering::Relaxed);
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let nonzero = |v: u64| (v != 0).then_some(v);
+        let watermark = match self.watermark.load(Ordering::Relaxed) {
+            NO_WATERMARK => None,
+            w => Some(w),
+        };
+        let source_bytes = load(&self.source_bytes);
         TaskSnapshot {
             operator: self.operator.clone(),
             subtask: self.subtask,
@@ -122,17 +160,28 @@ impl TaskMetrics {
             busy_seconds: alive.saturating_sub(idle + backpressured) as f64 / 1e9,
             idle_seconds: idle as f64 / 1e9,
             backpressured_seconds: backpressured as f64 / 1e9,
-            watermark: match self.watermark.load(Ordering::Relaxed) {
-                NO_WATERMARK => None,
-                w => Some(w),
-            },
+            watermark,
+            // The end of a bounded input moves event time to the end of time: no lag then.
+            event_time_lag_seconds: watermark
+                .filter(|&w| w < MAX_WATERMARK)
+                .map(|w| (wall_ms as i64).saturating_sub(w) as f64 / 1e3),
             running: started != 0 && ended == 0,
+            // Exchange bytes are added by the registry, which knows the channels.
+            bytes_in: source_bytes,
+            bytes_out: 0,
+            source_bytes_read: source_bytes,
+            source_total_bytes: nonzero(load(&self.source_total_bytes)),
+            source_total_records: nonzero(load(&self.source_total_records)),
+            queued_batches: load(&self.queued_batches),
+            alignments: load(&self.alignments),
+            alignment_seconds: load(&self.alignment_total_ns) as f64 / 1e9,
+            alignment_last_seconds: load(&self.alignment_last_ns) as f64 / 1e9,
         }
     }
 }
 
 /// A point-in-time copy of a task's counters.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TaskSnapshot {
     pub operator: String,
     pub subtask: u32,
@@ -142,7 +191,33 @@ pub struct TaskSnapshot {
     pub idle_seconds: f64,
     pub backpressured_seconds: f64,
     pub watermark: Option<i64>,
+    /// Wall clock minus the input watermark (None without a watermark, or at the end of a
+    /// bounded input).
+    #[serde(default)]
+    pub event_time_lag_seconds: Option<f64>,
     pub running: bool,
+    /// Bytes into the subtask: read by its source, plus received over the exchange from
+    /// other workers. Records handed over in-process (chained operators, local channels)
+    /// are moved, not serialized, and count no bytes.
+    #[serde(default)]
+    pub bytes_in: u64,
+    /// Bytes the subtask sent over the exchange to other workers (encoded batches).
+    #[serde(default)]
+    pub bytes_out: u64,
+    #[serde(default)]
+    pub source_bytes_read: u64,
+    #[serde(default)]
+    pub source_total_bytes: Option<u64>,
+    #[serde(default)]
+    pub source_total_records: Option<u64>,
+    #[serde(default)]
+    pub queued_batches: u64,
+    #[serde(default)]
+    pub alignments: u64,
+    #[serde(default)]
+    pub alignment_seconds: f64,
+    #[serde(default)]
+    pub alignment_last_seconds: f64,
 }
 
 thread_local! {
@@ -163,6 +238,33 @@ fn with_current(f: impl FnOnce(&TaskMetrics)) {
 #[inline]
 pub fn records_out(n: u64) {
     with_current(|m| m.records_out(n));
+}
+
+/// This thread's source read `n` bytes of its input (called per batch).
+#[inline]
+pub fn source_read(n: u64) {
+    with_current(|m| bump(&m.source_bytes, n));
+}
+
+/// This thread's source learned the size of its bounded input.
+pub fn source_total(bytes: Option<u64>, records: Option<u64>) {
+    with_current(|m| m.source_total(bytes, records));
+}
+
+/// `n` batches wait in this thread's task's input channels (sampled by the input gate).
+#[inline]
+pub fn queued(n: usize) {
+    with_current(|m| m.queued_batches.store(n as u64, Ordering::Relaxed));
+}
+
+/// This thread's input gate aligned a checkpoint barrier; its inputs were blocked for `d`.
+pub fn aligned(d: Duration) {
+    with_current(|m| {
+        let ns = d.as_nanos() as u64;
+        bump(&m.alignments, 1);
+        bump(&m.alignment_total_ns, ns);
+        m.alignment_last_ns.store(ns, Ordering::Relaxed);
+    });
 }
 
 /// This thread's task waited `d` for room downstream.
@@ -215,8 +317,21 @@ impl Drop for TaskScope {
     }
 }
 
+/// Whether tasks record metrics: `STREAMJOB_METRICS=off` turns it off, to measure what
+/// recording costs (the word count benchmark); nothing else should.
+fn recording() -> bool {
+    static ON: LazyLock<bool> =
+        LazyLock::new(|| std::env::var("STREAMJOB_METRICS").map_or(true, |v| v != "off"));
+    *ON
+}
+
 /// Registers the task of `ctx` (the head of its chain) and makes it this thread's task.
+/// With recording off, the task counts into a private set nobody reads, and code deeper in
+/// the chain finds no current task (its hooks do nothing).
 pub fn enter_task(ctx: &SubtaskContext) -> TaskScope {
+    if !recording() {
+        return TaskScope(Arc::new(TaskMetrics::new(&ctx.operator, ctx.subtask)));
+    }
     let m = global().task(&ctx.operator, ctx.subtask);
     CURRENT.with(|c| *c.borrow_mut() = Some(m.clone()));
     TaskScope(m)
@@ -267,6 +382,7 @@ pub struct JobMetrics {
     start: Instant,
     started_ms: u64,
     tasks: Mutex<Vec<Arc<TaskMetrics>>>,
+    channels: Mutex<Vec<Arc<ChannelMetrics>>>,
     layout: RwLock<Option<Layout>>,
     pub(crate) checkpoints: CheckpointCounts,
     history: Mutex<VecDeque<CheckpointRecord>>,
@@ -284,6 +400,7 @@ impl Default for JobMetrics {
             start: Instant::now(),
             started_ms: now_ms(),
             tasks: Mutex::default(),
+            channels: Mutex::default(),
             layout: RwLock::default(),
             checkpoints: CheckpointCounts::default(),
             history: Mutex::default(),
@@ -469,14 +586,16 @@ impl JobMetrics {
 
     fn snapshots(&self) -> Vec<TaskSnapshot> {
         let now = self.now_ns();
+        let wall = now_ms();
         let mut v: Vec<_> = self
             .tasks
             .lock()
             .unwrap()
             .iter()
-            .map(|t| t.snapshot(now))
+            .map(|t| t.snapshot(now, wall))
             .collect();
         v.sort_by(|a, b| (&a.operator, a.subtask).cmp(&(&b.operator, b.subtask)));
+        self.add_exchange_bytes(&mut v);
         v
     }
 
@@ -513,5 +632,56 @@ impl Layout {
                     .count()
             })
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `f` with `m` as this thread's task, as a task thread would.
+    fn as_task(m: &Arc<TaskMetrics>, f: impl FnOnce()) {
+        CURRENT.with(|c| *c.borrow_mut() = Some(m.clone()));
+        f();
+        CURRENT.with(|c| c.borrow_mut().take());
+    }
+
+    #[test]
+    fn hooks_record_alignment_queue_depth_and_source_progress() {
+        let m = Arc::new(TaskMetrics::new("op", 0));
+        as_task(&m, || {
+            aligned(Duration::from_millis(30));
+            aligned(Duration::from_millis(10));
+            queued(5);
+            queued(3);
+            source_total(Some(1000), None);
+            source_read(200);
+            source_read(50);
+        });
+        let s = m.snapshot(0, 0);
+        assert_eq!(s.alignments, 2);
+        assert!((s.alignment_seconds - 0.040).abs() < 1e-9);
+        assert!((s.alignment_last_seconds - 0.010).abs() < 1e-9);
+        assert_eq!(s.queued_batches, 3);
+        assert_eq!(
+            (s.source_total_bytes, s.source_bytes_read),
+            (Some(1000), 250)
+        );
+        // A source's bytes are its input bytes (no exchange here).
+        assert_eq!((s.bytes_in, s.bytes_out), (250, 0));
+        // Without a current task the hooks do nothing (and do not panic).
+        aligned(Duration::from_millis(1));
+        assert_eq!(m.snapshot(0, 0).alignments, 2);
+    }
+
+    #[test]
+    fn event_time_lag_is_wall_clock_minus_the_watermark_only_while_one_exists() {
+        let m = TaskMetrics::new("op", 0);
+        assert_eq!(m.snapshot(0, 10_000).event_time_lag_seconds, None);
+        m.watermark(7_500);
+        assert_eq!(m.snapshot(0, 10_000).event_time_lag_seconds, Some(2.5));
+        // The end of a bounded input is no lag.
+        m.watermark(MAX_WATERMARK);
+        assert_eq!(m.snapshot(0, 10_000).event_time_lag_seconds, None);
     }
 }

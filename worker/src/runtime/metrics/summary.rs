@@ -5,14 +5,14 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use super::{CheckpointRecord, Exception, JobMetrics, TaskSnapshot, global};
 use crate::runtime::checkpoint::now_ms;
 
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize)]
 pub struct Rates {
     pub records_in_per_second: f64,
     pub records_out_per_second: f64,
@@ -73,6 +73,18 @@ pub struct JobSummary {
     pub records_skipped: u64,
     pub records_dead_lettered: u64,
     pub totals: Summary,
+    /// The other workers worker 0 reads the counters of (empty elsewhere).
+    pub peers: Vec<PeerView>,
+}
+
+/// How worker 0 last heard from another worker's `/api/job`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerView {
+    pub worker: u32,
+    pub address: String,
+    /// Milliseconds since the last answer (None: none yet).
+    pub age_ms: Option<u64>,
+    pub error: Option<String>,
 }
 
 /// The few numbers the operator copies into the StreamJob status.
@@ -91,12 +103,59 @@ pub struct Summary {
     /// Records the Kafka sources of this process are behind the end of their partitions.
     #[serde(default)]
     pub kafka_lag: Option<u64>,
+    /// Workers whose counters these numbers include: worker 0 adds those of the peers it
+    /// could read in the last few seconds, so it equals the job's workers when job-wide.
+    #[serde(default)]
+    pub workers: u32,
+    /// Bytes the bounded sources read, and their input's total (for progress and ETA).
+    #[serde(default)]
+    pub source_bytes_read: u64,
+    #[serde(default)]
+    pub source_bytes_total: Option<u64>,
+    /// Records of the bounded collection sources.
+    #[serde(default)]
+    pub source_records_total: Option<u64>,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct Sampler {
     last: Mutex<Option<(Instant, Vec<TaskSnapshot>)>>,
     rates: Mutex<HashMap<(String, u32), Rates>>,
+    peers: Mutex<Vec<PeerReport>>,
+}
+
+/// Another worker's answer is merged for this long; older ones (a peer gone quiet) are not,
+/// so the page never shows stale rates as current.
+const PEER_FRESH: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+struct PeerReport {
+    worker: u32,
+    address: String,
+    answered: Option<(Instant, PeerJob)>,
+    error: Option<String>,
+}
+
+/// The part of another worker's `/api/job` that worker 0 merges: its own subtasks.
+#[derive(Debug, serde::Deserialize)]
+struct PeerJob {
+    chains: Vec<PeerChain>,
+    /// The peer's own totals: its Kafka lag is summed into worker 0's.
+    #[serde(default)]
+    totals: Option<Summary>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct PeerChain {
+    id: usize,
+    subtasks: Vec<PeerSubtask>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct PeerSubtask {
+    subtask: u32,
+    metrics: Option<TaskSnapshot>,
+    rates: Option<Rates>,
 }
 
 impl JobMetrics {
@@ -134,6 +193,93 @@ impl JobMetrics {
         *last = Some((now, tasks));
     }
 
+    /// Records what worker `worker` at `address` answered on `/api/job` (or why not).
+    pub fn peer_report(&self, worker: u32, address: &str, answer: Result<&[u8], String>) {
+        let mut peers = self.sampler.peers.lock().unwrap();
+        let i = match peers.iter().position(|p| p.worker == worker) {
+            Some(i) => i,
+            None => {
+                peers.push(PeerReport {
+                    worker,
+                    address: address.to_string(),
+                    answered: None,
+                    error: None,
+                });
+                peers.len() - 1
+            }
+        };
+        let p = &mut peers[i];
+        match answer.and_then(|body| {
+            serde_json::from_slice::<PeerJob>(body).map_err(|e| format!("unreadable answer: {e}"))
+        }) {
+            Ok(job) => {
+                p.answered = Some((Instant::now(), job));
+                p.error = None;
+            }
+            Err(e) => p.error = Some(e),
+        }
+    }
+
+    /// Counters and rates of a subtask another worker runs, from its last fresh answer.
+    fn peer_subtask(
+        &self,
+        worker: u32,
+        chain: usize,
+        subtask: u32,
+    ) -> Option<(TaskSnapshot, Rates)> {
+        let peers = self.sampler.peers.lock().unwrap();
+        let (at, job) = peers
+            .iter()
+            .find(|p| p.worker == worker)?
+            .answered
+            .as_ref()?;
+        if at.elapsed() > PEER_FRESH {
+            return None;
+        }
+        let s = job
+            .chains
+            .iter()
+            .find(|c| c.id == chain)?
+            .subtasks
+            .iter()
+            .find(|s| s.subtask == subtask)?;
+        Some((s.metrics.clone()?, s.rates.unwrap_or_default()))
+    }
+
+    /// The Kafka lag of each peer that answered recently and has a Kafka source: the
+    /// operator reads worker 0 alone when it covers every worker, so its lag must too.
+    fn peer_kafka_lags(&self) -> Vec<u64> {
+        let peers = self.sampler.peers.lock().unwrap();
+        peers
+            .iter()
+            .filter_map(|p| p.answered.as_ref())
+            .filter(|(at, _)| at.elapsed() <= PEER_FRESH)
+            .filter_map(|(_, job)| job.totals.as_ref()?.kafka_lag)
+            .collect()
+    }
+
+    fn peer_views(&self) -> (Vec<PeerView>, u32) {
+        let peers = self.sampler.peers.lock().unwrap();
+        let fresh = |p: &PeerReport| {
+            p.answered
+                .as_ref()
+                .is_some_and(|(at, _)| at.elapsed() <= PEER_FRESH)
+        };
+        let views = peers
+            .iter()
+            .map(|p| PeerView {
+                worker: p.worker,
+                address: p.address.clone(),
+                age_ms: p
+                    .answered
+                    .as_ref()
+                    .map(|(at, _)| at.elapsed().as_millis() as u64),
+                error: p.error.clone(),
+            })
+            .collect();
+        (views, peers.iter().filter(|p| fresh(p)).count() as u32)
+    }
+
     fn rates(&self, operator: &str, subtask: u32) -> Option<Rates> {
         self.sampler
             .rates
@@ -157,16 +303,31 @@ impl JobMetrics {
                 let is_sink = !plan.edges.iter().any(|e| e.from_chain == c.id);
                 let subtasks = (0..c.parallelism)
                     .map(|i| {
-                        let metrics = tasks
+                        let worker = l.worker_of(i);
+                        let mut metrics = tasks
                             .iter()
                             .find(|t| &t.operator == head && t.subtask == i)
                             .cloned();
-                        let rates = self.rates(head, i);
+                        let mut rates = self.rates(head, i);
+                        if metrics.is_none()
+                            && worker != l.worker
+                            && let Some((m, r)) = self.peer_subtask(worker, c.id, i)
+                        {
+                            metrics = Some(m);
+                            rates = Some(r);
+                        }
                         if let Some(m) = &metrics {
                             let r = rates.unwrap_or_default();
                             if is_source {
                                 totals.records_in += m.records_in;
                                 totals.records_in_per_second += r.records_in_per_second;
+                                totals.source_bytes_read += m.source_bytes_read;
+                                if let Some(b) = m.source_total_bytes {
+                                    *totals.source_bytes_total.get_or_insert(0) += b;
+                                }
+                                if let Some(n) = m.source_total_records {
+                                    *totals.source_records_total.get_or_insert(0) += n;
+                                }
                             }
                             if is_sink {
                                 totals.records_out += m.records_out;
@@ -175,7 +336,7 @@ impl JobMetrics {
                         }
                         SubtaskView {
                             subtask: i,
-                            worker: l.worker_of(i),
+                            worker,
                             metrics,
                             rates,
                         }
@@ -211,6 +372,11 @@ impl JobMetrics {
         totals.checkpoints_completed = load(&c.completed);
         totals.last_checkpoint_ms = nonzero(load(&c.last_completed_ms));
         totals.kafka_lag = super::kafka::snapshot().total_lag();
+        for lag in self.peer_kafka_lags() {
+            *totals.kafka_lag.get_or_insert(0) += lag;
+        }
+        let (peers, fresh) = self.peer_views();
+        totals.workers = 1 + fresh;
         JobSummary {
             job: self.job_name(),
             state: self.state(),
@@ -232,6 +398,7 @@ impl JobMetrics {
             records_skipped: skipped,
             records_dead_lettered: dead,
             totals,
+            peers,
         }
     }
 }

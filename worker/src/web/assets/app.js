@@ -29,9 +29,9 @@ function time(ms) { return ms ? new Date(ms).toLocaleTimeString() : "-"; }
 function pct(x) { return (100 * x).toFixed(0) + "%"; }
 function wm(w) { return w === null || w === undefined ? "-" : new Date(w).toISOString(); }
 
-// Sums a chain's subtasks (those this worker runs).
+// Sums a chain's subtasks over all workers (worker 0 merges the others' counters).
 function totals(chain) {
-  const t = { inRate: 0, outRate: 0, busy: 0, bp: 0, n: 0, wm: null };
+  const t = { inRate: 0, outRate: 0, busy: 0, bp: 0, n: 0, wm: null, lag: null };
   for (const s of chain.subtasks) {
     if (s.rates) {
       t.inRate += s.rates.records_in_per_second;
@@ -40,6 +40,8 @@ function totals(chain) {
     }
     const w = s.metrics && s.metrics.watermark;
     if (w !== null && w !== undefined) t.wm = t.wm === null ? w : Math.min(t.wm, w);
+    const l = s.metrics && s.metrics.event_time_lag_seconds;
+    if (l !== null && l !== undefined) t.lag = t.lag === null ? l : Math.max(t.lag, l);
   }
   if (t.n) { t.busy /= t.n; t.bp /= t.n; }
   return t;
@@ -87,7 +89,8 @@ function drawGraph(job) {
       el("div", { class: "ops" }, c.operators.join(" → ")),
       el("div", { class: "meta" }, `parallelism ${c.parallelism} · busy ${pct(t.busy)} · bp ${pct(t.bp)}`),
       el("div", { class: "rates" }, `in ${fmt(t.inRate)}/s · out ${fmt(t.outRate)}/s`),
-      el("div", { class: "meta" }, `watermark ${t.wm === null ? "-" : new Date(t.wm).toISOString().slice(11, 23)}`),
+      el("div", { class: "meta" }, `watermark ${t.wm === null ? "-" : new Date(t.wm).toISOString().slice(11, 23)}` +
+        (t.lag === null ? "" : ` · lag ${t.lag.toFixed(1)} s`)),
       bar);
     graph.append(box);
   }
@@ -118,7 +121,11 @@ function drawTables(job) {
     rows.push(el("tr", {}, el("td", {}, c.operators[0]), num(String(s.subtask)), num(String(s.worker)),
       num(m ? fmt(m.records_in) : "on worker " + s.worker), num(m ? fmt(m.records_out) : "-"),
       num(r ? fmt(r.records_in_per_second) : "-"), num(r ? fmt(r.records_out_per_second) : "-"),
-      num(r ? pct(r.busy) : "-"), num(r ? pct(r.backpressured) : "-"), el("td", {}, wm(m && m.watermark))));
+      num(r ? pct(r.busy) : "-"), num(r ? pct(r.backpressured) : "-"),
+      num(m ? bytes(m.bytes_in) : "-"), num(m ? bytes(m.bytes_out) : "-"), num(m ? String(m.queued_batches) : "-"),
+      num(m && m.alignments ? (1000 * m.alignment_last_seconds).toFixed(1) + " ms" : "-"),
+      el("td", {}, wm(m && m.watermark)),
+      num(m && m.event_time_lag_seconds !== null ? m.event_time_lag_seconds.toFixed(1) + " s" : "-")));
   }
   document.querySelector("#subtasks tbody").replaceChildren(...rows);
   const k = job.checkpoints;
@@ -144,7 +151,8 @@ async function refresh() {
       `worker ${job.worker} of ${workers} · up ${((job.now_ms - job.started_ms) / 1000).toFixed(0)} s · ` +
       `restarts ${job.restarts} · records in ${fmt(job.totals.records_in)} (${fmt(job.totals.records_in_per_second)}/s) · ` +
       `out ${fmt(job.totals.records_out)} (${fmt(job.totals.records_out_per_second)}/s) · ` +
-      `skipped ${job.records_skipped} · dead-lettered ${job.records_dead_lettered}`;
+      `skipped ${job.records_skipped} · dead-lettered ${job.records_dead_lettered}` +
+      job.peers.filter(p => p.error).map(p => ` · worker ${p.worker}: ${p.error}`).join("");
     drawGraph(job);
     drawTables(job);
     document.body.dataset.updated = String(job.now_ms);
