@@ -8,6 +8,8 @@
 //! [`sink`]).
 
 mod logs;
+mod scram;
+pub(crate) mod security;
 pub mod sink;
 pub mod source;
 pub(crate) mod spec;

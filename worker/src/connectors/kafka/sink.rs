@@ -26,7 +26,6 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use tracing::{debug, info, warn};
 
 use super::logs::LogLimiter;
-use super::txn_client;
 use super::{ClientProperties, DeliveryGuarantee, KafkaPartitioner};
 use crate::api::functions::{Sink, SinkWriter};
 use crate::error::BoxError;
@@ -301,7 +300,7 @@ impl<T> KafkaSink<T> {
             ),
         };
         if mode == Mode::TwoPhase {
-            txn_client::check_security(s.effective("security.protocol"))?;
+            super::security::Security::of(&s.client)?;
         }
         let slots = match mode {
             Mode::Plain => 1,
