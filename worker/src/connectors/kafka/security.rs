@@ -122,6 +122,23 @@ impl Security {
     }
 }
 
+/// Why librdkafka could not connect, when the cause is the TLS or SASL settings: opens one
+/// connection of our own (a few seconds at most) to tell a wrong CA or password from an
+/// unreachable broker, which librdkafka's errors do not. `None` when the settings are not
+/// ones our client speaks, or it connects.
+pub(crate) fn diagnose(client: &ClientProperties, bootstrap_servers: &str) -> Option<String> {
+    let security = Security::of(client).ok()?;
+    if security.tls.is_none() && security.sasl.is_none() {
+        return None;
+    }
+    super::txn_client::connection_refusal(
+        bootstrap_servers,
+        "streamjob-diagnose",
+        &security,
+        std::time::Instant::now() + std::time::Duration::from_secs(5),
+    )
+}
+
 fn read_pem<'a>(
     get: &impl Fn(&str) -> Option<&'a str>,
     location: &str,

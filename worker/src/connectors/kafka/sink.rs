@@ -423,8 +423,11 @@ fn check_reachable(s: &Settings, producer: &BaseProducer<DeliveryReports>) -> Re
         .client()
         .fetch_metadata(Some(&s.topic), timeout)
         .map_err(|e| {
+            // A wrong CA or password looks like any transport failure to librdkafka.
+            let cause = super::security::diagnose(&s.client, s.bootstrap_servers())
+                .unwrap_or_else(|| e.to_string());
             format!(
-                "Kafka sink: cannot reach the brokers {} within {} s: {e}",
+                "Kafka sink: cannot reach the brokers {} within {} s: {cause}",
                 s.bootstrap_servers(),
                 timeout.as_secs_f64()
             )

@@ -442,6 +442,26 @@ fn bootstrap_addresses(servers: &str) -> Vec<String> {
         .collect()
 }
 
+/// Why connecting to the brokers with these TLS/SASL settings cannot work, if it cannot: a
+/// certificate the CA does not vouch for, a refused password, a mechanism the broker does not
+/// offer. One line naming the broker and the cause; `None` if a broker accepts the
+/// connection or none answers by `deadline` (then librdkafka's own error says more).
+pub(crate) fn connection_refusal(
+    bootstrap_servers: &str,
+    client_id: &str,
+    security: &Security,
+    deadline: Instant,
+) -> Option<String> {
+    for address in bootstrap_addresses(bootstrap_servers) {
+        match Conn::open(&address, client_id, security, deadline) {
+            Ok(_) => return None,
+            Err(Failure::Fatal(e)) => return Some(e),
+            Err(Failure::Retry(_)) => {}
+        }
+    }
+    None
+}
+
 /// The state of a transactional id at its coordinator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum TxnState {
