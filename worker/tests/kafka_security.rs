@@ -1,12 +1,13 @@
-//! Kafka over TLS end to end: source, at-least-once sink and exactly-once sink (two-phase
+//! Kafka over TLS and SASL end to end: source, at-least-once sink and exactly-once sink (two-phase
 //! commit, whose transaction client has its own TLS connection) against a broker that only
 //! accepts TLS with a client certificate, with a CA and certificates made by the test
 //! (openssl CLI). The broker is tansu (STREAMJOB_TEST_TANSU_BIN, from scripts/with-kafka.sh)
 //! behind a TLS-terminating proxy of the test's own; tansu advertises the proxy's address, so
 //! every connection a client opens after bootstrap goes through TLS too (a proxy in front of
 //! a broker that advertises itself would be bypassed after the first metadata request).
-//! The client key comes from a Secret file (`secretProperties`, `ssl.key.pem`), as the
-//! operator mounts it.
+//! SASL (PLAIN, SCRAM-SHA-256/512) is answered by the proxy too (`sasl_server`). The client
+//! key and the password come from Secret files (`secretProperties`), as the operator mounts
+//! them.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,9 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 mod common;
+#[path = "kafka_security/sasl_server.rs"]
+mod sasl_server;
+use sasl_server::Users;
 
 const BIN: &str = env!("CARGO_BIN_EXE_streamjob");
 
@@ -116,16 +120,41 @@ fn make_certs(dir: &Path) {
     }
 }
 
-/// tansu on a private port, advertising the TLS proxy's port; the proxy accepts only TLS
-/// clients with a certificate of the CA and forwards to tansu.
-struct TlsBroker {
+/// How test clients and jobs reach the broker: TLS with a client certificate, SASL, or both.
+#[derive(Clone)]
+struct Access {
+    /// The directory of `make_certs`: TLS with its CA and client certificate.
+    certs: Option<PathBuf>,
+    /// The CA file (in `certs`) clients trust.
+    ca: &'static str,
+    /// SASL: mechanism and password clients use (the user is `alice`).
+    sasl: Option<(&'static str, &'static str)>,
+}
+
+const USER: &str = "alice";
+const PASSWORD: &str = "wonderland";
+
+impl Access {
+    fn protocol(&self) -> &'static str {
+        match (&self.certs, &self.sasl) {
+            (Some(_), Some(_)) => "SASL_SSL",
+            (Some(_), None) => "SSL",
+            (None, Some(_)) => "SASL_PLAINTEXT",
+            (None, None) => "PLAINTEXT",
+        }
+    }
+}
+
+/// tansu on a private port, advertising the port of a proxy of the test's own: TLS (only
+/// clients with a certificate of the CA) and/or SASL (`sasl_server`) in front of it.
+struct GatedBroker {
     port: u16,
     broker: std::process::Child,
     _proxy: tokio::runtime::Runtime,
 }
 
-impl TlsBroker {
-    fn start(certs: &Path) -> TlsBroker {
+impl GatedBroker {
+    fn start(certs: Option<&Path>, users: Option<Users>) -> GatedBroker {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let inner = free_port();
@@ -155,7 +184,7 @@ impl TlsBroker {
             .enable_all()
             .build()
             .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config(certs)));
+        let acceptor = certs.map(|c| tokio_rustls::TlsAcceptor::from(Arc::new(server_config(c))));
         listener.set_nonblocking(true).unwrap();
         proxy.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
@@ -163,21 +192,21 @@ impl TlsBroker {
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
-                let acceptor = acceptor.clone();
+                let (acceptor, users) = (acceptor.clone(), users.clone());
                 tokio::spawn(async move {
-                    // A refused handshake (wrong CA, no client certificate) just closes.
-                    let Ok(mut tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", inner)).await
-                    else {
-                        return;
-                    };
-                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+                    match acceptor {
+                        // A refused handshake (wrong CA, no client certificate) just closes.
+                        Some(a) => {
+                            if let Ok(tls) = a.accept(tcp).await {
+                                relay(tls, inner, users).await;
+                            }
+                        }
+                        None => relay(tcp, inner, users).await,
+                    }
                 });
             }
         });
-        TlsBroker {
+        GatedBroker {
             port,
             broker,
             _proxy: proxy,
@@ -189,7 +218,22 @@ impl TlsBroker {
     }
 }
 
-impl Drop for TlsBroker {
+async fn relay<S>(mut client: S, inner: u16, users: Option<Users>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", inner)).await else {
+        return;
+    };
+    if let Some(u) = &users
+        && !matches!(sasl_server::gate(&mut client, &mut up, u).await, Ok(true))
+    {
+        return;
+    }
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+}
+
+impl Drop for GatedBroker {
     fn drop(&mut self) {
         let _ = self.broker.kill();
         let _ = self.broker.wait();
@@ -225,24 +269,31 @@ fn server_config(certs: &Path) -> tokio_rustls::rustls::ServerConfig {
 }
 
 /// librdkafka settings of the test's own clients.
-fn client(broker: &str, certs: &Path) -> ClientConfig {
+fn client(broker: &str, a: &Access) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", broker)
-        .set("security.protocol", "SSL")
-        .set("ssl.ca.location", certs.join("ca.crt").to_str().unwrap())
-        .set(
-            "ssl.certificate.location",
-            certs.join("client.crt").to_str().unwrap(),
-        )
-        .set(
-            "ssl.key.location",
-            certs.join("client.key").to_str().unwrap(),
-        );
+        .set("security.protocol", a.protocol());
+    if let Some(certs) = &a.certs {
+        c.set("ssl.ca.location", certs.join(a.ca).to_str().unwrap())
+            .set(
+                "ssl.certificate.location",
+                certs.join("client.crt").to_str().unwrap(),
+            )
+            .set(
+                "ssl.key.location",
+                certs.join("client.key").to_str().unwrap(),
+            );
+    }
+    if let Some((mechanism, password)) = a.sasl {
+        c.set("sasl.mechanism", mechanism)
+            .set("sasl.username", USER)
+            .set("sasl.password", password);
+    }
     c
 }
 
-fn create_topic(broker: &str, certs: &Path, name: &str) {
-    let admin: AdminClient<DefaultClientContext> = client(broker, certs).create().unwrap();
+fn create_topic(broker: &str, a: &Access, name: &str) {
+    let admin: AdminClient<DefaultClientContext> = client(broker, a).create().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -261,11 +312,8 @@ fn create_topic(broker: &str, certs: &Path, name: &str) {
     }
 }
 
-fn produce(broker: &str, certs: &Path, topic: &str, lines: &[String]) {
-    let producer: BaseProducer = client(broker, certs)
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
+fn produce(broker: &str, a: &Access, topic: &str, lines: &[String]) {
+    let producer: BaseProducer = client(broker, a).set("linger.ms", "5").create().unwrap();
     for (i, line) in lines.iter().enumerate() {
         let mut record = BaseRecord::<(), _>::to(topic)
             .payload(line.as_bytes())
@@ -291,8 +339,8 @@ fn produce(broker: &str, certs: &Path, topic: &str, lines: &[String]) {
 }
 
 /// Payloads `read_committed` readers see in `topic`, read until `n` arrived (or 60 s).
-fn read(broker: &str, certs: &Path, topic: &str, n: usize) -> Vec<String> {
-    let consumer: BaseConsumer = client(broker, certs)
+fn read(broker: &str, a: &Access, topic: &str, n: usize) -> Vec<String> {
+    let consumer: BaseConsumer = client(broker, a)
         .set("group.id", format!("check-{topic}"))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
@@ -311,25 +359,51 @@ fn read(broker: &str, certs: &Path, topic: &str, n: usize) -> Vec<String> {
     out
 }
 
-/// Kafka properties of the job's source and sinks: TLS with the test CA and the client
-/// certificate; the client key from the Secret `kafka-tls` (key `client.key`).
-fn tls_props(certs: &Path, ca: &str) -> String {
+/// Kafka properties of the job's source and sinks, in the spec's flow style: TLS with the CA
+/// and the client certificate, the client key from the Secret `kafka-tls` (key `client.key`);
+/// SASL with the password from the Secret `kafka-credentials` (key `password`).
+fn job_props(a: &Access) -> String {
+    let mut props = vec![format!("security.protocol: {}", a.protocol())];
+    let mut secrets = Vec::new();
+    if let Some(certs) = &a.certs {
+        props.push(format!("ssl.ca.location: '{}'", certs.join(a.ca).display()));
+        props.push(format!(
+            "ssl.certificate.location: '{}'",
+            certs.join("client.crt").display()
+        ));
+        secrets.push("ssl.key.pem: {name: kafka-tls, key: client.key}");
+    }
+    if let Some((mechanism, _)) = a.sasl {
+        props.push(format!("sasl.mechanism: {mechanism}"));
+        props.push(format!("sasl.username: {USER}"));
+        secrets.push("sasl.password: {name: kafka-credentials, key: password}");
+    }
     format!(
-        "properties: {{security.protocol: SSL, ssl.ca.location: '{}', ssl.certificate.location: '{}'}}\n          secretProperties: {{ssl.key.pem: {{name: kafka-tls, key: client.key}}}}",
-        certs.join(ca).display(),
-        certs.join("client.crt").display()
+        "properties: {{{}}}\n          secretProperties: {{{}}}",
+        props.join(", "),
+        secrets.join(", ")
     )
 }
 
-/// The Secret `kafka-tls` as the operator mounts it: `<dir>/kafka-tls/client.key`.
-fn secrets_dir(dir: &Path, certs: &Path) -> PathBuf {
+/// The Secrets as the operator mounts them (`<dir>/<secret>/<key>`).
+fn secrets_dir(dir: &Path, a: &Access) -> PathBuf {
     let secrets = dir.join("secrets");
     std::fs::create_dir_all(secrets.join("kafka-tls")).unwrap();
-    std::fs::copy(
-        certs.join("client.key"),
-        secrets.join("kafka-tls/client.key"),
-    )
-    .unwrap();
+    std::fs::create_dir_all(secrets.join("kafka-credentials")).unwrap();
+    if let Some(certs) = &a.certs {
+        std::fs::copy(
+            certs.join("client.key"),
+            secrets.join("kafka-tls/client.key"),
+        )
+        .unwrap();
+    }
+    if let Some((_, password)) = a.sasl {
+        std::fs::write(
+            secrets.join("kafka-credentials/password"),
+            format!("{password}\n"),
+        )
+        .unwrap();
+    }
     secrets
 }
 
@@ -348,20 +422,31 @@ fn run(spec: &Path, secrets: &Path) -> (bool, String, Duration) {
     )
 }
 
-#[test]
-fn source_and_both_sinks_work_over_tls_with_a_custom_ca_and_client_certificates() {
-    let dir = tmp("tls");
+fn users(mechanisms: &'static [&'static str]) -> Users {
+    Users {
+        username: USER,
+        password: PASSWORD,
+        mechanisms,
+    }
+}
+
+fn with_certs(dir: &Path) -> PathBuf {
     let certs = dir.join("certs");
     std::fs::create_dir_all(&certs).unwrap();
     make_certs(&certs);
-    let broker = TlsBroker::start(&certs);
+    certs
+}
+
+/// Kafka source -> at-least-once sink and exactly-once sink (two-phase commit with
+/// checkpointing), all over `a`: every record reaches both topics once.
+fn source_and_both_sinks(name: &str, broker: &GatedBroker, a: &Access, dir: &Path) {
     let addr = broker.addr();
     for t in ["in", "alo", "eo"] {
-        create_topic(&addr, &certs, t);
+        create_topic(&addr, a, t);
     }
     let lines: Vec<String> = (0..2_000).map(|i| format!("record-{i}")).collect();
-    produce(&addr, &certs, "in", &lines);
-    let props = tls_props(&certs, "ca.crt");
+    produce(&addr, a, "in", &lines);
+    let props = job_props(a);
     let spec = dir.join("job.yaml");
     std::fs::write(
         &spec,
@@ -369,7 +454,7 @@ fn source_and_both_sinks_work_over_tls_with_a_custom_ca_and_client_certificates(
             r#"apiVersion: streamjob.dev/v1alpha1
 kind: StreamJob
 metadata:
-  name: kafka-tls
+  name: {name}
 spec:
   parallelism: 2
   checkpointing: {{intervalMs: 300, directory: "{ckpt}"}}
@@ -379,7 +464,7 @@ spec:
         kafka:
           bootstrapServers: "{addr}"
           topics: [in]
-          groupId: tls-test
+          groupId: {name}
           startingOffsets: earliest
           format: string
           bounded: true
@@ -403,32 +488,31 @@ spec:
           topic: eo
           format: string
           deliveryGuarantee: exactly-once
-          transactionalIdPrefix: tls-test
+          transactionalIdPrefix: {name}
           {props}
 "#,
             ckpt = dir.join("checkpoints").display(),
         ),
     )
     .unwrap();
-    let (ok, err, _) = run(&spec, &secrets_dir(&dir, &certs));
+    let (ok, err, _) = run(&spec, &secrets_dir(dir, a));
     assert!(ok, "{err}");
     let want: BTreeSet<String> = lines.iter().cloned().collect();
     for topic in ["alo", "eo"] {
-        let got = read(&addr, &certs, topic, lines.len());
+        let got = read(&addr, a, topic, lines.len());
         assert_eq!(got.len(), lines.len(), "{topic}: every record once");
         assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), want, "{topic}");
     }
 }
 
-#[test]
-fn a_wrong_ca_fails_fast_with_one_line_naming_the_broker_and_the_cause() {
-    let dir = tmp("wrong-ca");
-    let certs = dir.join("certs");
-    std::fs::create_dir_all(&certs).unwrap();
-    make_certs(&certs);
-    let broker = TlsBroker::start(&certs);
-    let addr = broker.addr();
-    create_topic(&addr, &certs, "out");
+/// A job writing three values with an exactly-once sink (checkpointing on) over `a`: its
+/// outcome, stderr and duration.
+fn exactly_once_job(
+    name: &str,
+    broker: &GatedBroker,
+    a: &Access,
+    dir: &Path,
+) -> (bool, String, Duration) {
     let spec = dir.join("job.yaml");
     std::fs::write(
         &spec,
@@ -436,7 +520,7 @@ fn a_wrong_ca_fails_fast_with_one_line_naming_the_broker_and_the_cause() {
             r#"apiVersion: streamjob.dev/v1alpha1
 kind: StreamJob
 metadata:
-  name: kafka-wrong-ca
+  name: {name}
 spec:
   checkpointing: {{intervalMs: 300, directory: "{ckpt}"}}
   steps:
@@ -449,23 +533,112 @@ spec:
           topic: out
           format: string
           deliveryGuarantee: exactly-once
-          transactionalIdPrefix: wrong-ca
+          transactionalIdPrefix: {name}
           {props}
 "#,
+            addr = broker.addr(),
             ckpt = dir.join("checkpoints").display(),
-            props = tls_props(&certs, "other-ca.crt"),
+            props = job_props(a),
         ),
     )
     .unwrap();
-    let (ok, err, took) = run(&spec, &secrets_dir(&dir, &certs));
+    run(&spec, &secrets_dir(dir, a))
+}
+
+#[test]
+fn source_and_both_sinks_work_over_tls_with_a_custom_ca_and_client_certificates() {
+    let dir = tmp("tls");
+    let a = Access {
+        certs: Some(with_certs(&dir)),
+        ca: "ca.crt",
+        sasl: None,
+    };
+    let broker = GatedBroker::start(a.certs.as_deref(), None);
+    source_and_both_sinks("kafka-tls", &broker, &a, &dir);
+}
+
+#[test]
+fn source_and_both_sinks_work_over_sasl_scram_sha_512_on_tls() {
+    let dir = tmp("sasl-ssl");
+    let a = Access {
+        certs: Some(with_certs(&dir)),
+        ca: "ca.crt",
+        sasl: Some(("SCRAM-SHA-512", PASSWORD)),
+    };
+    let broker = GatedBroker::start(a.certs.as_deref(), Some(users(&["SCRAM-SHA-512"])));
+    source_and_both_sinks("kafka-sasl-ssl", &broker, &a, &dir);
+}
+
+#[test]
+fn exactly_once_works_over_sasl_plain_and_scram_sha_256() {
+    for mechanism in ["PLAIN", "SCRAM-SHA-256"] {
+        let dir = tmp(&format!("sasl-{mechanism}"));
+        let a = Access {
+            certs: None,
+            ca: "",
+            sasl: Some((mechanism, PASSWORD)),
+        };
+        let broker = GatedBroker::start(None, Some(users(&["PLAIN", "SCRAM-SHA-256"])));
+        create_topic(&broker.addr(), &a, "out");
+        let (ok, err, _) = exactly_once_job("kafka-sasl", &broker, &a, &dir);
+        assert!(ok, "{mechanism}: {err}");
+        let mut got = read(&broker.addr(), &a, "out", 3);
+        got.sort();
+        assert_eq!(got, ["a", "b", "c"], "{mechanism}");
+    }
+}
+
+#[test]
+fn a_wrong_ca_fails_fast_with_one_line_naming_the_broker_and_the_cause() {
+    let dir = tmp("wrong-ca");
+    let mut a = Access {
+        certs: Some(with_certs(&dir)),
+        ca: "ca.crt",
+        sasl: None,
+    };
+    let broker = GatedBroker::start(a.certs.as_deref(), None);
+    create_topic(&broker.addr(), &a, "out");
+    a.ca = "other-ca.crt";
+    let (ok, err, took) = exactly_once_job("kafka-wrong-ca", &broker, &a, &dir);
     assert!(
         !ok,
         "a job whose CA does not vouch for the broker must fail"
     );
     let cause = format!(
-        "Kafka broker {addr}: TLS handshake failed: invalid peer certificate: UnknownIssuer"
+        "Kafka broker {}: TLS handshake failed: invalid peer certificate: UnknownIssuer",
+        broker.addr()
     );
     assert!(err.contains(&cause), "{cause} in:\n{err}");
+    assert!(
+        took < Duration::from_secs(30),
+        "failed after {took:?}:\n{err}"
+    );
+}
+
+#[test]
+fn a_wrong_password_fails_fast_with_one_line_naming_the_broker_and_the_cause() {
+    let dir = tmp("wrong-password");
+    let mut a = Access {
+        certs: None,
+        ca: "",
+        sasl: Some(("SCRAM-SHA-256", PASSWORD)),
+    };
+    let broker = GatedBroker::start(None, Some(users(&["SCRAM-SHA-256"])));
+    create_topic(&broker.addr(), &a, "out");
+    a.sasl = Some(("SCRAM-SHA-256", "not-the-password"));
+    let (ok, err, took) = exactly_once_job("kafka-wrong-password", &broker, &a, &dir);
+    assert!(!ok, "a job with a wrong password must fail");
+    let cause = format!(
+        "Kafka broker {}: SASL SCRAM-SHA-256 authentication as '{USER}' failed: \
+         SaslAuthenticate: SaslAuthenticationFailed (58): Authentication failed during \
+         authentication due to invalid credentials with SASL mechanism SCRAM-SHA-256",
+        broker.addr()
+    );
+    assert!(err.contains(&cause), "{cause} in:\n{err}");
+    assert!(
+        !err.contains("not-the-password"),
+        "the password is never printed"
+    );
     assert!(
         took < Duration::from_secs(30),
         "failed after {took:?}:\n{err}"
