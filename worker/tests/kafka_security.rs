@@ -360,17 +360,15 @@ fn read(broker: &str, a: &Access, topic: &str, n: usize) -> Vec<String> {
 }
 
 /// Kafka properties of the job's source and sinks, in the spec's flow style: TLS with the CA
-/// and the client certificate, the client key from the Secret `kafka-tls` (key `client.key`);
+/// and the client certificate and key from the Secret `kafka-tls`;
 /// SASL with the password from the Secret `kafka-credentials` (key `password`).
 fn job_props(a: &Access) -> String {
     let mut props = vec![format!("security.protocol: {}", a.protocol())];
     let mut secrets = Vec::new();
     if let Some(certs) = &a.certs {
         props.push(format!("ssl.ca.location: '{}'", certs.join(a.ca).display()));
-        props.push(format!(
-            "ssl.certificate.location: '{}'",
-            certs.join("client.crt").display()
-        ));
+        // The certificate as a mounted Secret file, the key as its PEM text.
+        secrets.push("ssl.certificate.location: {name: kafka-tls, key: client.crt}");
         secrets.push("ssl.key.pem: {name: kafka-tls, key: client.key}");
     }
     if let Some((mechanism, _)) = a.sasl {
@@ -391,11 +389,9 @@ fn secrets_dir(dir: &Path, a: &Access) -> PathBuf {
     std::fs::create_dir_all(secrets.join("kafka-tls")).unwrap();
     std::fs::create_dir_all(secrets.join("kafka-credentials")).unwrap();
     if let Some(certs) = &a.certs {
-        std::fs::copy(
-            certs.join("client.key"),
-            secrets.join("kafka-tls/client.key"),
-        )
-        .unwrap();
+        for f in ["client.key", "client.crt"] {
+            std::fs::copy(certs.join(f), secrets.join("kafka-tls").join(f)).unwrap();
+        }
     }
     if let Some((_, password)) = a.sasl {
         std::fs::write(
