@@ -50,30 +50,31 @@ pub fn transaction_client_refusal<'a>(
             ));
         }
     }
-    let unsupported: [(&'static str, &dyn Fn(&str) -> bool, &str); 4] = [
+    // (property, the value refused (any if None), what it means)
+    let unsupported: [(&'static str, Option<&str>, &str); 4] = [
         (
             "enable.ssl.certificate.verification",
-            &|v| v.eq_ignore_ascii_case("false"),
+            Some("false"),
             "turning off certificate verification",
         ),
         (
             "ssl.endpoint.identification.algorithm",
-            &|v| v.eq_ignore_ascii_case("none"),
+            Some("none"),
             "turning off host name verification",
         ),
         (
             "ssl.key.password",
-            &|_| true,
+            None,
             "an encrypted private key (give an unencrypted PKCS#8, PKCS#1 or SEC1 key from a Secret)",
         ),
         (
             "ssl.keystore.location",
-            &|_| true,
+            None,
             "a PKCS#12 keystore (give ssl.certificate.location and ssl.key.location, or the .pem properties)",
         ),
     ];
-    for (key, applies, what) in unsupported {
-        if get(key).is_some_and(applies) {
+    for (key, refused, what) in unsupported {
+        if get(key).is_some_and(|v| refused.is_none_or(|r| v.trim().eq_ignore_ascii_case(r))) {
             return Some((
                 key,
                 format!(
