@@ -158,7 +158,12 @@ fn read_pem<'a>(
 fn tls_config<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    match read_pem(get, "ssl.ca.location", "ssl.ca.pem")? {
+    // librdkafka's `probe` means the system's CA locations.
+    let ca = match get("ssl.ca.location") {
+        Some(l) if l.trim().eq_ignore_ascii_case("probe") && get("ssl.ca.pem").is_none() => None,
+        _ => read_pem(get, "ssl.ca.location", "ssl.ca.pem")?,
+    };
+    match ca {
         Some(pem) => {
             let certs = CertificateDer::pem_slice_iter(&pem)
                 .collect::<Result<Vec<_>, _>>()
@@ -269,6 +274,11 @@ mod tests {
         assert_eq!(
             e,
             "Kafka property ssl.ca.location/ssl.ca.pem holds no PEM certificate"
+        );
+        let probe = security(&[("security.protocol", "SSL"), ("ssl.ca.location", "probe")]);
+        assert!(
+            probe.is_ok_and(|s| s.tls.is_some()),
+            "probe: the system CAs"
         );
         let e = security(&[("security.protocol", "SASL_SSL")]).unwrap_err();
         assert!(
