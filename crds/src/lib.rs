@@ -5,6 +5,7 @@
 pub mod duration;
 pub mod expr;
 pub mod graph;
+pub mod kafka_security;
 pub mod keygroup;
 pub mod plan;
 pub mod spec;

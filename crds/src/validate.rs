@@ -273,21 +273,32 @@ impl Validator {
                     .saturating_mul(2)
                     .saturating_add(spec.restart_strategy.max_delay_ms)
                     .saturating_add(RESTART_ALLOWANCE_MS);
-                // `streamjob run` refuses this (its transaction-coordinator client speaks
-                // plaintext only): refusing it here too keeps the operator from deploying
-                // pods that crash-loop. A protocol given in secretProperties is not known
-                // until run time.
-                if let Some(p) = eo.and_then(|k| k.properties.get("security.protocol"))
-                    && !p.eq_ignore_ascii_case("plaintext")
+                // `streamjob run` refuses what the sink's transaction-coordinator client
+                // cannot speak: refusing it here too keeps the operator from deploying pods
+                // that crash-loop. Values given in secretProperties are checked at run time
+                // (only their presence is known here).
+                if let Some(k) = eo
+                    && let Some((key, why)) =
+                        crate::kafka_security::transaction_client_refusal(|p| {
+                            k.properties.get(p).map(String::as_str).or_else(|| {
+                                // Only the presence of these two matters.
+                                (matches!(p, "ssl.key.password" | "ssl.keystore.location")
+                                    && k.secret_properties.contains_key(p))
+                                .then_some("(secret)")
+                            })
+                        })
                 {
-                    self.push(
-                        format!("spec.steps[{i}].sink.kafka.properties.security.protocol"),
-                        format!(
-                            "'{p}' is not supported yet with deliveryGuarantee exactly-once and \
-                             checkpointing (a restored checkpoint's transactions are committed \
-                             over plaintext only): use at-least-once, or a plaintext listener"
-                        ),
-                    );
+                    let secret = k.secret_properties.contains_key(key);
+                    let presence = matches!(key, "ssl.key.password" | "ssl.keystore.location");
+                    // A secret's value is unknown here: run decides.
+                    if !secret || presence {
+                        let field = if secret {
+                            "secretProperties"
+                        } else {
+                            "properties"
+                        };
+                        self.push(format!("spec.steps[{i}].sink.kafka.{field}.{key}"), why);
+                    }
                 }
                 if let Some(k) = eo
                     && k.transaction_timeout_ms <= needed

@@ -28,6 +28,15 @@ fn assert_error(spec: &str, path: &str, fragment: &str) {
     );
 }
 
+#[track_caller]
+fn assert_valid(spec: &str) {
+    let text = job(spec);
+    let parsed = parse_job(&text).unwrap_or_else(|e| panic!("parse failed: {e}\n{text}"));
+    if let Err(errs) = validate_job(&parsed) {
+        panic!("expected valid, got {errs:#?}\n{text}");
+    }
+}
+
 const SRC: &str = "- name: src\n  source: {collection: {values: [a, b]}}";
 const SINK: &str = "- name: out\n  sink: {print: {}}";
 
@@ -544,19 +553,34 @@ fn an_exactly_once_transaction_timeout_shorter_than_a_checkpoint_and_restart_is_
     );
 }
 
-/// `run` refuses it (the transaction-coordinator client is plaintext only), so validation
-/// must too: otherwise the operator deploys pods that crash-loop.
+/// Exactly-once with checkpointing over TLS and SASL (PLAIN, SCRAM) runs, so validation
+/// accepts it; what the transaction-coordinator client cannot speak (GSSAPI, the default
+/// SASL mechanism; turned-off verification) `run` refuses, and validation too, or the
+/// operator would deploy pods that crash-loop.
 #[test]
-fn exactly_once_with_checkpointing_over_tls_or_sasl_is_refused_like_run_refuses_it() {
-    for protocol in ["SSL", "SASL_SSL", "sasl_plaintext"] {
-        assert_error(
-            &format!(
-                "checkpointing: {{intervalMs: 1000, directory: /tmp/c}}\nsteps:\n{SRC}\n- name: out\n  sink:\n    kafka: {{bootstrapServers: 'k:9092', topic: t, deliveryGuarantee: exactly-once, transactionalIdPrefix: p, properties: {{security.protocol: {protocol}}}}}"
-            ),
-            "spec.steps[1].sink.kafka.properties.security.protocol",
-            &format!("'{protocol}' is not supported yet with deliveryGuarantee exactly-once"),
-        );
+fn exactly_once_with_checkpointing_validates_what_run_accepts_over_tls_and_sasl() {
+    let spec = |props: &str| {
+        format!(
+            "checkpointing: {{intervalMs: 1000, directory: /tmp/c}}\nsteps:\n{SRC}\n- name: out\n  sink:\n    kafka: {{bootstrapServers: 'k:9092', topic: t, deliveryGuarantee: exactly-once, transactionalIdPrefix: p, properties: {{{props}}}, secretProperties: {{sasl.password: {{name: kafka, key: password}}}}}}"
+        )
+    };
+    for ok in [
+        "security.protocol: SSL, ssl.ca.location: /etc/ca.crt",
+        "security.protocol: SASL_SSL, sasl.mechanism: SCRAM-SHA-512, sasl.username: u",
+        "security.protocol: sasl_plaintext, sasl.mechanism: PLAIN, sasl.username: u",
+    ] {
+        assert_valid(&spec(ok));
     }
+    assert_error(
+        &spec("security.protocol: SASL_SSL"),
+        "spec.steps[1].sink.kafka.properties.sasl.mechanism",
+        "SASL mechanism 'GSSAPI' (librdkafka's default) is not supported with deliveryGuarantee exactly-once",
+    );
+    assert_error(
+        &spec("security.protocol: SSL, enable.ssl.certificate.verification: 'false'"),
+        "spec.steps[1].sink.kafka.properties.enable.ssl.certificate.verification",
+        "turning off certificate verification is not supported",
+    );
 }
 
 #[test]

@@ -8,6 +8,8 @@
 //! [`sink`]).
 
 mod logs;
+mod scram;
+pub(crate) mod security;
 pub mod sink;
 pub mod source;
 pub(crate) mod spec;
@@ -84,6 +86,21 @@ impl ClientProperties {
     ) -> Result<(), String> {
         for (prop, r) in refs {
             let path = dir.join(&r.name).join(&r.key);
+            // A file property (`ssl.ca.location`, `ssl.certificate.location`,
+            // `ssl.key.location`, ...) names the mounted Secret file itself.
+            if prop.ends_with(".location") {
+                if !path.is_file() {
+                    return Err(format!(
+                        "{at}.secretProperties.{prop}: key '{}' of Secret '{}' is not mounted at \
+                         {} (the operator mounts it there; locally set {SECRETS_DIR_ENV})",
+                        r.key,
+                        r.name,
+                        path.display()
+                    ));
+                }
+                self.set_secret(prop, path.display().to_string());
+                continue;
+            }
             let value = std::fs::read_to_string(&path).map_err(|e| {
                 format!(
                     "{at}.secretProperties.{prop}: cannot read key '{}' of Secret '{}' at {}: {e} \
@@ -168,6 +185,36 @@ mod tests {
             "{err}"
         );
         assert_eq!(props.secrets["sasl.password"], "hunter2");
+        // Certificate files: the path of the mounted Secret file, which librdkafka and the
+        // transaction client read themselves.
+        std::fs::write(dir.join("kafka-credentials/ca.crt"), "PEM").unwrap();
+        let ca = BTreeMap::from([(
+            "ssl.ca.location".to_string(),
+            SecretKeyRef {
+                name: "kafka-credentials".into(),
+                key: "ca.crt".into(),
+            },
+        )]);
+        props.resolve_secrets_in(&dir, &ca, at).unwrap();
+        assert_eq!(
+            props.secrets["ssl.ca.location"],
+            dir.join("kafka-credentials/ca.crt").display().to_string()
+        );
+        let missing = BTreeMap::from([(
+            "ssl.certificate.location".to_string(),
+            SecretKeyRef {
+                name: "kafka-credentials".into(),
+                key: "tls.crt".into(),
+            },
+        )]);
+        let err = props.resolve_secrets_in(&dir, &missing, at).unwrap_err();
+        assert!(
+            err.starts_with(
+                "spec.steps[0].source.kafka.secretProperties.ssl.certificate.location: key \
+                 'tls.crt' of Secret 'kafka-credentials' is not mounted at"
+            ),
+            "{err}"
+        );
         assert!(!format!("{props:?}").contains("hunter2"));
         assert_eq!(
             props.client_config(&[]).get("sasl.password"),

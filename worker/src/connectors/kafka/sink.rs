@@ -26,7 +26,6 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use tracing::{debug, info, warn};
 
 use super::logs::LogLimiter;
-use super::txn_client;
 use super::{ClientProperties, DeliveryGuarantee, KafkaPartitioner};
 use crate::api::functions::{Sink, SinkWriter};
 use crate::error::BoxError;
@@ -309,7 +308,7 @@ impl<T> KafkaSink<T> {
             ),
         };
         if mode == Mode::TwoPhase {
-            txn_client::check_security(s.effective("security.protocol"))?;
+            super::security::Security::of(&s.client)?;
         }
         let slots = match mode {
             Mode::Plain => 1,
@@ -436,8 +435,11 @@ fn check_reachable(s: &Settings, producer: &BaseProducer<DeliveryReports>) -> Re
         .client()
         .fetch_metadata(Some(&s.topic), timeout)
         .map_err(|e| {
+            // A wrong CA or password looks like any transport failure to librdkafka.
+            let cause = super::security::diagnose(&s.client, s.bootstrap_servers())
+                .unwrap_or_else(|| e.to_string());
             format!(
-                "Kafka sink: cannot reach the brokers {} within {} s: {e}",
+                "Kafka sink: cannot reach the brokers {} within {} s: {cause}",
                 s.bootstrap_servers(),
                 timeout.as_secs_f64()
             )

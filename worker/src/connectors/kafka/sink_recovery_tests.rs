@@ -180,7 +180,7 @@ fn a_pre_committed_transaction_of_a_dead_process_is_committed_by_the_restored_wr
         producer_id: parsed.pending[0].producer_id,
         producer_epoch: parsed.pending[0].producer_epoch,
     };
-    let client = coordinators(&first_settings(&prefix, &topic), "test");
+    let client = coordinators(&first_settings(&prefix, &topic), "test").unwrap();
     assert_eq!(client.commit(&txn).unwrap(), Committed::Now);
     let mut restart = restoring(&prefix, &topic, 0, 1);
     assert!(restart.restore_from_all(&[(0, state.clone())]).unwrap());

@@ -32,8 +32,9 @@
 //!
 //! Limits: the transaction timeout (`transactionTimeoutMs`) must outlast a checkpoint
 //! interval plus a restart, or the broker aborts a pending transaction first (its output is
-//! then lost, and the restore cannot tell). Recovery connects in plaintext only (TLS or
-//! SASL make the sink refuse to start in this mode).
+//! then lost, and the restore cannot tell). Recovery connects with the sink's TLS and SASL
+//! settings (see `security`; SASL GSSAPI and OAUTHBEARER make the sink refuse to start in
+//! this mode).
 //!
 //! End of a bounded input: `finish` only pre-commits the last transaction; the job's final
 //! checkpoint (written once every task has finished; the tasks wait for it) lists it, and
@@ -47,6 +48,7 @@ use rdkafka::producer::{BaseProducer, Producer};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
+use super::super::security::Security;
 use super::super::txn_client::{self, Committed};
 use super::{
     DeliveryReports, FINISH_TIMEOUT, INIT_TIMEOUT, Mode, STATE_VERSION, Settings, Writer,
@@ -136,12 +138,17 @@ pub(super) fn owner_of(old_subtask: u32, parallelism: u32) -> u32 {
     old_subtask % parallelism
 }
 
-pub(super) fn coordinators(settings: &Settings, client_id: &str) -> txn_client::Client {
-    txn_client::Client::new(
+/// A client for the transaction coordinators, over the sink's TLS and SASL settings.
+pub(super) fn coordinators(
+    settings: &Settings,
+    client_id: &str,
+) -> Result<txn_client::Client, String> {
+    Ok(txn_client::Client::new(
         settings.bootstrap_servers(),
         &format!("{client_id}-recovery"),
+        Security::of(&settings.client)?,
         Instant::now() + INIT_TIMEOUT,
-    )
+    ))
 }
 
 /// Transactional ids of subtasks >= `parallelism` (with this prefix and pool size) that hold
@@ -161,7 +168,7 @@ pub(super) fn lingering_ids(
         .transactional_id_prefix
         .as_deref()
         .unwrap_or_default();
-    let client = coordinators(settings, client_id);
+    let client = coordinators(settings, client_id)?;
     let state = |id: &str| {
         client
             .state(id)
@@ -441,10 +448,7 @@ impl<T> Writer<T> {
             )
             .into());
         }
-        if !state.pending.is_empty() {
-            txn_client::check_security(self.settings.effective("security.protocol"))?;
-        }
-        let client = coordinators(&self.settings, &self.client_id);
+        let client = coordinators(&self.settings, &self.client_id)?;
         for p in &state.pending {
             let txn = txn_client::Txn {
                 transactional_id: p.transactional_id.clone(),

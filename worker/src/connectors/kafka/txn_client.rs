@@ -6,11 +6,16 @@
 //! restarts from it (aborting it would lose output the sources will not read again), but
 //! librdkafka cannot resume another process's transaction. The coordinator only needs the
 //! transactional id, producer id and epoch to end it, so this speaks the few requests that
-//! takes over a plain TCP connection: `ApiVersions` v0, `FindCoordinator` v1 (key type
-//! transaction) and `EndTxn` v1 (`committed = true`), fixed non-flexible versions every broker
-//! since Kafka 0.11 supports; and `DescribeTransactions` v0 (Kafka 3.0+, flexible encoding),
-//! which tells whether a transactional id exists and whether its transaction is open without
-//! creating or fencing anything.
+//! takes: `FindCoordinator` (key type transaction), `EndTxn` (`committed = true`) and
+//! `DescribeTransactions` (Kafka 3.0+), which tells whether a transactional id exists and
+//! whether its transaction is open without creating or fencing anything. Messages are the
+//! `kafka-protocol` crate's; each connection asks the broker's versions (`ApiVersions`) and
+//! uses the highest both sides support. `EndTxn` stops at v4: v5 belongs to transactions v2
+//! (KIP-890), which librdkafka's transactions, the ones ended here, do not use.
+//!
+//! Connections take the sink's TLS and SASL settings (`security`): a certificate the CA does
+//! not vouch for, or a refused password, fails at once with one line naming the broker and
+//! the cause (retrying cannot fix either), while a broker that is not up yet is retried.
 //!
 //! What the coordinator answers to the commit:
 //! - no error: the transaction is committed now, or it already was (a retried commit);
@@ -23,19 +28,35 @@
 //!   id is unknown or expired) is an error: the output of that checkpoint cannot be made
 //!   visible, and the job must not pretend otherwise.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, DescribeTransactionsRequest, EndTxnRequest,
+    FindCoordinatorRequest, RequestHeader, ResponseHeader, SaslAuthenticateRequest,
+    SaslHandshakeRequest, TransactionalId,
+};
+use kafka_protocol::protocol::{
+    Decodable, Encodable, HeaderVersion, Request, StrBytes, VersionRange,
+};
 use tracing::{debug, warn};
 
-const API_FIND_COORDINATOR: i16 = 10;
-const API_VERSIONS: i16 = 18;
-const API_END_TXN: i16 = 26;
-const API_DESCRIBE_TRANSACTIONS: i16 = 65;
+use super::scram::Scram;
+use super::security::{Mechanism, Sasl, Security, server_name};
+
 /// `FindCoordinator` key type of a transactional id.
 const KEY_TYPE_TRANSACTION: i8 = 1;
+const UNSUPPORTED_VERSION: i16 = 35;
 const TRANSACTIONAL_ID_NOT_FOUND: i16 = 105;
+/// The ApiVersions version asked first (flexible, Kafka 2.4+); older brokers answer
+/// UNSUPPORTED_VERSION and are asked again with v0.
+const API_VERSIONS_FIRST: i16 = 3;
+/// See the module docs: v5 is transactions v2.
+const END_TXN_MAX: i16 = 4;
 
 /// Largest response accepted (these responses are small; a larger size is a protocol error).
 const MAX_RESPONSE: usize = 1 << 20;
@@ -57,51 +78,17 @@ pub(crate) enum Committed {
     Earlier,
 }
 
-/// Kafka error codes these requests can return.
-fn error_name(code: i16) -> &'static str {
-    match code {
-        7 => "REQUEST_TIMED_OUT",
-        14 => "COORDINATOR_LOAD_IN_PROGRESS",
-        15 => "COORDINATOR_NOT_AVAILABLE",
-        16 => "NOT_COORDINATOR",
-        35 => "UNSUPPORTED_VERSION",
-        47 => "INVALID_PRODUCER_EPOCH",
-        48 => "INVALID_TXN_STATE",
-        49 => "INVALID_PRODUCER_ID_MAPPING",
-        51 => "CONCURRENT_TRANSACTIONS",
-        53 => "TRANSACTIONAL_ID_AUTHORIZATION_FAILED",
-        90 => "PRODUCER_FENCED",
-        105 => "TRANSACTIONAL_ID_NOT_FOUND",
-        _ => "UNKNOWN",
-    }
-}
-
 fn describe_error(what: &str, code: i16) -> String {
-    format!("{what}: {} ({code})", error_name(code))
+    match ResponseError::try_from_code(code) {
+        Some(e) => format!("{what}: {e:?} ({code})"),
+        None => format!("{what}: no error"),
+    }
 }
 
 /// Errors worth another try (the coordinator moves, loads, or is writing markers).
 fn retriable(code: i16) -> bool {
     matches!(code, 7 | 14 | 15 | 16 | 51)
 }
-
-/// Only plaintext connections are implemented; anything else must fail loudly rather than
-/// leave a committed checkpoint's output uncommitted.
-pub(crate) fn check_security(protocol: Option<&str>) -> Result<(), String> {
-    match protocol {
-        None => Ok(()),
-        Some(p) if p.eq_ignore_ascii_case("plaintext") => Ok(()),
-        Some(p) => Err(format!(
-            "exactly-once with checkpointing commits the transactions of a restored checkpoint \
-             over its own connection to the transaction coordinator, which supports \
-             security.protocol=plaintext only; '{p}' is not supported yet: use at-least-once, \
-             or exactly-once without checkpointing"
-        )),
-    }
-}
-
-/// (api key, lowest version, highest version) of each request a broker supports.
-type ApiVersions = Vec<(i16, i16, i16)>;
 
 /// One try of a request: done, worth another try, or failed for good.
 enum Attempt<R> {
@@ -110,192 +97,339 @@ enum Attempt<R> {
     Fail(String),
 }
 
-/// `?` for attempts: connection and protocol errors are worth another try.
-macro_rules! retry_on_err {
+/// Why a connection or request failed: worth another try (the broker is down, restarting,
+/// or the connection broke), or not (TLS or SASL refused us, the protocol does not fit).
+#[derive(Debug)]
+enum Failure {
+    Retry(String),
+    Fatal(String),
+}
+
+/// `?` for attempts.
+macro_rules! attempt {
     ($e:expr) => {
         match $e {
             Ok(v) => v,
-            Err(e) => return Attempt::Retry(e),
+            Err(Failure::Retry(e)) => return Attempt::Retry(e),
+            Err(Failure::Fatal(e)) => return Attempt::Fail(e),
         }
     };
 }
 
-/// A request/response connection to one broker.
+/// A plain or TLS stream.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => &s.sock,
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// A TLS error (bad certificate, wrong CA, protocol mismatch) inside an I/O error.
+fn tls_error(e: &std::io::Error) -> Option<&rustls::Error> {
+    e.get_ref()?.downcast_ref::<rustls::Error>()
+}
+
+/// A request/response connection to one broker, after `ApiVersions` and SASL.
 struct Conn {
-    stream: TcpStream,
+    address: String,
+    stream: Stream,
     client_id: String,
     correlation: i32,
+    /// The broker's (lowest, highest) version of each request.
+    versions: HashMap<i16, VersionRange>,
 }
 
 impl Conn {
-    fn open(address: &str, client_id: &str, deadline: Instant) -> Result<Conn, String> {
+    fn open(
+        address: &str,
+        client_id: &str,
+        security: &Security,
+        deadline: Instant,
+    ) -> Result<Conn, Failure> {
+        let at = |what: String| format!("Kafka broker {address}: {what}");
         let addrs: Vec<_> = address
             .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {address}: {e}"))?
+            .map_err(|e| Failure::Retry(at(format!("cannot resolve: {e}"))))?
             .collect();
-        let mut last = format!("{address} resolves to no address");
+        let mut last = at("resolves to no address".into());
+        let mut tcp = None;
         for a in addrs {
             match TcpStream::connect_timeout(&a, remaining(deadline)) {
-                Ok(stream) => {
-                    stream.set_nodelay(true).ok();
-                    return Ok(Conn {
-                        stream,
-                        client_id: client_id.to_string(),
-                        correlation: 0,
-                    });
+                Ok(s) => {
+                    tcp = Some(s);
+                    break;
                 }
-                Err(e) => last = format!("cannot connect to {address}: {e}"),
+                Err(e) => last = at(format!("cannot connect: {e}")),
             }
         }
-        Err(last)
+        let tcp = tcp.ok_or(Failure::Retry(last))?;
+        tcp.set_nodelay(true).ok();
+        let timeout = Some(remaining(deadline));
+        let io = |e: std::io::Error| Failure::Retry(at(format!("connection failed: {e}")));
+        tcp.set_read_timeout(timeout).map_err(io)?;
+        tcp.set_write_timeout(timeout).map_err(io)?;
+        let stream = match &security.tls {
+            None => Stream::Plain(tcp),
+            Some(config) => {
+                let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+                let name = server_name(host).map_err(|e| Failure::Fatal(at(e)))?;
+                let conn = rustls::ClientConnection::new(config.clone(), name)
+                    .map_err(|e| Failure::Fatal(at(format!("TLS setup failed: {e}"))))?;
+                let mut tls = rustls::StreamOwned::new(conn, tcp);
+                while tls.conn.is_handshaking() {
+                    if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
+                        return Err(match tls_error(&e) {
+                            Some(t) => Failure::Fatal(at(format!("TLS handshake failed: {t}"))),
+                            None => Failure::Retry(at(format!("TLS handshake failed: {e}"))),
+                        });
+                    }
+                }
+                Stream::Tls(Box::new(tls))
+            }
+        };
+        let mut conn = Conn {
+            address: address.to_string(),
+            stream,
+            client_id: client_id.to_string(),
+            correlation: 0,
+            versions: HashMap::new(),
+        };
+        conn.api_versions(deadline)?;
+        if let Some(sasl) = &security.sasl {
+            conn.authenticate(sasl, deadline)?;
+        }
+        Ok(conn)
     }
 
-    /// Sends one request and returns the response after its correlation id. `flexible`
-    /// requests use request header v2 and response header v1 (tagged fields).
-    fn call(
-        &mut self,
-        api: i16,
-        version: i16,
-        flexible: bool,
-        body: &[u8],
-        deadline: Instant,
-    ) -> Result<Vec<u8>, String> {
-        self.correlation += 1;
-        let mut msg = Vec::with_capacity(64 + body.len());
-        msg.extend_from_slice(&[0; 4]);
-        msg.extend_from_slice(&api.to_be_bytes());
-        msg.extend_from_slice(&version.to_be_bytes());
-        msg.extend_from_slice(&self.correlation.to_be_bytes());
-        put_str(&mut msg, &self.client_id);
-        if flexible {
-            msg.push(0); // no tagged fields
+    fn at(&self, what: impl std::fmt::Display) -> String {
+        format!("Kafka broker {}: {what}", self.address)
+    }
+
+    /// The highest version of `R` both sides support, at most `our_max`.
+    fn version<R: Request>(&self, our_min: i16, our_max: i16) -> Result<Option<i16>, Failure> {
+        let Some(theirs) = self.versions.get(&R::KEY) else {
+            return Ok(None);
+        };
+        let ours = VersionRange {
+            min: R::VERSIONS.min.max(our_min),
+            max: R::VERSIONS.max.min(our_max),
+        };
+        let both = ours.intersect(theirs);
+        if both.is_empty() {
+            return Err(Failure::Fatal(self.at(format!(
+                "no common version of {}: this client speaks {ours}, the broker {theirs}",
+                api_name(R::KEY)
+            ))));
         }
-        msg.extend_from_slice(body);
+        Ok(Some(both.max))
+    }
+
+    /// Sends one request and decodes its response.
+    fn call<R: Request>(
+        &mut self,
+        request: &R,
+        version: i16,
+        deadline: Instant,
+    ) -> Result<R::Response, Failure> {
+        self.correlation += 1;
+        let header = RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation)
+            .with_client_id(Some(StrBytes::from_string(self.client_id.clone())));
+        let mut msg = BytesMut::new();
+        msg.extend_from_slice(&[0; 4]);
+        let encoded = header
+            .encode(&mut msg, R::header_version(version))
+            .and_then(|()| request.encode(&mut msg, version));
+        if let Err(e) = encoded {
+            return Err(Failure::Fatal(
+                self.at(format!("cannot encode request: {e}")),
+            ));
+        }
         let len = (msg.len() - 4) as i32;
         msg[..4].copy_from_slice(&len.to_be_bytes());
-        let io = |e: std::io::Error| format!("connection to the broker failed: {e}");
         let timeout = Some(remaining(deadline));
-        self.stream.set_write_timeout(timeout).map_err(io)?;
-        self.stream.set_read_timeout(timeout).map_err(io)?;
+        let address = self.address.clone();
+        let io = |e: std::io::Error| {
+            Failure::Retry(format!("Kafka broker {address}: connection failed: {e}"))
+        };
+        self.stream.tcp().set_read_timeout(timeout).map_err(io)?;
+        self.stream.tcp().set_write_timeout(timeout).map_err(io)?;
         self.stream.write_all(&msg).map_err(io)?;
+        self.stream.flush().map_err(io)?;
         let mut size = [0u8; 4];
         self.stream.read_exact(&mut size).map_err(io)?;
         let size = i32::from_be_bytes(size);
         if size < 4 || size as usize > MAX_RESPONSE {
-            return Err(format!("malformed response (size {size})"));
+            return Err(Failure::Retry(
+                self.at(format!("malformed response (size {size})")),
+            ));
         }
         let mut resp = vec![0u8; size as usize];
         self.stream.read_exact(&mut resp).map_err(io)?;
-        let mut r = Reader::new(&resp);
-        let correlation = r.i32()?;
-        if correlation != self.correlation {
-            return Err(format!(
-                "response to request {} answered request {correlation}",
-                self.correlation
-            ));
+        let mut body = Bytes::from(resp);
+        let decoded = ResponseHeader::decode(&mut body, R::Response::header_version(version))
+            .and_then(|h| Ok((h, R::Response::decode(&mut body, version)?)));
+        let (h, response) = decoded.map_err(|e| {
+            Failure::Retry(self.at(format!(
+                "malformed response to {} v{version}: {e}",
+                api_name(R::KEY)
+            )))
+        })?;
+        if h.correlation_id != self.correlation {
+            return Err(Failure::Retry(self.at(format!(
+                "response to request {} answered request {}",
+                self.correlation, h.correlation_id
+            ))));
         }
-        if flexible {
-            r.skip_tagged_fields()?;
-        }
-        Ok(resp[r.pos..].to_vec())
+        Ok(response)
     }
 
-    /// The requests the broker supports.
-    fn api_versions(&mut self, deadline: Instant) -> Result<ApiVersions, String> {
-        let resp = self.call(API_VERSIONS, 0, false, &[], deadline)?;
-        let mut r = Reader::new(&resp);
-        let error = r.i16()?;
-        if error != 0 {
-            return Err(describe_error("ApiVersions", error));
+    /// Learns the broker's request versions.
+    fn api_versions(&mut self, deadline: Instant) -> Result<(), Failure> {
+        let request = ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("streamjob"))
+            .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
+        let response: ApiVersionsResponse = match self.call(&request, API_VERSIONS_FIRST, deadline)
+        {
+            Ok(r) if r.error_code != UNSUPPORTED_VERSION => r,
+            // An older broker answers UNSUPPORTED_VERSION in the v0 layout, which may not
+            // decode as v3: ask again in v0 (on a new connection if it closed this one).
+            _ => self.call(&request, 0, deadline)?,
+        };
+        if response.error_code != 0 {
+            return Err(Failure::Retry(
+                self.at(describe_error("ApiVersions", response.error_code)),
+            ));
         }
-        let n = r.i32()?;
-        let mut out = Vec::new();
-        for _ in 0..n.max(0) {
-            out.push((r.i16()?, r.i16()?, r.i16()?));
-        }
-        Ok(out)
+        self.versions = response
+            .api_keys
+            .iter()
+            .map(|k| {
+                (
+                    k.api_key,
+                    VersionRange {
+                        min: k.min_version,
+                        max: k.max_version,
+                    },
+                )
+            })
+            .collect();
+        Ok(())
     }
+
+    /// SASL: `SaslHandshake` v1+ and `SaslAuthenticate` rounds.
+    fn authenticate(&mut self, sasl: &Sasl, deadline: Instant) -> Result<(), Failure> {
+        let m = sasl.mechanism.name();
+        let address = self.address.clone();
+        let as_user = move |what: String| {
+            format!(
+                "Kafka broker {address}: SASL {m} authentication as '{}' failed: {what}",
+                sasl.username
+            )
+        };
+        let Some(v) = self.version::<SaslHandshakeRequest>(1, i16::MAX)? else {
+            return Err(Failure::Fatal(as_user(
+                "the broker does not offer SASL".into(),
+            )));
+        };
+        let hs = self.call(
+            &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str(m)),
+            v,
+            deadline,
+        )?;
+        if hs.error_code != 0 {
+            let offered: Vec<&str> = hs.mechanisms.iter().map(|s| s.as_str()).collect();
+            return Err(Failure::Fatal(as_user(format!(
+                "{} (the broker offers {})",
+                describe_error("SaslHandshake", hs.error_code),
+                offered.join(", ")
+            ))));
+        }
+        let Some(av) = self.version::<SaslAuthenticateRequest>(0, i16::MAX)? else {
+            return Err(Failure::Fatal(as_user(
+                "the broker does not support SaslAuthenticate".into(),
+            )));
+        };
+        let round = |this: &mut Conn, bytes: Vec<u8>| -> Result<Bytes, Failure> {
+            let r = this.call(
+                &SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(bytes)),
+                av,
+                deadline,
+            )?;
+            if r.error_code != 0 {
+                let msg = r.error_message.as_ref().map(|s| s.as_str()).unwrap_or("");
+                return Err(Failure::Fatal(as_user(format!(
+                    "{}{}{msg}",
+                    describe_error("SaslAuthenticate", r.error_code),
+                    if msg.is_empty() { "" } else { ": " }
+                ))));
+            }
+            Ok(r.auth_bytes)
+        };
+        match sasl.mechanism {
+            Mechanism::Plain => {
+                let token = format!("\0{}\0{}", sasl.username, sasl.password);
+                round(self, token.into_bytes())?;
+            }
+            Mechanism::ScramSha256 | Mechanism::ScramSha512 => {
+                let mut scram = Scram::new(sasl.mechanism, &sasl.username, &sasl.password)
+                    .map_err(|e| Failure::Fatal(as_user(e)))?;
+                let server_first = round(self, scram.client_first())?;
+                let last = scram
+                    .client_final(&server_first)
+                    .map_err(|e| Failure::Fatal(as_user(e)))?;
+                let server_final = round(self, last)?;
+                scram
+                    .verify_server_final(&server_final)
+                    .map_err(|e| Failure::Fatal(as_user(e)))?;
+            }
+        }
+        debug!(broker = %self.address, mechanism = m, "SASL authenticated");
+        Ok(())
+    }
+}
+
+fn api_name(key: i16) -> String {
+    ApiKey::try_from(key).map_or_else(|_| format!("API {key}"), |k| format!("{k:?}"))
 }
 
 fn remaining(deadline: Instant) -> Duration {
     deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(100))
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as i16).to_be_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-/// Kafka's unsigned varints are protobuf's base-128 varints: one implementation, prost's.
-fn put_uvarint(out: &mut Vec<u8>, n: u64) {
-    prost::encoding::encode_varint(n, out);
-}
-
-fn put_compact_str(out: &mut Vec<u8>, s: &str) {
-    put_uvarint(out, s.len() as u64 + 1);
-    out.extend_from_slice(s.as_bytes());
-}
-
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8]) -> Self {
-        Reader { buf, pos: 0 }
-    }
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self.pos + n;
-        let s = self
-            .buf
-            .get(self.pos..end)
-            .ok_or("truncated response from the broker")?;
-        self.pos = end;
-        Ok(s)
-    }
-    fn i16(&mut self) -> Result<i16, String> {
-        Ok(i16::from_be_bytes(self.take(2)?.try_into().unwrap()))
-    }
-    fn i32(&mut self) -> Result<i32, String> {
-        Ok(i32::from_be_bytes(self.take(4)?.try_into().unwrap()))
-    }
-    fn uvarint(&mut self) -> Result<u64, String> {
-        let mut rest = self.buf.get(self.pos..).unwrap_or_default();
-        let before = rest.len();
-        let n = prost::encoding::decode_varint(&mut rest)
-            .map_err(|_| "malformed or truncated varint in the broker's response".to_string())?;
-        self.pos += before - rest.len();
-        Ok(n)
-    }
-    fn nullable_str(&mut self) -> Result<Option<String>, String> {
-        let n = self.i16()?;
-        if n < 0 {
-            return Ok(None);
-        }
-        Ok(Some(
-            String::from_utf8_lossy(self.take(n as usize)?).into_owned(),
-        ))
-    }
-    fn compact_str(&mut self) -> Result<Option<String>, String> {
-        let n = self.uvarint()?;
-        if n == 0 {
-            return Ok(None);
-        }
-        Ok(Some(
-            String::from_utf8_lossy(self.take(n as usize - 1)?).into_owned(),
-        ))
-    }
-    fn skip_tagged_fields(&mut self) -> Result<(), String> {
-        for _ in 0..self.uvarint()? {
-            let _tag = self.uvarint()?;
-            let size = self.uvarint()?;
-            self.take(size as usize)?;
-        }
-        Ok(())
-    }
 }
 
 /// `host:port` of each bootstrap server (librdkafka also accepts `proto://host:port`).
@@ -306,6 +440,26 @@ fn bootstrap_addresses(servers: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(|s| s.rsplit_once("://").map_or(s, |(_, a)| a).to_string())
         .collect()
+}
+
+/// Why connecting to the brokers with these TLS/SASL settings cannot work, if it cannot: a
+/// certificate the CA does not vouch for, a refused password, a mechanism the broker does not
+/// offer. One line naming the broker and the cause; `None` if a broker accepts the
+/// connection or none answers by `deadline` (then librdkafka's own error says more).
+pub(crate) fn connection_refusal(
+    bootstrap_servers: &str,
+    client_id: &str,
+    security: &Security,
+    deadline: Instant,
+) -> Option<String> {
+    for address in bootstrap_addresses(bootstrap_servers) {
+        match Conn::open(&address, client_id, security, deadline) {
+            Ok(_) => return None,
+            Err(Failure::Fatal(e)) => return Some(e),
+            Err(Failure::Retry(_)) => {}
+        }
+    }
+    None
 }
 
 /// The state of a transactional id at its coordinator.
@@ -328,16 +482,23 @@ impl TxnState {
 pub(crate) struct Client {
     bootstrap: Vec<String>,
     client_id: String,
+    security: Security,
     deadline: Instant,
 }
 
 impl Client {
     /// Requests retry what may pass (no coordinator yet, markers being written, connection
-    /// failures) until `deadline`.
-    pub fn new(bootstrap_servers: &str, client_id: &str, deadline: Instant) -> Client {
+    /// failures) until `deadline`; TLS and SASL refusals fail at once.
+    pub fn new(
+        bootstrap_servers: &str,
+        client_id: &str,
+        security: Security,
+        deadline: Instant,
+    ) -> Client {
         Client {
             bootstrap: bootstrap_addresses(bootstrap_servers),
             client_id: client_id.to_string(),
+            security,
             deadline,
         }
     }
@@ -367,306 +528,134 @@ impl Client {
         }
     }
 
-    /// A connection to the coordinator of `transactional_id` and the API versions of the
-    /// cluster (as a bootstrap broker reports them).
-    fn coordinator(&self, transactional_id: &str) -> Attempt<(Conn, ApiVersions)> {
+    fn open(&self, address: &str) -> Result<Conn, Failure> {
+        Conn::open(address, &self.client_id, &self.security, self.deadline)
+    }
+
+    /// A connection to the coordinator of `transactional_id`.
+    fn coordinator(&self, transactional_id: &str) -> Attempt<Conn> {
         let mut conn = None;
         let mut last = String::new();
         for b in &self.bootstrap {
-            match Conn::open(b, &self.client_id, self.deadline) {
+            match self.open(b) {
                 Ok(c) => {
                     conn = Some(c);
                     break;
                 }
-                Err(e) => last = e,
+                Err(Failure::Fatal(e)) => return Attempt::Fail(e),
+                Err(Failure::Retry(e)) => last = e,
             }
         }
         let Some(mut conn) = conn else {
             return Attempt::Retry(last);
         };
-        let versions = retry_on_err!(conn.api_versions(self.deadline));
-        let find = versions.iter().find(|v| v.0 == API_FIND_COORDINATOR);
-        if !find.is_some_and(|v| v.1 <= 1 && v.2 >= 1) {
-            return Attempt::Fail(format!(
-                "the broker does not support FindCoordinator v1 (has {find:?})"
-            ));
-        }
-        let mut body = Vec::new();
-        put_str(&mut body, transactional_id);
-        body.push(KEY_TYPE_TRANSACTION as u8);
-        let resp = retry_on_err!(conn.call(API_FIND_COORDINATOR, 1, false, &body, self.deadline));
-        let parsed = (|| {
-            let mut r = Reader::new(&resp);
-            let _throttle = r.i32()?;
-            let error = r.i16()?;
-            let message = r.nullable_str()?;
-            let _node = r.i32()?;
-            let host = r.nullable_str()?.unwrap_or_default();
-            let port = r.i32()?;
-            Ok::<_, String>((error, message, host, port))
-        })();
-        let (host, port) = match retry_on_err!(parsed) {
-            (0, _, host, port) => (host, port),
-            (error, message, _, _) => {
-                let what = format!(
-                    "{}{}",
-                    describe_error("FindCoordinator", error),
-                    message.map(|m| format!(": {m}")).unwrap_or_default()
-                );
-                return if retriable(error) {
-                    Attempt::Retry(what)
-                } else {
-                    Attempt::Fail(what)
-                };
-            }
+        let Some(v) = attempt!(conn.version::<FindCoordinatorRequest>(1, i16::MAX)) else {
+            return Attempt::Fail(conn.at("does not support FindCoordinator"));
         };
+        let id = StrBytes::from_string(transactional_id.to_string());
+        let mut request = FindCoordinatorRequest::default().with_key_type(KEY_TYPE_TRANSACTION);
+        request = if v >= 4 {
+            request.with_coordinator_keys(vec![id])
+        } else {
+            request.with_key(id)
+        };
+        let r = attempt!(conn.call(&request, v, self.deadline));
+        let (error, message, host, port) = if v >= 4 {
+            let Some(c) = r.coordinators.into_iter().next() else {
+                return Attempt::Retry(conn.at("FindCoordinator answered no coordinator"));
+            };
+            (c.error_code, c.error_message, c.host, c.port)
+        } else {
+            (r.error_code, r.error_message, r.host, r.port)
+        };
+        if error != 0 {
+            let what = format!(
+                "{}{}",
+                describe_error("FindCoordinator", error),
+                message.map(|m| format!(": {m}")).unwrap_or_default()
+            );
+            return if retriable(error) {
+                Attempt::Retry(conn.at(what))
+            } else {
+                Attempt::Fail(conn.at(what))
+            };
+        }
         let address = if host.contains(':') {
             format!("[{host}]:{port}")
         } else {
             format!("{host}:{port}")
         };
-        let coordinator = retry_on_err!(Conn::open(&address, &self.client_id, self.deadline));
-        Attempt::Done((coordinator, versions))
+        if address == conn.address {
+            return Attempt::Done(conn);
+        }
+        Attempt::Done(attempt!(self.open(&address)))
     }
 
     /// Commits `txn` (`EndTxn`, committed = true).
     pub fn commit(&self, txn: &Txn) -> Result<Committed, String> {
         let id = &txn.transactional_id;
         let outcome = self.with_retries(id, || {
-            let (mut conn, versions) = match self.coordinator(id) {
+            let mut conn = match self.coordinator(id) {
                 Attempt::Done(c) => c,
                 Attempt::Retry(e) => return Attempt::Retry(e),
                 Attempt::Fail(e) => return Attempt::Fail(e),
             };
-            let end = versions.iter().find(|v| v.0 == API_END_TXN);
-            let Some(&(_, 0..=1, hi)) = end else {
-                return Attempt::Fail(format!(
-                    "the broker does not support EndTxn v0-1 (has {end:?})"
-                ));
+            let Some(v) = attempt!(conn.version::<EndTxnRequest>(0, END_TXN_MAX)) else {
+                return Attempt::Fail(conn.at("does not support EndTxn"));
             };
-            let mut body = Vec::new();
-            put_str(&mut body, id);
-            body.extend_from_slice(&txn.producer_id.to_be_bytes());
-            body.extend_from_slice(&txn.producer_epoch.to_be_bytes());
-            body.push(1); // committed
-            let resp =
-                retry_on_err!(conn.call(API_END_TXN, hi.min(1), false, &body, self.deadline));
-            let mut r = Reader::new(&resp);
-            let error = retry_on_err!(r.i32().and_then(|_throttle| r.i16()));
-            match error {
+            let request = EndTxnRequest::default()
+                .with_transactional_id(TransactionalId(StrBytes::from_string(id.clone())))
+                .with_producer_id(txn.producer_id.into())
+                .with_producer_epoch(txn.producer_epoch)
+                .with_committed(true);
+            let r = attempt!(conn.call(&request, v, self.deadline));
+            match r.error_code {
                 0 => Attempt::Done(Committed::Now),
                 47 | 90 => Attempt::Done(Committed::Earlier),
-                e if retriable(e) => Attempt::Retry(describe_error("EndTxn", e)),
-                e => Attempt::Fail(describe_error("EndTxn", e)),
+                e if retriable(e) => Attempt::Retry(conn.at(describe_error("EndTxn", e))),
+                e => Attempt::Fail(conn.at(describe_error("EndTxn", e))),
             }
         })?;
         debug!(transactional_id = %id, ?outcome, "EndTxn");
         Ok(outcome)
     }
 
-    /// The state of `transactional_id` (`DescribeTransactions` v0), or `None` if the brokers
+    /// The state of `transactional_id` (`DescribeTransactions`), or `None` if the brokers
     /// do not support that request (before Kafka 3.0).
     pub fn state(&self, transactional_id: &str) -> Result<Option<TxnState>, String> {
         self.with_retries(transactional_id, || {
-            let (mut conn, versions) = match self.coordinator(transactional_id) {
+            let mut conn = match self.coordinator(transactional_id) {
                 Attempt::Done(c) => c,
                 Attempt::Retry(e) => return Attempt::Retry(e),
                 Attempt::Fail(e) => return Attempt::Fail(e),
             };
-            if !versions
-                .iter()
-                .any(|v| v.0 == API_DESCRIBE_TRANSACTIONS && v.1 == 0)
-            {
+            let Some(v) = attempt!(conn.version::<DescribeTransactionsRequest>(0, i16::MAX)) else {
                 return Attempt::Done(None);
-            }
-            let mut body = Vec::new();
-            put_uvarint(&mut body, 2); // one id
-            put_compact_str(&mut body, transactional_id);
-            body.push(0); // tagged fields
-            let resp =
-                retry_on_err!(conn.call(API_DESCRIBE_TRANSACTIONS, 0, true, &body, self.deadline));
-            let parsed = (|| {
-                let mut r = Reader::new(&resp);
-                let _throttle = r.i32()?;
-                if r.uvarint()? != 2 {
-                    return Err("DescribeTransactions: expected one transaction".to_string());
+            };
+            let request = DescribeTransactionsRequest::default().with_transactional_ids(vec![
+                TransactionalId(StrBytes::from_string(transactional_id.to_string())),
+            ]);
+            let r = attempt!(conn.call(&request, v, self.deadline));
+            let [state] = r.transaction_states.as_slice() else {
+                return Attempt::Retry(conn.at(format!(
+                    "DescribeTransactions: expected one transaction, got {}",
+                    r.transaction_states.len()
+                )));
+            };
+            match state.error_code {
+                0 => Attempt::Done(Some(TxnState::Known(
+                    state.transaction_state.as_str().to_string(),
+                ))),
+                TRANSACTIONAL_ID_NOT_FOUND => Attempt::Done(Some(TxnState::Unknown)),
+                e if retriable(e) => {
+                    Attempt::Retry(conn.at(describe_error("DescribeTransactions", e)))
                 }
-                let error = r.i16()?;
-                let _id = r.compact_str()?;
-                let state = r.compact_str()?.unwrap_or_default();
-                Ok((error, state))
-            })();
-            match retry_on_err!(parsed) {
-                (0, state) => Attempt::Done(Some(TxnState::Known(state))),
-                (TRANSACTIONAL_ID_NOT_FOUND, _) => Attempt::Done(Some(TxnState::Unknown)),
-                (e, _) if retriable(e) => Attempt::Retry(describe_error("DescribeTransactions", e)),
-                (e, _) => Attempt::Fail(describe_error("DescribeTransactions", e)),
+                e => Attempt::Fail(conn.at(describe_error("DescribeTransactions", e))),
             }
         })
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::net::TcpListener;
-
-    #[test]
-    fn bootstrap_lists_accept_protocol_prefixes_and_spaces() {
-        assert_eq!(
-            bootstrap_addresses("PLAINTEXT://a:9092, b:9093,,[::1]:9094"),
-            vec!["a:9092", "b:9093", "[::1]:9094"]
-        );
-    }
-
-    #[test]
-    fn only_plaintext_is_accepted() {
-        assert!(check_security(None).is_ok());
-        assert!(check_security(Some("PLAINTEXT")).is_ok());
-        let e = check_security(Some("SASL_SSL")).unwrap_err();
-        assert!(e.contains("'SASL_SSL' is not supported yet"), "{e}");
-    }
-
-    #[test]
-    fn varints_round_trip() {
-        for n in [
-            0u64,
-            1,
-            127,
-            128,
-            300,
-            16_384,
-            u64::from(u32::MAX),
-            u64::MAX,
-        ] {
-            let mut b = Vec::new();
-            put_uvarint(&mut b, n);
-            let mut r = Reader::new(&b);
-            assert_eq!(r.uvarint().unwrap(), n);
-            assert_eq!(r.pos, b.len(), "the reader moves past the varint");
-        }
-        // 300 is [0xac, 0x02]: a cut-off varint is an error, not a guess.
-        assert!(Reader::new(&[0xac]).uvarint().is_err());
-    }
-
-    /// A broker answering with canned bytes: each connection gets ApiVersions, then either
-    /// FindCoordinator (pointing at itself) or the request under test.
-    fn fake_broker(final_answer: Vec<u8>) -> (u16, std::thread::JoinHandle<Vec<Vec<u8>>>) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = std::thread::spawn(move || {
-            let mut requests = Vec::new();
-            for _ in 0..2 {
-                let (mut s, _) = listener.accept().unwrap();
-                loop {
-                    let mut size = [0u8; 4];
-                    if s.read_exact(&mut size).is_err() {
-                        break;
-                    }
-                    let mut req = vec![0u8; i32::from_be_bytes(size) as usize];
-                    s.read_exact(&mut req).unwrap();
-                    let api = i16::from_be_bytes([req[0], req[1]]);
-                    let mut body = req[4..8].to_vec(); // correlation id
-                    match api {
-                        API_VERSIONS => {
-                            body.extend_from_slice(&0i16.to_be_bytes());
-                            body.extend_from_slice(&3i32.to_be_bytes());
-                            for (k, lo, hi) in [(10i16, 0i16, 4i16), (26, 0, 3), (65, 0, 0)] {
-                                body.extend_from_slice(&k.to_be_bytes());
-                                body.extend_from_slice(&lo.to_be_bytes());
-                                body.extend_from_slice(&hi.to_be_bytes());
-                            }
-                        }
-                        API_FIND_COORDINATOR => {
-                            body.extend_from_slice(&0i32.to_be_bytes()); // throttle
-                            body.extend_from_slice(&0i16.to_be_bytes()); // error
-                            body.extend_from_slice(&(-1i16).to_be_bytes()); // message
-                            body.extend_from_slice(&1i32.to_be_bytes()); // node
-                            put_str(&mut body, "127.0.0.1");
-                            body.extend_from_slice(&i32::from(port).to_be_bytes());
-                        }
-                        _ => body.extend_from_slice(&final_answer),
-                    }
-                    requests.push(req);
-                    let mut msg = (body.len() as i32).to_be_bytes().to_vec();
-                    msg.extend_from_slice(&body);
-                    s.write_all(&msg).unwrap();
-                    if api == API_FIND_COORDINATOR {
-                        break; // the client connects to the coordinator: this listener
-                    }
-                }
-            }
-            requests
-        });
-        (port, server)
-    }
-
-    fn header(api: i16, version: i16, correlation: i32) -> Vec<u8> {
-        let mut h = api.to_be_bytes().to_vec();
-        h.extend_from_slice(&version.to_be_bytes());
-        h.extend_from_slice(&correlation.to_be_bytes());
-        put_str(&mut h, "me");
-        h
-    }
-
-    #[test]
-    fn end_txn_is_encoded_as_the_protocol_says() {
-        // throttle 0, INVALID_PRODUCER_EPOCH: ended before
-        let mut answer = 0i32.to_be_bytes().to_vec();
-        answer.extend_from_slice(&47i16.to_be_bytes());
-        let (port, server) = fake_broker(answer);
-        let txn = Txn {
-            transactional_id: "tx-0-1".into(),
-            producer_id: 1000,
-            producer_epoch: 3,
-        };
-        let client = Client::new(
-            &format!("127.0.0.1:{port}"),
-            "me",
-            Instant::now() + Duration::from_secs(10),
-        );
-        assert_eq!(client.commit(&txn).unwrap(), Committed::Earlier);
-        let requests = server.join().unwrap();
-        assert_eq!(requests[0], header(18, 0, 1));
-        let mut find = header(10, 1, 2);
-        put_str(&mut find, "tx-0-1");
-        find.push(1);
-        assert_eq!(requests[1], find);
-        let mut end = header(26, 1, 1);
-        put_str(&mut end, "tx-0-1");
-        end.extend_from_slice(&1000i64.to_be_bytes());
-        end.extend_from_slice(&3i16.to_be_bytes());
-        end.push(1);
-        assert_eq!(requests[2], end);
-    }
-
-    #[test]
-    fn describe_transactions_uses_the_flexible_encoding() {
-        // response header tags, throttle, one state: no error, id, "Ongoing", then fields
-        // this client does not read
-        let mut answer = vec![0];
-        answer.extend_from_slice(&0i32.to_be_bytes());
-        put_uvarint(&mut answer, 2);
-        answer.extend_from_slice(&0i16.to_be_bytes());
-        put_compact_str(&mut answer, "tx-3-0");
-        put_compact_str(&mut answer, "Ongoing");
-        answer.extend_from_slice(&[0; 30]);
-        let (port, server) = fake_broker(answer);
-        let client = Client::new(
-            &format!("127.0.0.1:{port}"),
-            "me",
-            Instant::now() + Duration::from_secs(10),
-        );
-        let state = client.state("tx-3-0").unwrap().unwrap();
-        assert_eq!(state, TxnState::Known("Ongoing".into()));
-        assert!(state.is_open());
-        let requests = server.join().unwrap();
-        let mut describe = header(65, 0, 1);
-        describe.push(0); // header tags
-        describe.push(2); // one id
-        describe.push(7);
-        describe.extend_from_slice(b"tx-3-0");
-        describe.push(0); // body tags
-        assert_eq!(requests[2], describe);
-    }
-}
+#[path = "txn_client_tests.rs"]
+mod tests;
