@@ -236,7 +236,8 @@ impl LogicalGraph {
     }
 
     /// Plans the graph: resolves parallelism, turns forward edges between different
-    /// parallelisms into rebalance (as Flink does) and chains operators.
+    /// parallelisms into rebalance (as Flink does), hash edges between two operators of
+    /// parallelism 1 into forward edges, and chains operators.
     ///
     /// Chaining rule (Flink's): `b` joins `a`'s chain when the edge `a -> b` is forward, both
     /// have the same parallelism, it is `a`'s only output and `b`'s only input. `key_by`,
@@ -334,6 +335,13 @@ impl LogicalGraph {
             .map(|e| match e.partitioning {
                 Partitioning::Forward if parallelism[e.from] != parallelism[e.to] => {
                     Partitioning::Rebalance
+                }
+                // With one subtask on each side every key goes to subtask 0 anyway: the
+                // edge is forward and may chain, saving a channel and a thread hop per
+                // record. Keyed operators place keys in key groups themselves (from their
+                // own key hash), so their state still rescales by key group.
+                Partitioning::Hash if parallelism[e.from] == 1 && parallelism[e.to] == 1 => {
+                    Partitioning::Forward
                 }
                 p => p,
             })
