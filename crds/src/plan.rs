@@ -654,6 +654,23 @@ mod tests {
     }
 
     #[test]
+    fn key_by_between_two_operators_of_parallelism_1_chains() {
+        let mut g = G::new(1);
+        let s = g.node(Source, "source", None, &[]);
+        let m = g.node(Transform, "flat_map", None, &[(s, Forward)]);
+        let r = g.node(Transform, "reduce", None, &[(m, Hash)]);
+        let k = g.node(Sink, "print", None, &[(r, Forward)]);
+        assert_eq!(g.chains(), vec![vec![s, m, r, k]]);
+        // Parallelism 1 on one side only: still a hash edge.
+        let mut g = G::new(2);
+        let s = g.node(Source, "source", Some(1), &[]);
+        let r = g.node(Transform, "reduce", None, &[(s, Hash)]);
+        let k = g.node(Sink, "print", None, &[(r, Forward)]);
+        assert_eq!(g.chains(), vec![vec![s], vec![r, k]]);
+        assert_eq!(g.0.plan().unwrap().edges[0].partitioning, Hash);
+    }
+
+    #[test]
     fn parallelism_change_breaks_chain_and_becomes_rebalance() {
         let mut g = G::new(2);
         let s = g.node(Source, "source", Some(1), &[]);
