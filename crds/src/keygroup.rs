@@ -95,7 +95,13 @@ tuple_key!(A, B, C, D);
 /// Key group of a key hash.
 #[inline]
 pub fn key_group_of_hash(hash: u64, max_parallelism: u32) -> u32 {
-    (hash % u64::from(max_parallelism)) as u32
+    // The same result as `%` for powers of two (the default 128 is one), without the 64-bit
+    // division (~40 cycles, ~5% of a keyed word count's CPU by perf).
+    if max_parallelism.is_power_of_two() {
+        (hash & u64::from(max_parallelism - 1)) as u32
+    } else {
+        (hash % u64::from(max_parallelism)) as u32
+    }
 }
 
 /// Key group of a key.
@@ -152,6 +158,15 @@ impl KeyGroupRange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_group_is_the_hash_modulo_max_parallelism() {
+        for mp in [1, 2, 3, 100, 128, 4096, 32_768] {
+            for h in [0, 1, 127, 128, 12_345_678_901, u64::MAX - 1, u64::MAX] {
+                assert_eq!(u64::from(key_group_of_hash(h, mp)), h % u64::from(mp));
+            }
+        }
+    }
 
     #[test]
     fn every_key_group_has_exactly_one_owner() {

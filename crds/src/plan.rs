@@ -236,7 +236,8 @@ impl LogicalGraph {
     }
 
     /// Plans the graph: resolves parallelism, turns forward edges between different
-    /// parallelisms into rebalance (as Flink does) and chains operators.
+    /// parallelisms into rebalance (as Flink does), hash edges between two operators of
+    /// parallelism 1 into forward edges, and chains operators.
     ///
     /// Chaining rule (Flink's): `b` joins `a`'s chain when the edge `a -> b` is forward, both
     /// have the same parallelism, it is `a`'s only output and `b`'s only input. `key_by`,
@@ -334,6 +335,13 @@ impl LogicalGraph {
             .map(|e| match e.partitioning {
                 Partitioning::Forward if parallelism[e.from] != parallelism[e.to] => {
                     Partitioning::Rebalance
+                }
+                // With one subtask on each side every key goes to subtask 0 anyway: the
+                // edge is forward and may chain, saving a channel and a thread hop per
+                // record. Keyed operators place keys in key groups themselves (from their
+                // own key hash), so their state still rescales by key group.
+                Partitioning::Hash if parallelism[e.from] == 1 && parallelism[e.to] == 1 => {
+                    Partitioning::Forward
                 }
                 p => p,
             })
@@ -643,6 +651,23 @@ mod tests {
         assert_eq!(plan.edges.len(), 1);
         assert_eq!(plan.edges[0].partitioning, Hash);
         assert_eq!((plan.edges[0].from_node, plan.edges[0].to_node), (m, r));
+    }
+
+    #[test]
+    fn key_by_between_two_operators_of_parallelism_1_chains() {
+        let mut g = G::new(1);
+        let s = g.node(Source, "source", None, &[]);
+        let m = g.node(Transform, "flat_map", None, &[(s, Forward)]);
+        let r = g.node(Transform, "reduce", None, &[(m, Hash)]);
+        let k = g.node(Sink, "print", None, &[(r, Forward)]);
+        assert_eq!(g.chains(), vec![vec![s, m, r, k]]);
+        // Parallelism 1 on one side only: still a hash edge.
+        let mut g = G::new(2);
+        let s = g.node(Source, "source", Some(1), &[]);
+        let r = g.node(Transform, "reduce", None, &[(s, Hash)]);
+        let k = g.node(Sink, "print", None, &[(r, Forward)]);
+        assert_eq!(g.chains(), vec![vec![s], vec![r, k]]);
+        assert_eq!(g.0.plan().unwrap().edges[0].partitioning, Hash);
     }
 
     #[test]

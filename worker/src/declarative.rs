@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use streamjob_crds::Partitioning;
-use streamjob_crds::StableKey;
+
 use streamjob_crds::expr::{EachError, EvalError, Program, Value};
 use streamjob_crds::graph::{JobGraph, WATERMARKS_OPERATOR, to_job_graph};
 use streamjob_crds::keygroup::key_group_of_hash;
@@ -20,6 +20,7 @@ use crate::StreamExecutionEnvironment;
 use crate::api::environment::source_runtime_of;
 use crate::api::functions::{Sink, SinkWriter, Source};
 use crate::api::graph::{AnyBox, EdgeDef, EdgeKind, NodeDef, NodeRuntime, Typed, TypedEdge, unbox};
+use crate::codec::key_hash::stable_hash;
 use crate::codec::state::{KeyedStateWriter, Restore, read_keyed_state};
 use crate::connectors::blackhole::RecordCounter;
 use crate::connectors::collection::CollectionSource;
@@ -205,25 +206,15 @@ pub fn build_job(
                     .expect("keyBy steps carry a program")
                     .clone();
                 // A key that fails to evaluate is routed anywhere: the keyed operator
-                // evaluates it again and applies the onError policy there.
-                let into_window =
-                    matches!(validated.step(graph.step_of(e.to)).op, StepOp::Window(_));
-                if into_window {
-                    // The window operators place keys by the serde hash of the key
-                    // (`codec::key_hash`), the same for the Rust API and the spec.
-                    Some(Arc::new(move |v: &Value| {
-                        program
-                            .eval_cow(&[v])
-                            .map(|k| crate::codec::key_hash::stable_hash(&*k))
-                            .unwrap_or(0)
-                    })
-                        as Arc<dyn Fn(&Value) -> u64 + Send + Sync>)
-                } else {
-                    Some(Arc::new(move |v: &Value| {
-                        program.eval_cow(&[v]).map(|k| k.stable_hash()).unwrap_or(0)
-                    })
-                        as Arc<dyn Fn(&Value) -> u64 + Send + Sync>)
-                }
+                // evaluates it again and applies the onError policy there. Every keyed
+                // operator (reduce, window) places keys by this same hash.
+                Some(Arc::new(move |v: &Value| {
+                    program
+                        .eval_cow(&[v])
+                        .map(|k| stable_hash(&*k))
+                        .unwrap_or(0)
+                })
+                    as Arc<dyn Fn(&Value) -> u64 + Send + Sync>)
             }
             _ => None,
         };
@@ -634,7 +625,7 @@ impl ExprReduce {
         let restore = Restore {
             owned: self.state.key_groups(),
             max_parallelism: self.max_parallelism,
-            hash: |key: &Value| key.stable_hash(),
+            hash: |key: &Value| stable_hash(key),
         };
         for (subtask, snap) in snapshots {
             let state = &mut self.state;
@@ -666,7 +657,7 @@ impl Output<Value> for ExprReduce {
             );
             return self.handler.failed(&item, EvalError { message });
         }
-        let hash = key.stable_hash();
+        let hash = stable_hash(&*key);
         let group = key_group_of_hash(hash, self.max_parallelism);
         match self.state.get_mut(group, hash, &key) {
             Some(slot) => {

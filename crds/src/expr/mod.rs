@@ -54,6 +54,7 @@ pub use limits::{
 
 pub use small_str::{INLINE_CAP, Str};
 pub use value::{Value, ValueMap, ValueType};
+pub use value_serde::SERDE_ENUM_NAME;
 
 /// An expression that does not compile: syntax error, unknown variable or function, or a
 /// type error that is certain at compile time.

@@ -26,7 +26,12 @@ use super::value::Value;
 /// Deepest nesting of lists and maps a decoded value may have.
 const MAX_DEPTH: u32 = 128;
 
-const NAME: &str = "Value";
+/// The enum name of the tagged form. Binary formats do not write it; the key hasher
+/// (`streamjob::codec::key_hash`) recognises it to hash a `Value` as
+/// [`StableKey`](crate::StableKey) does, so it must not be a name a user's own enum could
+/// have.
+pub const SERDE_ENUM_NAME: &str = "streamjob_crds::expr::Value";
+const NAME: &str = SERDE_ENUM_NAME;
 const VARIANTS: &[&str] = &[
     "Null", "False", "True", "Int", "UInt", "Double", "String", "Bytes", "List", "Map",
 ];

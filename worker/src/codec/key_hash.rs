@@ -10,14 +10,19 @@
 //! - maps: that of the list of per-entry hashes, each the XXH3 of `key hash ++ value hash`;
 //! - enum variants: the hash of the tuple `(variant index, fields...)`.
 //!
+//! - the spec's `Value` (`streamjob_crds::expr::Value`): as its payload, transparently (a
+//!   string value like the string, a list like the tuple of its elements).
+//!
 //! So strings, integers, bools and tuples of them hash exactly as `streamjob_crds::StableKey`
-//! hashes them (a test checks it): their key groups did not move when keys went through
-//! serde. Byte vectors serialize as sequences of numbers and so hash differently from
+//! hashes them, and so does every `Value` (tests check both): their key groups did not move
+//! when keys went through serde, and a spec key lands in the same key group whichever
+//! operator (reduce, window) holds it. Byte vectors serialize as sequences of numbers and so hash differently from
 //! `StableKey`'s `[u8]`. Changing any rule here moves keys to other key groups: it needs a
 //! keyed-state format version bump (`super::state::FORMAT_VERSION`).
 
 use serde::Serialize;
 use serde::ser;
+use streamjob_crds::expr::SERDE_ENUM_NAME;
 use xxhash_rust::xxh3::xxh3_64;
 
 /// The stable hash of `key`; equal keys (equal serde forms) hash equally in every process.
@@ -175,10 +180,17 @@ impl ser::Serializer for KeyHasher {
     }
     fn serialize_unit_variant(
         self,
-        _: &'static str,
+        name: &'static str,
         index: u32,
         _: &'static str,
     ) -> Result<u64, KeyHashError> {
+        if name == SERDE_ENUM_NAME {
+            // `Value`'s unit variants: Null, False, True.
+            return Ok(match index {
+                0 => empty_hash(),
+                i => int_hash(i64::from(i) - 1),
+            });
+        }
         Ok(Compound::new(Some(index)).finish())
     }
     fn serialize_newtype_struct<T: Serialize + ?Sized>(
@@ -188,13 +200,18 @@ impl ser::Serializer for KeyHasher {
     ) -> Result<u64, KeyHashError> {
         v.serialize(self)
     }
+    #[inline]
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
         self,
-        _: &'static str,
+        name: &'static str,
         index: u32,
         _: &'static str,
         v: &T,
     ) -> Result<u64, KeyHashError> {
+        if name == SERDE_ENUM_NAME {
+            // A `Value` hashes as its payload: "a" like `"a"`, 5 like `5i64`.
+            return v.serialize(self);
+        }
         let mut c = Compound::new(Some(index));
         c.element(v)?;
         Ok(c.finish())
@@ -319,6 +336,43 @@ mod tests {
         assert_eq!(stable_hash(&triple), triple.stable_hash());
         let four = (1u32, 2u16, "c".to_string(), -4i8);
         assert_eq!(stable_hash(&four), four.stable_hash());
+    }
+
+    #[test]
+    fn spec_values_hash_as_value_stable_hash_does() {
+        use std::sync::Arc;
+        use streamjob_crds::expr::Value;
+        let values = vec![
+            Value::Null,
+            Value::Bool(false),
+            Value::Bool(true),
+            Value::Int(-7),
+            Value::UInt(u64::MAX),
+            Value::Double(2.5),
+            Value::string("word"),
+            Value::string(&"long ".repeat(20)),
+            Value::Bytes(Arc::from(&b"\x00\xff"[..])),
+            Value::list(vec![Value::string("a"), Value::Int(1)]),
+            Value::list((0..12).map(Value::Int).collect()),
+            Value::map([
+                ("k", Value::list(vec![Value::Null, Value::Bool(true)])),
+                ("z", Value::Double(-0.0)),
+            ]),
+        ];
+        for v in &values {
+            assert_eq!(stable_hash(v), v.stable_hash(), "{v}");
+        }
+        // A spec string key and a Rust `String` key share their key group.
+        assert_eq!(stable_hash(&Value::string("word")), stable_hash("word"));
+    }
+
+    #[test]
+    fn a_user_enum_named_value_keeps_its_variant_hash() {
+        #[derive(Serialize)]
+        enum Value {
+            S(String),
+        }
+        assert_ne!(stable_hash(&Value::S("a".into())), stable_hash("a"));
     }
 
     #[derive(Serialize, Deserialize)]

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use streamjob_crds::expr::Value;
 use streamjob_crds::keygroup::key_group_of_hash;
 use tracing::{info, warn};
 
@@ -134,7 +135,26 @@ type Slots<A> = smallvec::SmallVec<[Slot<A>; 1]>;
 type Timers<KO> = BTreeMap<i64, Vec<Timer<KO>>>;
 
 const MAGIC: &[u8; 5] = b"SJwin";
-const FORMAT_VERSION: u8 = 1;
+/// 2: spec (`Value`) keys are placed by the hash every spec operator uses (version 1 hashed
+/// their tagged serde form, so their key groups differ). Version 1 state is still read when
+/// its keys are not `Value`s: their hash did not change.
+const FORMAT_VERSION: u8 = 2;
+
+/// The format version of a window snapshot whose keys are `KO`s, if this build reads it.
+fn readable_version<KO: 'static>(snap: &[u8]) -> Result<u8, String> {
+    let found = snap
+        .strip_prefix(&MAGIC[..])
+        .and_then(|r| r.first().copied());
+    match found {
+        Some(1) if std::any::TypeId::of::<KO>() == std::any::TypeId::of::<Value>() => Err(
+            "window state format version 1 placed spec keys by an older key hash (their key \
+             groups differ in this build): restore it with the streamjob release that wrote it"
+                .into(),
+        ),
+        Some(1) => Ok(1),
+        _ => Ok(FORMAT_VERSION),
+    }
+}
 
 pub struct WindowOperator<T, K: ?Sized + ToOwned, A: WindowAggregator<T>, R> {
     key: WindowKeyFn<T, K>,
@@ -560,8 +580,9 @@ where
         let mut windows: Restored<K::Owned, A::Acc> = Vec::new();
         for (subtask, snap) in snapshots {
             let bad = |what: &str| format!("window state of old subtask {subtask}: {what}");
-            let (wm, blob) = timed_state::split(snap, MAGIC, FORMAT_VERSION, "window state")
-                .map_err(|e| bad(&e))?;
+            let version = readable_version::<K::Owned>(snap).map_err(|e| bad(&e))?;
+            let (wm, blob) =
+                timed_state::split(snap, MAGIC, version, "window state").map_err(|e| bad(&e))?;
             // With aligned barriers every subtask had the same watermark; the minimum is
             // the safe choice either way (nothing is considered late that was not).
             watermark = Some(watermark.map_or(wm, |m| m.min(wm)));
@@ -935,5 +956,31 @@ mod tests {
             .restore(&[(0, b"SJks\x01".to_vec())])
             .unwrap_err();
         assert!(err.contains("SJwin header is missing"), "{err}");
+    }
+
+    #[test]
+    fn version_1_state_is_read_unless_its_keys_are_spec_values() {
+        // Rust-API keys hash as they did in version 1: such state still restores.
+        let out = Arc::new(Mutex::new(vec![]));
+        let r = KeyGroupRange::for_subtask(0, 1, MAX_P);
+        let a = TumblingEventTimeWindows::of(Duration::from_millis(10));
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(0));
+        let mut w = op(a, 0, clock.clone(), r, out.clone());
+        set_current_timestamp(3);
+        w.emit(("k".into(), 4)).unwrap();
+        let mut snap = w.snapshot().unwrap();
+        assert_eq!(snap[5], FORMAT_VERSION);
+        snap[5] = 1;
+        let mut b = op(a, 0, clock, r, out.clone());
+        b.restore(&[(0, snap.clone())]).unwrap();
+        b.signal(Signal::Watermark(MAX_WATERMARK)).unwrap();
+        assert_eq!(*out.lock().unwrap(), vec![("k".to_string(), 0, 10, 4)]);
+        // Spec keys were placed by another hash in version 1: refused, naming why.
+        let err = readable_version::<Value>(&snap).unwrap_err();
+        assert!(
+            err.contains("version 1") && err.contains("key hash"),
+            "{err}"
+        );
+        assert_eq!(readable_version::<String>(&snap), Ok(1));
     }
 }
