@@ -208,6 +208,7 @@ pub(super) fn lingering_ids(
             }
         }
     }
+    crate::runtime::metrics::kafka::transactions_aborted(open.len() as u64);
     Ok(open)
 }
 
@@ -335,6 +336,7 @@ impl<T> Writer<T> {
             slot.state = SlotState::Committed {
                 after_barrier: self.last_barrier,
             };
+            crate::runtime::metrics::kafka::transaction_committed();
             debug!(
                 checkpoint,
                 records,
@@ -463,12 +465,15 @@ impl<T> Writer<T> {
                 )
             })?;
             match outcome {
-                Committed::Now => info!(
+                Committed::Now => {
+                    crate::runtime::metrics::kafka::transaction_committed();
+                    info!(
                     id = %p.transactional_id,
                     checkpoint = p.checkpoint,
                     records = p.records,
                     "committed a transaction of the restored checkpoint"
-                ),
+                    )
+                }
                 Committed::Earlier => info!(
                     id = %p.transactional_id,
                     checkpoint = p.checkpoint,

@@ -7,8 +7,8 @@
 //! thread-local set when the task starts, also looked up once per batch.
 
 mod encode;
-pub mod kafka;
 mod exchange;
+pub mod kafka;
 mod summary;
 
 use std::cell::RefCell;
