@@ -247,11 +247,14 @@ mod tests {
         let s = WorkerSummary {
             records_in_per_second: 10.4,
             records_out_per_second: 20.6,
+            kafka_lag: Some(7),
             workers: 3,
         };
+        // Worker 0's lag already includes its peers' (it adds them like the rates).
         let rates = Some(JobRates {
             records_in_per_second: 10,
             records_out_per_second: 21,
+            kafka_lag: Some(7),
         });
         assert_eq!(job_wide(&s, 3), rates);
         assert_eq!(job_wide(&WorkerSummary { workers: 2, ..s }, 3), None);

@@ -407,3 +407,25 @@ impl JobMetrics {
 pub fn summary() -> Summary {
     global().job_summary().totals
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The operator reads worker 0's summary alone once it covers every worker, so worker 0's
+    /// Kafka lag must include what its peers' sources are behind.
+    #[test]
+    fn worker_0s_kafka_lag_includes_its_peers() {
+        let m = JobMetrics::default();
+        let peer = serde_json::json!({
+            "chains": [],
+            "totals": Summary { kafka_lag: Some(5), ..Summary::default() },
+        });
+        let body = serde_json::to_vec(&peer).unwrap();
+        let own = super::super::kafka::snapshot().total_lag().unwrap_or(0);
+        m.peer_report(1, "127.0.0.1:1", Ok(&body));
+        let totals = m.job_summary().totals;
+        assert_eq!(totals.kafka_lag, Some(own + 5));
+        assert_eq!(totals.workers, 2);
+    }
+}
