@@ -139,6 +139,10 @@ impl ExchangeService {
             None
         };
         match mismatch {
+            // A peer still in an earlier run of the job: it fails and joins this run.
+            Some(m) if crate::net::coordination::earlier_run(&h.plan_hash, &me.plan_hash) => {
+                Err(Status::failed_precondition(m))
+            }
             // The data this worker waits for will never come: fail here too.
             Some(m) => {
                 self.failures.fail(m.clone());
