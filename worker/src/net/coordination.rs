@@ -267,15 +267,38 @@ impl Members {
     }
 }
 
-/// Whether `theirs` is the plan hash of an earlier run (epoch) of the same job as `ours`
-/// (`<plan>-e<epoch>`, see `cluster`): a worker still winding down that run. Refusing it
-/// must not fail this run.
+/// The plan and the run (epoch) in a handshake's plan hash (`<plan>-e<epoch>`, see
+/// `cluster`).
+fn plan_and_run(hash: &str) -> Option<(&str, u64)> {
+    let (plan, epoch) = hash.rsplit_once("-e")?;
+    Some((plan, epoch.parse().ok()?))
+}
+
+/// Whether `theirs` is the plan hash of an earlier run of the same job as `ours`: a worker
+/// still winding down that run. Refusing it must not fail this run.
 pub(crate) fn earlier_run(theirs: &str, ours: &str) -> bool {
-    let epoch = |h: &str| {
-        h.rsplit_once("-e")
-            .and_then(|(plan, e)| Some((plan.to_string(), e.parse::<u64>().ok()?)))
-    };
-    matches!((epoch(theirs), epoch(ours)), (Some((p1, e1)), Some((p2, e2))) if p1 == p2 && e1 < e2)
+    matches!((plan_and_run(theirs), plan_and_run(ours)),
+        (Some((p1, e1)), Some((p2, e2))) if p1 == p2 && e1 < e2)
+}
+
+/// Why worker `from` (plan hash `theirs`) and worker `me` (`ours`) cannot exchange data when
+/// they run the same plan but different runs of the job; `None` when that is not the case.
+pub(crate) fn other_run(from: u32, theirs: &str, me: u32, ours: &str) -> Option<String> {
+    let ((p1, e1), (p2, e2)) = (plan_and_run(theirs)?, plan_and_run(ours)?);
+    if p1 != p2 || e1 == e2 {
+        return None;
+    }
+    Some(if e1 < e2 {
+        format!(
+            "worker {from} is still in run {e1} of the job, worker {me} in run {e2}: worker \
+             {from} restarts and joins run {e2}"
+        )
+    } else {
+        format!(
+            "worker {from} is in run {e1} of the job, worker {me} still in run {e2}: worker \
+             {me} restarts and joins run {e1}"
+        )
+    })
 }
 
 /// How often a wait for other workers says what it waits for.
@@ -716,5 +739,81 @@ impl FollowerLink {
             }
         }
         follow.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::context::CancelFlag;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    const PLAN: &str = "00000000000000aa-00000000000000bb";
+
+    #[test]
+    fn runs_of_one_job_are_told_apart_from_other_plans() {
+        let (e5, e7) = (format!("{PLAN}-e5"), format!("{PLAN}-e7"));
+        assert!(earlier_run(&e5, &e7));
+        assert!(!earlier_run(&e7, &e5));
+        assert!(!earlier_run(&e5, &e5));
+        // Another plan is not an earlier run, whatever its epoch.
+        assert!(!earlier_run("00000000000000cc-00000000000000bb-e1", &e7));
+        assert_eq!(
+            other_run(1, &e5, 0, &e7).unwrap(),
+            "worker 1 is still in run 5 of the job, worker 0 in run 7: worker 1 restarts and \
+             joins run 7"
+        );
+        assert_eq!(
+            other_run(0, &e7, 1, &e5).unwrap(),
+            "worker 0 is in run 7 of the job, worker 1 still in run 5: worker 1 restarts and \
+             joins run 7"
+        );
+        assert_eq!(other_run(1, &e7, 0, &e7), None);
+        assert_eq!(other_run(1, PLAN, 0, &e7), None);
+    }
+
+    #[test]
+    fn the_leader_waits_for_every_follower_and_names_the_missing_ones() {
+        let members = Members::new(3);
+        let cancel = CancelFlag::default();
+        assert!(members.join(2));
+        assert!(!members.join(2), "a second join of one worker is reported");
+        let err = block_on(members.all_joined(9, Duration::from_millis(300), &cancel)).unwrap_err();
+        assert!(
+            err.starts_with("worker(s) [1] did not join run 9 of the job within 300ms"),
+            "{err}"
+        );
+        assert!(members.join(1));
+        block_on(members.all_joined(9, Duration::from_millis(300), &cancel)).unwrap();
+    }
+
+    #[test]
+    fn a_join_waits_for_the_release_and_gives_up_when_the_run_fails() {
+        let members = Arc::new(Members::new(2));
+        let cancel = CancelFlag::default();
+        let waiting = {
+            let (m, c) = (members.clone(), cancel.clone());
+            std::thread::spawn(move || block_on(m.until_released(Duration::from_secs(30), &c)))
+        };
+        members.release();
+        assert!(waiting.join().unwrap());
+        let failed = Members::new(2);
+        cancel.set();
+        assert!(!block_on(
+            failed.until_released(Duration::from_secs(30), &cancel)
+        ));
+        // Without a release or a failure the wait ends at its deadline.
+        let stuck = Members::new(2);
+        assert!(!block_on(stuck.until_released(
+            Duration::from_millis(200),
+            &CancelFlag::default()
+        )));
     }
 }

@@ -129,6 +129,13 @@ impl ExchangeService {
                 "job mismatch: worker {} runs job '{}', worker {} runs '{}'",
                 h.from_worker, h.job, self.failures.worker, me.job
             ))
+        } else if let Some(m) = crate::net::coordination::other_run(
+            h.from_worker,
+            &h.plan_hash,
+            self.failures.worker,
+            &me.plan_hash,
+        ) {
+            Some(m)
         } else if h.plan_hash != me.plan_hash {
             Some(format!(
                 "plan hash mismatch: worker {} runs plan {}, worker {} runs plan {} \
