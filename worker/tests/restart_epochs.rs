@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Worker, free_ports, has_complete_checkpoint, kill9, wait_until};
+use common::{Worker, free_ports, has_complete_checkpoint, kill9, signal, wait_until};
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("sj-epochs-{}-{name}", std::process::id()));
@@ -172,6 +172,67 @@ fn a_killed_follower_started_again_rejoins_and_the_counts_stay_exact() {
     assert!(
         err0.contains("restart 1"),
         "worker 0 restarted once: {err0}"
+    );
+    assert_eq!(final_counts(&dir.join("out")), expected);
+}
+
+/// The run worker 0 leads, as it marks it in the checkpoint storage.
+fn leader_mark(chk: &Path) -> Option<String> {
+    let mut dirs = vec![chk.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = e.path();
+            if path.file_name().is_some_and(|n| n == "_leader") {
+                return std::fs::read_to_string(path).ok();
+            }
+            if path.is_dir() {
+                dirs.push(path);
+            }
+        }
+    }
+    None
+}
+
+/// The restarts a worker announced ("job 'x' failed: ...; restart n in ...").
+fn restarts(stderr: &str) -> usize {
+    stderr
+        .lines()
+        .filter(|l| l.contains("' failed: ") && l.contains("; restart "))
+        .count()
+}
+
+/// Worker 1 freezes mid-run (SIGSTOP): worker 0 loses it and restarts its run while worker 1
+/// still holds the old one. When worker 1 resumes, both meet in worker 0's new run and each
+/// restarts exactly once. Before, worker 0's new run opened channels to worker 1's old one,
+/// they refused each other ("plan hash mismatch") and failed again and again.
+#[test]
+fn a_frozen_worker_that_resumes_joins_the_run_worker_0_restarted() {
+    let dir = tmp("frozen");
+    let (yaml, expected) = spec(&dir, 100_000);
+    let path = dir.join("job.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let peers = free_ports(2);
+    let w0 = Worker::start(&path, 0, &peers, "t", &[]);
+    let w1 = Worker::start(&path, 1, &peers, "t", &[]);
+    let chk = dir.join("chk");
+    wait_until(Duration::from_secs(60), "no complete checkpoint", || {
+        has_complete_checkpoint(&chk)
+    });
+    let first = leader_mark(&chk).expect("worker 0 marks its run");
+    signal("STOP", w1.child.id());
+    wait_until(
+        Duration::from_secs(60),
+        "worker 0 did not restart its run",
+        || leader_mark(&chk).is_some_and(|m| m != first),
+    );
+    signal("CONT", w1.child.id());
+    let (ok1, err1) = w1.wait(Duration::from_secs(90));
+    let (ok0, err0) = w0.wait(Duration::from_secs(10));
+    assert!(ok0 && ok1, "worker 0:\n{err0}\nworker 1:\n{err1}");
+    assert_eq!(
+        (restarts(&err0), restarts(&err1)),
+        (1, 1),
+        "worker 0:\n{err0}\nworker 1:\n{err1}"
     );
     assert_eq!(final_counts(&dir.join("out")), expected);
 }
