@@ -154,7 +154,7 @@ fn a_worker_that_rejoins_the_run_it_left_restarts_the_job_at_once() {
 #[test]
 fn a_killed_follower_started_again_rejoins_and_the_counts_stay_exact() {
     let dir = tmp("follower");
-    let (yaml, expected) = spec(&dir, 100_000);
+    let (yaml, expected) = spec(&dir, 200_000);
     let path = dir.join("job.yaml");
     std::fs::write(&path, &yaml).unwrap();
     let peers = free_ports(2);
@@ -208,7 +208,7 @@ fn restarts(stderr: &str) -> usize {
 #[test]
 fn a_frozen_worker_that_resumes_joins_the_run_worker_0_restarted() {
     let dir = tmp("frozen");
-    let (yaml, expected) = spec(&dir, 100_000);
+    let (yaml, expected) = spec(&dir, 200_000);
     let path = dir.join("job.yaml");
     std::fs::write(&path, &yaml).unwrap();
     let peers = free_ports(2);
