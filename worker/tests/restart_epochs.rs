@@ -215,15 +215,25 @@ fn a_frozen_worker_that_resumes_joins_the_run_worker_0_restarted() {
     let w0 = Worker::start(&path, 0, &peers, "t", &[]);
     let w1 = Worker::start(&path, 1, &peers, "t", &[]);
     let chk = dir.join("chk");
+    let started = Instant::now();
     wait_until(Duration::from_secs(60), "no complete checkpoint", || {
         has_complete_checkpoint(&chk)
     });
     let first = leader_mark(&chk).expect("worker 0 marks its run");
+    let mut w1 = w1;
     signal("STOP", w1.child.id());
+    assert!(
+        w1.child.try_wait().unwrap().is_none(),
+        "the job ended before worker 1 was frozen: give it more input"
+    );
     wait_until(
         Duration::from_secs(60),
         "worker 0 did not restart its run",
         || leader_mark(&chk).is_some_and(|m| m != first),
+    );
+    eprintln!(
+        "worker 0 restarted its run {:?} after the start",
+        started.elapsed()
     );
     signal("CONT", w1.child.id());
     let (ok1, err1) = w1.wait(Duration::from_secs(90));
