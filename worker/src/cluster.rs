@@ -176,6 +176,11 @@ pub(crate) fn run_distributed(
     let tasks = match opened {
         Ok(tasks) => tasks,
         Err(e) => {
+            // Followers waiting in their join hear at once that this run will not start.
+            cancel.set();
+            if let Some((members, _)) = &members {
+                members.wake();
+            }
             // The next attempt listens on the same port.
             if let Some(s) = server {
                 s.stop(runtime);
