@@ -246,3 +246,33 @@ fn a_frozen_worker_that_resumes_joins_the_run_worker_0_restarted() {
     );
     assert_eq!(final_counts(&dir.join("out")), expected);
 }
+
+/// Worker 0 is killed mid-run and its pod starts it again at once, while worker 1 is still
+/// failing out of the old run: the new worker 0 waits for worker 1 to join its run instead
+/// of opening channels to the old one (which refused them and failed the new run too). Each
+/// restarts the job once at most: worker 1 once, the new worker 0 never.
+#[test]
+fn a_killed_leader_started_again_is_joined_and_the_counts_stay_exact() {
+    let dir = tmp("leader");
+    let (yaml, expected) = spec(&dir, 200_000);
+    let path = dir.join("job.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let peers = free_ports(2);
+    let mut w0 = Worker::start(&path, 0, &peers, "t", &[]);
+    let w1 = Worker::start(&path, 1, &peers, "t", &[]);
+    wait_until(Duration::from_secs(60), "no complete checkpoint", || {
+        has_complete_checkpoint(&dir.join("chk"))
+    });
+    kill9(w0.child.id());
+    let _ = w0.child.wait();
+    let w0 = Worker::start(&path, 0, &peers, "t", &[]);
+    let (ok0, err0) = w0.wait(Duration::from_secs(90));
+    let (ok1, err1) = w1.wait(Duration::from_secs(10));
+    assert!(ok0 && ok1, "worker 0:\n{err0}\nworker 1:\n{err1}");
+    assert_eq!(
+        (restarts(&err0), restarts(&err1)),
+        (0, 1),
+        "worker 0:\n{err0}\nworker 1:\n{err1}"
+    );
+    assert_eq!(final_counts(&dir.join("out")), expected);
+}
