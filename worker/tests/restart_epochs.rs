@@ -247,10 +247,10 @@ fn a_frozen_worker_that_resumes_joins_the_run_worker_0_restarted() {
     assert_eq!(final_counts(&dir.join("out")), expected);
 }
 
-/// Worker 0 is killed mid-run and its pod starts it again at once, while worker 1 is still
-/// failing out of the old run: the new worker 0 waits for worker 1 to join its run instead
-/// of opening channels to the old one (which refused them and failed the new run too). Each
-/// restarts the job once at most: worker 1 once, the new worker 0 never.
+/// Worker 0 is killed mid-run and its pod starts it again at once, while worker 1 may still
+/// be failing out of the old run: the new worker 0 waits for worker 1 to join its run before
+/// it opens any channel, so worker 1 restarts once and the new worker 0 never. (A guard for
+/// the join barrier: the old code passed this too, worker 1 leaving its run fast enough.)
 #[test]
 fn a_killed_leader_started_again_is_joined_and_the_counts_stay_exact() {
     let dir = tmp("leader");
