@@ -20,7 +20,7 @@ use tracing::info;
 use crate::api::environment::{JobExecutionResult, StreamExecutionEnvironment};
 use crate::error::JobError;
 use crate::net::cluster::ClusterConfig;
-use crate::net::coordination::{FollowerLink, JoinError, LeaderService};
+use crate::net::coordination::{FollowerLink, JoinError, LOG_WAIT_EVERY, LeaderService, Members};
 use crate::net::exchange::{self, ExchangeService, Failures, Handshake};
 use crate::net::transport::GrpcTransport;
 use crate::runtime::checkpoint::{CheckpointConfig, Coordinator, JobShape, Report, now_ms};
@@ -57,6 +57,16 @@ fn checkpoint_error(message: String) -> JobError {
     }
 }
 
+/// The run failed before its tasks started: the first failure reported (e.g. a worker
+/// that rejoined), else `why`.
+fn run_failed(failures: &Failures, why: String) -> JobError {
+    let errors = failures.errors.lock().unwrap();
+    match errors.iter().find(|e| e.is_root_cause()).or(errors.first()) {
+        Some(e) => JobError::Task(e.clone()),
+        None => JobError::Coordination(why),
+    }
+}
+
 /// Runs this worker's share of the job and exchanges records with the other workers.
 pub(crate) fn run_distributed(
     graph: &GraphBuilder,
@@ -80,7 +90,7 @@ pub(crate) fn run_distributed(
     };
     let runtime = network_runtime()?;
     let finished = Arc::new(AtomicBool::new(false));
-    let checkpoints = match &graph.checkpointing {
+    let mut checkpoints = match &graph.checkpointing {
         None => Checkpoints::default(),
         Some(config) => {
             let setup = CheckpointSetup {
@@ -102,44 +112,95 @@ pub(crate) fn run_distributed(
         worker: cluster.index,
         slots: cluster.slots,
     };
-    let built = executor::build_tasks(
-        graph,
-        &plan,
-        &cancel,
-        Some(placement),
-        checkpoints.coordinator.clone(),
-    )?;
-    info!(
-        job = job_name,
-        worker = cluster.index,
-        workers = cluster.workers,
-        plan = %handshake.plan_hash,
-        subtasks = built.tasks.len(),
-        outbound = built.outbound.len(),
-        inbound = built.inbound.len(),
-        "worker started"
-    );
     let mut transport = GrpcTransport::new(
         runtime.handle().clone(),
-        handshake,
+        handshake.clone(),
         failures.clone(),
         cluster.peers.clone(),
         cluster.connect_timeout,
         cluster.tls.clone(),
         cluster.credit,
     );
-    // Inbound halves are registered before the server accepts streams, so a peer's stream
-    // never finds its channel missing.
-    transport
-        .open(built.outbound, built.inbound)
-        .map_err(setup_error)?;
-    let server = serve(
-        &runtime,
-        cluster,
-        transport.service(),
-        checkpoints.leader,
-        &failures,
-    )?;
+    // The leader serves first (the followers join it), then waits for all of them before
+    // it builds its tasks and opens its channels. A follower is served once its inbound
+    // halves are registered, so a peer's stream never finds its channel missing.
+    let members = checkpoints
+        .leader
+        .as_ref()
+        .map(|l| (l.members.clone(), l.epoch));
+    let mut server = match checkpoints.leader.take() {
+        Some(leader) => Some(serve(
+            &runtime,
+            cluster,
+            transport.service(),
+            Some(leader),
+            &failures,
+        )?),
+        None => None,
+    };
+    let opened = (|| {
+        if let Some((members, epoch)) = &members {
+            runtime
+                .block_on(members.all_joined(*epoch, cluster.connect_timeout, &cancel))
+                .map_err(|e| {
+                    if !cancel.is_set() {
+                        failures.fail(e.clone());
+                    }
+                    // Followers waiting in their join hear that this run will not start.
+                    members.wake();
+                    run_failed(&failures, e)
+                })?;
+        }
+        let built = executor::build_tasks(
+            graph,
+            &plan,
+            &cancel,
+            Some(placement),
+            checkpoints.coordinator.clone(),
+        )?;
+        info!(
+            job = job_name,
+            worker = cluster.index,
+            workers = cluster.workers,
+            plan = %handshake.plan_hash,
+            subtasks = built.tasks.len(),
+            outbound = built.outbound.len(),
+            inbound = built.inbound.len(),
+            "worker started"
+        );
+        transport
+            .open(built.outbound, built.inbound)
+            .map_err(setup_error)?;
+        Ok(built.tasks)
+    })();
+    let tasks = match opened {
+        Ok(tasks) => tasks,
+        Err(e) => {
+            // Followers waiting in their join hear at once that this run will not start.
+            cancel.set();
+            if let Some((members, _)) = &members {
+                members.wake();
+            }
+            // The next attempt listens on the same port.
+            if let Some(s) = server {
+                s.stop(runtime);
+            }
+            return Err(e);
+        }
+    };
+    if server.is_none() {
+        server = Some(serve(
+            &runtime,
+            cluster,
+            transport.service(),
+            None,
+            &failures,
+        )?);
+    }
+    let server = server.expect("served above");
+    if let Some((members, _)) = &members {
+        members.release();
+    }
     let Checkpoints {
         coordinator,
         follower,
@@ -161,7 +222,7 @@ pub(crate) fn run_distributed(
     cluster.health.set_ready();
     // Tasks end only once the job's final checkpoint is complete, which needs every
     // worker's tasks to have finished: when they return here, the whole job is done.
-    let stats = executor::run_tasks(built.tasks, &cancel, &errors);
+    let stats = executor::run_tasks(tasks, &cancel, &errors);
     stop_trigger.store(true, Ordering::Release);
     if let Some(t) = trigger {
         let _ = t.join();
@@ -261,7 +322,8 @@ fn lead_checkpoints(
         failures: s.failures.clone(),
         finished: s.finished.clone(),
         restarts: s.cluster.restarts,
-        joined: Default::default(),
+        members: Arc::new(Members::new(s.cluster.workers)),
+        join_timeout: s.cluster.connect_timeout,
     };
     // Workers of different incarnations of the job (one restarted, one not yet) must refuse
     // each other's channels.
@@ -291,23 +353,40 @@ fn follow_leader(
                 cluster.tls.as_ref(),
             )
             .await?;
-            // A leader still running the job this worker left refuses the join until it has
-            // restarted itself: wait for that.
-            let started = Instant::now();
+            // The leader answers once every worker has joined its run. A leader still in a
+            // run that is failing (or that this worker left) refuses with "busy" until it
+            // has restarted: join the new run then. The leader's restart takes its restart
+            // delay, so wait longer than a connect.
+            let started = tokio::time::Instant::now();
+            let deadline = started + cluster.connect_timeout * 2;
+            let mut next_log = started + LOG_WAIT_EVERY;
             loop {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 match FollowerLink::join(
                     ch.clone(),
                     handshake.token.clone(),
                     cluster.index,
                     &handshake.plan_hash,
+                    left,
                 )
                 .await
                 {
                     Err(JoinError::LeaderBusy(e))
-                        if started.elapsed() < cluster.connect_timeout && !s.cancel.is_set() =>
+                        if tokio::time::Instant::now() < deadline && !s.cancel.is_set() =>
                     {
-                        tracing::debug!(reason = %e, "coordinator busy; joining again");
+                        if tokio::time::Instant::now() >= next_log {
+                            info!(reason = %e, waited = ?started.elapsed(), "waiting to join a run of worker 0");
+                            next_log += LOG_WAIT_EVERY;
+                        } else {
+                            tracing::debug!(reason = %e, "coordinator busy; joining again");
+                        }
                         tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(JoinError::LeaderBusy(e)) => {
+                        break Err(format!(
+                            "{e} (still refused after {:?} of trying)",
+                            started.elapsed()
+                        ));
                     }
                     other => break other.map_err(|e| e.to_string()),
                 }

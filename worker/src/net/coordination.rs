@@ -143,12 +143,166 @@ pub(crate) struct LeaderService {
     pub finished: Arc<AtomicBool>,
     /// Restarts of the job on this worker before this run.
     pub restarts: u32,
-    /// Workers that joined this run. A worker joins once per run: a second join means it
-    /// restarted while this leader still runs the job it left, which is about to fail too.
-    /// Admitting it would restore a stale checkpoint (the one this run started from) and let
-    /// its sinks abort transactions of a later complete checkpoint.
-    pub joined: Arc<std::sync::Mutex<std::collections::HashSet<u32>>>,
+    /// The followers of this run (epoch): every worker joins once, and no worker starts its
+    /// data exchange until all have joined, so workers of different runs never meet.
+    pub members: Arc<Members>,
+    /// How long a join waits for the run to start.
+    pub join_timeout: Duration,
 }
+
+/// The followers that joined one run of the job, and whether the leader let them start.
+///
+/// A run starts in two steps: every follower joins (its join call waits), then the leader,
+/// with every inbound channel registered, releases them all. So no worker opens a data
+/// stream to a worker still in an earlier run (which would refuse it and fail this one too,
+/// over and over), and no stream reaches the leader before its channels are ready.
+pub(crate) struct Members {
+    /// Workers other than the leader.
+    expected: u32,
+    state: std::sync::Mutex<MembersState>,
+    changed: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct MembersState {
+    joined: std::collections::BTreeSet<u32>,
+    released: bool,
+}
+
+impl Members {
+    pub fn new(workers: u32) -> Members {
+        Members {
+            expected: workers.saturating_sub(1),
+            state: Default::default(),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Adds `worker`; false when it already joined this run.
+    fn join(&self, worker: u32) -> bool {
+        let added = self.state.lock().unwrap().joined.insert(worker);
+        self.changed.notify_waiters();
+        added
+    }
+
+    /// Followers that have not joined yet.
+    fn missing(&self) -> Vec<u32> {
+        let s = self.state.lock().unwrap();
+        (1..=self.expected)
+            .filter(|w| !s.joined.contains(w))
+            .collect()
+    }
+
+    /// Lets the joined followers start (the leader's channels are ready).
+    pub fn release(&self) {
+        self.state.lock().unwrap().released = true;
+        self.changed.notify_waiters();
+    }
+
+    fn released(&self) -> bool {
+        self.state.lock().unwrap().released
+    }
+
+    /// Wakes every waiter to look at the run again (it failed).
+    pub fn wake(&self) {
+        self.changed.notify_waiters();
+    }
+
+    /// Waits (the leader) until every follower has joined, the run fails (`cancel`), or
+    /// `timeout` passes; logs who it waits for. The error names the workers missing.
+    pub async fn all_joined(
+        &self,
+        epoch: u64,
+        timeout: Duration,
+        cancel: &crate::runtime::context::CancelFlag,
+    ) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut next_log = tokio::time::Instant::now() + LOG_WAIT_EVERY;
+        loop {
+            // Registered before looking, so a join between the look and the wait wakes it.
+            let changed = self.changed.notified();
+            let missing = self.missing();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if cancel.is_set() {
+                return Err(format!(
+                    "run {epoch} failed while waiting for worker(s) {missing:?} to join"
+                ));
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(format!(
+                    "worker(s) {missing:?} did not join run {epoch} of the job within \
+                     {timeout:?}: every worker must start (or restart) and join worker 0"
+                ));
+            }
+            if now >= next_log {
+                tracing::info!(epoch, ?missing, "waiting for workers to join this run");
+                next_log = now + LOG_WAIT_EVERY;
+            }
+            // Short ticks: a cancel does not notify.
+            let _ = tokio::time::timeout(Duration::from_millis(100), changed).await;
+        }
+    }
+
+    /// Waits (a follower's join) until the leader releases the run; false if the run
+    /// failed first or `timeout` passed.
+    async fn until_released(
+        &self,
+        timeout: Duration,
+        cancel: &crate::runtime::context::CancelFlag,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.changed.notified();
+            if self.released() {
+                return true;
+            }
+            if cancel.is_set() || tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), changed).await;
+        }
+    }
+}
+
+/// The plan and the run (epoch) in a handshake's plan hash (`<plan>-e<epoch>`, see
+/// `cluster`).
+fn plan_and_run(hash: &str) -> Option<(&str, u64)> {
+    let (plan, epoch) = hash.rsplit_once("-e")?;
+    Some((plan, epoch.parse().ok()?))
+}
+
+/// Whether `theirs` is the plan hash of an earlier run of the same job as `ours`: a worker
+/// still winding down that run. Refusing it must not fail this run.
+pub(crate) fn earlier_run(theirs: &str, ours: &str) -> bool {
+    matches!((plan_and_run(theirs), plan_and_run(ours)),
+        (Some((p1, e1)), Some((p2, e2))) if p1 == p2 && e1 < e2)
+}
+
+/// Why worker `from` (plan hash `theirs`) and worker `me` (`ours`) cannot exchange data when
+/// they run the same plan but different runs of the job; `None` when that is not the case.
+pub(crate) fn other_run(from: u32, theirs: &str, me: u32, ours: &str) -> Option<String> {
+    let ((p1, e1), (p2, e2)) = (plan_and_run(theirs)?, plan_and_run(ours)?);
+    if p1 != p2 || e1 == e2 {
+        return None;
+    }
+    Some(if e1 < e2 {
+        format!(
+            "worker {from} is still in run {e1} of the job, worker {me} in run {e2}: worker \
+             {from} restarts and joins run {e2}"
+        )
+    } else {
+        format!(
+            "worker {from} is in run {e1} of the job, worker {me} still in run {e2}: worker \
+             {me} restarts and joins run {e1}"
+        )
+    })
+}
+
+/// How often a wait for other workers says what it waits for.
+pub(crate) const LOG_WAIT_EVERY: Duration = Duration::from_secs(5);
 
 impl LeaderService {
     fn check_epoch(&self, epoch: u64) -> Result<(), Status> {
@@ -174,11 +328,44 @@ impl Coordination for LeaderService {
                 r.worker, r.plan_hash, self.plan_hash
             )));
         }
-        if !self.joined.lock().unwrap().insert(r.worker) {
-            return Err(Status::unavailable(format!(
-                "worker {} already joined this run of the job (epoch {}); it is restarting: \
-                 join again once the coordinator has restarted",
+        if self.finished.load(Ordering::Acquire) {
+            return Err(Status::failed_precondition(format!(
+                "worker {} joins, but the job has finished (run {})",
                 r.worker, self.epoch
+            )));
+        }
+        if self.failures.cancel.is_set() {
+            return Err(Status::unavailable(format!(
+                "run {} of the job is failing on worker 0; join the run it restarts",
+                self.epoch
+            )));
+        }
+        if !self.members.join(r.worker) {
+            // Its previous incarnation left this run (it failed, or its pod restarted):
+            // this run cannot complete, and waiting for it to notice on its own may take
+            // until a channel times out. Restart now; the worker joins the next run.
+            self.failures.fail(format!(
+                "worker {} joined run {} a second time: it restarted, so this run cannot \
+                 complete; restarting the job",
+                r.worker, self.epoch
+            ));
+            self.members.wake();
+            return Err(Status::unavailable(format!(
+                "worker {} already joined run {} of the job; join again once worker 0 has \
+                 restarted it",
+                r.worker, self.epoch
+            )));
+        }
+        tracing::info!(worker = r.worker, epoch = self.epoch, "worker joined");
+        if !self
+            .members
+            .until_released(self.join_timeout, &self.failures.cancel)
+            .await
+        {
+            return Err(Status::unavailable(format!(
+                "run {} of the job did not start (another worker is missing or it failed); \
+                 join the run worker 0 restarts",
+                self.epoch
             )));
         }
         let restored = self.coordinator.restored_snapshot();
@@ -420,6 +607,7 @@ impl FollowerLink {
         token: Arc<str>,
         worker: u32,
         plan_hash: &str,
+        timeout: Duration,
     ) -> Result<(FollowerLink, Option<Restored>), JoinError> {
         let mut client = CoordinationClient::new(channel);
         let request = authorized(
@@ -430,9 +618,15 @@ impl FollowerLink {
             },
         )
         .map_err(JoinError::Failed)?;
-        let reply = client
-            .join(request)
+        // The leader answers once every worker has joined and it started the run.
+        let reply = tokio::time::timeout(timeout, client.join(request))
             .await
+            .map_err(|_| {
+                JoinError::LeaderBusy(format!(
+                    "the checkpoint coordinator (worker 0) did not start the run within \
+                     {timeout:?}"
+                ))
+            })?
             .map_err(|s| {
                 let m = format!(
                     "cannot join the checkpoint coordinator (worker 0): {}",
@@ -545,5 +739,81 @@ impl FollowerLink {
             }
         }
         follow.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::context::CancelFlag;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    const PLAN: &str = "00000000000000aa-00000000000000bb";
+
+    #[test]
+    fn runs_of_one_job_are_told_apart_from_other_plans() {
+        let (e5, e7) = (format!("{PLAN}-e5"), format!("{PLAN}-e7"));
+        assert!(earlier_run(&e5, &e7));
+        assert!(!earlier_run(&e7, &e5));
+        assert!(!earlier_run(&e5, &e5));
+        // Another plan is not an earlier run, whatever its epoch.
+        assert!(!earlier_run("00000000000000cc-00000000000000bb-e1", &e7));
+        assert_eq!(
+            other_run(1, &e5, 0, &e7).unwrap(),
+            "worker 1 is still in run 5 of the job, worker 0 in run 7: worker 1 restarts and \
+             joins run 7"
+        );
+        assert_eq!(
+            other_run(0, &e7, 1, &e5).unwrap(),
+            "worker 0 is in run 7 of the job, worker 1 still in run 5: worker 1 restarts and \
+             joins run 7"
+        );
+        assert_eq!(other_run(1, &e7, 0, &e7), None);
+        assert_eq!(other_run(1, PLAN, 0, &e7), None);
+    }
+
+    #[test]
+    fn the_leader_waits_for_every_follower_and_names_the_missing_ones() {
+        let members = Members::new(3);
+        let cancel = CancelFlag::default();
+        assert!(members.join(2));
+        assert!(!members.join(2), "a second join of one worker is reported");
+        let err = block_on(members.all_joined(9, Duration::from_millis(300), &cancel)).unwrap_err();
+        assert!(
+            err.starts_with("worker(s) [1] did not join run 9 of the job within 300ms"),
+            "{err}"
+        );
+        assert!(members.join(1));
+        block_on(members.all_joined(9, Duration::from_millis(300), &cancel)).unwrap();
+    }
+
+    #[test]
+    fn a_join_waits_for_the_release_and_gives_up_when_the_run_fails() {
+        let members = Arc::new(Members::new(2));
+        let cancel = CancelFlag::default();
+        let waiting = {
+            let (m, c) = (members.clone(), cancel.clone());
+            std::thread::spawn(move || block_on(m.until_released(Duration::from_secs(30), &c)))
+        };
+        members.release();
+        assert!(waiting.join().unwrap());
+        let failed = Members::new(2);
+        cancel.set();
+        assert!(!block_on(
+            failed.until_released(Duration::from_secs(30), &cancel)
+        ));
+        // Without a release or a failure the wait ends at its deadline.
+        let stuck = Members::new(2);
+        assert!(!block_on(stuck.until_released(
+            Duration::from_millis(200),
+            &CancelFlag::default()
+        )));
     }
 }

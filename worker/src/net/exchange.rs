@@ -130,6 +130,13 @@ impl ExchangeService {
                 "job mismatch: worker {} runs job '{}', worker {} runs '{}'",
                 h.from_worker, h.job, self.failures.worker, me.job
             ))
+        } else if let Some(m) = crate::net::coordination::other_run(
+            h.from_worker,
+            &h.plan_hash,
+            self.failures.worker,
+            &me.plan_hash,
+        ) {
+            Some(m)
         } else if h.plan_hash != me.plan_hash {
             Some(format!(
                 "plan hash mismatch: worker {} runs plan {}, worker {} runs plan {} \
@@ -140,6 +147,10 @@ impl ExchangeService {
             None
         };
         match mismatch {
+            // A peer still in an earlier run of the job: it fails and joins this run.
+            Some(m) if crate::net::coordination::earlier_run(&h.plan_hash, &me.plan_hash) => {
+                Err(Status::failed_precondition(m))
+            }
             // The data this worker waits for will never come: fail here too.
             Some(m) => {
                 self.failures.fail(m.clone());

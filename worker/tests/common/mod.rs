@@ -23,6 +23,15 @@ pub fn kill9(pid: u32) {
         .status();
 }
 
+/// Sends `SIG<name>` (e.g. `STOP`, `CONT`) to `pid`.
+pub fn signal(name: &str, pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
 /// Kills a mini-cluster and every worker it started: stopped first, so it cannot start a
 /// worker again between the listing and the kills.
 pub fn kill_cluster(cluster: &mut std::process::Child) {
