@@ -219,10 +219,12 @@ spec:
             (get_json(&w.web, "/api/job")["state"] == "finished").then_some(())
         });
     }
-    // Worker 0 reads worker 1 once a second: its summary becomes job-wide.
+    // Worker 0 reads worker 1 once a second: its summary becomes job-wide, and its final
+    // counts arrive with the first answer worker 1 gives after it finished (an answer cached
+    // from just before stays fresh for a few seconds).
     let s = wait_for(Duration::from_secs(30), "a job-wide summary", || {
         let s = get_json(&w0.web, "/api/summary");
-        (s["workers"] == 2).then_some(s)
+        (s["workers"] == 2 && s["records_out"] == 3 * lines).then_some(s)
     });
     assert_eq!(s["records_in"], lines, "{s}");
     assert_eq!(s["records_out"], 3 * lines, "{s}");
