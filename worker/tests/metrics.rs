@@ -327,7 +327,9 @@ fn socket_input_and_file_output_bytes_are_exact() {
     std::fs::create_dir_all(&dir).unwrap();
     let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = server.local_addr().unwrap().port();
-    let mut sent: String = (0..3000).map(|i| format!("line {i} {}\n", "x".repeat(i % 17))).collect();
+    let mut sent: String = (0..3000)
+        .map(|i| format!("line {i} {}\n", "x".repeat(i % 17)))
+        .collect();
     sent.push_str("no line end");
     let feeder = {
         let sent = sent.clone();

@@ -1040,8 +1040,8 @@ impl<T: Send + 'static> SourceReader<T> for Reader<T> {
                 }
                 continue;
             }
-            bytes += (record.key.map_or(0, <[u8]>::len) + record.payload.map_or(0, <[u8]>::len))
-                as u64;
+            bytes +=
+                (record.key.map_or(0, <[u8]>::len) + record.payload.map_or(0, <[u8]>::len)) as u64;
             let decoded = (self.decode)(&record).and_then(|v| {
                 let ts = match (&self.extract, &self.time) {
                     (Some(f), _) => Some(f(&v)?),
