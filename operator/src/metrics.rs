@@ -59,7 +59,7 @@ impl Default for Metrics {
         registry.register(
             "reconcile_queue_depth",
             "Jobs waiting for a reconcile: changed (they, their children or pods) since their \
-             last reconcile started; timed requeues count once due",
+             last reconcile started (timed requeues and retries not counted)",
             queue_depth.clone(),
         );
         registry.register(
