@@ -117,8 +117,10 @@ async fn a_job_changed_while_it_reconciles_waits_in_the_queue_until_it_runs_agai
     let not_found = || {
         Response::builder()
             .status(404)
-            .body(body(json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
-                              "reason": "NotFound", "code": 404})))
+            .body(body(
+                json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                              "reason": "NotFound", "code": 404}),
+            ))
             .unwrap()
     };
     let first = gets.lock().unwrap().remove(0);
