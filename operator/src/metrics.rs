@@ -3,7 +3,7 @@
 //! standby is ready; the leader is ready while every watch it runs has listed its objects and
 //! is not failing).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -31,6 +31,9 @@ pub struct Metrics {
     leader_gauge: Gauge,
     watches_down: Gauge,
     in_flight: Gauge,
+    queue_depth: Gauge,
+    /// Jobs (namespace, name) a change was seen for since their last reconcile started.
+    queued: Mutex<HashSet<(String, String)>>,
     /// This replica holds the leader lease (or leader election is off).
     leader: AtomicBool,
     /// Each watch the controller runs, and whether it is listed and not failing.
@@ -46,11 +49,18 @@ impl Default for Metrics {
         let leader_gauge = Gauge::default();
         let watches_down = Gauge::default();
         let in_flight = Gauge::default();
+        let queue_depth = Gauge::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconciles_in_flight",
-            "Reconciles running now (kube-runtime's scheduler queue itself is not exposed)",
+            "Reconciles running now",
             in_flight.clone(),
+        );
+        registry.register(
+            "reconcile_queue_depth",
+            "Jobs waiting for a reconcile: changed (they, their children or pods) since their \
+             last reconcile started (timed requeues and retries not counted)",
+            queue_depth.clone(),
         );
         registry.register(
             "reconcile_errors",
@@ -80,6 +90,8 @@ impl Default for Metrics {
             leader_gauge,
             watches_down,
             in_flight,
+            queue_depth,
+            queued: Mutex::new(HashSet::new()),
             leader: AtomicBool::new(false),
             watches: Mutex::new(BTreeMap::new()),
         }
@@ -100,6 +112,22 @@ impl Metrics {
     pub fn reconciling(&self) -> InFlight<'_> {
         self.in_flight.inc();
         InFlight(&self.in_flight)
+    }
+
+    /// A change that triggers a reconcile of job `ns/name` was seen (the controller's queue
+    /// deduplicates per job, and so does this count).
+    pub fn queued(&self, ns: &str, name: &str) {
+        let mut q = self.queued.lock().unwrap();
+        q.insert((ns.to_string(), name.to_string()));
+        self.queue_depth.set(q.len() as i64);
+    }
+
+    /// The controller took job `ns/name` off its queue: a reconcile starts, or the job is
+    /// gone and none will.
+    pub fn dequeued(&self, ns: &str, name: &str) {
+        let mut q = self.queued.lock().unwrap();
+        q.remove(&(ns.to_string(), name.to_string()));
+        self.queue_depth.set(q.len() as i64);
     }
 
     pub fn observe(&self, took: Duration, failed: bool) {
@@ -220,6 +248,35 @@ mod tests {
             m.render()
                 .contains("streamjob_operator_reconciles_in_flight 0\n")
         );
+    }
+
+    #[test]
+    fn the_queue_depth_counts_each_waiting_job_once() {
+        let m = Metrics::default();
+        let depth = |m: &Metrics| {
+            let text = m.render();
+            text.lines()
+                .find_map(|l| l.strip_prefix("streamjob_operator_reconcile_queue_depth "))
+                .unwrap_or_else(|| panic!("no queue depth in\n{text}"))
+                .to_string()
+        };
+        assert_eq!(depth(&m), "0");
+        m.queued("a", "job");
+        // The job's StatefulSet and a pod changed too: still one job waiting.
+        m.queued("a", "job");
+        m.queued("a", "job");
+        m.queued("b", "job");
+        assert_eq!(depth(&m), "2");
+        m.dequeued("a", "job");
+        assert_eq!(depth(&m), "1");
+        // Changed again while its reconcile runs: waiting again.
+        m.queued("a", "job");
+        assert_eq!(depth(&m), "2");
+        m.dequeued("a", "job");
+        m.dequeued("b", "job");
+        // A job taken off twice (gone, then its reconcile) does not go negative.
+        m.dequeued("b", "job");
+        assert_eq!(depth(&m), "0");
     }
 
     #[test]

@@ -165,3 +165,127 @@ spec:
     assert_eq!(read.kafka_lag, Some(0));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A bounded job from a topic of keyed records counts exactly their keys' and payloads'
+/// bytes as input, and its Kafka sink exactly the payloads it produced as output (the
+/// string format writes no key).
+#[test]
+fn kafka_source_and_sink_bytes_are_exactly_the_keys_and_payloads() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+    let input = unique("bytes-in");
+    let output = unique("bytes-out");
+    create_topic(&input, 2);
+    create_topic(&output, 1);
+    let records: Vec<(String, String)> = (0..1500)
+        .map(|i| {
+            (
+                format!("k{}", i % 37),
+                format!("value {i} {}", "y".repeat(i % 11)),
+            )
+        })
+        .collect();
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .create()
+        .unwrap();
+    for (i, (k, v)) in records.iter().enumerate() {
+        // Every third record has no key: it counts its payload only.
+        let mut record = BaseRecord::to(&input)
+            .payload(v.as_bytes())
+            .partition(i as i32 % 2);
+        if i % 3 != 0 {
+            record = record.key(k.as_bytes());
+        }
+        while let Err((_, r)) = producer.send(record) {
+            record = r;
+            producer.poll(Duration::from_millis(10));
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let payloads: usize = records.iter().map(|(_, v)| v.len()).sum();
+    let keys: usize = records
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 != 0)
+        .map(|(_, (k, _))| k.len())
+        .sum();
+    let dir = std::env::temp_dir().join(format!("sj-kafka-bytes-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = dir.join("job.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"apiVersion: streamjob.dev/v1alpha1
+kind: StreamJob
+metadata: {{name: kafka-bytes}}
+spec:
+  parallelism: 2
+  steps:
+    - name: in
+      source:
+        kafka:
+          bootstrapServers: "{broker}"
+          topics: [{input}]
+          groupId: {group}
+          startingOffsets: earliest
+          format: string
+          bounded: true
+    - name: out
+      sink:
+        kafka:
+          bootstrapServers: "{broker}"
+          topic: {output}
+          format: string
+"#,
+            broker = broker(),
+            group = unique("g"),
+        ),
+    )
+    .unwrap();
+    let peer = free_ports(1).remove(0);
+    let p = start(
+        &[
+            "worker",
+            manifest.to_str().unwrap(),
+            "--index",
+            "0",
+            "--workers",
+            "1",
+            "--peers",
+            &peer,
+            "--listen",
+            &peer,
+            "--metrics-port",
+            "0",
+            "--idle-after-finish",
+        ],
+        &[("STREAMJOB_TOKEN", "kafka-bytes-test")],
+    );
+    wait_for(Duration::from_secs(90), "the job to finish", || {
+        (get_json(&p.web, "/api/job")["state"] == "finished").then_some(())
+    });
+    let (_, m) = get(&p.web, "/metrics").unwrap();
+    let job = r#"job="kafka-bytes""#;
+    assert_eq!(
+        sample_sum(&m, "streamjob_records_in_total", &[job, r#"operator="in""#]),
+        Some(records.len() as f64),
+        "{m}"
+    );
+    assert_eq!(
+        sample_sum(&m, "streamjob_task_input_bytes_total", &[job]),
+        Some((payloads + keys) as f64),
+        "{m}"
+    );
+    assert_eq!(
+        sample_sum(&m, "streamjob_source_read_bytes_total", &[job]),
+        Some((payloads + keys) as f64),
+        "{m}"
+    );
+    assert_eq!(
+        sample_sum(&m, "streamjob_task_output_bytes_total", &[job]),
+        Some(payloads as f64),
+        "{m}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

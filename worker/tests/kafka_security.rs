@@ -646,6 +646,101 @@ fn a_wrong_password_fails_fast_with_one_line_naming_the_broker_and_the_cause() {
     );
 }
 
+/// A bounded Kafka source reading topic `in` over `a` into a blackhole: its outcome, stderr
+/// and duration.
+fn source_job(
+    name: &str,
+    broker: &GatedBroker,
+    a: &Access,
+    dir: &Path,
+) -> (bool, String, Duration) {
+    let spec = dir.join("job.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            r#"apiVersion: streamjob.dev/v1alpha1
+kind: StreamJob
+metadata:
+  name: {name}
+spec:
+  steps:
+    - name: lines
+      source:
+        kafka:
+          bootstrapServers: "{addr}"
+          topics: [in]
+          groupId: {name}
+          startingOffsets: earliest
+          format: string
+          bounded: true
+          {props}
+    - name: out
+      sink: {{blackhole: {{}}}}
+"#,
+            addr = broker.addr(),
+            props = job_props(a),
+        ),
+    )
+    .unwrap();
+    run(&spec, &secrets_dir(dir, a))
+}
+
+/// The source names the cause as the sink does: a wrong CA, then a wrong password.
+#[test]
+fn a_source_with_a_wrong_ca_or_password_fails_with_one_line_naming_the_cause() {
+    let dir = tmp("source-wrong-ca");
+    let mut a = Access {
+        certs: Some(with_certs(&dir)),
+        ca: "ca.crt",
+        sasl: None,
+    };
+    let broker = GatedBroker::start(a.certs.as_deref(), None);
+    create_topic(&broker.addr(), &a, "in");
+    a.ca = "other-ca.crt";
+    let (ok, err, took) = source_job("source-wrong-ca", &broker, &a, &dir);
+    assert!(
+        !ok,
+        "a source whose CA does not vouch for the broker must fail"
+    );
+    let cause = format!(
+        "cannot fetch metadata of topic 'in' from {0}: Kafka broker {0}: TLS handshake \
+         failed: invalid peer certificate: UnknownIssuer",
+        broker.addr()
+    );
+    assert!(err.contains(&cause), "{cause} in:\n{err}");
+    assert!(
+        took < Duration::from_secs(30),
+        "failed after {took:?}:\n{err}"
+    );
+    drop(broker);
+
+    let dir = tmp("source-wrong-password");
+    let mut a = Access {
+        certs: None,
+        ca: "",
+        sasl: Some(("SCRAM-SHA-256", PASSWORD)),
+    };
+    let broker = GatedBroker::start(None, Some(users(&["SCRAM-SHA-256"])));
+    create_topic(&broker.addr(), &a, "in");
+    a.sasl = Some(("SCRAM-SHA-256", "not-the-password"));
+    let (ok, err, took) = source_job("source-wrong-password", &broker, &a, &dir);
+    assert!(!ok, "a source with a wrong password must fail");
+    let cause = format!(
+        "cannot fetch metadata of topic 'in' from {0}: Kafka broker {0}: SASL SCRAM-SHA-256 \
+         authentication as '{USER}' failed: SaslAuthenticate: SaslAuthenticationFailed (58)",
+        broker.addr()
+    );
+    assert!(err.contains(&cause), "{cause} in:\n{err}");
+    assert!(
+        !err.contains("not-the-password"),
+        "the password is never printed"
+    );
+    assert!(
+        took < Duration::from_secs(30),
+        "failed after {took:?}:\n{err}"
+    );
+}
+
 /// A complete checkpoint (`chk-<n>/_metadata`) lists a pre-committed transaction with
 /// records in the exactly-once sink's state (`eo-<subtask>.state`).
 fn a_checkpoint_lists_a_pending_transaction(dir: &Path) -> bool {

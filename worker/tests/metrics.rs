@@ -319,6 +319,74 @@ spec:
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A socket source counts the bytes it received as input, a file sink the bytes it wrote as
+/// output: exactly what was sent (a last line without its end included) and the file's size.
+#[test]
+fn socket_input_and_file_output_bytes_are_exact() {
+    use std::io::Write as _;
+    let dir = std::env::temp_dir().join(format!("sj-metrics-bytes-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let mut sent: String = (0..3000)
+        .map(|i| format!("line {i} {}\n", "x".repeat(i % 17)))
+        .collect();
+    sent.push_str("no line end");
+    let feeder = {
+        let sent = sent.clone();
+        std::thread::spawn(move || {
+            let (mut conn, _) = server.accept().unwrap();
+            conn.write_all(sent.as_bytes()).unwrap();
+            // Closing ends the source (maxRetry 0): the job is bounded.
+        })
+    };
+    let out = dir.join("out.txt");
+    let manifest = dir.join("job.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: streamjob.dev/v1alpha1
+kind: StreamJob
+metadata: {{name: bytes}}
+spec:
+  steps:
+    - {{name: lines, source: {{socket: {{host: 127.0.0.1, port: {port}}}}}}}
+    - {{name: longer, map: {{expr: value + '!'}}}}
+    - {{name: out, sink: {{file: {{path: '{out}'}}}}}}
+",
+            out = out.display()
+        ),
+    )
+    .unwrap();
+    let p = one_worker(&manifest);
+    wait_for(Duration::from_secs(60), "the job to finish", || {
+        (get_json(&p.web, "/api/job")["state"] == "finished").then_some(())
+    });
+    feeder.join().unwrap();
+    let (_, m) = get(&p.web, "/metrics").unwrap();
+    let job = r#"job="bytes""#;
+    let written = std::fs::metadata(&out).unwrap().len();
+    // Every line got a '!' and a line end: the file is 3001 + 1 bytes longer than the input.
+    assert_eq!(written, sent.len() as u64 + 3002);
+    assert_eq!(
+        sample_sum(&m, "streamjob_task_input_bytes_total", &[job]),
+        Some(sent.len() as f64),
+        "{m}"
+    );
+    assert_eq!(
+        sample_sum(&m, "streamjob_source_read_bytes_total", &[job]),
+        Some(sent.len() as f64),
+        "{m}"
+    );
+    assert_eq!(
+        sample_sum(&m, "streamjob_task_output_bytes_total", &[job]),
+        Some(written as f64),
+        "{m}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `STREAMJOB_PROGRESS=always` draws the bar without a terminal: a file counts bytes of its
 /// total, a collection records of its total, each with an ETA.
 #[test]

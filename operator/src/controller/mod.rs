@@ -54,6 +54,7 @@ use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::api::{ApiResource, DynamicObject};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, store::Writer};
@@ -388,6 +389,31 @@ async fn deploy(
     }))
 }
 
+/// The namespace reconciles and the queue depth metric key a job by.
+fn job_namespace(job: &DynamicObject) -> String {
+    job.namespace().unwrap_or_else(|| "default".into())
+}
+
+/// Maps a child to the StreamJobs owning it (by its owner references, as
+/// `Controller::owns` maps them), each marked queued for the queue depth metric.
+fn owning_jobs<C: Resource>(
+    metrics: Arc<crate::metrics::Metrics>,
+    ar: ApiResource,
+) -> impl Fn(C) -> Vec<ObjectRef<DynamicObject>> + Send + Sync + 'static {
+    move |child| {
+        let ns = child.namespace();
+        let jobs: Vec<_> = child
+            .owner_references()
+            .iter()
+            .filter_map(|o| ObjectRef::from_owner_ref(ns.as_deref(), o, ar.clone()))
+            .collect();
+        for job in &jobs {
+            metrics.queued(job.namespace.as_deref().unwrap_or("default"), &job.name);
+        }
+        jobs
+    }
+}
+
 /// Runs the controller until SIGTERM or SIGINT; `namespaces` empty means all namespaces.
 ///
 /// The watch of StreamJobs uses kube-runtime's watcher with its default backoff (it relists
@@ -418,9 +444,10 @@ pub async fn run(ctx: Arc<Context>, namespaces: Vec<String>) {
             None => Api::all_with(client.clone(), &ar),
             Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
         };
-        let sts: Api<StatefulSet> = scoped(&client, &scope);
-        let cms: Api<ConfigMap> = scoped(&client, &scope);
-        let svcs: Api<Service> = scoped(&client, &scope);
+        // Children by their metadata only (their owner references), as `owns` watches them.
+        let sts: Api<PartialObjectMeta<StatefulSet>> = scoped(&client, &scope);
+        let cms: Api<PartialObjectMeta<ConfigMap>> = scoped(&client, &scope);
+        let svcs: Api<PartialObjectMeta<Service>> = scoped(&client, &scope);
         let pods: Api<Pod> = scoped(&client, &scope);
         let watch_name = format!(
             "streamjobs in {}",
@@ -442,21 +469,47 @@ pub async fn run(ctx: Arc<Context>, namespaces: Vec<String>) {
             })
             .reflect(writer)
             .applied_objects();
-        let ar_pods = ar.clone();
+        // Every trigger is marked queued for the queue depth metric (kube-runtime does not
+        // expose its scheduler): the jobs' own changes here, their children's and pods' in
+        // the mappers below, which do what `owns` would (owner references, metadata only).
+        let queued = ctx.metrics.clone();
+        let trigger = trigger.inspect(move |job| {
+            if let Ok(job) = job {
+                queued.queued(&job_namespace(job), &job.name_any());
+            }
+        });
+        let (ar_pods, queued) = (ar.clone(), ctx.metrics.clone());
         Controller::for_stream_with(trigger, reader, ar.clone())
-            .owns(sts, owned.clone())
-            .owns(cms, owned.clone())
-            .owns(svcs, owned.clone())
+            .watches_stream_with(
+                watcher(sts, owned.clone()).touched_objects(),
+                owning_jobs(ctx.metrics.clone(), ar.clone()),
+                (),
+            )
+            .watches_stream_with(
+                watcher(cms, owned.clone()).touched_objects(),
+                owning_jobs(ctx.metrics.clone(), ar.clone()),
+                (),
+            )
+            .watches_stream_with(
+                watcher(svcs, owned.clone()).touched_objects(),
+                owning_jobs(ctx.metrics.clone(), ar.clone()),
+                (),
+            )
             // Pods are the StatefulSet's: map them to their job by its instance label.
             .watches(pods, owned.clone(), move |pod: Pod| {
                 let job = pod.labels().get("app.kubernetes.io/instance")?.clone();
-                Some(ObjectRef::new_with(&job, ar_pods.clone()).within(&pod.namespace()?))
+                let ns = pod.namespace()?;
+                queued.queued(&ns, &job);
+                Some(ObjectRef::new_with(&job, ar_pods.clone()).within(&ns))
             })
             .shutdown_on_signal()
             .run(
-                |obj: Arc<DynamicObject>, ctx: Arc<Context>| async move {
-                    let ns = obj.namespace().unwrap_or_else(|| "default".into());
-                    reconcile_named(&ns, &obj.name_any(), &ctx).await
+                |obj: Arc<DynamicObject>, ctx: Arc<Context>| {
+                    // Off the queue now, when the controller hands the job over (a change
+                    // seen from here on waits for the next reconcile).
+                    let ns = job_namespace(&obj);
+                    ctx.metrics.dequeued(&ns, &obj.name_any());
+                    async move { reconcile_named(&ns, &obj.name_any(), &ctx).await }
                 },
                 |obj: Arc<DynamicObject>, error: &Error, ctx: Arc<Context>| {
                     backoff(
@@ -467,9 +520,18 @@ pub async fn run(ctx: Arc<Context>, namespaces: Vec<String>) {
                 },
                 ctx.clone(),
             )
-            .for_each(|r| async move {
-                if let Err(e) = r {
-                    warn!(error = %e, "controller");
+            .for_each(|r| {
+                let metrics = ctx.metrics.clone();
+                async move {
+                    match r {
+                        // A trigger for a job that is gone: no reconcile will take it.
+                        Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                            let ns = obj.namespace.as_deref().unwrap_or("default");
+                            metrics.dequeued(ns, &obj.name);
+                        }
+                        Err(e) => warn!(error = %e, "controller"),
+                        Ok(_) => {}
+                    }
                 }
             })
     });

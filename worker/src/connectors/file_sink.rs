@@ -91,7 +91,10 @@ impl<T: Display + Send + 'static> Sink<T> for FileSink<T> {
             file.set_len(0)?;
         }
         Ok(Box::new(FileWriter {
-            out: std::io::BufWriter::new(file),
+            out: std::io::BufWriter::new(Counted {
+                file,
+                unreported: 0,
+            }),
             path,
             _records: PhantomData,
         }))
@@ -99,9 +102,37 @@ impl<T: Display + Send + 'static> Sink<T> for FileSink<T> {
 }
 
 struct FileWriter<T> {
-    out: std::io::BufWriter<std::fs::File>,
+    out: std::io::BufWriter<Counted>,
     path: PathBuf,
     _records: PhantomData<fn(T)>,
+}
+
+/// The file under the buffer, counting what reaches it (once per buffer's worth, not per
+/// record) until the metrics are told.
+struct Counted {
+    file: std::fs::File,
+    unreported: u64,
+}
+
+impl std::io::Write for Counted {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.unreported += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl<T> FileWriter<T> {
+    /// Flushes the buffer and tells the task's output bytes what reached the file.
+    fn flush_and_report(&mut self) -> std::io::Result<()> {
+        let flushed = self.out.flush();
+        let c = self.out.get_mut();
+        crate::runtime::metrics::sink_wrote(std::mem::take(&mut c.unreported));
+        flushed
+    }
 }
 
 impl<T: Display> SinkWriter<T> for FileWriter<T> {
@@ -110,13 +141,14 @@ impl<T: Display> SinkWriter<T> for FileWriter<T> {
         Ok(())
     }
     fn flush(&mut self) -> Result<(), BoxError> {
-        self.out.flush()?;
+        self.flush_and_report()?;
         Ok(())
     }
     fn snapshot(&mut self, _checkpoint: u64) -> Result<Vec<u8>, BoxError> {
-        self.out.flush()?;
-        self.out.get_ref().sync_data()?;
-        Ok(self.out.get_ref().metadata()?.len().to_le_bytes().to_vec())
+        self.flush_and_report()?;
+        let file = &self.out.get_ref().file;
+        file.sync_data()?;
+        Ok(file.metadata()?.len().to_le_bytes().to_vec())
     }
     fn restore(&mut self, state: &[u8]) -> Result<(), BoxError> {
         let len = u64::from_le_bytes(
@@ -124,7 +156,8 @@ impl<T: Display> SinkWriter<T> for FileWriter<T> {
                 .try_into()
                 .map_err(|_| format!("bad file sink snapshot for {}", self.path.display()))?,
         );
-        let now = self.out.get_ref().metadata()?.len();
+        let file = &self.out.get_ref().file;
+        let now = file.metadata()?.len();
         if now < len {
             return Err(format!(
                 "{} has {now} bytes but had {len} at the checkpoint: it was changed outside the job",
@@ -132,7 +165,7 @@ impl<T: Display> SinkWriter<T> for FileWriter<T> {
             )
             .into());
         }
-        self.out.get_ref().set_len(len)?;
+        file.set_len(len)?;
         Ok(())
     }
 }

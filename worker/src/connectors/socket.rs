@@ -119,6 +119,7 @@ impl<T: Send + 'static> Source<T> for SocketSource<T> {
             connecting: None,
             line: Vec::new(),
             offset: 0,
+            unreported: 0,
             down_since: None,
             last_attempt: None,
             ever_connected: false,
@@ -182,6 +183,8 @@ struct SocketReader<T> {
     line: Vec<u8>,
     /// Bytes read on this connection before `line`.
     offset: u64,
+    /// Bytes emitted since the metrics were last told (once per poll).
+    unreported: u64,
     /// When the connection was lost (or first failed), while retrying.
     down_since: Option<Instant>,
     last_attempt: Option<Instant>,
@@ -259,6 +262,7 @@ impl<T> SocketReader<T> {
     fn emit(&mut self, line: &[u8], out: &mut Collector<'_, T>) -> Result<(), BoxError> {
         let at = self.offset;
         self.offset += line.len() as u64;
+        self.unreported += line.len() as u64;
         if let Some(record) = decode(
             trim_line_end(line),
             self.make,
@@ -274,6 +278,15 @@ impl<T> SocketReader<T> {
 
 impl<T: Send> SourceReader<T> for SocketReader<T> {
     fn poll_next(&mut self, out: &mut Collector<'_, T>) -> Result<SourceStatus, BoxError> {
+        let status = self.read_lines(out);
+        crate::runtime::metrics::source_read(std::mem::take(&mut self.unreported));
+        status
+    }
+}
+
+impl<T> SocketReader<T> {
+    /// Connects when needed and emits up to a batch of lines.
+    fn read_lines(&mut self, out: &mut Collector<'_, T>) -> Result<SourceStatus, BoxError> {
         if self.conn.is_none() {
             match self.poll_connect() {
                 Ok(Some(stream)) => {

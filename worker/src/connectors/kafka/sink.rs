@@ -362,6 +362,7 @@ impl<T> KafkaSink<T> {
             in_transaction: 0,
             last_barrier: 0,
             finished: false,
+            unreported_bytes: 0,
         };
         if !restoring {
             writer.begin_init();
@@ -508,9 +509,16 @@ struct Writer<T> {
     last_barrier: u64,
     /// End of input: everything is committed.
     finished: bool,
+    /// Key and payload bytes sent since the metrics were last told (once per flush).
+    unreported_bytes: u64,
 }
 
 impl<T> Writer<T> {
+    /// Tells the task's output bytes what was sent since the last call.
+    fn report_bytes(&mut self) {
+        crate::runtime::metrics::sink_wrote(std::mem::take(&mut self.unreported_bytes));
+    }
+
     /// Starts initialising the transactional producers in the background (after a restore
     /// committed what it had to: initialising aborts open transactions).
     fn begin_init(&mut self) {
@@ -632,6 +640,7 @@ impl<T> Writer<T> {
 
 impl<T: Send> SinkWriter<T> for Writer<T> {
     fn snapshot(&mut self, checkpoint: u64) -> Result<Vec<u8>, BoxError> {
+        self.report_bytes();
         match self.mode {
             Mode::TwoPhase => {
                 self.start()?;
@@ -736,6 +745,9 @@ impl<T: Send> SinkWriter<T> for Writer<T> {
                 }
             }
         }
+        // The sizes librdkafka was handed (what `encode` left out is not sent).
+        self.unreported_bytes += (if encoded.value { self.value.len() } else { 0 }
+            + if encoded.key { self.key.len() } else { 0 }) as u64;
         self.in_transaction += 1;
         self.since_poll += 1;
         if self.since_poll >= 1024 {
@@ -746,6 +758,7 @@ impl<T: Send> SinkWriter<T> for Writer<T> {
     }
 
     fn flush(&mut self) -> Result<(), BoxError> {
+        self.report_bytes();
         if self.finished {
             return Ok(());
         }
@@ -774,6 +787,7 @@ impl<T: Send> SinkWriter<T> for Writer<T> {
     }
 
     fn finish(&mut self) -> Result<(), BoxError> {
+        self.report_bytes();
         if self.finished {
             return Ok(());
         }

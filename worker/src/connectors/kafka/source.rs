@@ -338,6 +338,15 @@ impl<T: Send + 'static> Source<T> for KafkaSource<T> {
     }
 }
 
+/// The brokers librdkafka is given: a `bootstrap.servers` property (or secret) wins.
+fn bootstrap_servers(client: &ClientProperties) -> &str {
+    client
+        .secrets
+        .get("bootstrap.servers")
+        .or_else(|| client.properties.get("bootstrap.servers"))
+        .map_or(&client.bootstrap_servers, String::as_str)
+}
+
 /// librdkafka statistics interval of the consumer (the lag metric's resolution).
 const STATS_INTERVAL_MS: &str = "1000";
 
@@ -603,10 +612,11 @@ impl<T> Reader<T> {
                 .consumer
                 .fetch_metadata(Some(topic), LOOKUP)
                 .map_err(|e| {
-                    format!(
-                        "cannot fetch metadata of topic '{topic}' from {}: {e}",
-                        self.settings.client.bootstrap_servers
-                    )
+                    let servers = bootstrap_servers(&self.settings.client);
+                    // A wrong CA or password looks like any transport failure to librdkafka.
+                    let cause = super::security::diagnose(&self.settings.client, servers)
+                        .unwrap_or_else(|| e.to_string());
+                    format!("cannot fetch metadata of topic '{topic}' from {servers}: {cause}")
                 })?;
             let t = md.topics().iter().find(|t| t.name() == topic.as_str());
             let partitions: Vec<i32> = match t {
@@ -968,6 +978,8 @@ impl<T: Send + 'static> SourceReader<T> for Reader<T> {
         // One look at the clock per batch: the processing time of its records.
         let now = self.time.as_ref().map_or(0, |t| t.clock.now_ms());
         let mut emitted = 0;
+        // Keys and payloads of the records consumed, told to the metrics once per batch.
+        let mut bytes = 0;
         let mut timeout = Duration::from_millis(10);
         while emitted < SOURCE_BATCH {
             let Some(result) = self.consumer.poll(timeout) else {
@@ -1028,6 +1040,8 @@ impl<T: Send + 'static> SourceReader<T> for Reader<T> {
                 }
                 continue;
             }
+            bytes +=
+                (record.key.map_or(0, <[u8]>::len) + record.payload.map_or(0, <[u8]>::len)) as u64;
             let decoded = (self.decode)(&record).and_then(|v| {
                 let ts = match (&self.extract, &self.time) {
                     (Some(f), _) => Some(f(&v)?),
@@ -1067,6 +1081,7 @@ impl<T: Send + 'static> SourceReader<T> for Reader<T> {
             st.next = Some(record.offset + 1);
             self.uncommitted = true;
         }
+        crate::runtime::metrics::source_read(bytes);
         self.update_lag();
         if let Some(t) = &mut self.time
             && now >= t.next_emit_ms

@@ -123,20 +123,23 @@ impl Collector for Job {
         for (name, help, unit, samples) in [
             (
                 "task_input",
-                "Bytes into the task: read by its source, and received from other workers \
-                 (in-process hand-overs count none)",
+                "Bytes into the task: read by its source (file and socket bytes, Kafka keys \
+                 and payloads), and received from other workers (in-process hand-overs count \
+                 none)",
                 bytes.clone(),
                 per_task(|t| t.bytes_in),
             ),
             (
                 "task_output",
-                "Bytes the task sent to other workers over the exchange (encoded batches)",
+                "Bytes out of the task: written by its sink (file bytes, Kafka keys and \
+                 payloads), and sent to other workers over the exchange (encoded batches)",
                 bytes.clone(),
                 per_task(|t| t.bytes_out),
             ),
             (
                 "source_read",
-                "Bytes a source read from its input",
+                "Bytes a source read from its input (file and socket bytes, Kafka keys and \
+                 payloads)",
                 bytes.clone(),
                 per_task(|t| t.source_bytes_read),
             ),

@@ -56,8 +56,11 @@ pub struct TaskMetrics {
     ended_ns: AtomicU64,
     /// Busy time of earlier runs of this subtask (before a restart).
     earlier_ns: AtomicU64,
-    /// Bytes a source read from its input (a file's bytes); 0 for other tasks.
+    /// Bytes a source read from its input (a file's or socket's bytes, Kafka keys and
+    /// payloads); 0 for other tasks.
     source_bytes: AtomicU64,
+    /// Bytes a sink wrote to its output (a file's bytes, Kafka keys and payloads).
+    sink_bytes: AtomicU64,
     /// Size of a bounded source's input, bytes or records (0: unknown or unbounded).
     source_total_bytes: AtomicU64,
     source_total_records: AtomicU64,
@@ -90,6 +93,7 @@ impl TaskMetrics {
             ended_ns: AtomicU64::new(0),
             earlier_ns: AtomicU64::new(0),
             source_bytes: AtomicU64::new(0),
+            sink_bytes: AtomicU64::new(0),
             source_total_bytes: AtomicU64::new(0),
             source_total_records: AtomicU64::new(0),
             queued_batches: AtomicU64::new(0),
@@ -168,7 +172,7 @@ impl TaskMetrics {
             running: started != 0 && ended == 0,
             // Exchange bytes are added by the registry, which knows the channels.
             bytes_in: source_bytes,
-            bytes_out: 0,
+            bytes_out: load(&self.sink_bytes),
             source_bytes_read: source_bytes,
             source_total_bytes: nonzero(load(&self.source_total_bytes)),
             source_total_records: nonzero(load(&self.source_total_records)),
@@ -201,7 +205,8 @@ pub struct TaskSnapshot {
     /// are moved, not serialized, and count no bytes.
     #[serde(default)]
     pub bytes_in: u64,
-    /// Bytes the subtask sent over the exchange to other workers (encoded batches).
+    /// Bytes out of the subtask: written by its sink, plus sent over the exchange to other
+    /// workers (encoded batches).
     #[serde(default)]
     pub bytes_out: u64,
     #[serde(default)]
@@ -244,6 +249,14 @@ pub fn records_out(n: u64) {
 #[inline]
 pub fn source_read(n: u64) {
     with_current(|m| bump(&m.source_bytes, n));
+}
+
+/// This thread's sink wrote `n` bytes to its output (called per batch or flush).
+#[inline]
+pub fn sink_wrote(n: u64) {
+    if n > 0 {
+        with_current(|m| bump(&m.sink_bytes, n));
+    }
 }
 
 /// This thread's source learned the size of its bounded input.
@@ -657,6 +670,8 @@ mod tests {
             source_total(Some(1000), None);
             source_read(200);
             source_read(50);
+            sink_wrote(70);
+            sink_wrote(0);
         });
         let s = m.snapshot(0, 0);
         assert_eq!(s.alignments, 2);
@@ -667,8 +682,8 @@ mod tests {
             (s.source_total_bytes, s.source_bytes_read),
             (Some(1000), 250)
         );
-        // A source's bytes are its input bytes (no exchange here).
-        assert_eq!((s.bytes_in, s.bytes_out), (250, 0));
+        // A source's bytes are its input bytes, a sink's its output bytes (no exchange here).
+        assert_eq!((s.bytes_in, s.bytes_out), (250, 70));
         // Without a current task the hooks do nothing (and do not panic).
         aligned(Duration::from_millis(1));
         assert_eq!(m.snapshot(0, 0).alignments, 2);
