@@ -473,6 +473,26 @@ where
         }
         self.scratch = windows;
         match owned {
+            // The usual new window: without lateness it gets one timer (and is not late, or
+            // it would have been dropped above), which takes the key instead of a copy.
+            Some(key) if created.len() == 1 && fire_now.is_empty() && self.lateness() == 0 => {
+                let window = created[0];
+                let timers = if self.event_time() {
+                    &mut self.event_timers
+                } else {
+                    &mut self.processing_timers
+                };
+                timers
+                    .entry(window.max_timestamp())
+                    .or_default()
+                    .push(Timer {
+                        group,
+                        hash,
+                        key,
+                        window,
+                    });
+                Ok(())
+            }
             Some(key) => self.after_add(group, hash, key.borrow(), created, fire_now),
             None => Ok(()),
         }
