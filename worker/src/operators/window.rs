@@ -329,7 +329,7 @@ where
                 slots[pos].fired = true;
                 Some(self.agg.result(&slots[pos].acc))
             } else {
-                Some(self.agg.into_result(slots.swap_remove(pos).acc))
+                Some(self.agg.final_result(slots.swap_remove(pos).acc))
             }
         } else if time != window.max_timestamp() {
             slots.swap_remove(pos);

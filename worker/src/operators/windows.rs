@@ -256,7 +256,7 @@ pub trait WindowAggregator<T>: Send + Sync + 'static {
     fn result(&self, acc: &Self::Acc) -> Result<Self::Out, BoxError>;
     /// The result of a window that closes (its accumulator is dropped right after), so
     /// an aggregator may move it out instead of cloning.
-    fn into_result(&self, acc: Self::Acc) -> Result<Self::Out, BoxError> {
+    fn final_result(&self, acc: Self::Acc) -> Result<Self::Out, BoxError> {
         self.result(&acc)
     }
     fn merge(&self, a: Self::Acc, b: Self::Acc) -> Result<Self::Acc, BoxError>;
@@ -318,7 +318,7 @@ where
         acc.clone()
             .ok_or_else(|| "internal error: a window fired without records".into())
     }
-    fn into_result(&self, acc: Option<T>) -> Result<T, BoxError> {
+    fn final_result(&self, acc: Option<T>) -> Result<T, BoxError> {
         acc.ok_or_else(|| "internal error: a window fired without records".into())
     }
     fn merge(&self, a: Option<T>, b: Option<T>) -> Result<Option<T>, BoxError> {
