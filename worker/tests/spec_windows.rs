@@ -414,8 +414,8 @@ fn the_click_stream_example_counts_clicks_per_user_per_minute() {
 }
 
 /// The key group of the first key of every chunk of the keyed state in the state files of
-/// operator `uid` (`SJST` envelope, see `runtime::checkpoint::format`; keyed-state blob, see
-/// `codec::state`), by key.
+/// operator `uid` (`SJST` envelope, see `runtime::checkpoint::format`; for a count window the
+/// `SJcwn` header, see `operators::count_window`; keyed-state blob, see `codec::state`), by key.
 fn key_groups_in_state(dir: &Path, uid: &str) -> BTreeMap<String, u32> {
     let mut found = BTreeMap::new();
     let mut files = Vec::new();
@@ -440,6 +440,10 @@ fn key_groups_in_state(dir: &Path, uid: &str) -> BTreeMap<String, u32> {
         let bytes = std::fs::read(&f).unwrap();
         let uid_len = u16::from_le_bytes([bytes[5], bytes[6]]) as usize;
         let payload = &bytes[7 + uid_len + 4..];
+        // A count window's state starts with its own header: magic, version, watermark.
+        let payload = payload
+            .strip_prefix(&b"SJcwn\x02"[..])
+            .map_or(payload, |p| &p[8..]);
         let mut rest = payload
             .strip_prefix(&b"SJks\x01"[..])
             .unwrap_or_else(|| panic!("{f:?}: not a keyed state blob"));

@@ -506,6 +506,9 @@ impl<T, A: WindowAggregator<T>> WindowAggregator<T> for SharedAgg<A> {
     fn result(&self, acc: &A::Acc) -> Result<A::Out, BoxError> {
         self.0.result(acc)
     }
+    fn final_result(&self, acc: A::Acc) -> Result<A::Out, BoxError> {
+        self.0.final_result(acc)
+    }
     fn merge(&self, a: A::Acc, b: A::Acc) -> Result<A::Acc, BoxError> {
         self.0.merge(a, b)
     }

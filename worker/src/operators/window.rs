@@ -130,9 +130,18 @@ struct Timer<KO> {
 /// so the common case costs no extra cache miss per record.
 type Slots<A> = smallvec::SmallVec<[Slot<A>; 1]>;
 
+/// The windows a record created, and those that fire right away: inline, as a record
+/// rarely creates more than one window and rarely fires any, so no allocation per record.
+type Created = smallvec::SmallVec<[Window; 2]>;
+type FireNow<O> = smallvec::SmallVec<[(Window, Result<O, BoxError>); 1]>;
+
 /// Timers by time; one timer per (key, window, time) is enough because a window registers
 /// its timers once, when it is created.
 type Timers<KO> = BTreeMap<i64, Vec<Timer<KO>>>;
+
+/// How many keys without open windows a subtask keeps at least before dropping them
+/// (`sweep_emptied`).
+const KEEP_EMPTIED: usize = 65_536;
 
 const MAGIC: &[u8; 5] = b"SJwin";
 /// 2: spec (`Value`) keys are placed by the hash every spec operator uses (version 1 hashed
@@ -170,6 +179,8 @@ pub struct WindowOperator<T, K: ?Sized + ToOwned, A: WindowAggregator<T>, R> {
     id: OpId,
     checkpoint: Option<(Arc<Coordinator>, Arc<str>)>,
     late_dropped: u64,
+    /// Keys in `state` without open windows (see `sweep_emptied`).
+    emptied: usize,
     scratch: Vec<Window>,
 }
 
@@ -211,6 +222,7 @@ where
             id: setup.id,
             checkpoint: setup.checkpoint,
             late_dropped: 0,
+            emptied: 0,
             scratch: Vec::new(),
         }
     }
@@ -313,13 +325,12 @@ where
             return Ok(()); // merged into another session window
         };
         let result = if time == window.max_timestamp() && !slots[pos].fired {
-            let r = self.agg.result(&slots[pos].acc);
             if keep_fired {
                 slots[pos].fired = true;
+                Some(self.agg.result(&slots[pos].acc))
             } else {
-                slots.swap_remove(pos);
+                Some(self.agg.final_result(slots.swap_remove(pos).acc))
             }
-            Some(r)
         } else if time != window.max_timestamp() {
             slots.swap_remove(pos);
             None
@@ -327,7 +338,8 @@ where
             None
         };
         if slots.is_empty() {
-            self.state.remove(group, hash, key.borrow());
+            self.emptied += 1;
+            self.sweep_emptied();
         }
         match result {
             Some(r) => {
@@ -409,9 +421,14 @@ where
             self.scratch = windows;
             return self.late(item, ts);
         }
-        let slots = self
-            .state
-            .get_or_insert_with(group, hash, &key, || ((*key).to_owned(), Slots::new()));
+        let mut inserted = false;
+        let slots = self.state.get_or_insert_with(group, hash, &key, || {
+            inserted = true;
+            ((*key).to_owned(), Slots::new())
+        });
+        if slots.is_empty() && !inserted {
+            self.emptied -= 1; // a kept entry reused
+        }
         // The key is copied only when a window is created or fires now (timers and the
         // window function need it after the record moved into the accumulator).
         let needs_key = windows.iter().any(|w| {
@@ -422,8 +439,8 @@ where
         });
         let owned = needs_key.then(|| (*key).to_owned());
         let mut item = Some(item);
-        let mut fire_now: Vec<(Window, Result<A::Out, BoxError>)> = Vec::new();
-        let mut created: Vec<Window> = Vec::new();
+        let mut fire_now = FireNow::<A::Out>::new();
+        let mut created = Created::new();
         let err = |e: BoxError| format!("window function failed: {e}");
         for (i, w) in windows.iter().enumerate() {
             let v = if i + 1 == windows.len() {
@@ -456,9 +473,52 @@ where
         }
         self.scratch = windows;
         match owned {
+            // The usual new window: without lateness it gets one timer (and is not late, or
+            // it would have been dropped above), which takes the key instead of a copy.
+            Some(key) if created.len() == 1 && fire_now.is_empty() && self.lateness() == 0 => {
+                let window = created[0];
+                let timers = if self.event_time() {
+                    &mut self.event_timers
+                } else {
+                    &mut self.processing_timers
+                };
+                timers
+                    .entry(window.max_timestamp())
+                    .or_default()
+                    .push(Timer {
+                        group,
+                        hash,
+                        key,
+                        window,
+                    });
+                Ok(())
+            }
             Some(key) => self.after_add(group, hash, key.borrow(), created, fire_now),
             None => Ok(()),
         }
+    }
+
+    /// A key whose last window closed keeps its (empty) entry, so its next window reuses
+    /// it instead of copying the key, inserting and later removing it once per window and
+    /// key. Such entries are dropped once they outnumber both the keys with open windows
+    /// and `KEEP_EMPTIED`, which bounds what they hold.
+    fn sweep_emptied(&mut self) {
+        let live = self.state.len() - self.emptied;
+        if self.emptied <= KEEP_EMPTIED.max(live) {
+            return;
+        }
+        let mut dead: Vec<(u32, K::Owned)> = Vec::with_capacity(self.emptied);
+        for g in self.state.key_groups().as_range() {
+            for (k, v) in self.state.iter_group(g) {
+                if v.is_empty() {
+                    dead.push((g, k.clone()));
+                }
+            }
+        }
+        for (g, k) in dead {
+            self.state.remove(g, stable_hash(k.borrow()), k.borrow());
+        }
+        self.emptied = 0;
     }
 
     fn is_late(&self, window: &Window) -> bool {
@@ -473,8 +533,8 @@ where
         group: u32,
         hash: u64,
         key: &K,
-        created: Vec<Window>,
-        mut fire_now: Vec<(Window, Result<A::Out, BoxError>)>,
+        created: Created,
+        mut fire_now: FireNow<A::Out>,
     ) -> Result<(), TaskError> {
         for w in created {
             if self.register(group, hash, key, w) {
@@ -515,6 +575,9 @@ where
         let err = |e: BoxError| format!("window function failed: {e}");
         let mut acc: Option<A::Acc> = None;
         if let Some(slots) = self.state.get_mut(group, hash, key) {
+            if slots.is_empty() {
+                self.emptied -= 1; // a kept entry reused
+            }
             let mut i = 0;
             while i < slots.len() {
                 if slots[i].window.intersects(&new) {
@@ -559,7 +622,7 @@ where
         let out = timed_state::start(MAGIC, FORMAT_VERSION, self.watermark);
         let mut w = KeyedStateWriter::appending_to(out);
         for g in self.state.key_groups().as_range() {
-            for (k, v) in self.state.iter_group(g) {
+            for (k, v) in self.state.iter_group(g).filter(|(_, v)| !v.is_empty()) {
                 w.push(g, k.borrow(), &v[..]).map_err(|e| e.to_string())?;
             }
         }
@@ -618,7 +681,12 @@ where
                 }
             }
             match self.state.get_mut(g, hash, key.borrow()) {
-                Some(existing) => existing.extend(slots),
+                Some(existing) => {
+                    if existing.is_empty() && !slots.is_empty() {
+                        self.emptied -= 1;
+                    }
+                    existing.extend(slots)
+                }
                 None => self.state.put(g, hash, key, Slots::from_vec(slots)),
             }
         }
@@ -982,5 +1050,41 @@ mod tests {
             "{err}"
         );
         assert_eq!(readable_version::<String>(&snap), Ok(1));
+    }
+
+    #[test]
+    fn a_key_keeps_its_entry_between_windows_within_a_bound() {
+        let out = Arc::new(Mutex::new(vec![]));
+        let r = KeyGroupRange::for_subtask(0, 1, MAX_P);
+        let a = TumblingEventTimeWindows::of(Duration::from_millis(10));
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(0));
+        let mut w = op(a, 0, clock.clone(), r, out.clone());
+        set_current_timestamp(3);
+        w.emit(("k".into(), 4)).unwrap();
+        w.signal(Signal::Watermark(20)).unwrap();
+        assert_eq!((w.state.len(), w.emptied), (1, 1));
+        // A kept entry is no state: the snapshot holds no key.
+        let mut b = op(a, 0, clock.clone(), r, out.clone());
+        b.restore(&[(0, w.snapshot().unwrap())]).unwrap();
+        assert_eq!(b.state.len(), 0);
+        set_current_timestamp(25);
+        w.emit(("k".into(), 5)).unwrap();
+        assert_eq!((w.state.len(), w.emptied), (1, 0));
+        w.signal(Signal::Watermark(30)).unwrap();
+        assert_eq!(
+            *out.lock().unwrap(),
+            vec![("k".to_string(), 0, 10, 4), ("k".to_string(), 20, 30, 5)]
+        );
+        // Past the bound, the kept entries are dropped.
+        let n = KEEP_EMPTIED + 4_000;
+        set_current_timestamp(41);
+        for i in 0..n {
+            w.emit((i.to_string(), 1)).unwrap();
+        }
+        w.signal(Signal::Watermark(MAX_WATERMARK)).unwrap();
+        // "k" and the first KEEP_EMPTIED keys to close were dropped at the next one.
+        assert_eq!(w.state.len(), n + 1 - (KEEP_EMPTIED + 1));
+        assert_eq!(w.emptied, w.state.len());
+        assert_eq!(out.lock().unwrap().len(), 2 + n);
     }
 }

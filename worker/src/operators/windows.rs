@@ -254,6 +254,11 @@ pub trait WindowAggregator<T>: Send + Sync + 'static {
     fn create(&self) -> Result<Self::Acc, BoxError>;
     fn add(&self, acc: &mut Self::Acc, value: T) -> Result<(), BoxError>;
     fn result(&self, acc: &Self::Acc) -> Result<Self::Out, BoxError>;
+    /// The result of a window that closes (its accumulator is dropped right after), so
+    /// an aggregator may move it out instead of cloning.
+    fn final_result(&self, acc: Self::Acc) -> Result<Self::Out, BoxError> {
+        self.result(&acc)
+    }
     fn merge(&self, a: Self::Acc, b: Self::Acc) -> Result<Self::Acc, BoxError>;
 }
 
@@ -312,6 +317,9 @@ where
     fn result(&self, acc: &Option<T>) -> Result<T, BoxError> {
         acc.clone()
             .ok_or_else(|| "internal error: a window fired without records".into())
+    }
+    fn final_result(&self, acc: Option<T>) -> Result<T, BoxError> {
+        acc.ok_or_else(|| "internal error: a window fired without records".into())
     }
     fn merge(&self, a: Option<T>, b: Option<T>) -> Result<Option<T>, BoxError> {
         Ok(match (a, b) {
