@@ -321,8 +321,11 @@ impl JobMetrics {
                             if is_source {
                                 totals.records_in += m.records_in;
                                 totals.records_in_per_second += r.records_in_per_second;
-                                totals.source_bytes_read += m.source_bytes_read;
+                                // Only sources that know their size: the bar's bytes read
+                                // must be of the same total (a Kafka or socket source's bytes
+                                // would push it past 100%).
                                 if let Some(b) = m.source_total_bytes {
+                                    totals.source_bytes_read += m.source_bytes_read;
                                     *totals.source_bytes_total.get_or_insert(0) += b;
                                 }
                                 if let Some(n) = m.source_total_records {
