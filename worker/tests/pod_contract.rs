@@ -17,7 +17,7 @@ use streamjob_operator::resources::{self, Defaults};
 
 mod common;
 
-use common::{BIN, wait_until};
+use common::{BIN, wait_for, wait_until};
 
 struct Pods(Vec<Child>);
 
@@ -223,19 +223,29 @@ spec:
         "no complete checkpoint in {}",
         run_dir.display()
     );
-    let status = rt.block_on(async {
-        use streamjob::net::control_proto::StatusRequest;
-        use streamjob::net::control_proto::job_control_client::JobControlClient;
-        let mut client = JobControlClient::connect(format!("http://127.0.0.1:{port}"))
-            .await
-            .unwrap();
-        let mut request = tonic::Request::new(StatusRequest {});
-        request
-            .metadata_mut()
-            .insert("authorization", "Bearer token-from-secret".parse().unwrap());
-        client.get_status(request).await.unwrap().into_inner()
-    });
-    assert_eq!(status.state, "finished");
+    let get_status = || {
+        rt.block_on(async {
+            use streamjob::net::control_proto::StatusRequest;
+            use streamjob::net::control_proto::job_control_client::JobControlClient;
+            let mut client = JobControlClient::connect(format!("http://127.0.0.1:{port}"))
+                .await
+                .unwrap();
+            let mut request = tonic::Request::new(StatusRequest {});
+            request
+                .metadata_mut()
+                .insert("authorization", "Bearer token-from-secret".parse().unwrap());
+            client.get_status(request).await.unwrap().into_inner()
+        })
+    };
+    // The sinks' output is complete before the final checkpoint ends the job: poll.
+    let status = wait_for(
+        Duration::from_secs(20),
+        "the job to report finished",
+        || {
+            let s = get_status();
+            (s.state == "finished").then_some(s)
+        },
+    );
     assert!(
         status
             .last_checkpoint

@@ -22,7 +22,7 @@ mod common;
 
 use common::cluster::MiniCluster;
 use common::kafka_topics::{broker, create_topic, produce_to, unique};
-use common::{BIN, free_ports, sorted_lines, wait_for};
+use common::{BIN, free_ports, lazy, sorted_lines, wait_for};
 
 const JITTER: i64 = 2000;
 const BOUND: &str = "3s";
@@ -431,10 +431,12 @@ fn kafka_source(topic: &str, group: &str, bounded: bool) -> String {
     )
 }
 
-/// The windows an unbounded run fires: those whose end the watermark passed, the watermark
-/// being the minimum over the two partitions with records (the empty one is idle) of their
-/// largest timestamp minus the bound (3 s) minus 1.
-fn fired_while_running(recs: &[(String, i64, i64)]) -> Vec<String> {
+/// The windows an unbounded run fires: those whose end the watermark passed. Once read to
+/// the end, the two partitions with records go idle too (the empty one is idle from the
+/// start), and the watermark is that of the one that went idle last (as in Flink, an idle
+/// input stops holding it back): its largest timestamp minus the bound (3 s) minus 1. Which
+/// one goes idle last depends on timing, so both are right; `last` picks the partition.
+fn fired_while_running(recs: &[(String, i64, i64)], last: usize) -> Vec<String> {
     let max_of = |p: usize| {
         recs.iter()
             .enumerate()
@@ -443,7 +445,7 @@ fn fired_while_running(recs: &[(String, i64, i64)]) -> Vec<String> {
             .max()
             .unwrap()
     };
-    let watermark = max_of(0).min(max_of(1)) - 3000 - 1;
+    let watermark = max_of(last) - 3000 - 1;
     let closed: Vec<_> = recs
         .iter()
         .filter(|r| r.1 - r.1.rem_euclid(WINDOW) + WINDOW - 1 <= watermark)
@@ -463,8 +465,10 @@ fn an_empty_kafka_partition_on_another_worker_does_not_stall_windows_when_idle()
     let recs = records(3000, 3);
     let (topic, _) = kafka_input(&recs);
 
-    let running = fired_while_running(&recs);
-    assert!(running.len() > 100 && running.len() < oracle(&recs).len());
+    let running = [fired_while_running(&recs, 0), fired_while_running(&recs, 1)];
+    for r in &running {
+        assert!(r.len() > 100 && r.len() < oracle(&recs).len());
+    }
     let out = dir.join("unbounded");
     std::fs::create_dir_all(&out).unwrap();
     let spec = window_spec(
@@ -478,12 +482,27 @@ fn an_empty_kafka_partition_on_another_worker_does_not_stall_windows_when_idle()
     // The job never ends: wait until exactly the closed windows are out.
     wait_for(
         Duration::from_secs(90),
-        format_args!(
-            "the closed windows did not all fire; got {:?}; log: {}",
-            sorted_lines(&out, "windows").len(),
-            cluster.log()
-        ),
-        || (sorted_lines(&out, "windows") == running).then_some(()),
+        lazy(|| {
+            let got = sorted_lines(&out, "windows");
+            format!(
+                "the closed windows did not all fire: {} windows, expected {} or {} \
+                 (missing: {:?}); log: {}",
+                got.len(),
+                running[0].len(),
+                running[1].len(),
+                running[0]
+                    .iter()
+                    .filter(|w| !got.contains(w))
+                    .take(5)
+                    .collect::<Vec<_>>(),
+                cluster.log()
+            )
+        }),
+        || {
+            running
+                .contains(&sorted_lines(&out, "windows"))
+                .then_some(())
+        },
     );
     assert!(
         cluster.child.try_wait().unwrap().is_none(),

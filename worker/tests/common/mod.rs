@@ -48,6 +48,17 @@ pub fn kill_cluster(cluster: &mut std::process::Child) {
 /// The `streamjob` binary built for these tests.
 pub const BIN: &str = env!("CARGO_BIN_EXE_streamjob");
 
+/// A failure message computed when it is shown (after the wait), not when the wait starts.
+pub fn lazy<F: Fn() -> String>(f: F) -> impl std::fmt::Display {
+    struct Lazy<F>(F);
+    impl<F: Fn() -> String> std::fmt::Display for Lazy<F> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&(self.0)())
+        }
+    }
+    Lazy(f)
+}
+
 /// Polls `probe` until it returns `Some`, failing the test with `what` after `within`. The
 /// one way tests wait: for the condition itself, never for a fixed time a slow machine could
 /// outrun.
