@@ -10,34 +10,16 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
+use common::cluster::MiniCluster;
 use common::{BIN, kill9, workers_of};
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sj-ckpt-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::tmp_dir("ckpt", name)
 }
 
+/// `lines` lines of six words over a 500-word vocabulary, and the exact count of each word.
 fn text(lines: usize) -> (String, BTreeMap<String, u64>) {
-    let mut counts = BTreeMap::new();
-    let mut s = String::new();
-    let mut x: u64 = 99;
-    for _ in 0..lines {
-        for k in 0..6 {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let w = format!("w{}", (x >> 33) % 500);
-            *counts.entry(w.clone()).or_insert(0) += 1;
-            if k > 0 {
-                s.push(' ');
-            }
-            s.push_str(&w);
-        }
-        s.push('\n');
-    }
-    (s, counts)
+    common::word_text(lines, 99, 500)
 }
 
 fn spec(dir: &Path, parallelism: u32, interval_ms: u64) -> PathBuf {
@@ -228,69 +210,26 @@ fn a_distributed_job_whose_workers_are_killed_at_random_points_ends_with_exactly
 /// Starts a mini-cluster with `args`, takes a stop-with-savepoint through worker 0's control
 /// API after `after`, and returns the savepoint's path once the cluster has stopped.
 fn stop_with_savepoint(spec: &Path, args: &[&str], after: Duration) -> String {
-    const TOKEN: &str = "savepoint-test-token";
-    let mut cluster = Command::new(BIN)
-        .arg("run")
-        .args(args)
-        .arg(spec)
-        .env("STREAMJOB_TOKEN", TOKEN)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(cluster.stderr.take().unwrap());
-    let mut first = String::new();
-    std::io::BufRead::read_line(&mut stderr, &mut first).unwrap();
-    let address = first
-        .trim()
-        .rsplit(' ')
-        .next()
-        .expect("the mini-cluster names worker 0's address")
-        .to_string();
-    // Once the job has completed a checkpoint (it is running and restored), let it work a
-    // little longer, then stop it.
-    let started = Instant::now();
-    let status = loop {
-        let out = Command::new(BIN)
+    let cluster = MiniCluster::start(spec, args);
+    let address = cluster.address.clone();
+    // Called once the job has completed a checkpoint (it is running and restored).
+    cluster.stop_with_savepoint_when(|status| {
+        assert_eq!(status["state"], "running", "{status}");
+        // Lets the job work on a little; the counts must be exact however far it got.
+        std::thread::sleep(after);
+        let wrong = Command::new(BIN)
             .args(["status", "--address", &address])
-            .env("STREAMJOB_TOKEN", TOKEN)
+            .env("STREAMJOB_TOKEN", "not-the-token")
             .output()
             .unwrap();
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        if status["lastCheckpoint"]["id"].as_u64().is_some() {
-            break status;
-        }
+        assert!(!wrong.status.success());
         assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no checkpoint completed: {status} {}",
-            String::from_utf8_lossy(&out.stderr)
+            String::from_utf8_lossy(&wrong.stderr).contains("without the job's token"),
+            "{}",
+            String::from_utf8_lossy(&wrong.stderr)
         );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(status["state"], "running", "{status}");
-    // Lets the job work on after its first checkpoint (a checkpoint was awaited above); the
-    // counts must be exact however far it got.
-    std::thread::sleep(after);
-    let wrong = Command::new(BIN)
-        .args(["status", "--address", &address])
-        .env("STREAMJOB_TOKEN", "not-the-token")
-        .output()
-        .unwrap();
-    assert!(!wrong.status.success());
-    assert!(
-        String::from_utf8_lossy(&wrong.stderr).contains("without the job's token"),
-        "{}",
-        String::from_utf8_lossy(&wrong.stderr)
-    );
-    let sp = succeed(
-        Command::new(BIN)
-            .args(["savepoint", "--stop", "--address", &address])
-            .env("STREAMJOB_TOKEN", TOKEN),
-    );
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
-    let status = cluster.wait().unwrap();
-    assert!(status.success(), "the stopped job must end cleanly: {rest}");
-    String::from_utf8(sp.stdout).unwrap().trim().to_string()
+        true
+    })
 }
 
 fn total(counts: &BTreeMap<String, u64>) -> u64 {

@@ -13,36 +13,20 @@ mod common;
 use common::{BIN, Worker, free_ports, wait_until};
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sj-dist-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::tmp_dir("dist", name)
 }
 
-/// A text of `lines` lines over a 300-word vocabulary, and its exact word counts.
+/// A text of `lines` lines over a 300-word vocabulary, and its exact word counts. The first
+/// word of each line is upper case (the job lower-cases).
 fn text(lines: usize) -> (String, BTreeMap<String, u64>) {
-    let mut counts = BTreeMap::new();
-    let mut s = String::new();
-    let mut x: u64 = 42;
-    for _ in 0..lines {
-        for k in 0..6 {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let w = format!("w{}", (x >> 33) % 300);
-            *counts.entry(w.clone()).or_insert(0) += 1;
-            if k > 0 {
-                s.push(' ');
-            }
-            // mixed case: the job lower-cases
-            if k == 0 {
-                s.push_str(&w.to_uppercase());
-            } else {
-                s.push_str(&w);
-            }
-        }
-        s.push('\n');
-    }
+    let (s, counts) = common::word_text(lines, 42, 300);
+    let s = s
+        .lines()
+        .map(|line| {
+            let (first, rest) = line.split_once(' ').unwrap();
+            format!("{} {rest}\n", first.to_uppercase())
+        })
+        .collect();
     (s, counts)
 }
 
@@ -353,6 +337,16 @@ fn an_unreachable_peer_is_named_after_the_connect_timeout() {
     );
 }
 
+/// `streamjob worker <spec> --index 0 --workers <workers> <args>`.
+fn worker_0(spec: &Path, workers: u32, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("worker")
+        .arg(spec)
+        .args(["--index", "0", "--workers", &workers.to_string()])
+        .args(args);
+    cmd
+}
+
 #[test]
 fn worker_arguments_are_checked() {
     let dir = tmp("args");
@@ -362,31 +356,13 @@ fn worker_arguments_are_checked() {
         wordcount_spec("a", &dir.join("x"), &file_sink(&dir.join("o")), 2),
     )
     .unwrap();
-    let no_token = Command::new(BIN)
-        .args([
-            "worker",
-            spec.to_str().unwrap(),
-            "--index",
-            "0",
-            "--workers",
-            "2",
-        ])
-        .args(["--peers", "a:1,b:2"])
+    let no_token = worker_0(&spec, 2, &["--peers", "a:1,b:2"])
         .env_remove("STREAMJOB_TOKEN")
         .output()
         .unwrap();
     assert!(!no_token.status.success());
     assert!(String::from_utf8_lossy(&no_token.stderr).contains("STREAMJOB_TOKEN is not set"));
-    let few_peers = Command::new(BIN)
-        .args([
-            "worker",
-            spec.to_str().unwrap(),
-            "--index",
-            "0",
-            "--workers",
-            "2",
-        ])
-        .args(["--peers", "a:1"])
+    let few_peers = worker_0(&spec, 2, &["--peers", "a:1"])
         .env("STREAMJOB_TOKEN", "t")
         .output()
         .unwrap();
@@ -408,16 +384,7 @@ fn worker_arguments_are_checked() {
         err.contains("worker index 7 is out of range for 2 workers"),
         "{err}"
     );
-    let too_few_workers = Command::new(BIN)
-        .args([
-            "worker",
-            spec.to_str().unwrap(),
-            "--index",
-            "0",
-            "--workers",
-            "1",
-        ])
-        .args(["--peers", "a:1", "--slots", "1"])
+    let too_few_workers = worker_0(&spec, 1, &["--peers", "a:1", "--slots", "1"])
         .env("STREAMJOB_TOKEN", "t")
         .output()
         .unwrap();
@@ -509,25 +476,16 @@ fn workers_exchange_over_mutual_tls() {
     );
 
     // Unreadable files are named.
-    let bad = Command::new(BIN)
-        .args([
-            "worker",
-            spec.to_str().unwrap(),
-            "--index",
-            "0",
-            "--workers",
-            "1",
-        ])
-        .args(["--peers", "127.0.0.1:1", "--tls-cert", "/nope.pem"])
-        .args([
-            "--tls-key",
-            key.to_str().unwrap(),
-            "--tls-ca",
-            ca.to_str().unwrap(),
-        ])
-        .env("STREAMJOB_TOKEN", "t")
-        .output()
-        .unwrap();
+    let bad = worker_0(
+        &spec,
+        1,
+        &["--peers", "127.0.0.1:1", "--tls-cert", "/nope.pem"],
+    )
+    .args(["--tls-key", key.to_str().unwrap()])
+    .args(["--tls-ca", ca.to_str().unwrap()])
+    .env("STREAMJOB_TOKEN", "t")
+    .output()
+    .unwrap();
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(
         err.contains("cannot read TLS certificate /nope.pem"),

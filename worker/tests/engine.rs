@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::has_complete_checkpoint;
+use common::{fail_partway, has_complete_checkpoint};
 use streamjob::crds::keygroup::key_group_of;
 use streamjob::{
     BoxError, Collector, JobError, Sink, SinkWriter, Source, SourceReader, SourceStatus,
@@ -201,8 +201,7 @@ fn fan_out_feeds_every_consumer() {
 
 #[test]
 fn text_file_lines_are_read_exactly_once_across_subtasks() {
-    let dir = std::env::temp_dir().join(format!("sj-file-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::tmp_dir("engine", "file");
     let lines = text(3_001);
     let path = dir.join("input.txt");
     let mut f = std::fs::File::create(&path).unwrap();
@@ -402,9 +401,7 @@ fn records_reach_the_subtask_owning_their_key_group() {
 /// come out too small.
 #[test]
 fn rust_api_reduce_state_survives_a_failure_through_checkpoints() {
-    let dir = std::env::temp_dir().join(format!("sj-engine-chk-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::tmp_dir("engine", "chk");
     let lines = text(300_000);
     let expected = expected_counts(&lines);
     let input = dir.join("input.txt");
@@ -420,17 +417,7 @@ fn rust_api_reduce_state_survives_a_failure_through_checkpoints() {
             .read_text_file(&input)
             .map(move |line: String| {
                 let n = seen.fetch_add(1, Ordering::Relaxed);
-                // Fail past `limit`, at the first thousandth record once a checkpoint is
-                // complete: the restore below then has one to use, however slow the machine.
-                if fail_after.is_some_and(|limit| {
-                    n >= limit && n.is_multiple_of(1000) && has_complete_checkpoint(&chk_dir)
-                }) {
-                    panic!("injected failure after {n} lines");
-                }
-                // Paces the failing run only; no assertion depends on it.
-                if fail_after.is_some() && n.is_multiple_of(1000) {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
+                fail_partway(n, fail_after, &chk_dir, "lines");
                 line
             })
             .flat_map(|line: String, out: &mut Collector<'_, (String, u64)>| {
@@ -447,11 +434,10 @@ fn rust_api_reduce_state_survives_a_failure_through_checkpoints() {
     };
     let err = run(2, Some(200_000)).unwrap_err();
     assert!(err.to_string().contains("injected failure"), "{err}");
-    let complete = std::fs::read_dir(&chk)
-        .unwrap()
-        .flatten()
-        .any(|e| e.path().join("_metadata").is_file());
-    assert!(complete, "no checkpoint completed before the failure");
+    assert!(
+        has_complete_checkpoint(&chk),
+        "no checkpoint completed before the failure"
+    );
     // The file source keeps its parallelism; the keyed reduce goes from 2 to 3 subtasks.
     let out = run(3, None).unwrap();
     let mut finals = BTreeMap::new();

@@ -70,9 +70,7 @@ fn vertices(dom: &str) -> Vec<(String, f64)> {
 
 #[test]
 fn the_job_page_draws_the_running_job_in_a_headless_browser() {
-    let dir = std::env::temp_dir().join(format!("sj-page-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::tmp_dir("page", "live");
     // The job reads lines from this server until it closes the connection.
     let server = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = server.local_addr().unwrap().port();

@@ -5,14 +5,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::http::{get, get_json, sample_sum, start};
+use common::http::{get, get_json, one_worker, sample_sum, start};
 use common::{free_ports, wait_for};
 
 #[test]
 fn a_bounded_job_reports_exact_record_counts_and_checkpoints() {
-    let dir = std::env::temp_dir().join(format!("sj-metrics-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::tmp_dir("metrics", "counts");
     let lines = 1000;
     let text: String = (0..lines)
         .map(|i| {
@@ -44,7 +42,7 @@ spec:
         ),
     )
     .unwrap();
-    let p = one_worker(&manifest);
+    let p = one_worker(&manifest, "metrics-test");
     assert_eq!(get(&p.web, "/healthz").unwrap().0, 200);
     // The worker keeps serving after the job (as in a pod): read the final numbers.
     wait_for(Duration::from_secs(60), "the job to finish", || {
@@ -117,9 +115,7 @@ spec:
 
 #[test]
 fn records_skipped_by_the_on_error_policy_are_counted() {
-    let dir = std::env::temp_dir().join(format!("sj-metrics-skip-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::tmp_dir("metrics", "skip");
     let manifest = dir.join("job.yaml");
     std::fs::write(
         &manifest,
@@ -135,7 +131,7 @@ spec:
 "#,
     )
     .unwrap();
-    let p = one_worker(&manifest);
+    let p = one_worker(&manifest, "metrics-test");
     wait_for(Duration::from_secs(60), "the job to finish", || {
         (get_json(&p.web, "/api/job")["state"] == "finished").then_some(())
     });
@@ -159,9 +155,7 @@ spec:
 /// cover the subtasks worker 1 runs.
 #[test]
 fn two_workers_count_the_exchange_on_both_ends_and_worker_0_reports_the_whole_job() {
-    let dir = std::env::temp_dir().join(format!("sj-metrics-two-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::tmp_dir("metrics", "two");
     let lines = 2000;
     let text: String = (0..lines)
         .map(|i| format!("w{} w{} w{}\n", i % 31, i % 17, i % 5))
@@ -324,9 +318,7 @@ spec:
 #[test]
 fn socket_input_and_file_output_bytes_are_exact() {
     use std::io::Write as _;
-    let dir = std::env::temp_dir().join(format!("sj-metrics-bytes-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::tmp_dir("metrics", "bytes");
     let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = server.local_addr().unwrap().port();
     let mut sent: String = (0..3000)
@@ -359,7 +351,7 @@ spec:
         ),
     )
     .unwrap();
-    let p = one_worker(&manifest);
+    let p = one_worker(&manifest, "metrics-test");
     wait_for(Duration::from_secs(60), "the job to finish", || {
         (get_json(&p.web, "/api/job")["state"] == "finished").then_some(())
     });
@@ -391,9 +383,7 @@ spec:
 /// total, a collection records of its total, each with an ETA.
 #[test]
 fn progress_shows_the_total_and_an_eta_when_forced() {
-    let dir = std::env::temp_dir().join(format!("sj-progress-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::tmp_dir("metrics", "progress");
     std::fs::write(dir.join("in.txt"), "a b\nc d\ne\n").unwrap();
     let run = |name: &str, source: &str| {
         let manifest = dir.join(format!("{name}.yaml"));
@@ -426,29 +416,4 @@ spec:
     assert!(err.contains("3 of 3 records (100%)"), "{err}");
     assert!(err.contains("ETA"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A one-worker cluster running `manifest` (what a pod runs), serving metrics on a free port
-/// and staying up after the job so the final numbers can be read.
-fn one_worker(manifest: &std::path::Path) -> common::http::Proc {
-    let peer = free_ports(1).remove(0);
-    start(
-        &[
-            "worker",
-            manifest.to_str().unwrap(),
-            "--index",
-            "0",
-            "--workers",
-            "1",
-            "--peers",
-            &peer,
-            // Its own exchange port: the default (6121) would collide with the other test.
-            "--listen",
-            &peer,
-            "--metrics-port",
-            "0",
-            "--idle-after-finish",
-        ],
-        &[("STREAMJOB_TOKEN", "metrics-test")],
-    )
 }

@@ -9,13 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{BIN, wait_exit, wait_until, workers_of};
+use common::{BIN, signal, wait_exit, wait_until, workers_of};
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sj-signals-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::tmp_dir("signals", name)
 }
 
 /// An unbounded job: lines from a socket the test keeps open, keyed across both workers,
@@ -47,15 +44,6 @@ fn alive(pid: u32) -> bool {
         s.rsplit_once(") ")
             .is_some_and(|(_, rest)| !rest.starts_with('Z'))
     })
-}
-
-fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} {pid}");
 }
 
 /// Starts the mini-cluster and waits until both workers run and the job has connected to
@@ -105,9 +93,9 @@ fn stderr_of(child: &mut Child) -> std::thread::JoinHandle<String> {
 }
 
 fn stop_by(sig: &str, code: i32) {
-    let (mut cluster, workers, _server, dir) = start_cluster(&sig[1..].to_lowercase());
+    let (mut cluster, workers, _server, dir) = start_cluster(&sig.to_lowercase());
     let stderr = stderr_of(&mut cluster);
-    signal(cluster.id(), sig);
+    signal(sig, cluster.id());
     let status = wait_exit(&mut cluster, Duration::from_secs(30));
     wait_gone(&workers, Duration::from_secs(5));
     let err = stderr.join().unwrap();
@@ -125,19 +113,19 @@ fn stop_by(sig: &str, code: i32) {
 
 #[test]
 fn sigterm_to_the_mini_cluster_stops_every_worker() {
-    stop_by("-TERM", 143);
+    stop_by("TERM", 143);
 }
 
 #[test]
 fn sigint_to_the_mini_cluster_stops_every_worker() {
-    stop_by("-INT", 130);
+    stop_by("INT", 130);
 }
 
 #[test]
 fn a_worker_stopped_by_sigterm_stops_the_mini_cluster_instead_of_restarting() {
     let (mut cluster, workers, _server, dir) = start_cluster("worker-term");
     let stderr = stderr_of(&mut cluster);
-    signal(workers[1], "-TERM");
+    signal("TERM", workers[1]);
     let status = wait_exit(&mut cluster, Duration::from_secs(30));
     wait_gone(&workers, Duration::from_secs(5));
     let err = stderr.join().unwrap();
@@ -149,7 +137,7 @@ fn a_worker_stopped_by_sigterm_stops_the_mini_cluster_instead_of_restarting() {
 #[test]
 fn workers_die_with_a_killed_mini_cluster() {
     let (mut cluster, workers, _server, dir) = start_cluster("kill");
-    signal(cluster.id(), "-KILL");
+    signal("KILL", cluster.id());
     let _ = cluster.wait();
     wait_gone(&workers, Duration::from_secs(10));
     let _ = std::fs::remove_dir_all(dir);

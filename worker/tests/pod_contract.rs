@@ -64,8 +64,7 @@ async fn probe(addr: &str, service: &str) -> Option<ServingStatus> {
 
 #[test]
 fn workers_started_like_the_statefulset_pods_run_the_job() {
-    let dir = std::env::temp_dir().join(format!("sj-pods-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = common::tmp_dir("pods", "wc");
     std::fs::create_dir_all(dir.join("out")).unwrap();
     let words = ["alpha", "beta", "gamma", "delta", "alpha", "beta", "alpha"];
     let text: String = (0..3000)

@@ -11,33 +11,12 @@ mod common;
 use common::{Worker, free_ports, has_complete_checkpoint, kill9, signal, wait_until};
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sj-epochs-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::tmp_dir("epochs", name)
 }
 
 /// `lines` lines of six words over a 200-word vocabulary, and the exact count of each word.
 fn text(lines: usize) -> (String, BTreeMap<String, u64>) {
-    let mut counts = BTreeMap::new();
-    let mut s = String::new();
-    let mut x: u64 = 7;
-    for _ in 0..lines {
-        let words: Vec<String> = (0..6)
-            .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                format!("w{}", (x >> 33) % 200)
-            })
-            .collect();
-        for w in &words {
-            *counts.entry(w.clone()).or_insert(0) += 1;
-        }
-        s.push_str(&words.join(" "));
-        s.push('\n');
-    }
-    (s, counts)
+    common::word_text(lines, 7, 200)
 }
 
 /// A word count over `dir/in.txt` on two workers with checkpoints under `chk` (relative to

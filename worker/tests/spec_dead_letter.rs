@@ -2,15 +2,14 @@
 
 use std::path::PathBuf;
 
+mod common;
+
 use streamjob::StreamExecutionEnvironment;
 use streamjob::crds::validate::parse_job;
 use streamjob::declarative::build_job;
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sj-dl-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::tmp_dir("dl", name)
 }
 
 /// Sorted (step, record) of the dead letters in `dead` (and `dead.<n>` files).

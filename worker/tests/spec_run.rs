@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
 use streamjob::StreamExecutionEnvironment;
 use streamjob::crds::validate::parse_job;
 use streamjob::declarative::build_job;
@@ -13,10 +15,7 @@ fn examples() -> PathBuf {
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sj-spec-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::tmp_dir("spec", name)
 }
 
 /// Runs a manifest and returns the lines its file sink(s) wrote, all subtasks together.

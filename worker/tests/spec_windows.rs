@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+mod common;
+
 use streamjob::StreamExecutionEnvironment;
 use streamjob::crds::validate::parse_job;
 use streamjob::declarative::build_job;
@@ -202,10 +204,7 @@ fn count_oracle(recs: &[Rec], size: usize, slide: usize) -> Vec<Result> {
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sj-specwin-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::tmp_dir("specwin", name)
 }
 
 fn lines(dir: &Path, stem: &str) -> Vec<serde_json::Value> {

@@ -20,10 +20,7 @@ use streamjob::crds::validate::parse_job;
 use streamjob::declarative::{SpecRun, build_job};
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sj-text-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::tmp_dir("text", name)
 }
 
 fn write(path: &Path, bytes: &[u8]) {

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{free_ports, has_complete_checkpoint};
+use common::workers::cluster_config;
+use common::{fail_partway, free_ports, has_complete_checkpoint};
 use serde::{Deserialize, Serialize};
 use streamjob::StreamExecutionEnvironment;
-use streamjob::net::cluster::ClusterConfig;
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 struct Click {
@@ -78,10 +78,7 @@ fn finals(out: impl IntoIterator<Item = Click>) -> BTreeMap<UserKey, u64> {
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sj-usertypes-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::tmp_dir("usertypes", name)
 }
 
 const WORKER_ENV: &str = "SJ_USER_TYPES_WORKER";
@@ -106,24 +103,11 @@ fn click_count(
 /// One worker of `a_user_struct_is_keyed_across_two_worker_processes`, run by that test in
 /// a child process: writes what its sink collected as JSON lines.
 fn run_worker(spec: &str) {
-    let [index, listen, peer0, peer1, out] = spec.split(',').collect::<Vec<_>>()[..] else {
+    let [index, peer0, peer1, out] = spec.split(',').collect::<Vec<_>>()[..] else {
         panic!("bad worker spec {spec}");
     };
-    let cluster = ClusterConfig {
-        index: index.parse().unwrap(),
-        workers: 2,
-        slots: 1,
-        listen: listen.parse().unwrap(),
-        peers: vec![peer0.to_string(), peer1.to_string()],
-        token: "user-types-test".into(),
-        connect_timeout: Duration::from_secs(30),
-        credit: 4,
-        job_hash: 0,
-        idle_after_finish: false,
-        health: Default::default(),
-        tls: None,
-        restarts: 0,
-    };
+    let peers = [peer0.to_string(), peer1.to_string()];
+    let cluster = cluster_config(index.parse().unwrap(), &peers, 1, "user-types-test");
     let env = StreamExecutionEnvironment::get_execution_environment();
     let out_handle = click_count(&env, clicks(20_000).0);
     env.execute_as_worker("user-types", &cluster).unwrap();
@@ -145,13 +129,7 @@ fn a_user_struct_is_keyed_across_two_worker_processes() {
     let outs: Vec<PathBuf> = (0..2).map(|i| dir.join(format!("out-{i}.jsonl"))).collect();
     let children: Vec<_> = (0..2)
         .map(|i| {
-            let spec = format!(
-                "{i},{},{},{},{}",
-                ports[i],
-                ports[0],
-                ports[1],
-                outs[i].display()
-            );
+            let spec = format!("{i},{},{},{}", ports[0], ports[1], outs[i].display());
             Command::new(std::env::current_exe().unwrap())
                 .args([
                     "--exact",
@@ -222,17 +200,7 @@ fn reduce_state_of_user_types_is_restored_at_another_parallelism() {
             .map(move |line: String| {
                 let c: Click = serde_json::from_str(&line).unwrap();
                 let n = seen.fetch_add(1, Ordering::Relaxed);
-                // Fail past `limit`, at the first thousandth record once a checkpoint is
-                // complete: the restore below then has one to use, however slow the machine.
-                if fail_after.is_some_and(|limit| {
-                    n >= limit && n.is_multiple_of(1000) && has_complete_checkpoint(&chk_dir)
-                }) {
-                    panic!("injected failure after {n} clicks");
-                }
-                // Paces the failing run only; no assertion depends on it.
-                if fail_after.is_some() && n.is_multiple_of(1000) {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
+                fail_partway(n, fail_after, &chk_dir, "clicks");
                 c
             })
             .key_by(key_of)
@@ -247,11 +215,10 @@ fn reduce_state_of_user_types_is_restored_at_another_parallelism() {
     };
     let err = run(2, Some(150_000)).unwrap_err();
     assert!(err.to_string().contains("injected failure"), "{err}");
-    let complete = std::fs::read_dir(&chk)
-        .unwrap()
-        .flatten()
-        .any(|e| e.path().join("_metadata").is_file());
-    assert!(complete, "no checkpoint completed before the failure");
+    assert!(
+        has_complete_checkpoint(&chk),
+        "no checkpoint completed before the failure"
+    );
     let out = run(3, None).unwrap();
     assert_eq!(finals(out), expected);
 }

@@ -16,12 +16,12 @@ use streamjob::StreamExecutionEnvironment;
 use streamjob::api::watermark::WatermarkStrategy;
 use streamjob::api::windows::{AggregateFunction, TumblingEventTimeWindows};
 use streamjob::connectors::file_sink::FileSink;
-use streamjob::net::cluster::ClusterConfig;
 
 mod common;
 
 use common::cluster::MiniCluster;
 use common::kafka_topics::{broker, create_topic, produce_to, unique};
+use common::workers::cluster_config;
 use common::{BIN, free_ports, lazy, sorted_lines, wait_for};
 
 const JITTER: i64 = 2000;
@@ -30,10 +30,7 @@ const WINDOW: i64 = 5000;
 const KEYS: u64 = 7;
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sj-windist-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::tmp_dir("windist", name)
 }
 
 /// (key, timestamp, value): timestamps 50 ms apart, each up to `JITTER` ms early.
@@ -317,21 +314,8 @@ fn run_rust_worker(spec: &str) {
         panic!("bad worker spec {spec}");
     };
     let (index, workers): (u32, u32) = (index.parse().unwrap(), workers.parse().unwrap());
-    let cluster = ClusterConfig {
-        index,
-        workers,
-        slots: 3u32.div_ceil(workers),
-        listen: peers[index as usize].parse().unwrap(),
-        peers: peers.iter().map(|p| p.to_string()).collect(),
-        token: "windows-distributed".into(),
-        connect_timeout: Duration::from_secs(30),
-        credit: 4,
-        job_hash: 0,
-        idle_after_finish: false,
-        health: Default::default(),
-        tls: None,
-        restarts: 0,
-    };
+    let peers: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
+    let cluster = cluster_config(index, &peers, 3u32.div_ceil(workers), "windows-distributed");
     let env = StreamExecutionEnvironment::get_execution_environment();
     rust_job(&env, Path::new(input), Path::new(out));
     env.execute_as_worker("windows-distributed", &cluster)

@@ -28,10 +28,7 @@ const WINDOW: i64 = 2000;
 const KEYS: i64 = 5;
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sj-winrec-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::tmp_dir("winrec", name)
 }
 
 /// The event time the job's timestamp expression gives an event of generator time `t`.
@@ -65,14 +62,9 @@ fn oracle() -> Vec<String> {
     out
 }
 
-/// Nexmark (paced at `rate` events/s; unpaced when 0) -> keyBy -> tumbling event-time
-/// window (count, sum) -> `sink`, checkpointing every `interval_ms` into `dir/chk`.
-fn spec(dir: &Path, name: &str, parallelism: u32, rate: u64, sink: &str) -> PathBuf {
-    let pace = if rate > 0 {
-        format!(", maxEventsPerSecond: {rate}")
-    } else {
-        String::new()
-    };
+/// Writes `dir/<name>-p<parallelism>.yaml`: a job of `parallelism` with `steps`,
+/// checkpointing every second into `dir/chk` and restarting when a worker fails.
+fn write_spec(dir: &Path, name: &str, parallelism: u32, steps: &str) -> PathBuf {
     let path = dir.join(format!("{name}-p{parallelism}.yaml"));
     std::fs::write(
         &path,
@@ -85,9 +77,32 @@ spec:
   checkpointing: {{intervalMs: 1000, directory: {chk}, retained: 2}}
   restartStrategy: {{attempts: 20, initialDelayMs: 100, maxDelayMs: 500}}
   steps:
-    - name: events
+{steps}",
+            chk = dir.join("chk").display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The Nexmark source's settings: `EVENTS` events, paced at `rate` events/s (unpaced when
+/// 0).
+fn nexmark(rate: u64) -> String {
+    let pace = if rate > 0 {
+        format!(", maxEventsPerSecond: {rate}")
+    } else {
+        String::new()
+    };
+    format!("{{events: {EVENTS}, eventsPerSecond: 1000, firstEventTimeMs: {FIRST_MS}{pace}}}")
+}
+
+/// Nexmark (paced at `rate` events/s; unpaced when 0) -> keyBy -> tumbling event-time
+/// window (count, sum) -> `sink`, checkpointing every second into `dir/chk`.
+fn spec(dir: &Path, name: &str, parallelism: u32, rate: u64, sink: &str) -> PathBuf {
+    let steps = format!(
+        "    - name: events
       source:
-        nexmark: {{events: {EVENTS}, eventsPerSecond: 1000, firstEventTimeMs: {FIRST_MS}{pace}}}
+        nexmark: {nexmark}
         watermarks: {{timestamp: 'value.dateTime - (value.dateTime % 7) * 100', maxOutOfOrderness: 1s, interval: 50ms}}
     - name: by-key
       keyBy: {{expr: 'value.dateTime % {KEYS}'}}
@@ -102,11 +117,9 @@ spec:
       sink:
 {sink}
 ",
-            chk = dir.join("chk").display(),
-        ),
-    )
-    .unwrap();
-    path
+        nexmark = nexmark(rate),
+    );
+    write_spec(dir, name, parallelism, &steps)
 }
 
 fn file_sink(out: &Path) -> String {
@@ -228,7 +241,7 @@ fn savepoint_2_3_1(
     count: impl Fn() -> usize,
 ) {
     let one = MiniCluster::start(&make_spec(2, RATE), &["--workers", "2", "--run-id", "one"]);
-    let sp1 = one.stop_with_savepoint_when(|| count() > 0);
+    let sp1 = one.stop_with_savepoint_when(|_| count() > 0);
     assert!(Path::new(&sp1).join("_metadata").is_file(), "{sp1}");
     let first = count();
     assert!(
@@ -240,7 +253,7 @@ fn savepoint_2_3_1(
         &make_spec(3, RATE),
         &["--workers", "3", "--run-id", "two", "--restore-from", &sp1],
     );
-    let sp2 = two.stop_with_savepoint_when(|| count() > first + 5);
+    let sp2 = two.stop_with_savepoint_when(|_| count() > first + 5);
     let second = count();
     assert!(
         second > first && second < want,
@@ -301,27 +314,11 @@ fn late_ts(t: i64) -> i64 {
 }
 
 fn late_spec(dir: &Path, name: &str, parallelism: u32, rate: u64) -> PathBuf {
-    let pace = if rate > 0 {
-        format!(", maxEventsPerSecond: {rate}")
-    } else {
-        String::new()
-    };
-    let path = dir.join(format!("{name}-p{parallelism}.yaml"));
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: streamjob.dev/v1alpha1
-kind: StreamJob
-metadata: {{name: {name}}}
-spec:
-  parallelism: {parallelism}
-  checkpointing: {{intervalMs: 1000, directory: {chk}, retained: 2}}
-  restartStrategy: {{attempts: 20, initialDelayMs: 100, maxDelayMs: 500}}
-  steps:
-    - name: events
+    let steps = format!(
+        "    - name: events
       parallelism: 1
       source:
-        nexmark: {{events: {EVENTS}, eventsPerSecond: 1000, firstEventTimeMs: {FIRST_MS}{pace}}}
+        nexmark: {nexmark}
         watermarks: {{timestamp: 'value.dateTime - (value.dateTime % 11) * 100', maxOutOfOrderness: {LATE_BOUND}ms, interval: 0s}}
     - name: by-key
       keyBy: {{expr: 'value.dateTime % {KEYS}'}}
@@ -341,13 +338,11 @@ spec:
     - name: late
       sink: {{file: {{path: {late}}}}}
 ",
-            chk = dir.join("chk").display(),
-            out = dir.join("out/windows").display(),
-            late = dir.join("out/late").display(),
-        ),
-    )
-    .unwrap();
-    path
+        nexmark = nexmark(rate),
+        out = dir.join("out/windows").display(),
+        late = dir.join("out/late").display(),
+    );
+    write_spec(dir, name, parallelism, &steps)
 }
 
 /// Flink's event-time semantics record by record for [`late_spec`]: (every firing, sorted;

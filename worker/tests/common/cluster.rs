@@ -69,10 +69,13 @@ impl MiniCluster {
         serde_json::from_slice(&out.stdout).unwrap_or_default()
     }
 
-    /// Waits until the job has completed a checkpoint and `ready` holds (e.g. some output
-    /// exists), then stops it with a savepoint; returns the savepoint's path once the
-    /// cluster has ended cleanly.
-    pub fn stop_with_savepoint_when(mut self, mut ready: impl FnMut() -> bool) -> String {
+    /// Waits until the job has completed a checkpoint and `ready` holds of its status (e.g.
+    /// some output exists), then stops it with a savepoint; returns the savepoint's path
+    /// once the cluster has ended cleanly.
+    pub fn stop_with_savepoint_when(
+        mut self,
+        mut ready: impl FnMut(&serde_json::Value) -> bool,
+    ) -> String {
         let mut last = serde_json::Value::Null;
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
@@ -83,7 +86,7 @@ impl MiniCluster {
                 );
             }
             last = self.status();
-            if last["lastCheckpoint"]["id"].as_u64().is_some() && ready() {
+            if last["lastCheckpoint"]["id"].as_u64().is_some() && ready(&last) {
                 break;
             }
             if std::time::Instant::now() > deadline {

@@ -60,6 +60,31 @@ pub fn start(args: &[&str], env: &[(&str, &str)]) -> Proc {
     Proc { child, web }
 }
 
+/// A one-worker cluster running `manifest` (what a pod runs), serving metrics on a free port
+/// and staying up after the job so the final numbers can be read.
+pub fn one_worker(manifest: &std::path::Path, token: &str) -> Proc {
+    let peer = super::free_ports(1).remove(0);
+    start(
+        &[
+            "worker",
+            manifest.to_str().unwrap(),
+            "--index",
+            "0",
+            "--workers",
+            "1",
+            "--peers",
+            &peer,
+            // Its own exchange port: the default (6121) would collide with another test's.
+            "--listen",
+            &peer,
+            "--metrics-port",
+            "0",
+            "--idle-after-finish",
+        ],
+        &[("STREAMJOB_TOKEN", token)],
+    )
+}
+
 /// GET `path`: (status, body).
 pub fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr)?;

@@ -1,11 +1,14 @@
 //! Helpers shared by integration tests.
 
 // Each test crate uses a part of this module.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 pub mod cluster;
 pub mod http;
 pub mod kafka;
 pub mod kafka_topics;
+pub mod workers;
+
+pub use workers::{Worker, free_ports};
 
 /// The child processes of `pid`: the workers a mini-cluster (`run --workers N`) started.
 pub fn workers_of(pid: u32) -> Vec<u32> {
@@ -108,82 +111,6 @@ pub fn wait_exit(
     }
 }
 
-/// `n` distinct free loopback addresses (`127.0.0.1:port`), for workers to listen on.
-pub fn free_ports(n: usize) -> Vec<String> {
-    let listeners: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().to_string())
-        .collect()
-}
-
-/// One `streamjob worker` process of a hand-started cluster (what a pod runs), killed when
-/// dropped.
-pub struct Worker {
-    pub child: std::process::Child,
-}
-
-impl Worker {
-    /// Worker `index` of `peers.len()` running `spec`, listening on `peers[index]`.
-    pub fn start(
-        spec: &std::path::Path,
-        index: u32,
-        peers: &[String],
-        token: &str,
-        extra: &[&str],
-    ) -> Worker {
-        let child = std::process::Command::new(BIN)
-            .arg("worker")
-            .arg(spec)
-            .args(["--index", &index.to_string()])
-            .args(["--workers", &peers.len().to_string()])
-            .args(["--peers", &peers.join(",")])
-            .args(["--listen", &peers[index as usize]])
-            .args(extra)
-            .env("STREAMJOB_TOKEN", token)
-            .env_remove("POD_NAME")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        Worker { child }
-    }
-
-    /// Waits up to `timeout` for the worker to exit; returns (success, stderr).
-    pub fn wait(mut self, timeout: std::time::Duration) -> (bool, String) {
-        use std::io::Read as _;
-        let status = wait_exit(&mut self.child, timeout);
-        let mut err = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        (status.success(), err)
-    }
-
-    /// Resident memory of the worker process.
-    pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap()
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// True once a checkpoint directory under `dir` holds a complete checkpoint (its
 /// `_metadata` is written last).
 pub fn has_complete_checkpoint(dir: &std::path::Path) -> bool {
@@ -192,6 +119,21 @@ pub fn has_complete_checkpoint(dir: &std::path::Path) -> bool {
             .flatten()
             .any(|e| e.path().join("_metadata").is_file())
     })
+}
+
+/// For a Rust-API job that must fail partway: called with the index `n` of each record, it
+/// panics ("injected failure after {n} {what}") past `fail_after`, at the first thousandth
+/// record once a checkpoint under `chk` is complete, so the restore that follows has one to
+/// use however slow the machine. Paces the failing run (1 ms a thousand records); no
+/// assertion depends on the pace.
+pub fn fail_partway(n: u64, fail_after: Option<u64>, chk: &std::path::Path, what: &str) {
+    let Some(limit) = fail_after else { return };
+    if n.is_multiple_of(1000) {
+        if n >= limit && has_complete_checkpoint(chk) {
+            panic!("injected failure after {n} {what}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 /// True once a complete checkpoint (its `_metadata`, written last) exists anywhere below
@@ -222,4 +164,41 @@ pub fn sorted_lines(dir: &std::path::Path, stem: &str) -> Vec<String> {
     }
     out.sort();
     out
+}
+
+/// A fresh, empty directory `<tmp>/sj-<suite>-<pid>-<name>` for one test: the suite keeps
+/// test binaries apart, the process id concurrent runs of one binary.
+pub fn tmp_dir(suite: &str, name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("sj-{suite}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// `lines` lines of six words drawn from `w0 .. w<vocabulary>` by a generator seeded with
+/// `seed` (the same text every run), and the exact count of each word.
+pub fn word_text(
+    lines: usize,
+    seed: u64,
+    vocabulary: u64,
+) -> (String, std::collections::BTreeMap<String, u64>) {
+    let mut counts = std::collections::BTreeMap::new();
+    let mut s = String::new();
+    let mut x = seed;
+    for _ in 0..lines {
+        let words: Vec<String> = (0..6)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                format!("w{}", (x >> 33) % vocabulary)
+            })
+            .collect();
+        for w in &words {
+            *counts.entry(w.clone()).or_insert(0) += 1;
+        }
+        s.push_str(&words.join(" "));
+        s.push('\n');
+    }
+    (s, counts)
 }
