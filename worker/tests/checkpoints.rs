@@ -11,15 +11,20 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::cluster::MiniCluster;
-use common::{BIN, kill9, workers_of};
-
-fn tmp(name: &str) -> PathBuf {
-    common::tmp_dir("ckpt", name)
-}
+use common::{BIN, kill9, succeed, workers_of};
 
 /// `lines` lines of six words over a 500-word vocabulary, and the exact count of each word.
 fn text(lines: usize) -> (String, BTreeMap<String, u64>) {
     common::word_text(lines, 99, 500)
+}
+
+/// A fresh directory `name` holding `input.txt` of `lines` lines ([`text`]), and the exact
+/// count of each word.
+fn input(name: &str, lines: usize) -> (PathBuf, BTreeMap<String, u64>) {
+    let dir = common::tmp_dir("ckpt", name);
+    let (input, expected) = text(lines);
+    std::fs::write(dir.join("input.txt"), input).unwrap();
+    (dir, expected)
 }
 
 fn spec(dir: &Path, parallelism: u32, interval_ms: u64) -> PathBuf {
@@ -80,26 +85,13 @@ fn exactly_once_finals(out: &Path) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// Runs `cmd` to its end; it must succeed (its stderr is the failure message).
-fn succeed(cmd: &mut Command) -> std::process::Output {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 fn run_to_end(spec: &Path) {
     succeed(Command::new(BIN).arg("run").arg(spec));
 }
 
 #[test]
 fn a_job_killed_at_random_points_ends_with_exactly_once_output() {
-    let dir = tmp("kill");
-    let (input, expected) = text(300_000);
-    std::fs::write(dir.join("input.txt"), input).unwrap();
+    let (dir, expected) = input("kill", 300_000);
     let spec = spec(&dir, 2, 40);
     let mut x: u64 = 7;
     let mut kills = 0;
@@ -132,9 +124,7 @@ fn a_job_killed_at_random_points_ends_with_exactly_once_output() {
 
 #[test]
 fn a_finished_job_run_again_reproduces_the_same_output() {
-    let dir = tmp("again");
-    let (input, expected) = text(20_000);
-    std::fs::write(dir.join("input.txt"), input).unwrap();
+    let (dir, expected) = input("again", 20_000);
     let spec = spec(&dir, 2, 20);
     run_to_end(&spec);
     assert_eq!(exactly_once_finals(&dir.join("out")), expected);
@@ -145,9 +135,7 @@ fn a_finished_job_run_again_reproduces_the_same_output() {
 
 #[test]
 fn restoring_a_file_source_at_another_parallelism_is_refused_clearly() {
-    let dir = tmp("rescale-file");
-    let (input, _) = text(20_000);
-    std::fs::write(dir.join("input.txt"), input).unwrap();
+    let (dir, _) = input("rescale-file", 20_000);
     run_to_end(&spec(&dir, 2, 10));
     let out = Command::new(BIN)
         .arg("run")
@@ -168,9 +156,7 @@ const RESTARTS: &str = "  restartStrategy: {attempts: 100, initialDelayMs: 100, 
 
 #[test]
 fn a_distributed_job_whose_workers_are_killed_at_random_points_ends_with_exactly_once_output() {
-    let dir = tmp("dist-kill");
-    let (input, expected) = text(150_000);
-    std::fs::write(dir.join("input.txt"), input).unwrap();
+    let (dir, expected) = input("dist-kill", 150_000);
     let spec = spec_with(&dir, 2, 50, RESTARTS, "");
     let mut cluster = Command::new(BIN)
         .args(["run", "--workers", "2"])
@@ -238,9 +224,7 @@ fn total(counts: &BTreeMap<String, u64>) -> u64 {
 
 #[test]
 fn stop_with_savepoint_then_rescaling_2_to_3_to_1_continues_the_counts_exactly() {
-    let dir = tmp("savepoint-rescale");
-    let (input, expected) = text(600_000);
-    std::fs::write(dir.join("input.txt"), input).unwrap();
+    let (dir, expected) = input("savepoint-rescale", 600_000);
     // The file source stays at parallelism 1; the keyed count and the sink rescale. Each
     // deployment writes checkpoints under its own run id, as the operator's upgrades do.
     let source = "parallelism: 1, ";
@@ -315,9 +299,7 @@ fn s3_keys(prefix: &str) -> Vec<String> {
 
 #[test]
 fn checkpoints_in_an_s3_bucket_survive_kills_exactly_once() {
-    let dir = tmp("s3");
-    let (input, expected) = text(200_000);
-    std::fs::write(dir.join("input.txt"), input).unwrap();
+    let (dir, expected) = input("s3", 200_000);
     let prefix = format!("kill-{}", std::process::id());
     let spec = spec(&dir, 2, 40);
     let yaml = std::fs::read_to_string(&spec).unwrap().replace(

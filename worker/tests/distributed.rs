@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use common::workers::both_succeed;
 use common::{BIN, Worker, free_ports, wait_until};
 
 fn tmp(name: &str) -> PathBuf {
@@ -211,9 +212,7 @@ fn a_slow_sink_on_one_worker_keeps_the_other_workers_memory_bounded() {
         pipe.read_to_end(&mut all).unwrap();
         all
     });
-    let (ok0, err0) = w0.wait(Duration::from_secs(120));
-    let (ok1, err1) = w1.wait(Duration::from_secs(120));
-    assert!(ok0 && ok1, "worker 0: {err0}\nworker 1: {err1}");
+    both_succeed(w0, Duration::from_secs(120), w1, Duration::from_secs(120));
     let drained = drain.join().unwrap();
     std::fs::remove_file(&fifo).unwrap();
     std::fs::write(&fifo, drained).unwrap();
@@ -445,9 +444,7 @@ fn workers_exchange_over_mutual_tls() {
     let peers = free_ports(2);
     let w0 = Worker::start(&spec, 0, &peers, "t", &tls);
     let w1 = Worker::start(&spec, 1, &peers, "t", &tls);
-    let (ok0, err0) = w0.wait(Duration::from_secs(60));
-    let (ok1, err1) = w1.wait(Duration::from_secs(60));
-    assert!(ok0 && ok1, "worker 0: {err0}\nworker 1: {err1}");
+    both_succeed(w0, Duration::from_secs(60), w1, Duration::from_secs(60));
     assert_eq!(final_counts(&out), expected);
 
     // A worker without TLS cannot join a TLS peer.

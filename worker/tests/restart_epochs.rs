@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use common::workers::both_succeed;
 use common::{Worker, free_ports, has_complete_checkpoint, kill9, signal, wait_until};
 
 fn tmp(name: &str) -> PathBuf {
@@ -61,6 +62,16 @@ spec:
     (yaml, expected)
 }
 
+/// A fresh directory `name` with [`spec`]'s job in `job.yaml`: (directory, manifest,
+/// expected final counts).
+fn job(name: &str, lines: usize) -> (PathBuf, PathBuf, BTreeMap<String, u64>) {
+    let dir = tmp(name);
+    let (yaml, expected) = spec(&dir, lines);
+    let path = dir.join("job.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    (dir, path, expected)
+}
+
 /// Final count per word from the running counts the file sinks wrote, checking every word
 /// counts 1, 2, 3, ... with no gap or repeat (a restart must resume exactly).
 fn final_counts(dir: &Path) -> BTreeMap<String, u64> {
@@ -112,9 +123,7 @@ fn a_worker_that_rejoins_the_run_it_left_restarts_the_job_at_once() {
     // The pod comes back, now mounting the shared storage.
     let restarted = Instant::now();
     let w1 = Worker::start(&specs[0], 1, &peers, "t", &[]);
-    let (ok1, err1) = w1.wait(Duration::from_secs(40));
-    let (ok0, err0) = w0.wait(Duration::from_secs(10));
-    assert!(ok0 && ok1, "worker 0:\n{err0}\nworker 1:\n{err1}");
+    let (err0, _) = both_succeed(w1, Duration::from_secs(40), w0, Duration::from_secs(10));
     assert!(
         restarted.elapsed() < Duration::from_secs(40),
         "took {:?}",
@@ -132,10 +141,7 @@ fn a_worker_that_rejoins_the_run_it_left_restarts_the_job_at_once() {
 /// from the checkpoint with exact counts.
 #[test]
 fn a_killed_follower_started_again_rejoins_and_the_counts_stay_exact() {
-    let dir = tmp("follower");
-    let (yaml, expected) = spec(&dir, 200_000);
-    let path = dir.join("job.yaml");
-    std::fs::write(&path, &yaml).unwrap();
+    let (dir, path, expected) = job("follower", 200_000);
     let peers = free_ports(2);
     let w0 = Worker::start(&path, 0, &peers, "t", &[]);
     let mut w1 = Worker::start(&path, 1, &peers, "t", &[]);
@@ -145,9 +151,7 @@ fn a_killed_follower_started_again_rejoins_and_the_counts_stay_exact() {
     kill9(w1.child.id());
     let _ = w1.child.wait();
     let w1 = Worker::start(&path, 1, &peers, "t", &[]);
-    let (ok1, err1) = w1.wait(Duration::from_secs(90));
-    let (ok0, err0) = w0.wait(Duration::from_secs(10));
-    assert!(ok0 && ok1, "worker 0:\n{err0}\nworker 1:\n{err1}");
+    let (err0, _) = both_succeed(w1, Duration::from_secs(90), w0, Duration::from_secs(10));
     assert!(
         err0.contains("restart 1"),
         "worker 0 restarted once: {err0}"
@@ -186,10 +190,7 @@ fn restarts(stderr: &str) -> usize {
 /// they refused each other ("plan hash mismatch") and failed again and again.
 #[test]
 fn a_frozen_worker_that_resumes_joins_the_run_worker_0_restarted() {
-    let dir = tmp("frozen");
-    let (yaml, expected) = spec(&dir, 200_000);
-    let path = dir.join("job.yaml");
-    std::fs::write(&path, &yaml).unwrap();
+    let (dir, path, expected) = job("frozen", 200_000);
     let peers = free_ports(2);
     let w0 = Worker::start(&path, 0, &peers, "t", &[]);
     let w1 = Worker::start(&path, 1, &peers, "t", &[]);
@@ -215,9 +216,7 @@ fn a_frozen_worker_that_resumes_joins_the_run_worker_0_restarted() {
         started.elapsed()
     );
     signal("CONT", w1.child.id());
-    let (ok1, err1) = w1.wait(Duration::from_secs(90));
-    let (ok0, err0) = w0.wait(Duration::from_secs(10));
-    assert!(ok0 && ok1, "worker 0:\n{err0}\nworker 1:\n{err1}");
+    let (err0, err1) = both_succeed(w1, Duration::from_secs(90), w0, Duration::from_secs(10));
     assert_eq!(
         (restarts(&err0), restarts(&err1)),
         (1, 1),
@@ -232,10 +231,7 @@ fn a_frozen_worker_that_resumes_joins_the_run_worker_0_restarted() {
 /// the join barrier: the old code passed this too, worker 1 leaving its run fast enough.)
 #[test]
 fn a_killed_leader_started_again_is_joined_and_the_counts_stay_exact() {
-    let dir = tmp("leader");
-    let (yaml, expected) = spec(&dir, 200_000);
-    let path = dir.join("job.yaml");
-    std::fs::write(&path, &yaml).unwrap();
+    let (dir, path, expected) = job("leader", 200_000);
     let peers = free_ports(2);
     let mut w0 = Worker::start(&path, 0, &peers, "t", &[]);
     let w1 = Worker::start(&path, 1, &peers, "t", &[]);
@@ -245,9 +241,7 @@ fn a_killed_leader_started_again_is_joined_and_the_counts_stay_exact() {
     kill9(w0.child.id());
     let _ = w0.child.wait();
     let w0 = Worker::start(&path, 0, &peers, "t", &[]);
-    let (ok0, err0) = w0.wait(Duration::from_secs(90));
-    let (ok1, err1) = w1.wait(Duration::from_secs(10));
-    assert!(ok0 && ok1, "worker 0:\n{err0}\nworker 1:\n{err1}");
+    let (err0, err1) = both_succeed(w0, Duration::from_secs(90), w1, Duration::from_secs(10));
     assert_eq!(
         (restarts(&err0), restarts(&err1)),
         (0, 1),

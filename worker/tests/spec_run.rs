@@ -286,16 +286,11 @@ fn failed_records_leave_reduce_accumulators_intact() {
 
 #[test]
 fn cli_runs_the_readme_job_and_rejects_invalid_specs_with_paths() {
-    let bin = env!("CARGO_BIN_EXE_streamjob");
-    let ok = Command::new(bin)
-        .args(["run"])
-        .arg(examples().join("wordcount.yaml"))
-        .output()
-        .unwrap();
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
+    let bin = common::BIN;
+    let ok = common::succeed(
+        Command::new(bin)
+            .arg("run")
+            .arg(examples().join("wordcount.yaml")),
     );
     let stdout = String::from_utf8(ok.stdout).unwrap();
     assert!(

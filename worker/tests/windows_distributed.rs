@@ -22,7 +22,7 @@ mod common;
 use common::cluster::MiniCluster;
 use common::kafka_topics::{broker, create_topic, produce_to, unique};
 use common::workers::cluster_config;
-use common::{BIN, free_ports, lazy, sorted_lines, wait_for};
+use common::{BIN, free_ports, lazy, sorted_lines, succeed, wait_for};
 
 const JITTER: i64 = 2000;
 const BOUND: &str = "3s";
@@ -147,12 +147,7 @@ fn file_source(input: &Path) -> String {
 }
 
 fn run_ok(args: &[&str], spec: &Path) {
-    let out = Command::new(BIN).args(args).arg(spec).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeed(Command::new(BIN).args(args).arg(spec));
 }
 
 /// A bounded file source ends with a watermark at +infinity on every worker: the last

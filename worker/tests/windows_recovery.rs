@@ -20,7 +20,9 @@ mod common;
 
 use common::cluster::MiniCluster;
 use common::kafka_topics::{broker, create_topic, payloads, payloads_until_quiet, unique};
-use common::{BIN, has_complete_checkpoint_below, kill9, sorted_lines, wait_until, workers_of};
+use common::{
+    BIN, has_complete_checkpoint_below, kill9, sorted_lines, succeed, wait_until, workers_of,
+};
 
 const EVENTS: u64 = 60_000;
 const FIRST_MS: i64 = 1_000_000;
@@ -147,16 +149,7 @@ fn the_uninterrupted_run_matches_the_oracle() {
     let dir = tmp("plain");
     let out = dir.join("out");
     let spec = spec(&dir, "plain", 2, 0, &file_sink(&out));
-    let run = Command::new(BIN)
-        .args(["run", "--workers", "2"])
-        .arg(&spec)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    succeed(Command::new(BIN).args(["run", "--workers", "2"]).arg(&spec));
     assert_eq!(sorted_lines(&out, "windows"), oracle());
 }
 
@@ -412,15 +405,10 @@ fn late_records_and_updated_windows_are_the_same_in_one_process_and_on_2_and_3_w
     for workers in [1, 2, 3] {
         let dir = tmp(&format!("late-{workers}"));
         let spec = late_spec(&dir, "late", 3, 0);
-        let run = Command::new(BIN)
-            .args(["run", "--workers", &workers.to_string()])
-            .arg(&spec)
-            .output()
-            .unwrap();
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
+        succeed(
+            Command::new(BIN)
+                .args(["run", "--workers", &workers.to_string()])
+                .arg(&spec),
         );
         let (got_fired, got_late) = late_outputs(&dir);
         assert_eq!(got_fired, fired, "{workers} workers: window results");

@@ -62,6 +62,18 @@ pub fn lazy<F: Fn() -> String>(f: F) -> impl std::fmt::Display {
     Lazy(f)
 }
 
+/// Runs `cmd` to its end; it must succeed (the command and its stderr are the failure
+/// message).
+pub fn succeed(cmd: &mut std::process::Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Polls `probe` until it returns `Some`, failing the test with `what` after `within`. The
 /// one way tests wait: for the condition itself, never for a fixed time a slow machine could
 /// outrun.

@@ -24,6 +24,7 @@ pub fn free_ports(n: usize) -> Vec<String> {
 /// dropped.
 pub struct Worker {
     pub child: Child,
+    pub index: u32,
 }
 
 impl Worker {
@@ -43,7 +44,7 @@ impl Worker {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        Worker { child }
+        Worker { child, index }
     }
 
     /// Waits up to `timeout` for the worker to exit; returns (success, stderr).
@@ -69,6 +70,26 @@ impl Worker {
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
             .unwrap()
+    }
+}
+
+/// Waits for `first` to end within `first_within`, then for `second` within `then_within`:
+/// both must succeed (the failure shows what each said). Returns their stderr in index
+/// order (worker 0's first).
+pub fn both_succeed(
+    first: Worker,
+    first_within: Duration,
+    second: Worker,
+    then_within: Duration,
+) -> (String, String) {
+    let (a, b) = (first.index, second.index);
+    let (ok_a, err_a) = first.wait(first_within);
+    let (ok_b, err_b) = second.wait(then_within);
+    assert!(ok_a && ok_b, "worker {a}:\n{err_a}\nworker {b}:\n{err_b}");
+    if a < b {
+        (err_a, err_b)
+    } else {
+        (err_b, err_a)
     }
 }
 
