@@ -426,6 +426,9 @@ fn job_wide(s: &WorkerSummary, workers: u32) -> Option<JobRates> {
 }
 
 /// GET `/api/summary` from a worker's metrics port.
+// The worker's web module holds the same few lines of hyper client (`http_get`): left apart on
+// purpose, as the one crate both depend on (crds) is kept free of network code and the
+// operator does not depend on the worker.
 pub async fn get_summary(addr: &str) -> Result<WorkerSummary, String> {
     use http_body_util::{BodyExt as _, Empty};
     use hyper::body::Bytes;

@@ -6,14 +6,15 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::Response;
 use kube::client::Body;
 use serde_json::json;
-use streamjob_operator::controller::{self, Context};
+use streamjob_operator::controller;
 use streamjob_operator::metrics::Metrics;
-use streamjob_operator::resources::Defaults;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+
+mod common;
 
 const JOBS: &str = "/apis/streamjob.dev/v1alpha1/namespaces/prod/streamjobs";
 const STS: &str = "/apis/apps/v1/namespaces/prod/statefulsets";
@@ -49,18 +50,7 @@ type Responder = tower_test::mock::SendResponse<Response<Body>>;
 
 #[tokio::test(start_paused = true)]
 async fn a_job_changed_while_it_reconciles_waits_in_the_queue_until_it_runs_again() {
-    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let metrics = Arc::new(Metrics::default());
-    metrics.set_leader(true);
-    let ctx = Arc::new(Context::new(
-        kube::Client::new(service, "default"),
-        Defaults {
-            worker_image: "x".into(),
-            image_pull_policy: None,
-            worker_resources: None,
-        },
-        metrics.clone(),
-    ));
+    let (ctx, metrics, mut handle) = common::leader_context();
     // The reconciles' reads of the job, answered by the test; the StatefulSet watch.
     let gets: Arc<Mutex<Vec<Responder>>> = Arc::default();
     let (sts_watch_tx, sts_watch_rx) = oneshot::channel::<Responder>();

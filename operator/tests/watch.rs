@@ -6,13 +6,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::Response;
 use kube::client::Body;
 use serde_json::json;
-use streamjob_operator::controller::{self, Context};
-use streamjob_operator::metrics::Metrics;
-use streamjob_operator::resources::Defaults;
+use streamjob_operator::controller;
 use tokio::time::Instant;
+
+mod common;
 
 const JOBS: &str = "/apis/streamjob.dev/v1alpha1/namespaces/prod/streamjobs";
 
@@ -25,18 +25,7 @@ fn list(kind: &str, version: &str) -> Vec<u8> {
 
 #[tokio::test(start_paused = true)]
 async fn a_watch_that_expires_is_relisted_within_seconds_and_readyz_follows_it() {
-    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let metrics = Arc::new(Metrics::default());
-    metrics.set_leader(true);
-    let ctx = Arc::new(Context::new(
-        kube::Client::new(service, "default"),
-        Defaults {
-            worker_image: "x".into(),
-            image_pull_policy: None,
-            worker_resources: None,
-        },
-        metrics.clone(),
-    ));
+    let (ctx, metrics, mut handle) = common::leader_context();
     // What the test saw: (event, readiness at that moment, when).
     let seen: Arc<Mutex<Vec<(String, bool, Instant)>>> = Arc::default();
     let log = seen.clone();
