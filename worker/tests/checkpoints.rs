@@ -89,6 +89,24 @@ fn run_to_end(spec: &Path) {
     succeed(Command::new(BIN).arg("run").arg(spec));
 }
 
+/// Runs `spec` and SIGKILLs it (no cleanup of any kind) after `after`; false when it
+/// finished before.
+fn run_and_kill_after(spec: &Path, after: Duration) -> bool {
+    let mut job = Command::new(BIN)
+        .arg("run")
+        .arg(spec)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(after);
+    if job.try_wait().unwrap().is_some() {
+        return false;
+    }
+    job.kill().unwrap();
+    job.wait().unwrap();
+    true
+}
+
 #[test]
 fn a_job_killed_at_random_points_ends_with_exactly_once_output() {
     let (dir, expected) = input("kill", 300_000);
@@ -97,20 +115,11 @@ fn a_job_killed_at_random_points_ends_with_exactly_once_output() {
     let mut kills = 0;
     let started = Instant::now();
     while kills < 10 {
-        let mut job = Command::new(BIN)
-            .arg("run")
-            .arg(&spec)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
         x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
         // A kill at a pseudo-random point; the exact-once result must hold wherever it lands.
-        std::thread::sleep(Duration::from_millis(150 + (x >> 33) % 400));
-        if job.try_wait().unwrap().is_some() {
+        if !run_and_kill_after(&spec, Duration::from_millis(150 + (x >> 33) % 400)) {
             break; // finished before this kill
         }
-        job.kill().unwrap(); // SIGKILL: no cleanup of any kind
-        job.wait().unwrap();
         kills += 1;
         assert!(started.elapsed() < Duration::from_secs(240));
     }
@@ -309,19 +318,10 @@ fn checkpoints_in_an_s3_bucket_survive_kills_exactly_once() {
     std::fs::write(&spec, yaml).unwrap();
     let mut kills = 0;
     for wait_ms in [400, 300, 500] {
-        let mut job = Command::new(BIN)
-            .arg("run")
-            .arg(&spec)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
         // A kill at a fixed-but-arbitrary point; the result must hold wherever it lands.
-        std::thread::sleep(Duration::from_millis(wait_ms));
-        if job.try_wait().unwrap().is_some() {
+        if !run_and_kill_after(&spec, Duration::from_millis(wait_ms)) {
             break;
         }
-        job.kill().unwrap();
-        job.wait().unwrap();
         kills += 1;
     }
     assert!(kills >= 1, "the job must have been killed mid-run");
