@@ -246,10 +246,15 @@ fn run(
     // A busy port must not stop the job (local runs side by side, workers sharing a host).
     match web.map(streamjob::web::start) {
         // Only worker 0 has the job-wide page; the others' ports are for Prometheus.
-        Some(Ok(at)) => match worker.as_ref().and_then(|w| w.index) {
-            Some(i) if i > 0 => eprintln!("worker {i} metrics: http://{at}/metrics"),
-            _ => eprintln!("job page and metrics: http://{at}/"),
-        },
+        Some(Ok(at)) => {
+            let line = match worker.as_ref().and_then(|w| w.index) {
+                Some(i) if i > 0 => format!("worker {i} metrics: http://{at}/metrics\n"),
+                _ => format!("job page and metrics: http://{at}/\n"),
+            };
+            // One write: workers sharing a stderr (a local mini-cluster) must not interleave
+            // their lines, which tests and users read for the URL.
+            let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
+        }
         Some(Err(e)) => eprintln!("warning: {e}; running without them"),
         None => {}
     }
