@@ -1137,6 +1137,38 @@ mod tests {
         assert_eq!((p.len(), w), (1, Some(7)));
     }
 
+    /// A Kafka source's `watermarks.timestamp` expression reads the consumed record as
+    /// `record` next to the record's value.
+    #[test]
+    fn the_timestamp_expression_reads_the_kafka_record() {
+        let program = streamjob_crds::expr::Program::compile(
+            "record.timestamp + value.delay + record.offset",
+            streamjob_crds::validate::KAFKA_RECORD_VARS,
+        )
+        .unwrap();
+        let w = Watermarks {
+            timestamp: Some(program),
+            max_out_of_orderness: Duration::ZERO,
+            idleness: None,
+            interval: Duration::from_millis(200),
+        };
+        let source = KafkaSource::builder()
+            .build_with(|_| Ok(Value::Null))
+            .with_spec_watermarks(&w);
+        let record = KafkaRecord {
+            topic: "t",
+            partition: 0,
+            offset: 7,
+            timestamp: Some(1_000),
+            key: None,
+            payload: None,
+            headers: None,
+        };
+        let value = Value::map([("delay", Value::Int(20))]);
+        let extract = source.extract.as_ref().unwrap();
+        assert_eq!(extract(&value, &record).unwrap(), 1_027);
+    }
+
     /// Signals a collector received.
     #[derive(Default)]
     struct Signals(Vec<String>);
