@@ -668,6 +668,15 @@ pub struct KafkaSource {
     /// payload alone.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub include_metadata: bool,
+    /// Optional CEL expression computing each record's value at the source, over `value`
+    /// (the payload decoded per `format`; null for a tombstone) and `record` (`key`,
+    /// `headers`, `timestamp`, `topic`, `partition`, `offset`), e.g.
+    /// `{'user': value.user, 'trace': record.headers['trace-id']}`. `record.headers` maps
+    /// each header name to its last value (a string if UTF-8, else bytes; null for a null
+    /// value). An alternative to `includeMetadata`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub value: Option<String>,
     /// What to do when a topic does not exist: `fail` (default) or `wait` until it does.
     #[serde(default)]
     pub missing_topic: MissingTopic,
@@ -762,6 +771,12 @@ pub struct KafkaSink {
     /// Optional CEL expression over `value` computing the record key (a string, int or bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// Optional CEL expression over `value` computing the record headers: a map of header
+    /// name to a string or bytes (a null entry writes no header; a null map no headers).
+    /// With `metadata: true` it replaces the map's `headers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub headers: Option<String>,
     /// Payload format.
     #[serde(default)]
     pub format: RecordFormat,

@@ -26,8 +26,13 @@ use crate::spec::{
     StartingOffsets, StreamJob, StreamJobSpec, StreamJobStatus,
 };
 
-/// Variables of `map`, `filter`, `flatMap`, `keyBy` expressions and of the Kafka sink `key`.
+/// Variables of `map`, `filter`, `flatMap`, `keyBy` expressions and of the Kafka sink `key`
+/// and `headers`.
 pub const VALUE_VARS: &[&str] = &["value"];
+/// Variables of a Kafka source's `value` and `watermarks.timestamp` expressions: the decoded
+/// payload and the Kafka record (`key`, `headers`, `timestamp`, `topic`, `partition`,
+/// `offset`), which exists only there: later steps see only what the value carries.
+pub const KAFKA_RECORD_VARS: &[&str] = &["value", "record"];
 /// Variables of `reduce` expressions, in binding order.
 pub const REDUCE_VARS: &[&str] = &["acc", "value", "key"];
 
@@ -275,30 +280,23 @@ impl Validator {
                     .saturating_add(RESTART_ALLOWANCE_MS);
                 // `streamjob run` refuses what the sink's transaction-coordinator client
                 // cannot speak: refusing it here too keeps the operator from deploying pods
-                // that crash-loop. Values given in secretProperties are checked at run time
-                // (only their presence is known here).
+                // that crash-loop. Only the names of secretProperties are known here: what
+                // depends on their values the shared check leaves to run.
                 if let Some(k) = eo
                     && let Some((key, why)) =
                         crate::kafka_security::transaction_client_refusal(|p| {
-                            k.properties.get(p).map(String::as_str).or_else(|| {
-                                // Only the presence of these two matters.
-                                (matches!(p, "ssl.key.password" | "ssl.keystore.location")
-                                    && k.secret_properties.contains_key(p))
-                                .then_some("(secret)")
-                            })
+                            crate::kafka_security::Property::of(
+                                k.properties.get(p).map(String::as_str),
+                                k.secret_properties.contains_key(p),
+                            )
                         })
                 {
-                    let secret = k.secret_properties.contains_key(key);
-                    let presence = matches!(key, "ssl.key.password" | "ssl.keystore.location");
-                    // A secret's value is unknown here: run decides.
-                    if !secret || presence {
-                        let field = if secret {
-                            "secretProperties"
-                        } else {
-                            "properties"
-                        };
-                        self.push(format!("spec.steps[{i}].sink.kafka.{field}.{key}"), why);
-                    }
+                    let field = if k.secret_properties.contains_key(key) {
+                        "secretProperties"
+                    } else {
+                        "properties"
+                    };
+                    self.push(format!("spec.steps[{i}].sink.kafka.{field}.{key}"), why);
                 }
                 if let Some(k) = eo
                     && k.transaction_timeout_ms <= needed
@@ -727,7 +725,20 @@ impl Validator {
         }
         match Program::compile(src, vars) {
             Err(e) => {
-                self.push(path, format!("'{}' does not compile: {e}", excerpt(src)));
+                let hint = if !vars.contains(&"record")
+                    && e.message.starts_with("unknown variable 'record'")
+                {
+                    "; `record` (a Kafka record's key, headers, timestamp, topic, partition and \
+                     offset) exists only in a Kafka source's `value` and `watermarks.timestamp` \
+                     expressions: copy what later steps need into the value there, e.g. \
+                     value: \"{'v': value, 'trace': record.headers['trace-id']}\""
+                } else {
+                    ""
+                };
+                self.push(
+                    path,
+                    format!("'{}' does not compile: {e}{hint}", excerpt(src)),
+                );
                 None
             }
             Ok(p) => match p.result_type() {
@@ -867,6 +878,16 @@ impl Validator {
             &format!("{at}.commitIntervalMs"),
         );
         self.properties(&k.properties, &k.secret_properties, at);
+        if let Some(v) = &k.value {
+            if k.include_metadata {
+                self.push(
+                    format!("{at}.includeMetadata"),
+                    "includeMetadata and value are alternatives: the value expression reads the \
+                     metadata from `record` (e.g. value: \"{'key': record.key, 'value': value}\")",
+                );
+            }
+            self.compile(&format!("{at}.value"), v, KAFKA_RECORD_VARS, &[], "value");
+        }
     }
 
     fn checkpointing(&mut self, c: &crate::spec::Checkpointing) {
@@ -1015,6 +1036,16 @@ impl Validator {
             &format!("{at}.commitIntervalMs"),
         );
         self.properties(&k.properties, &k.secret_properties, at);
+        if let Some(h) = &k.headers {
+            // Compiled again by the worker; here for its errors.
+            self.compile(
+                &format!("{at}.headers"),
+                h,
+                VALUE_VARS,
+                &[ValueType::Map],
+                "Kafka headers",
+            );
+        }
         let key = k.key.as_deref()?;
         self.compile(
             &format!("{at}.key"),

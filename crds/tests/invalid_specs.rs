@@ -576,6 +576,13 @@ fn exactly_once_with_checkpointing_validates_what_run_accepts_over_tls_and_sasl(
         "spec.steps[1].sink.kafka.properties.sasl.mechanism",
         "SASL mechanism 'GSSAPI' (librdkafka's default) is not supported with deliveryGuarantee exactly-once",
     );
+    // The mechanism in a Secret (under either of librdkafka's names): its value is read by
+    // run, which accepts PLAIN and SCRAM; validation cannot see it and must not assume GSSAPI.
+    for name in ["sasl.mechanism", "sasl.mechanisms"] {
+        assert_valid(&format!(
+            "checkpointing: {{intervalMs: 1000, directory: /tmp/c}}\nsteps:\n{SRC}\n- name: out\n  sink:\n    kafka: {{bootstrapServers: 'k:9092', topic: t, deliveryGuarantee: exactly-once, transactionalIdPrefix: p, properties: {{security.protocol: SASL_SSL, sasl.username: u}}, secretProperties: {{sasl.password: {{name: kafka, key: password}}, {name}: {{name: kafka, key: mechanism}}}}}}"
+        ));
+    }
     assert_error(
         &spec("security.protocol: SSL, enable.ssl.certificate.verification: 'false'"),
         "spec.steps[1].sink.kafka.properties.enable.ssl.certificate.verification",

@@ -11,7 +11,8 @@ use crate::duration::DURATION_PATTERN;
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WatermarksSpec {
-    /// CEL expression over the record `value` giving its event time in ms since the epoch
+    /// CEL expression over the record `value` (and, for a Kafka source, the Kafka `record`
+    /// as in its `value` expression) giving its event time in ms since the epoch
     /// (an int). Default: the Kafka record timestamp for Kafka sources, the event's
     /// `dateTime` for Nexmark; required for other sources.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{VALUE_VARS, Validator};
+use super::{KAFKA_RECORD_VARS, VALUE_VARS, Validator};
 use crate::duration::parse_duration;
 use crate::expr::{Program, ValueType};
 use crate::spec::{
@@ -17,7 +17,8 @@ const RESERVED: &[&str] = &["key", "window", "value", "acc"];
 /// A source's compiled `watermarks`.
 #[derive(Debug, Clone)]
 pub struct Watermarks {
-    /// Event time of a record (variables: `value`); `None`: the source's own timestamps
+    /// Event time of a record (variables: `value`, and `record` for a Kafka source
+    /// ([`super::KAFKA_RECORD_VARS`])); `None`: the source's own timestamps
     /// (Kafka record timestamps, Nexmark `dateTime`).
     pub timestamp: Option<Program>,
     pub max_out_of_orderness: Duration,
@@ -113,11 +114,16 @@ impl Validator {
         at: &str,
     ) -> Option<Watermarks> {
         let own_timestamps = src.kafka.is_some() || src.nexmark.is_some();
+        // A Kafka source evaluates it with the record at hand.
+        let vars = match src.kafka {
+            Some(_) => KAFKA_RECORD_VARS,
+            None => VALUE_VARS,
+        };
         let timestamp = match &w.timestamp {
             Some(t) => Some(self.compile(
                 &format!("{at}.timestamp"),
                 t,
-                VALUE_VARS,
+                vars,
                 &[ValueType::Int],
                 "timestamp",
             )?),

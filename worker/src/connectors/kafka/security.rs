@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use streamjob_crds::kafka_security::transaction_client_refusal;
+use streamjob_crds::kafka_security::{Property, transaction_client_refusal};
 
 use super::ClientProperties;
 
@@ -82,7 +82,8 @@ impl Security {
     }
 
     pub fn from_lookup<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Result<Security, String> {
-        if let Some((key, why)) = transaction_client_refusal(&get) {
+        // Run knows every value, secrets included.
+        if let Some((key, why)) = transaction_client_refusal(|k| Property::of(get(k), false)) {
             return Err(format!("Kafka property {key}: {why}"));
         }
         let protocol = get("security.protocol")
@@ -257,6 +258,32 @@ mod tests {
         let sasl = s.sasl.unwrap();
         assert_eq!(sasl.mechanism, Mechanism::ScramSha512);
         assert!(!format!("{sasl:?}").contains("hunter2"));
+    }
+
+    /// `validate` accepts a mechanism given in a Secret under either name (it cannot read
+    /// it); run reads it and agrees for what the client speaks, refuses the rest.
+    #[test]
+    fn a_mechanism_from_a_secret_under_the_plural_name_is_read() {
+        for (mechanism, want) in [
+            ("SCRAM-SHA-256", Ok(Mechanism::ScramSha256)),
+            ("GSSAPI", Err(())),
+        ] {
+            let mut client = ClientProperties::new("k:9092");
+            client
+                .properties
+                .insert("security.protocol".into(), "SASL_PLAINTEXT".into());
+            client.properties.insert("sasl.username".into(), "u".into());
+            client.set_secret("sasl.password", "p".into());
+            client.set_secret("sasl.mechanisms", mechanism.into());
+            match (Security::of(&client), want) {
+                (Ok(s), Ok(m)) => assert_eq!(s.sasl.unwrap().mechanism, m),
+                (Err(e), Err(())) => assert!(
+                    e.starts_with("Kafka property sasl.mechanisms: SASL mechanism 'GSSAPI' is not"),
+                    "{e}"
+                ),
+                (got, _) => panic!("{mechanism}: {got:?}"),
+            }
+        }
     }
 
     #[test]

@@ -62,7 +62,7 @@ impl KafkaRecord<'_> {
 }
 
 type Decode<T> = Arc<dyn Fn(&KafkaRecord<'_>) -> Result<T, BoxError> + Send + Sync>;
-type Extract<T> = Arc<dyn Fn(&T) -> Result<i64, BoxError> + Send + Sync>;
+type Extract<T> = Arc<dyn Fn(&T, &KafkaRecord<'_>) -> Result<i64, BoxError> + Send + Sync>;
 
 /// Decides about a record that failed to decode: `Ok(())` drops it (skipped or dead-lettered),
 /// an error fails the job.
@@ -242,8 +242,16 @@ impl<T> KafkaSource<T> {
     /// record whose extractor fails goes to the malformed-record handler (or fails the job).
     /// Takes precedence over the strategy's assigner.
     pub fn with_fallible_timestamps(
-        mut self,
+        self,
         extract: impl Fn(&T) -> Result<i64, BoxError> + Send + Sync + 'static,
+    ) -> Self {
+        self.with_record_timestamps(move |v, _| extract(v))
+    }
+
+    /// [`KafkaSource::with_fallible_timestamps`] with the consumed record at hand too.
+    pub fn with_record_timestamps(
+        mut self,
+        extract: impl Fn(&T, &KafkaRecord<'_>) -> Result<i64, BoxError> + Send + Sync + 'static,
     ) -> Self {
         self.extract = Some(Arc::new(extract));
         self
@@ -252,7 +260,8 @@ impl<T> KafkaSource<T> {
 
 impl KafkaSource<Value> {
     /// The spec's `watermarks` of a Kafka source: per-partition tracking, the record
-    /// timestamp unless a `timestamp` expression is given.
+    /// timestamp unless a `timestamp` expression is given (over the record's value and, if
+    /// compiled with them, the Kafka `record`'s fields).
     pub(crate) fn with_spec_watermarks(self, w: &Watermarks) -> Self {
         let mut strategy =
             WatermarkStrategy::<Value>::for_bounded_out_of_orderness(w.max_out_of_orderness);
@@ -266,15 +275,22 @@ impl KafkaSource<Value> {
         let with = self.with_watermarks(strategy);
         match w.timestamp.clone() {
             None => with,
-            Some(program) => with.with_fallible_timestamps(move |v: &Value| {
-                match program.eval_cow(&[v]).map(|t| t.as_i64()) {
-                    Ok(Some(ts)) => Ok(ts),
-                    Ok(None) => Err("the watermarks timestamp expression must return an int \
+            Some(program) => {
+                let record = super::spec::RecordVar::for_program(&program);
+                let with_record = program.vars().len() == 2;
+                with.with_record_timestamps(move |v: &Value, r| {
+                    let rec = record.of(r);
+                    let both = [v, &rec];
+                    let args = if with_record { &both[..] } else { &both[..1] };
+                    match program.eval_cow(args).map(|t| t.as_i64()) {
+                        Ok(Some(ts)) => Ok(ts),
+                        Ok(None) => Err("the watermarks timestamp expression must return an int \
                                      (ms since the epoch)"
-                        .into()),
-                    Err(e) => Err(format!("watermarks timestamp: {e}").into()),
-                }
-            }),
+                            .into()),
+                        Err(e) => Err(format!("watermarks timestamp: {e}").into()),
+                    }
+                })
+            }
         }
     }
 }
@@ -1044,7 +1060,7 @@ impl<T: Send + 'static> SourceReader<T> for Reader<T> {
                 (record.key.map_or(0, <[u8]>::len) + record.payload.map_or(0, <[u8]>::len)) as u64;
             let decoded = (self.decode)(&record).and_then(|v| {
                 let ts = match (&self.extract, &self.time) {
-                    (Some(f), _) => Some(f(&v)?),
+                    (Some(f), _) => Some(f(&v, &record)?),
                     (
                         None,
                         Some(EventTime {
@@ -1119,6 +1135,38 @@ mod tests {
         .unwrap();
         let (p, w) = serde_json::from_slice::<Saved>(&new).unwrap().into_parts();
         assert_eq!((p.len(), w), (1, Some(7)));
+    }
+
+    /// A Kafka source's `watermarks.timestamp` expression reads the consumed record as
+    /// `record` next to the record's value.
+    #[test]
+    fn the_timestamp_expression_reads_the_kafka_record() {
+        let program = streamjob_crds::expr::Program::compile(
+            "record.timestamp + value.delay + record.offset",
+            streamjob_crds::validate::KAFKA_RECORD_VARS,
+        )
+        .unwrap();
+        let w = Watermarks {
+            timestamp: Some(program),
+            max_out_of_orderness: Duration::ZERO,
+            idleness: None,
+            interval: Duration::from_millis(200),
+        };
+        let source = KafkaSource::builder()
+            .build_with(|_| Ok(Value::Null))
+            .with_spec_watermarks(&w);
+        let record = KafkaRecord {
+            topic: "t",
+            partition: 0,
+            offset: 7,
+            timestamp: Some(1_000),
+            key: None,
+            payload: None,
+            headers: None,
+        };
+        let value = Value::map([("delay", Value::Int(20))]);
+        let extract = source.extract.as_ref().unwrap();
+        assert_eq!(extract(&value, &record).unwrap(), 1_027);
     }
 
     /// Signals a collector received.

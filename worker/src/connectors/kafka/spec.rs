@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use streamjob_crds::expr::{Program, Value};
 use streamjob_crds::spec::{self, RecordFormat};
+use streamjob_crds::validate::{KAFKA_RECORD_VARS, VALUE_VARS};
 
 use super::source::KafkaRecord;
 use super::{ClientProperties, Encoded, KafkaSink, KafkaSource};
@@ -53,8 +54,8 @@ fn key_value(key: Option<&[u8]>) -> Value {
     }
 }
 
-/// Header name -> value (a string if UTF-8, else bytes; null for a null header); a name
-/// that repeats keeps its last value.
+/// Header name -> value (a string if UTF-8, else bytes: never rewritten; null for a null
+/// header); a name that repeats keeps its last value (as the Java client's `lastHeader`).
 fn headers_value(r: &KafkaRecord<'_>) -> Value {
     use rdkafka::message::Headers as _;
     let Some(h) = r.headers else {
@@ -74,6 +75,60 @@ fn with_metadata(r: &KafkaRecord<'_>, value: Value) -> Value {
         ("offset", Value::Int(r.offset)),
         ("timestamp", r.timestamp.map_or(Value::Null, Value::Int)),
     ])
+}
+
+/// Names of the fields of `record`, made once: cloning an `Arc` per record instead of
+/// allocating each name again.
+struct RecordFields([Arc<str>; 6]);
+
+impl RecordFields {
+    fn new() -> Self {
+        RecordFields(
+            [
+                "key",
+                "headers",
+                "timestamp",
+                "topic",
+                "partition",
+                "offset",
+            ]
+            .map(Arc::from),
+        )
+    }
+
+    /// The `record` variable of a Kafka source's `value` and `watermarks.timestamp`
+    /// expressions: `{key, headers, timestamp, topic, partition, offset}`.
+    fn of(&self, r: &KafkaRecord<'_>) -> Value {
+        let [key, headers, timestamp, topic, partition, offset] = &self.0;
+        Value::map([
+            (key.clone(), key_value(r.key)),
+            (headers.clone(), headers_value(r)),
+            (
+                timestamp.clone(),
+                r.timestamp.map_or(Value::Null, Value::Int),
+            ),
+            (topic.clone(), Value::string(r.topic)),
+            (partition.clone(), Value::Int(i64::from(r.partition))),
+            (offset.clone(), Value::Int(r.offset)),
+        ])
+    }
+}
+
+/// Builds the `record` variable for an expression compiled with
+/// [`streamjob_crds::validate::KAFKA_RECORD_VARS`], or null if the expression cannot read it:
+/// `record` is built per record only for expressions that name it.
+pub(crate) struct RecordVar(Option<RecordFields>);
+
+impl RecordVar {
+    pub(crate) fn for_program(p: &Program) -> Self {
+        // An expression reads a variable only by its name: without the word it cannot.
+        let reads = p.vars().iter().any(|v| &**v == "record") && p.source().contains("record");
+        RecordVar(reads.then(RecordFields::new))
+    }
+
+    pub(crate) fn of(&self, r: &KafkaRecord<'_>) -> Value {
+        self.0.as_ref().map_or(Value::Null, |f| f.of(r))
+    }
 }
 
 /// What the dead-letter record says about a payload that failed to decode.
@@ -111,9 +166,24 @@ pub(crate) fn source(
         b = b.starting_timestamp(ts);
     }
     let (format, metadata) = (k.format, k.include_metadata);
+    let Some(src) = &k.value else {
+        return Ok(b.build_with(move |r| {
+            let v = decode_payload(format, r.payload).map_err(BoxError::from)?;
+            Ok(if metadata { with_metadata(r, v) } else { v })
+        }));
+    };
+    // Validated: this compiles.
+    let program =
+        Program::compile(src, KAFKA_RECORD_VARS).map_err(|e| format!("{at}.value: {e}"))?;
+    let record = RecordVar::for_program(&program);
+    let at = format!("{at}.value");
     Ok(b.build_with(move |r| {
         let v = decode_payload(format, r.payload).map_err(BoxError::from)?;
-        Ok(if metadata { with_metadata(r, v) } else { v })
+        let rec = record.of(r);
+        // A failure goes to the job's onError policy like an undecodable payload.
+        program
+            .eval(&[&v, &rec])
+            .map_err(|e| format!("{at}: {e}").into())
     }))
 }
 
@@ -159,6 +229,13 @@ pub(crate) fn sink(
     key: Option<Program>,
     at: &str,
 ) -> Result<KafkaSink<Value>, String> {
+    // Validated: this compiles.
+    let headers = k
+        .headers
+        .as_deref()
+        .map(|h| Program::compile(h, VALUE_VARS).map_err(|e| format!("{at}.headers: {e}")))
+        .transpose()?;
+    let headers_at = format!("{at}.headers");
     let mut b = KafkaSink::builder()
         .client_properties(client(
             &k.bootstrap_servers,
@@ -184,7 +261,7 @@ pub(crate) fn sink(
                     v.value_type().name()
                 )
             })?;
-                if let Some(h) = m.get("headers") {
+                if let (None, Some(h)) = (&headers, m.get("headers")) {
                     write_headers(h, headers_out)?;
                 }
                 (
@@ -194,6 +271,13 @@ pub(crate) fn sink(
             } else {
                 (v, &Value::Null)
             };
+            if let Some(program) = &headers {
+                let vars = [v];
+                let h = program
+                    .eval_cow(&vars)
+                    .map_err(|e| format!("{headers_at}: {e}"))?;
+                write_headers(h.as_ref(), headers_out)?;
+            }
             // Null in, null out: a tombstone in every format.
             let has_value = !matches!(payload, Value::Null);
             if has_value {
