@@ -132,15 +132,28 @@ pub struct DurableBroker {
     s3_port: u16,
     s3: std::process::Child,
     broker: Option<std::process::Child>,
+    /// The broker's warnings and errors, every incarnation appended (`broker.log`).
+    log: std::path::PathBuf,
+}
+
+/// `path` opened for appending, as a child's stdout or stderr.
+fn append_to(path: &std::path::Path) -> std::process::Stdio {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap()
+        .into()
 }
 
 impl DurableBroker {
-    pub fn start() -> Self {
+    /// Keeps the broker's log (`broker.log`) and the S3 server's (`s3.log`) in `dir`.
+    pub fn start(dir: &std::path::Path) -> Self {
         let s3_port = free_port();
         let s3 = std::process::Command::new(test_bin("STREAMJOB_TEST_MOTO_BIN"))
             .args(["-p", &s3_port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdout(append_to(&dir.join("s3.log")))
+            .stderr(append_to(&dir.join("s3.log")))
             .spawn()
             .unwrap();
         let mut b = DurableBroker {
@@ -148,6 +161,7 @@ impl DurableBroker {
             s3_port,
             s3,
             broker: None,
+            log: dir.join("broker.log"),
         };
         wait_for_port(s3_port, "the S3 server (moto)");
         b.create_bucket();
@@ -199,8 +213,9 @@ impl DurableBroker {
             .env("AWS_DEFAULT_REGION", "us-east-1")
             .env("AWS_ENDPOINT", format!("http://127.0.0.1:{}", self.s3_port))
             .env("AWS_ALLOW_HTTP", "true")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .env("RUST_LOG", "warn")
+            .stdout(append_to(&self.log))
+            .stderr(append_to(&self.log))
             .spawn()
             .unwrap();
         self.broker = Some(child);
@@ -213,6 +228,11 @@ impl DurableBroker {
             let _ = b.kill();
             let _ = b.wait();
         }
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        std::io::Write::write_all(&mut log, b"==== SIGKILLed; restarting ====\n").unwrap();
         std::thread::sleep(down);
         self.start_broker();
     }

@@ -14,7 +14,7 @@
 //!   failure loses nothing that was committed, but the records of the open transaction are
 //!   only written again if the source re-reads them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -220,6 +220,26 @@ pub(crate) struct DeliveryReports {
     limiter: LogLimiter,
     /// Deliveries counted for the metrics (set once the writer knows its subtask).
     produced: OnceLock<Arc<metrics::Produced>>,
+    /// First and last offset acknowledged per partition since the last `take_acked` (the
+    /// two-phase commit logs them per transaction, to trace a record to its transaction).
+    acked: Mutex<BTreeMap<i32, (i64, i64)>>,
+    /// The first delivery the brokers confirmed without an offset, see `unproven`.
+    unproven: Mutex<Option<String>>,
+}
+
+impl DeliveryReports {
+    fn take_acked(&self) -> BTreeMap<i32, (i64, i64)> {
+        std::mem::take(&mut *self.acked.lock().unwrap())
+    }
+}
+
+/// Offset ranges as `p0:12-340 p1:7-299`, for the logs.
+fn offset_ranges(acked: &BTreeMap<i32, (i64, i64)>) -> String {
+    acked
+        .iter()
+        .map(|(p, (first, last))| format!("p{p}:{first}-{last}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 impl ClientContext for DeliveryReports {
@@ -242,10 +262,30 @@ impl ProducerContext for DeliveryReports {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if result.is_ok() {
+        if let Ok(m) = result {
             // Called on the thread that polls this producer (the writer's): one writer.
             if let Some(p) = self.produced.get() {
                 p.delivered(1);
+            }
+            let offset = m.offset();
+            if offset < 0 {
+                // librdkafka marks a retried batch delivered when the broker answers
+                // DUPLICATE_SEQUENCE_NUMBER ("previous send succeeded but was not
+                // acknowledged"), with no offset: the first record carries -1.
+                let mut first = self.unproven.lock().unwrap();
+                if first.is_none() {
+                    *first = Some(format!("{}/{}", m.topic(), m.partition()));
+                }
+            } else {
+                self.acked
+                    .lock()
+                    .unwrap()
+                    .entry(m.partition())
+                    .and_modify(|(first, last)| {
+                        *first = (*first).min(offset);
+                        *last = (*last).max(offset);
+                    })
+                    .or_insert((offset, offset));
             }
         } else if let Err((e, m)) = result {
             self.failures.fetch_add(1, Ordering::Relaxed);
@@ -576,6 +616,7 @@ impl<T> Writer<T> {
         slot.producer
             .begin_transaction()
             .map_err(|e| format!("cannot begin a Kafka transaction: {e}"))?;
+        slot.producer.context().take_acked();
         slot.state = SlotState::Open;
         self.in_transaction = 0;
         Ok(())
@@ -628,9 +669,19 @@ impl<T> Writer<T> {
     fn commit_transaction(&mut self) -> Result<(), BoxError> {
         let producer = &self.slots[self.current].producer;
         flush(producer, FINISH_TIMEOUT)
-            .and_then(|()| producer.commit_transaction(FINISH_TIMEOUT))
             .map_err(|e| format!("cannot commit the Kafka transaction: {e}"))?;
-        info!(records = self.in_transaction, "committed Kafka transaction");
+        // Every delivery report is in: a failed or unproven one must not be committed.
+        self.check_slot(self.current)?;
+        let producer = &self.slots[self.current].producer;
+        producer
+            .commit_transaction(FINISH_TIMEOUT)
+            .map_err(|e| format!("cannot commit the Kafka transaction: {e}"))?;
+        let acked = producer.context().take_acked();
+        info!(
+            records = self.in_transaction,
+            offsets = %offset_ranges(&acked),
+            "committed Kafka transaction"
+        );
         metrics::transaction_committed();
         self.in_transaction = 0;
         self.last_commit = Instant::now();
