@@ -14,11 +14,64 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
+/// A reader of a whole topic from its start that remembers every payload it read, for
+/// polling a running job's output.
+pub struct Reader {
+    consumer: BaseConsumer,
+    pub seen: BTreeSet<String>,
+}
+
+impl Reader {
+    pub fn new(broker: &str, topic: &str, read_committed: bool) -> Self {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", broker)
+            .set("group.id", "streamjob-test-reader")
+            .set("enable.auto.commit", "false")
+            .set(
+                "isolation.level",
+                if read_committed {
+                    "read_committed"
+                } else {
+                    "read_uncommitted"
+                },
+            )
+            .create()
+            .unwrap();
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in md.topics()[0].partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        Reader {
+            consumer,
+            seen: BTreeSet::new(),
+        }
+    }
+
+    /// Reads for `time` (errors, e.g. while the broker restarts, are retried); returns how
+    /// many distinct payloads it has seen.
+    pub fn read_for(&mut self, time: Duration) -> usize {
+        let started = Instant::now();
+        while started.elapsed() < time {
+            if let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(100))
+                && let Some(p) = m.payload()
+            {
+                self.seen.insert(String::from_utf8_lossy(p).into_owned());
+            }
+        }
+        self.seen.len()
+    }
+}
+
 /// Where a record is: partition and offset.
 pub type At = (i32, i64);
 
-/// Every record of `topic` as payload -> where (each place, duplicates included), read to
-/// each partition's high watermark or until nothing arrived for `quiet`.
+/// Every record of `topic` as payload -> where (each place, duplicates included), read until
+/// nothing arrived for `quiet` (not to the high watermark: tansu reports a stale one).
 pub fn locate_all(
     broker: &str,
     topic: &str,
@@ -43,31 +96,38 @@ pub fn locate_all(
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .unwrap();
     let mut tpl = TopicPartitionList::new();
-    let mut ends = BTreeMap::new();
     for p in md.topics()[0].partitions() {
         tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
             .unwrap();
-        let (_, high) = consumer
-            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-            .unwrap();
-        ends.insert(p.id(), high);
     }
     consumer.assign(&tpl).unwrap();
     let mut out: BTreeMap<String, Vec<At>> = BTreeMap::new();
-    let mut positions: BTreeMap<i32, i64> = BTreeMap::new();
     let mut idle = Instant::now();
-    while idle.elapsed() < quiet
-        && ends
-            .iter()
-            .any(|(p, &h)| positions.get(p).copied().unwrap_or(0) < h - 1)
-    {
+    while idle.elapsed() < quiet {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            positions.insert(m.partition(), m.offset());
             let payload = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
             out.entry(payload)
                 .or_default()
                 .push((m.partition(), m.offset()));
             idle = Instant::now();
+        }
+    }
+    out
+}
+
+/// `text` without terminal colour codes (`ESC [ ... m`), which the worker's log has.
+fn strip_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
         }
     }
     out
@@ -84,7 +144,8 @@ struct Txn {
 /// The "pre-committed Kafka transaction" lines of a worker log, with their offset ranges
 /// (`offsets=p0:12-340 p1:7-299`).
 fn transactions(log: &str) -> Vec<Txn> {
-    log.lines()
+    strip_colours(log)
+        .lines()
         .filter(|l| l.contains("pre-committed Kafka transaction"))
         .filter_map(|l| {
             let at = l.find("offsets=")? + "offsets=".len();
@@ -104,7 +165,7 @@ fn transactions(log: &str) -> Vec<Txn> {
                 ranges.insert(p, (a, b));
             }
             Some(Txn {
-                line: l.to_string(),
+                line: l.trim().to_string(),
                 ranges,
             })
         })
@@ -124,9 +185,11 @@ fn txn_of(txns: &[Txn], at: At) -> String {
         )
 }
 
-/// Writes `missing.txt` into `dir` (every missing id: input place, whether the output log
-/// holds it, its neighbours' output places and their transactions) and returns a summary
-/// for the failure message. `input_order` lists the ids in the order they were produced.
+/// Writes `missing.txt` into `dir` and returns it for the failure message: the missing ids
+/// in runs (consecutive in their input partition, alike in whether the output log holds
+/// them), each with its input offsets, its output offsets if the log holds it, and the
+/// nearest records of the same input partition in the output log before and after it with
+/// the transactions that wrote them. `input_order` lists the ids in the order produced.
 pub fn report_missing(
     dir: &Path,
     broker: &str,
@@ -136,76 +199,100 @@ pub fn report_missing(
     missing: &BTreeSet<String>,
     worker_log: &str,
 ) -> String {
-    let quiet = Duration::from_secs(10);
+    let quiet = Duration::from_secs(5);
     let inputs = locate_all(broker, input, false, quiet);
     let uncommitted = locate_all(broker, output, false, quiet);
     let committed = locate_all(broker, output, true, quiet);
     let txns = transactions(worker_log);
-    let still_missing: BTreeSet<&String> = missing
-        .iter()
-        .filter(|id| !committed.contains_key(*id))
-        .collect();
-    let in_log = missing
-        .iter()
-        .filter(|id| uncommitted.contains_key(*id))
-        .count();
     let mut text = String::new();
     writeln!(
         text,
-        "{} missing ids; a final full read_committed read still misses {}; {} of the missing \
-         are in the output log (read_uncommitted); {} transactions in the worker log",
+        "{} missing ids; a final full read_committed read still misses {}; {} of them are in \
+         the output log (read_uncommitted); {} pre-committed transactions in the worker log",
         missing.len(),
-        still_missing.len(),
-        in_log,
+        missing
+            .iter()
+            .filter(|id| !committed.contains_key(*id))
+            .count(),
+        missing
+            .iter()
+            .filter(|id| uncommitted.contains_key(*id))
+            .count(),
         txns.len()
     )
     .unwrap();
-    // The input partition of each id, to find its neighbours in the same subtask's stream.
-    let place = |id: &String| inputs.get(id).and_then(|v| v.first().copied());
-    let by_partition: BTreeMap<i32, Vec<&String>> =
-        input_order.iter().fold(BTreeMap::new(), |mut acc, id| {
-            if let Some((p, _)) = place(id) {
-                acc.entry(p).or_insert_with(Vec::new).push(id);
-            }
-            acc
-        });
-    for id in missing {
-        let input_at = place(id);
-        write!(text, "{id}: input {input_at:?}").unwrap();
-        match uncommitted.get(id) {
-            Some(at) => write!(
-                text,
-                "; in the output log at {at:?} (hidden from read_committed)"
-            ),
-            None => write!(text, "; absent from the output log"),
-        }
+    let unplaced: Vec<&String> = missing
+        .iter()
+        .filter(|id| !inputs.contains_key(*id))
+        .collect();
+    if !unplaced.is_empty() {
+        writeln!(
+            text,
+            "{} missing ids are not in the input topic either: {:?}",
+            unplaced.len(),
+            &unplaced[..unplaced.len().min(10)]
+        )
         .unwrap();
-        if let Some((p, _)) = input_at {
-            let ids = &by_partition[&p];
-            let i = ids.iter().position(|x| *x == id).unwrap();
-            let before = ids[..i].iter().rev().find(|x| committed.contains_key(**x));
-            let after = ids[i + 1..].iter().find(|x| committed.contains_key(**x));
+    }
+    let mut by_partition: BTreeMap<i32, Vec<&String>> = BTreeMap::new();
+    for id in input_order {
+        if let Some(at) = inputs.get(id) {
+            by_partition.entry(at[0].0).or_default().push(id);
+        }
+    }
+    for (p, ids) in &by_partition {
+        let mut i = 0;
+        while i < ids.len() {
+            if !missing.contains(ids[i]) {
+                i += 1;
+                continue;
+            }
+            // Where the output log holds it: its output partition, or none.
+            let kind = |id: &String| uncommitted.get(id).map(|at| at[0].0);
+            let start = i;
+            while i < ids.len() && missing.contains(ids[i]) && kind(ids[i]) == kind(ids[start]) {
+                i += 1;
+            }
+            let run = &ids[start..i];
+            let offsets = |id: &String| inputs[id][0].1;
+            write!(
+                text,
+                "input p{p} offsets {}-{} ({} .. {}, {} ids): ",
+                offsets(run[0]),
+                offsets(run[run.len() - 1]),
+                run[0],
+                run[run.len() - 1],
+                run.len()
+            )
+            .unwrap();
+            match kind(run[0]) {
+                None => writeln!(text, "absent from the output log"),
+                Some(q) => writeln!(
+                    text,
+                    "in the output log at p{q} offsets {}-{}, hidden from read_committed",
+                    uncommitted[run[0]][0].1,
+                    uncommitted[run[run.len() - 1]][0].1
+                ),
+            }
+            .unwrap();
+            let before = ids[..start]
+                .iter()
+                .rev()
+                .find(|x| uncommitted.contains_key(**x));
+            let after = ids[i..].iter().find(|x| uncommitted.contains_key(**x));
             for (what, n) in [("before", before), ("after", after)] {
                 if let Some(n) = n {
-                    let at = committed[*n][0];
-                    write!(
+                    let at = uncommitted[*n][0];
+                    writeln!(
                         text,
-                        "\n    {what}: {n} at output {at:?}: {}",
+                        "    {what}: {n} at output {at:?}: {}",
                         txn_of(&txns, at)
                     )
                     .unwrap();
                 }
             }
         }
-        text.push('\n');
     }
     std::fs::write(dir.join("missing.txt"), &text).unwrap();
-    let mut summary: String = text.lines().take(12).collect::<Vec<_>>().join("\n");
-    write!(
-        summary,
-        "\n(all of it in {})",
-        dir.join("missing.txt").display()
-    )
-    .unwrap();
-    summary
+    text
 }
