@@ -1252,6 +1252,7 @@ spec:
             "{name}: the job survives the broker restart: {log_text}"
         );
         if !missing.is_empty() {
+            broker.save_metadata(&dir.join("tansu-meta.http"));
             let evidence = report_missing(
                 &dir,
                 &broker.addr(),
@@ -1262,7 +1263,8 @@ spec:
                 &log_text,
             );
             panic!(
-                "{name}: {} records lost (logs in {}: job.log, broker.log, s3.log):\n{evidence}",
+                "{name}: {} records lost (in {}: job.log, broker.log, s3.log, tansu-meta.http):\n\
+                 {evidence}",
                 missing.len(),
                 dir.display()
             );

@@ -9,8 +9,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::http::{get, get_json, sample_sum, start};
-use common::kafka_topics::{broker, create_topic, produce_at, unique};
-use common::{free_ports, wait_for};
+use common::kafka_topics::{broker, create_topic, produce_at, recent_minute, unique};
+use common::{free_ports, lazy, wait_for};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -52,8 +52,12 @@ fn kafka_lag_drains_to_zero_and_produced_records_and_transactions_are_counted() 
     create_topic(&input, 3);
     create_topic(&output, 2);
     let records = 3000;
+    // Recent timestamps: the broker's time retention (7 days) deleted records stamped in
+    // 2023 within a second of their write, so a job that started a moment later found every
+    // partition empty (low = high watermark = 1000) and produced nothing.
+    let t0 = recent_minute();
     let lines: Vec<(i32, String, i64)> = (0..records)
-        .map(|i| (i % 3, format!("r{i}"), 1_700_000_000_000 + i64::from(i)))
+        .map(|i| (i % 3, format!("r{i}"), t0 + i64::from(i)))
         .collect();
     produce_at(&input, &lines);
     let dir = std::env::temp_dir().join(format!("sj-kafka-metrics-{}", std::process::id()));
@@ -110,17 +114,34 @@ spec:
             "--metrics-port",
             "0",
         ],
-        &[("STREAMJOB_TOKEN", "kafka-metrics-test")],
+        // The partitions' starting offsets (info) for a failure's diagnosis: the worker's
+        // log is part of the test's output.
+        &[
+            ("STREAMJOB_TOKEN", "kafka-metrics-test"),
+            ("STREAMJOB_LOG", "info"),
+        ],
     );
     let job = r#"job="kafka-metered""#;
     let topic_in = format!(r#"topic="{input}""#);
     let topic_out = format!(r#"topic="{output}""#);
+    let last = std::cell::RefCell::new(String::new());
     // Unbounded: the job keeps running with nothing left to read.
     let m = wait_for(
         Duration::from_secs(90),
-        "lag 0 on every input partition and every record produced and committed",
+        lazy(|| {
+            format!(
+                "lag 0 on every input partition and every record produced and committed; the \
+                 last Kafka metrics:\n{}",
+                last.borrow()
+            )
+        }),
         || {
             let (_, m) = get(&p.web, "/metrics").ok()?;
+            *last.borrow_mut() = m
+                .lines()
+                .filter(|l| l.starts_with("streamjob_kafka_"))
+                .collect::<Vec<_>>()
+                .join("\n");
             let lag: Vec<f64> = (0..3)
                 .map(|part| {
                     let partition = format!(r#"partition="{part}""#);

@@ -222,6 +222,24 @@ impl DurableBroker {
         wait_for_port(self.port, "the broker (tansu)");
     }
 
+    /// Copies tansu's cluster metadata (producers' sequences, transactions and their states,
+    /// `meta.json` in its bucket) to `to`, for a failure's diagnosis.
+    pub fn save_metadata(&self, to: &std::path::Path) {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.s3_port)) else {
+            return;
+        };
+        let _ = write!(
+            s,
+            "GET /tansu/clusters/tansu_cluster/meta.json HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\
+             Connection: close\r\n\r\n",
+            self.s3_port
+        );
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply);
+        let _ = std::fs::write(to, reply);
+    }
+
     /// SIGKILL, then `down` later a new broker on the same port and storage.
     pub fn kill_and_restart(&mut self, down: Duration) {
         if let Some(mut b) = self.broker.take() {
