@@ -11,13 +11,13 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 mod common;
 use common::kafka::{DurableBroker, RawRecord, java_partition, murmur2, read_raw};
 use common::kafka_evidence::{Reader, report_missing};
+use common::kafka_topics::{Record, records};
 use common::{kill_cluster, kill9, workers_of};
 
 const BIN: &str = env!("CARGO_BIN_EXE_streamjob");
@@ -116,61 +116,9 @@ fn produce(topic: &str, partitions: i32, lines: &[String]) {
     producer.flush(Duration::from_secs(30)).unwrap();
 }
 
-/// A record as (key, payload, partition).
-type Record = (Option<String>, String, i32);
-
 /// Every record currently in `topic`, read with the given isolation level.
 fn consume_all(topic: &str, read_committed: bool) -> Vec<Record> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker())
-        .set("group.id", unique("check"))
-        .set("enable.auto.commit", "false")
-        .set(
-            "isolation.level",
-            if read_committed {
-                "read_committed"
-            } else {
-                "read_uncommitted"
-            },
-        )
-        .create()
-        .unwrap();
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    let mut ends = BTreeMap::new();
-    for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-            .unwrap();
-        let (_, high) = consumer
-            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-            .unwrap();
-        ends.insert(p.id(), high);
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    let mut idle = Instant::now();
-    let mut positions: BTreeMap<i32, i64> = BTreeMap::new();
-    // Read until every partition reached its end (or nothing arrives for a while:
-    // transaction markers take offsets that carry no record).
-    while idle.elapsed() < Duration::from_secs(3)
-        && ends
-            .iter()
-            .any(|(p, &h)| positions.get(p).copied().unwrap_or(0) < h - 1)
-    {
-        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
-            let m = m.unwrap();
-            positions.insert(m.partition(), m.offset());
-            out.push((
-                m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
-                m.partition(),
-            ));
-            idle = Instant::now();
-        }
-    }
-    out
+    records(&broker(), topic, read_committed, Duration::from_secs(3))
 }
 
 fn text(lines: usize, seed: u64) -> (Vec<String>, BTreeMap<String, u64>) {
@@ -1252,7 +1200,7 @@ spec:
             "{name}: the job survives the broker restart: {log_text}"
         );
         if !missing.is_empty() {
-            broker.save_metadata(&dir.join("tansu-meta.http"));
+            broker.save_metadata(&dir.join("tansu-meta.json"));
             let evidence = report_missing(
                 &dir,
                 &broker.addr(),
@@ -1263,7 +1211,7 @@ spec:
                 &log_text,
             );
             panic!(
-                "{name}: {} records lost (in {}: job.log, broker.log, s3.log, tansu-meta.http):\n\
+                "{name}: {} records lost (in {}: job.log, broker.log, s3.log, tansu-meta.json):\n\
                  {evidence}",
                 missing.len(),
                 dir.display()

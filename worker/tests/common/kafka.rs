@@ -222,22 +222,22 @@ impl DurableBroker {
         wait_for_port(self.port, "the broker (tansu)");
     }
 
-    /// Copies tansu's cluster metadata (producers' sequences, transactions and their states,
-    /// `meta.json` in its bucket) to `to`, for a failure's diagnosis.
+    /// Copies tansu's cluster metadata (producers' sequences, transactions and their states:
+    /// `meta.json` in its bucket) to `to`, for a failure's diagnosis. Uses boto3 from the
+    /// test venv (next to the moto binary): moto refuses unsigned requests.
     pub fn save_metadata(&self, to: &std::path::Path) {
-        use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.s3_port)) else {
-            return;
-        };
-        let _ = write!(
-            s,
-            "GET /tansu/clusters/tansu_cluster/meta.json HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\
-             Connection: close\r\n\r\n",
-            self.s3_port
-        );
-        let mut reply = Vec::new();
-        let _ = s.read_to_end(&mut reply);
-        let _ = std::fs::write(to, reply);
+        let moto = test_bin("STREAMJOB_TEST_MOTO_BIN");
+        let python = std::path::Path::new(&moto).with_file_name("python");
+        let script = "import boto3, sys\n\
+            s3 = boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', \
+            aws_access_key_id='test', aws_secret_access_key='test')\n\
+            body = s3.get_object(Bucket='tansu', Key='clusters/tansu_cluster/meta.json')['Body']\n\
+            open(sys.argv[2], 'wb').write(body.read())\n";
+        let _ = std::process::Command::new(python)
+            .args(["-c", script])
+            .arg(format!("http://127.0.0.1:{}", self.s3_port))
+            .arg(to)
+            .status();
     }
 
     /// SIGKILL, then `down` later a new broker on the same port and storage.

@@ -9,10 +9,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+
+use super::kafka_topics::from_start;
 
 /// A reader of a whole topic from its start that remembers every payload it read, for
 /// polling a running job's output.
@@ -23,29 +23,7 @@ pub struct Reader {
 
 impl Reader {
     pub fn new(broker: &str, topic: &str, read_committed: bool) -> Self {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", broker)
-            .set("group.id", "streamjob-test-reader")
-            .set("enable.auto.commit", "false")
-            .set(
-                "isolation.level",
-                if read_committed {
-                    "read_committed"
-                } else {
-                    "read_uncommitted"
-                },
-            )
-            .create()
-            .unwrap();
-        let md = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for p in md.topics()[0].partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&tpl).unwrap();
+        let consumer = from_start(broker, topic, read_committed, "streamjob-test-reader");
         Reader {
             consumer,
             seen: BTreeSet::new(),
@@ -78,29 +56,7 @@ pub fn locate_all(
     read_committed: bool,
     quiet: Duration,
 ) -> BTreeMap<String, Vec<At>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker)
-        .set("group.id", "streamjob-test-evidence")
-        .set("enable.auto.commit", "false")
-        .set(
-            "isolation.level",
-            if read_committed {
-                "read_committed"
-            } else {
-                "read_uncommitted"
-            },
-        )
-        .create()
-        .unwrap();
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
+    let consumer = from_start(broker, topic, read_committed, "streamjob-test-evidence");
     let mut out: BTreeMap<String, Vec<At>> = BTreeMap::new();
     let mut idle = Instant::now();
     while idle.elapsed() < quiet {
