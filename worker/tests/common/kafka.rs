@@ -4,9 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 /// Murmur2 as the Java client's `Utils.murmur2` computes it (32-bit, seed 0x9747b28c),
 /// written from the published algorithm (Austin Appleby's MurmurHash2).
@@ -58,21 +56,8 @@ pub struct RawRecord {
 
 /// Every record of `topic` (read_uncommitted), waiting up to `deadline` for at least `min`.
 pub fn read_raw(broker: &str, topic: &str, min: usize, deadline: Duration) -> Vec<RawRecord> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker)
-        .set("group.id", "streamjob-test-read-raw")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
+    // librdkafka's default isolation level.
+    let consumer = super::kafka_topics::from_start(broker, topic, true, "streamjob-test-read-raw");
     let started = Instant::now();
     let mut out = Vec::new();
     let mut seen: BTreeMap<(i32, i64), ()> = BTreeMap::new();

@@ -31,8 +31,13 @@ pub fn unique(name: &str) -> String {
 
 /// Creates `name` with `partitions` partitions and waits until they are visible.
 pub fn create_topic(name: &str, partitions: i32) {
+    create_topic_on(&broker(), name, partitions);
+}
+
+/// [`create_topic`] on `broker`.
+pub fn create_topic_on(broker: &str, name: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", broker())
+        .set("bootstrap.servers", broker)
         .create()
         .unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -52,7 +57,7 @@ pub fn create_topic(name: &str, partitions: i32) {
         }
     }
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker())
+        .set("bootstrap.servers", broker)
         .create()
         .unwrap();
     super::wait_until(
@@ -79,8 +84,18 @@ pub fn produce_at(topic: &str, records: &[(i32, String, i64)]) {
 }
 
 fn produce<'a>(topic: &str, records: impl Iterator<Item = (i32, &'a String, Option<i64>)>) {
+    produce_on(&broker(), topic, records);
+}
+
+/// Writes `(partition, payload, timestamp ms)` records to `topic` on `broker` in this order;
+/// waits for the acks.
+pub fn produce_on<'a>(
+    broker: &str,
+    topic: &str,
+    records: impl Iterator<Item = (i32, &'a String, Option<i64>)>,
+) {
     let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker())
+        .set("bootstrap.servers", broker)
         .set("linger.ms", "5")
         .create()
         .unwrap();
