@@ -15,6 +15,7 @@ use rdkafka::{Offset, TopicPartitionList};
 mod common;
 use common::kafka::{DurableBroker, RawRecord, java_partition, murmur2, read_raw};
 use common::kafka_evidence::{Reader, report_missing};
+use common::kafka_job;
 use common::kafka_topics::{Record, create_topic_on, produce_on, records};
 use common::{kill_cluster, kill9, workers_of};
 
@@ -120,25 +121,28 @@ impl<'a> Job<'a> {
 }
 
 fn write_job(dir: &Path, j: &Job<'_>) -> PathBuf {
-    let yaml = format!(
-        r#"apiVersion: streamjob.dev/v1alpha1
-kind: StreamJob
-metadata:
-  name: kafka-wc
-spec:
-  parallelism: {p}
-  onError: {on_error}
-  steps:
-    - name: lines
-      source:
-        kafka:
-          bootstrapServers: "{broker}"
-          topics: [{input}]
-          groupId: {group}
-          startingOffsets: {starting}
-          format: {format}
-          bounded: true
-    - name: words
+    let broker = broker();
+    let (parallelism, on_error) = (
+        format!("parallelism: {}", j.parallelism),
+        format!("onError: {}", j.on_error),
+    );
+    let (starting, format) = (
+        format!("startingOffsets: {}", j.starting),
+        format!("format: {}", j.format),
+    );
+    kafka_job::write(
+        dir,
+        "kafka-wc",
+        &[&parallelism, &on_error],
+        &[
+            kafka_job::source(
+                "lines",
+                &broker,
+                j.input,
+                j.group,
+                &[&starting, &format, "bounded: true"],
+            ),
+            r#"    - name: words
       flatMap:
         expr: value.lower().words()
     - name: pairs
@@ -152,29 +156,17 @@ spec:
         expr: "[acc[0], acc[1] + value[1]]"
     - name: to-json
       map:
-        expr: '{{"word": value[0], "count": value[1]}}'
-    - name: out
-      sink:
-        kafka:
-          bootstrapServers: "{broker}"
-          topic: {output}
-          key: value.word
-          format: json
-{sink_extra}
-"#,
-        p = j.parallelism,
-        on_error = j.on_error,
-        broker = broker(),
-        input = j.input,
-        group = j.group,
-        starting = j.starting,
-        format = j.format,
-        output = j.output,
-        sink_extra = j.sink_extra,
-    );
-    let path = dir.join("job.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    path
+        expr: '{"word": value[0], "count": value[1]}'"#
+                .into(),
+            // `sink_extra` comes indented as `kafka:` settings.
+            kafka_job::sink(
+                "out",
+                &broker,
+                j.output,
+                &["key: value.word", "format: json"],
+            ) + j.sink_extra,
+        ],
+    )
 }
 
 fn run(spec: &Path) -> (bool, String) {
@@ -1033,13 +1025,13 @@ spec:
 #[test]
 fn a_broker_killed_and_restarted_mid_run_loses_nothing() {
     for (name, guarantee) in [
-        ("alo", "at-least-once".to_string()),
+        ("alo", vec!["deliveryGuarantee: at-least-once".to_string()]),
         (
             "eo",
-            format!(
-                "exactly-once\n          transactionalIdPrefix: {}",
-                unique("tx")
-            ),
+            vec![
+                "deliveryGuarantee: exactly-once".to_string(),
+                format!("transactionalIdPrefix: {}", unique("tx")),
+            ],
         ),
     ] {
         // Kept after a failure: the broker's, S3's and the job's logs, and missing.txt.
@@ -1053,42 +1045,34 @@ fn a_broker_killed_and_restarted_mid_run_loses_nothing() {
             (from..to).map(|i| format!("id-{i}")).collect()
         };
         produce(&input, 2, &ids(0, 2_000));
-        let spec = dir.join("job.yaml");
-        std::fs::write(
-            &spec,
+        let (addr, checkpointing) = (
+            broker.addr(),
             format!(
-                r#"apiVersion: streamjob.dev/v1alpha1
-kind: StreamJob
-metadata:
-  name: kafka-restart
-spec:
-  parallelism: 2
-  checkpointing: {{intervalMs: 300, directory: {chk}}}
-  restartStrategy: {{attempts: 100, initialDelayMs: 200, maxDelayMs: 1000}}
-  steps:
-    - name: in
-      source:
-        kafka:
-          bootstrapServers: "{b}"
-          topics: [{input}]
-          groupId: {g}
-          startingOffsets: earliest
-    - name: pass
-      map:
-        expr: value
-    - name: out
-      sink:
-        kafka:
-          bootstrapServers: "{b}"
-          topic: {output}
-          deliveryGuarantee: {guarantee}
-"#,
-                chk = dir.join("chk").display(),
-                b = broker.addr(),
-                g = unique("g"),
+                "checkpointing: {{intervalMs: 300, directory: {}}}",
+                dir.join("chk").display()
             ),
-        )
-        .unwrap();
+        );
+        let guarantee: Vec<&str> = guarantee.iter().map(String::as_str).collect();
+        let spec = kafka_job::write(
+            &dir,
+            "kafka-restart",
+            &[
+                "parallelism: 2",
+                &checkpointing,
+                "restartStrategy: {attempts: 100, initialDelayMs: 200, maxDelayMs: 1000}",
+            ],
+            &[
+                kafka_job::source(
+                    "in",
+                    &addr,
+                    &input,
+                    &unique("g"),
+                    &["startingOffsets: earliest"],
+                ),
+                "    - {name: pass, map: {expr: value}}".into(),
+                kafka_job::sink("out", &addr, &output, &guarantee),
+            ],
+        );
         let log = dir.join("job.log");
         let mut job = Command::new(BIN)
             .arg("run")

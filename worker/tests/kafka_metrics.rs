@@ -8,9 +8,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::http::{get, get_json, sample_sum, start};
+use common::http::{get, get_json, sample_sum};
+use common::kafka_job;
 use common::kafka_topics::{broker, create_topic, produce_at, recent_minute, unique};
-use common::{free_ports, lazy, wait_for};
+use common::{lazy, wait_for};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -63,57 +64,36 @@ fn kafka_lag_drains_to_zero_and_produced_records_and_transactions_are_counted() 
     let dir = std::env::temp_dir().join(format!("sj-kafka-metrics-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let manifest = dir.join("job.yaml");
-    std::fs::write(
-        &manifest,
-        format!(
-            r#"apiVersion: streamjob.dev/v1alpha1
-kind: StreamJob
-metadata: {{name: kafka-metered}}
-spec:
-  parallelism: 2
-  steps:
-    - name: in
-      source:
-        kafka:
-          bootstrapServers: "{broker}"
-          topics: [{input}]
-          groupId: {group}
-          startingOffsets: earliest
-          format: string
-    - {{name: upper, map: {{expr: value.upperAscii()}}}}
-    - name: out
-      sink:
-        kafka:
-          bootstrapServers: "{broker}"
-          topic: {output}
-          format: string
-          deliveryGuarantee: exactly-once
-          transactionalIdPrefix: {tx}
-          commitIntervalMs: 200
-"#,
-            broker = broker(),
-            group = unique("g"),
-            tx = unique("tx"),
-        ),
-    )
-    .unwrap();
-    let peer = free_ports(1).remove(0);
-    let p = start(
+    let (broker, tx) = (broker(), format!("transactionalIdPrefix: {}", unique("tx")));
+    let manifest = kafka_job::write(
+        &dir,
+        "kafka-metered",
+        &["parallelism: 2"],
         &[
-            "worker",
-            manifest.to_str().unwrap(),
-            "--index",
-            "0",
-            "--workers",
-            "1",
-            "--peers",
-            &peer,
-            "--listen",
-            &peer,
-            "--metrics-port",
-            "0",
+            kafka_job::source(
+                "in",
+                &broker,
+                &input,
+                &unique("g"),
+                &["startingOffsets: earliest", "format: string"],
+            ),
+            "    - {name: upper, map: {expr: value.upperAscii()}}".into(),
+            kafka_job::sink(
+                "out",
+                &broker,
+                &output,
+                &[
+                    "format: string",
+                    "deliveryGuarantee: exactly-once",
+                    &tx,
+                    "commitIntervalMs: 200",
+                ],
+            ),
         ],
+    );
+    let p = kafka_job::one_worker(
+        &manifest,
+        &[],
         // The partitions' starting offsets (info) for a failure's diagnosis: the worker's
         // log is part of the test's output.
         &[
@@ -233,54 +213,29 @@ fn kafka_source_and_sink_bytes_are_exactly_the_keys_and_payloads() {
     let dir = std::env::temp_dir().join(format!("sj-kafka-bytes-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let manifest = dir.join("job.yaml");
-    std::fs::write(
-        &manifest,
-        format!(
-            r#"apiVersion: streamjob.dev/v1alpha1
-kind: StreamJob
-metadata: {{name: kafka-bytes}}
-spec:
-  parallelism: 2
-  steps:
-    - name: in
-      source:
-        kafka:
-          bootstrapServers: "{broker}"
-          topics: [{input}]
-          groupId: {group}
-          startingOffsets: earliest
-          format: string
-          bounded: true
-    - name: out
-      sink:
-        kafka:
-          bootstrapServers: "{broker}"
-          topic: {output}
-          format: string
-"#,
-            broker = broker(),
-            group = unique("g"),
-        ),
-    )
-    .unwrap();
-    let peer = free_ports(1).remove(0);
-    let p = start(
+    let broker = broker();
+    let manifest = kafka_job::write(
+        &dir,
+        "kafka-bytes",
+        &["parallelism: 2"],
         &[
-            "worker",
-            manifest.to_str().unwrap(),
-            "--index",
-            "0",
-            "--workers",
-            "1",
-            "--peers",
-            &peer,
-            "--listen",
-            &peer,
-            "--metrics-port",
-            "0",
-            "--idle-after-finish",
+            kafka_job::source(
+                "in",
+                &broker,
+                &input,
+                &unique("g"),
+                &[
+                    "startingOffsets: earliest",
+                    "format: string",
+                    "bounded: true",
+                ],
+            ),
+            kafka_job::sink("out", &broker, &output, &["format: string"]),
         ],
+    );
+    let p = kafka_job::one_worker(
+        &manifest,
+        &["--idle-after-finish"],
         &[("STREAMJOB_TOKEN", "kafka-bytes-test")],
     );
     wait_for(Duration::from_secs(90), "the job to finish", || {

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod http;
 pub mod kafka;
 pub mod kafka_evidence;
+pub mod kafka_job;
 pub mod kafka_topics;
 
 /// The child processes of `pid`: the workers a mini-cluster (`run --workers N`) started.
