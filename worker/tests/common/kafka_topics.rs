@@ -129,12 +129,16 @@ pub fn recent_minute() -> i64 {
 }
 
 /// A consumer of every partition of `topic` from its start, outside any group's offsets
-/// (`group` only names it), with the given isolation level.
+/// (`group` only names it), with the given isolation level. A fetch out of range (a broker
+/// restarting, tansu's watermarks catching up) starts the partition over: librdkafka's
+/// default would skip to its end, and a reader of a job's output then missed thousands of
+/// records the log held.
 pub fn from_start(broker: &str, topic: &str, read_committed: bool, group: &str) -> BaseConsumer {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", broker)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
         .set(
             "isolation.level",
             if read_committed {
