@@ -49,7 +49,7 @@ impl Reader {
 pub type At = (i32, i64);
 
 /// Every record of `topic` as payload -> where (each place, duplicates included), read until
-/// nothing arrived for `quiet` (not to the high watermark: tansu reports a stale one).
+/// nothing arrived for `quiet` (stopping at the high watermark stopped short on tansu).
 pub fn locate_all(
     broker: &str,
     topic: &str,
