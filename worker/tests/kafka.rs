@@ -8,15 +8,15 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 mod common;
 use common::kafka::{DurableBroker, RawRecord, java_partition, murmur2, read_raw};
+use common::kafka_evidence::{Reader, locate_all, report_missing};
+use common::kafka_job;
+use common::kafka_topics::{Record, create_topic_on, produce_on, records};
 use common::{kill_cluster, kill9, workers_of};
 
 const BIN: &str = env!("CARGO_BIN_EXE_streamjob");
@@ -52,124 +52,24 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn create_topic(name: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", broker())
-        .create()
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let started = Instant::now();
-    loop {
-        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
-        match rt.block_on(admin.create_topics([&topic], &opts)) {
-            Ok(results) if results.iter().all(|r| r.is_ok()) => break,
-            other if started.elapsed() > Duration::from_secs(20) => {
-                panic!("cannot create topic {name}: {other:?}")
-            }
-            _ => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
-    // Wait until the topic's partitions are visible.
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker())
-        .create()
-        .unwrap();
-    while consumer
-        .fetch_metadata(Some(name), Duration::from_secs(5))
-        .map(|m| m.topics()[0].partitions().len())
-        .unwrap_or(0)
-        < partitions as usize
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "topic {name} not visible"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    create_topic_on(&broker(), name, partitions);
 }
 
 /// Produces `lines` round-robin over the topic's partitions; waits until all are acked.
 fn produce(topic: &str, partitions: i32, lines: &[String]) {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker())
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
-    for (i, line) in lines.iter().enumerate() {
-        let mut record = BaseRecord::<(), _>::to(topic)
-            .payload(line.as_bytes())
-            .partition(i as i32 % partitions);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    record = r;
-                    producer.poll(Duration::from_millis(10));
-                }
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(30)).unwrap();
+    produce_on(
+        &broker(),
+        topic,
+        lines
+            .iter()
+            .enumerate()
+            .map(|(i, line)| (i as i32 % partitions, line, None)),
+    );
 }
-
-/// A record as (key, payload, partition).
-type Record = (Option<String>, String, i32);
 
 /// Every record currently in `topic`, read with the given isolation level.
 fn consume_all(topic: &str, read_committed: bool) -> Vec<Record> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker())
-        .set("group.id", unique("check"))
-        .set("enable.auto.commit", "false")
-        .set(
-            "isolation.level",
-            if read_committed {
-                "read_committed"
-            } else {
-                "read_uncommitted"
-            },
-        )
-        .create()
-        .unwrap();
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    let mut ends = BTreeMap::new();
-    for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-            .unwrap();
-        let (_, high) = consumer
-            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-            .unwrap();
-        ends.insert(p.id(), high);
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    let mut idle = Instant::now();
-    let mut positions: BTreeMap<i32, i64> = BTreeMap::new();
-    // Read until every partition reached its end (or nothing arrives for a while:
-    // transaction markers take offsets that carry no record).
-    while idle.elapsed() < Duration::from_secs(3)
-        && ends
-            .iter()
-            .any(|(p, &h)| positions.get(p).copied().unwrap_or(0) < h - 1)
-    {
-        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
-            let m = m.unwrap();
-            positions.insert(m.partition(), m.offset());
-            out.push((
-                m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
-                m.partition(),
-            ));
-            idle = Instant::now();
-        }
-    }
-    out
+    records(&broker(), topic, read_committed, Duration::from_secs(3))
 }
 
 fn text(lines: usize, seed: u64) -> (Vec<String>, BTreeMap<String, u64>) {
@@ -221,25 +121,28 @@ impl<'a> Job<'a> {
 }
 
 fn write_job(dir: &Path, j: &Job<'_>) -> PathBuf {
-    let yaml = format!(
-        r#"apiVersion: streamjob.dev/v1alpha1
-kind: StreamJob
-metadata:
-  name: kafka-wc
-spec:
-  parallelism: {p}
-  onError: {on_error}
-  steps:
-    - name: lines
-      source:
-        kafka:
-          bootstrapServers: "{broker}"
-          topics: [{input}]
-          groupId: {group}
-          startingOffsets: {starting}
-          format: {format}
-          bounded: true
-    - name: words
+    let broker = broker();
+    let (parallelism, on_error) = (
+        format!("parallelism: {}", j.parallelism),
+        format!("onError: {}", j.on_error),
+    );
+    let (starting, format) = (
+        format!("startingOffsets: {}", j.starting),
+        format!("format: {}", j.format),
+    );
+    kafka_job::write(
+        dir,
+        "kafka-wc",
+        &[&parallelism, &on_error],
+        &[
+            kafka_job::source(
+                "lines",
+                &broker,
+                j.input,
+                j.group,
+                &[&starting, &format, "bounded: true"],
+            ),
+            r#"    - name: words
       flatMap:
         expr: value.lower().words()
     - name: pairs
@@ -253,29 +156,17 @@ spec:
         expr: "[acc[0], acc[1] + value[1]]"
     - name: to-json
       map:
-        expr: '{{"word": value[0], "count": value[1]}}'
-    - name: out
-      sink:
-        kafka:
-          bootstrapServers: "{broker}"
-          topic: {output}
-          key: value.word
-          format: json
-{sink_extra}
-"#,
-        p = j.parallelism,
-        on_error = j.on_error,
-        broker = broker(),
-        input = j.input,
-        group = j.group,
-        starting = j.starting,
-        format = j.format,
-        output = j.output,
-        sink_extra = j.sink_extra,
-    );
-    let path = dir.join("job.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    path
+        expr: '{"word": value[0], "count": value[1]}'"#
+                .into(),
+            // `sink_extra` comes indented as `kafka:` settings.
+            kafka_job::sink(
+                "out",
+                &broker,
+                j.output,
+                &["key: value.word", "format: json"],
+            ) + j.sink_extra,
+        ],
+    )
 }
 
 fn run(spec: &Path) -> (bool, String) {
@@ -1117,23 +1008,35 @@ spec:
 }
 
 /// The broker is SIGKILLed mid-run and restarted on the same storage (tansu with its log in
-/// S3, which keeps every acknowledged record): the job recovers by itself (librdkafka
-/// reconnects, or the job restarts from its last checkpoint) and every input record reaches
-/// the output. (Duplicates are not checked for exactly-once here: tansu shows aborted
-/// transactions to read_committed readers.)
+/// S3): the job recovers by itself (librdkafka reconnects, or the job restarts from its last
+/// checkpoint) and every input record reaches the output log.
+///
+/// What tansu 0.6 on S3 keeps, and so what this test can check: every record it acknowledged
+/// to a plain producer. Not always an idempotent (exactly-once) producer's: it stores the
+/// producer's sequence number before the batch, and killed in between it answers the retry
+/// DUPLICATE_SEQUENCE_NUMBER without the batch; the sink then refuses to commit (the job
+/// restarts), which this test caught as up to 2,045 ids missing from the log before that fix.
+/// Its read_committed view is not reliable after a restart either: an ended transaction can
+/// keep a produce range in its metadata (`meta.json`, saved on failure), after which no
+/// later transaction on that partition becomes visible (4 of 18 runs after the fix, every
+/// record in the log). So both runs read the log with read_uncommitted, from the start each
+/// time (a reader fetching while tansu was still storing a batch skipped it): nothing lost. Exactly-once visibility and duplicates are checked where the broker is not
+/// restarted (the worker-SIGKILL tests above).
 #[test]
 fn a_broker_killed_and_restarted_mid_run_loses_nothing() {
     for (name, guarantee) in [
-        ("alo", "at-least-once".to_string()),
+        ("alo", vec!["deliveryGuarantee: at-least-once".to_string()]),
         (
             "eo",
-            format!(
-                "exactly-once\n          transactionalIdPrefix: {}",
-                unique("tx")
-            ),
+            vec![
+                "deliveryGuarantee: exactly-once".to_string(),
+                format!("transactionalIdPrefix: {}", unique("tx")),
+            ],
         ),
     ] {
-        let mut broker = DurableBroker::start();
+        // Kept after a failure: the broker's, S3's and the job's logs, and missing.txt.
+        let dir = tmp(&format!("kr-{name}"));
+        let mut broker = DurableBroker::start(&dir);
         OVERRIDE.with(|o| *o.borrow_mut() = Some(broker.addr()));
         let (input, output) = (unique(&format!("kr-{name}-in")), unique("kr-out"));
         create_topic(&input, 2);
@@ -1142,52 +1045,49 @@ fn a_broker_killed_and_restarted_mid_run_loses_nothing() {
             (from..to).map(|i| format!("id-{i}")).collect()
         };
         produce(&input, 2, &ids(0, 2_000));
-        let dir = tmp(&format!("kr-{name}"));
-        let spec = dir.join("job.yaml");
-        std::fs::write(
-            &spec,
+        let (addr, checkpointing) = (
+            broker.addr(),
             format!(
-                r#"apiVersion: streamjob.dev/v1alpha1
-kind: StreamJob
-metadata:
-  name: kafka-restart
-spec:
-  parallelism: 2
-  checkpointing: {{intervalMs: 300, directory: {chk}}}
-  restartStrategy: {{attempts: 100, initialDelayMs: 200, maxDelayMs: 1000}}
-  steps:
-    - name: in
-      source:
-        kafka:
-          bootstrapServers: "{b}"
-          topics: [{input}]
-          groupId: {g}
-          startingOffsets: earliest
-    - name: pass
-      map:
-        expr: value
-    - name: out
-      sink:
-        kafka:
-          bootstrapServers: "{b}"
-          topic: {output}
-          deliveryGuarantee: {guarantee}
-"#,
-                chk = dir.join("chk").display(),
-                b = broker.addr(),
-                g = unique("g"),
+                "checkpointing: {{intervalMs: 300, directory: {}}}",
+                dir.join("chk").display()
             ),
-        )
-        .unwrap();
+        );
+        let guarantee: Vec<&str> = guarantee.iter().map(String::as_str).collect();
+        let spec = kafka_job::write(
+            &dir,
+            "kafka-restart",
+            &[
+                "parallelism: 2",
+                &checkpointing,
+                "restartStrategy: {attempts: 100, initialDelayMs: 200, maxDelayMs: 1000}",
+            ],
+            &[
+                kafka_job::source(
+                    "in",
+                    &addr,
+                    &input,
+                    &unique("g"),
+                    &["startingOffsets: earliest"],
+                ),
+                "    - {name: pass, map: {expr: value}}".into(),
+                kafka_job::sink("out", &addr, &output, &guarantee),
+            ],
+        );
         let log = dir.join("job.log");
         let mut job = Command::new(BIN)
             .arg("run")
             .arg(&spec)
+            // The sink's transactions with their offsets, for the evidence of a loss.
+            .env("STREAMJOB_LOG", "warn,streamjob::connectors::kafka=debug")
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
+        // One reader of the output log for the whole run: what it read stays read
+        // (re-reading the topic from the start within a fixed time could not keep up on a
+        // loaded machine).
+        let mut progress = Reader::new(&broker.addr(), &output, false);
         let started = Instant::now();
-        while read_raw(&broker.addr(), &output, 1, Duration::from_secs(1)).is_empty() {
+        while progress.read_for(Duration::from_millis(500)) == 0 {
             assert!(
                 started.elapsed() < Duration::from_secs(60),
                 "{name}: no output: {}",
@@ -1205,31 +1105,60 @@ spec:
             }
         });
         let fed = Instant::now();
-        while read_raw(&broker.addr(), &output, 25_000, Duration::from_secs(1)).len() < 25_000 {
-            assert!(fed.elapsed() < Duration::from_secs(60), "{name}: stalled");
+        while progress.read_for(Duration::from_millis(500)) < 25_000 {
+            assert!(
+                fed.elapsed() < Duration::from_secs(60),
+                "{name}: stalled at {} records (logs in {})",
+                progress.seen.len(),
+                dir.display()
+            );
         }
         broker.kill_and_restart(Duration::from_secs(3));
         feeder.join().unwrap();
-        let want: std::collections::BTreeSet<String> = ids(0, 60_000).into_iter().collect();
+        let order = ids(0, 60_000);
+        // What the log lacks after 2 minutes (or once the job ended): each look a fresh
+        // read of the whole log. tansu lists a partition's stored batches for a fetch, so a
+        // reader fetching while a batch is still being stored skips it for good (a 10,000
+        // record batch once); a later read from the start sees it.
+        drop(progress);
         let started = Instant::now();
-        let mut missing = want.len();
-        while started.elapsed() < Duration::from_secs(120) {
-            let got: std::collections::BTreeSet<String> =
-                read_raw(&broker.addr(), &output, usize::MAX, Duration::from_secs(3))
-                    .into_iter()
-                    .filter_map(|r| r.payload.map(|p| String::from_utf8(p).unwrap()))
-                    .collect();
-            missing = want.difference(&got).count();
-            if missing == 0 || job.try_wait().unwrap().is_some() {
+        let mut missing: std::collections::BTreeSet<String> = order.iter().cloned().collect();
+        while !missing.is_empty() && started.elapsed() < Duration::from_secs(120) {
+            let ended = job.try_wait().unwrap().is_some();
+            let log = locate_all(&broker.addr(), &output, false, Duration::from_secs(3));
+            missing.retain(|id| !log.contains_key(id));
+            if ended {
                 break;
             }
         }
         let alive = job.try_wait().unwrap().is_none();
         let _ = job.kill();
         let _ = job.wait();
-        let log = std::fs::read_to_string(&log).unwrap_or_default();
-        assert!(alive, "{name}: the job survives the broker restart: {log}");
-        assert_eq!(missing, 0, "{name}: records lost: {log}");
+        let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            alive,
+            "{name}: the job survives the broker restart: {log_text}"
+        );
+        if !missing.is_empty() {
+            broker.save_metadata(&dir.join("tansu-meta.json"));
+            let evidence = report_missing(
+                &dir,
+                &broker.addr(),
+                &input,
+                &output,
+                &order,
+                &missing,
+                &log_text,
+            );
+            panic!(
+                "{name}: {} records lost (in {}: job.log, broker.log, s3.log, tansu-meta.json):\n\
+                 {evidence}",
+                missing.len(),
+                dir.display()
+            );
+        }
+        drop(broker);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 

@@ -8,9 +8,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::http::{get, get_json, sample_sum, start};
-use common::kafka_topics::{broker, create_topic, produce_at, unique};
-use common::{free_ports, wait_for};
+use common::http::{get, get_json, sample_sum};
+use common::kafka_job;
+use common::kafka_topics::{broker, create_topic, produce_at, recent_minute, unique};
+use common::{lazy, wait_for};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -52,75 +53,75 @@ fn kafka_lag_drains_to_zero_and_produced_records_and_transactions_are_counted() 
     create_topic(&input, 3);
     create_topic(&output, 2);
     let records = 3000;
+    // Recent timestamps: the broker's time retention (7 days) deleted records stamped in
+    // 2023 within a second of their write, so a job that started a moment later found every
+    // partition empty (low = high watermark = 1000) and produced nothing.
+    let t0 = recent_minute();
     let lines: Vec<(i32, String, i64)> = (0..records)
-        .map(|i| (i % 3, format!("r{i}"), 1_700_000_000_000 + i64::from(i)))
+        .map(|i| (i % 3, format!("r{i}"), t0 + i64::from(i)))
         .collect();
     produce_at(&input, &lines);
     let dir = std::env::temp_dir().join(format!("sj-kafka-metrics-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let manifest = dir.join("job.yaml");
-    std::fs::write(
-        &manifest,
-        format!(
-            r#"apiVersion: streamjob.dev/v1alpha1
-kind: StreamJob
-metadata: {{name: kafka-metered}}
-spec:
-  parallelism: 2
-  steps:
-    - name: in
-      source:
-        kafka:
-          bootstrapServers: "{broker}"
-          topics: [{input}]
-          groupId: {group}
-          startingOffsets: earliest
-          format: string
-    - {{name: upper, map: {{expr: value.upperAscii()}}}}
-    - name: out
-      sink:
-        kafka:
-          bootstrapServers: "{broker}"
-          topic: {output}
-          format: string
-          deliveryGuarantee: exactly-once
-          transactionalIdPrefix: {tx}
-          commitIntervalMs: 200
-"#,
-            broker = broker(),
-            group = unique("g"),
-            tx = unique("tx"),
-        ),
-    )
-    .unwrap();
-    let peer = free_ports(1).remove(0);
-    let p = start(
+    let (broker, tx) = (broker(), format!("transactionalIdPrefix: {}", unique("tx")));
+    let manifest = kafka_job::write(
+        &dir,
+        "kafka-metered",
+        &["parallelism: 2"],
         &[
-            "worker",
-            manifest.to_str().unwrap(),
-            "--index",
-            "0",
-            "--workers",
-            "1",
-            "--peers",
-            &peer,
-            "--listen",
-            &peer,
-            "--metrics-port",
-            "0",
+            kafka_job::source(
+                "in",
+                &broker,
+                &input,
+                &unique("g"),
+                &["startingOffsets: earliest", "format: string"],
+            ),
+            "    - {name: upper, map: {expr: value.upperAscii()}}".into(),
+            kafka_job::sink(
+                "out",
+                &broker,
+                &output,
+                &[
+                    "format: string",
+                    "deliveryGuarantee: exactly-once",
+                    &tx,
+                    "commitIntervalMs: 200",
+                ],
+            ),
         ],
-        &[("STREAMJOB_TOKEN", "kafka-metrics-test")],
+    );
+    let p = kafka_job::one_worker(
+        &manifest,
+        &[],
+        // The partitions' starting offsets (info) for a failure's diagnosis: the worker's
+        // log is part of the test's output.
+        &[
+            ("STREAMJOB_TOKEN", "kafka-metrics-test"),
+            ("STREAMJOB_LOG", "info"),
+        ],
     );
     let job = r#"job="kafka-metered""#;
     let topic_in = format!(r#"topic="{input}""#);
     let topic_out = format!(r#"topic="{output}""#);
+    let last = std::cell::RefCell::new(String::new());
     // Unbounded: the job keeps running with nothing left to read.
     let m = wait_for(
         Duration::from_secs(90),
-        "lag 0 on every input partition and every record produced and committed",
+        lazy(|| {
+            format!(
+                "lag 0 on every input partition and every record produced and committed; the \
+                 last Kafka metrics:\n{}",
+                last.borrow()
+            )
+        }),
         || {
             let (_, m) = get(&p.web, "/metrics").ok()?;
+            *last.borrow_mut() = m
+                .lines()
+                .filter(|l| l.starts_with("streamjob_kafka_"))
+                .collect::<Vec<_>>()
+                .join("\n");
             let lag: Vec<f64> = (0..3)
                 .map(|part| {
                     let partition = format!(r#"partition="{part}""#);
@@ -212,54 +213,29 @@ fn kafka_source_and_sink_bytes_are_exactly_the_keys_and_payloads() {
     let dir = std::env::temp_dir().join(format!("sj-kafka-bytes-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let manifest = dir.join("job.yaml");
-    std::fs::write(
-        &manifest,
-        format!(
-            r#"apiVersion: streamjob.dev/v1alpha1
-kind: StreamJob
-metadata: {{name: kafka-bytes}}
-spec:
-  parallelism: 2
-  steps:
-    - name: in
-      source:
-        kafka:
-          bootstrapServers: "{broker}"
-          topics: [{input}]
-          groupId: {group}
-          startingOffsets: earliest
-          format: string
-          bounded: true
-    - name: out
-      sink:
-        kafka:
-          bootstrapServers: "{broker}"
-          topic: {output}
-          format: string
-"#,
-            broker = broker(),
-            group = unique("g"),
-        ),
-    )
-    .unwrap();
-    let peer = free_ports(1).remove(0);
-    let p = start(
+    let broker = broker();
+    let manifest = kafka_job::write(
+        &dir,
+        "kafka-bytes",
+        &["parallelism: 2"],
         &[
-            "worker",
-            manifest.to_str().unwrap(),
-            "--index",
-            "0",
-            "--workers",
-            "1",
-            "--peers",
-            &peer,
-            "--listen",
-            &peer,
-            "--metrics-port",
-            "0",
-            "--idle-after-finish",
+            kafka_job::source(
+                "in",
+                &broker,
+                &input,
+                &unique("g"),
+                &[
+                    "startingOffsets: earliest",
+                    "format: string",
+                    "bounded: true",
+                ],
+            ),
+            kafka_job::sink("out", &broker, &output, &["format: string"]),
         ],
+    );
+    let p = kafka_job::one_worker(
+        &manifest,
+        &["--idle-after-finish"],
         &[("STREAMJOB_TOKEN", "kafka-bytes-test")],
     );
     wait_for(Duration::from_secs(90), "the job to finish", || {

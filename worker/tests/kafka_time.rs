@@ -16,6 +16,7 @@ use streamjob::api::watermark::WatermarkStrategy;
 use streamjob::api::windows::{AggregateFunction, OutputTag, TumblingEventTimeWindows};
 use streamjob::connectors::kafka::{KafkaSource, StartingOffsets};
 
+use common::kafka_job;
 use common::kafka_topics::{broker, create_topic, produce_at, recent_minute, unique};
 use common::{BIN, wait_for};
 
@@ -112,42 +113,43 @@ fn per_partition_watermarks_keep_records_another_partition_is_ahead_of() {
 /// `out*`, late records to `late*`.
 fn start_job(dir: &Path, topic: &str, group: &str, idleness: Option<&str>) -> Child {
     let idle = idleness.map_or(String::new(), |d| format!(", idleness: {d}"));
-    let spec = dir.join("job.yaml");
-    std::fs::write(
-        &spec,
-        format!(
-            r#"apiVersion: streamjob.dev/v1alpha1
-kind: StreamJob
-metadata: {{name: kafka-idle}}
-spec:
-  parallelism: 1
-  steps:
-    - name: clicks
-      source:
-        kafka:
-          bootstrapServers: "{broker}"
-          topics: [{topic}]
-          groupId: {group}
-          startingOffsets: earliest
-          commitIntervalMs: 100
-          format: string
-        watermarks: {{maxOutOfOrderness: 0s, interval: 0s{idle}}}
-    - {{name: by-user, keyBy: {{expr: value}}}}
-    - name: per-5s
+    // The watermarks belong to the source step, after its `kafka:` settings.
+    let clicks =
+        kafka_job::source(
+            "clicks",
+            &broker(),
+            topic,
+            group,
+            &[
+                "startingOffsets: earliest",
+                "commitIntervalMs: 100",
+                "format: string",
+            ],
+        ) + &format!("        watermarks: {{maxOutOfOrderness: 0s, interval: 0s{idle}}}\n");
+    let spec = kafka_job::write(
+        dir,
+        "kafka-idle",
+        &["parallelism: 1"],
+        &[
+            clicks,
+            "    - {name: by-user, keyBy: {expr: value}}".into(),
+            "    - name: per-5s
       window:
-        tumbling: {{size: 5s}}
-        aggregates: [{{name: n, function: count}}]
-        output: "{{'user': key, 'start': window.start, 'n': n}}"
-        lateOutput: late
-    - {{name: out, sink: {{file: {{path: {out}}}}}}}
-    - {{name: late, sink: {{file: {{path: {late}}}}}}}
-"#,
-            broker = broker(),
-            out = dir.join("out").display(),
-            late = dir.join("late").display(),
-        ),
-    )
-    .unwrap();
+        tumbling: {size: 5s}
+        aggregates: [{name: n, function: count}]
+        output: \"{'user': key, 'start': window.start, 'n': n}\"
+        lateOutput: late"
+                .into(),
+            format!(
+                "    - {{name: out, sink: {{file: {{path: {}}}}}}}",
+                dir.join("out").display()
+            ),
+            format!(
+                "    - {{name: late, sink: {{file: {{path: {}}}}}}}",
+                dir.join("late").display()
+            ),
+        ],
+    );
     Command::new(BIN)
         .arg("run")
         .arg(&spec)

@@ -4,9 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 /// Murmur2 as the Java client's `Utils.murmur2` computes it (32-bit, seed 0x9747b28c),
 /// written from the published algorithm (Austin Appleby's MurmurHash2).
@@ -58,21 +56,8 @@ pub struct RawRecord {
 
 /// Every record of `topic` (read_uncommitted), waiting up to `deadline` for at least `min`.
 pub fn read_raw(broker: &str, topic: &str, min: usize, deadline: Duration) -> Vec<RawRecord> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker)
-        .set("group.id", "streamjob-test-read-raw")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
+    // librdkafka's default isolation level.
+    let consumer = super::kafka_topics::from_start(broker, topic, true, "streamjob-test-read-raw");
     let started = Instant::now();
     let mut out = Vec::new();
     let mut seen: BTreeMap<(i32, i64), ()> = BTreeMap::new();
@@ -132,15 +117,28 @@ pub struct DurableBroker {
     s3_port: u16,
     s3: std::process::Child,
     broker: Option<std::process::Child>,
+    /// The broker's warnings and errors, every incarnation appended (`broker.log`).
+    log: std::path::PathBuf,
+}
+
+/// `path` opened for appending, as a child's stdout or stderr.
+fn append_to(path: &std::path::Path) -> std::process::Stdio {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap()
+        .into()
 }
 
 impl DurableBroker {
-    pub fn start() -> Self {
+    /// Keeps the broker's log (`broker.log`) and the S3 server's (`s3.log`) in `dir`.
+    pub fn start(dir: &std::path::Path) -> Self {
         let s3_port = free_port();
         let s3 = std::process::Command::new(test_bin("STREAMJOB_TEST_MOTO_BIN"))
             .args(["-p", &s3_port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdout(append_to(&dir.join("s3.log")))
+            .stderr(append_to(&dir.join("s3.log")))
             .spawn()
             .unwrap();
         let mut b = DurableBroker {
@@ -148,6 +146,7 @@ impl DurableBroker {
             s3_port,
             s3,
             broker: None,
+            log: dir.join("broker.log"),
         };
         wait_for_port(s3_port, "the S3 server (moto)");
         b.create_bucket();
@@ -199,12 +198,31 @@ impl DurableBroker {
             .env("AWS_DEFAULT_REGION", "us-east-1")
             .env("AWS_ENDPOINT", format!("http://127.0.0.1:{}", self.s3_port))
             .env("AWS_ALLOW_HTTP", "true")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .env("RUST_LOG", "warn")
+            .stdout(append_to(&self.log))
+            .stderr(append_to(&self.log))
             .spawn()
             .unwrap();
         self.broker = Some(child);
         wait_for_port(self.port, "the broker (tansu)");
+    }
+
+    /// Copies tansu's cluster metadata (producers' sequences, transactions and their states:
+    /// `meta.json` in its bucket) to `to`, for a failure's diagnosis. Uses boto3 from the
+    /// test venv (next to the moto binary): moto refuses unsigned requests.
+    pub fn save_metadata(&self, to: &std::path::Path) {
+        let moto = test_bin("STREAMJOB_TEST_MOTO_BIN");
+        let python = std::path::Path::new(&moto).with_file_name("python");
+        let script = "import boto3, sys\n\
+            s3 = boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', \
+            aws_access_key_id='test', aws_secret_access_key='test')\n\
+            body = s3.get_object(Bucket='tansu', Key='clusters/tansu_cluster/meta.json')['Body']\n\
+            open(sys.argv[2], 'wb').write(body.read())\n";
+        let _ = std::process::Command::new(python)
+            .args(["-c", script])
+            .arg(format!("http://127.0.0.1:{}", self.s3_port))
+            .arg(to)
+            .status();
     }
 
     /// SIGKILL, then `down` later a new broker on the same port and storage.
@@ -213,6 +231,11 @@ impl DurableBroker {
             let _ = b.kill();
             let _ = b.wait();
         }
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        std::io::Write::write_all(&mut log, b"==== SIGKILLed; restarting ====\n").unwrap();
         std::thread::sleep(down);
         self.start_broker();
     }

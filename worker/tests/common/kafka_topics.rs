@@ -31,8 +31,13 @@ pub fn unique(name: &str) -> String {
 
 /// Creates `name` with `partitions` partitions and waits until they are visible.
 pub fn create_topic(name: &str, partitions: i32) {
+    create_topic_on(&broker(), name, partitions);
+}
+
+/// [`create_topic`] on `broker`.
+pub fn create_topic_on(broker: &str, name: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", broker())
+        .set("bootstrap.servers", broker)
         .create()
         .unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -52,7 +57,7 @@ pub fn create_topic(name: &str, partitions: i32) {
         }
     }
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker())
+        .set("bootstrap.servers", broker)
         .create()
         .unwrap();
     super::wait_until(
@@ -79,8 +84,18 @@ pub fn produce_at(topic: &str, records: &[(i32, String, i64)]) {
 }
 
 fn produce<'a>(topic: &str, records: impl Iterator<Item = (i32, &'a String, Option<i64>)>) {
+    produce_on(&broker(), topic, records);
+}
+
+/// Writes `(partition, payload, timestamp ms)` records to `topic` on `broker` in this order;
+/// waits for the acks.
+pub fn produce_on<'a>(
+    broker: &str,
+    topic: &str,
+    records: impl Iterator<Item = (i32, &'a String, Option<i64>)>,
+) {
     let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker())
+        .set("bootstrap.servers", broker)
         .set("linger.ms", "5")
         .create()
         .unwrap();
@@ -113,18 +128,17 @@ pub fn recent_minute() -> i64 {
     (now / 60_000 - 10) * 60_000
 }
 
-/// The payloads of every record now in `topic` (read_committed or read_uncommitted).
-pub fn payloads(topic: &str, read_committed: bool) -> Vec<String> {
-    payloads_until_quiet(topic, read_committed, Duration::from_secs(3))
-}
-
-/// [`payloads`], giving up once nothing arrived for `quiet` (for polling a running job's
-/// output: an open transaction's records never arrive for read_committed).
-pub fn payloads_until_quiet(topic: &str, read_committed: bool, quiet: Duration) -> Vec<String> {
+/// A consumer of every partition of `topic` from its start, outside any group's offsets
+/// (`group` only names it), with the given isolation level. A fetch out of range (a broker
+/// restarting, tansu's watermarks catching up) starts the partition over: librdkafka's
+/// default would skip to its end, and a reader of a job's output then missed thousands of
+/// records the log held.
+pub fn from_start(broker: &str, topic: &str, read_committed: bool, group: &str) -> BaseConsumer {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker())
-        .set("group.id", unique("check"))
+        .set("bootstrap.servers", broker)
+        .set("group.id", group)
         .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
         .set(
             "isolation.level",
             if read_committed {
@@ -139,21 +153,33 @@ pub fn payloads_until_quiet(topic: &str, read_committed: bool, quiet: Duration) 
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .unwrap();
     let mut tpl = TopicPartitionList::new();
-    let mut ends = BTreeMap::new();
     for p in md.topics()[0].partitions() {
         tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
             .unwrap();
-        let (_, high) = consumer
-            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-            .unwrap();
-        ends.insert(p.id(), high);
     }
     consumer.assign(&tpl).unwrap();
+    consumer
+}
+
+/// A record as (key, payload, partition).
+pub type Record = (Option<String>, String, i32);
+
+/// Every record now in `topic` on `broker` (read_committed or read_uncommitted): read until
+/// every partition reached its high watermark, or nothing arrived for `quiet` (transaction
+/// markers take offsets that carry no record; an open transaction's records never arrive for
+/// read_committed).
+pub fn records(broker: &str, topic: &str, read_committed: bool, quiet: Duration) -> Vec<Record> {
+    let consumer = from_start(broker, topic, read_committed, &unique("check"));
+    let mut ends = BTreeMap::new();
+    for ((_, p), _) in consumer.assignment().unwrap().to_topic_map() {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .unwrap();
+        ends.insert(p, high);
+    }
     let mut out = Vec::new();
     let mut idle = Instant::now();
     let mut positions: BTreeMap<i32, i64> = BTreeMap::new();
-    // Until every partition reached its end, or nothing arrived for a while (transaction
-    // markers take offsets that carry no record).
     while idle.elapsed() < quiet
         && ends
             .iter()
@@ -162,9 +188,27 @@ pub fn payloads_until_quiet(topic: &str, read_committed: bool, quiet: Duration) 
         if let Some(m) = consumer.poll(Duration::from_millis(100)) {
             let m = m.unwrap();
             positions.insert(m.partition(), m.offset());
-            out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+            out.push((
+                m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                m.partition(),
+            ));
             idle = Instant::now();
         }
     }
     out
+}
+
+/// The payloads of every record now in `topic` (read_committed or read_uncommitted).
+pub fn payloads(topic: &str, read_committed: bool) -> Vec<String> {
+    payloads_until_quiet(topic, read_committed, Duration::from_secs(3))
+}
+
+/// [`payloads`], giving up once nothing arrived for `quiet` (for polling a running job's
+/// output: an open transaction's records never arrive for read_committed).
+pub fn payloads_until_quiet(topic: &str, read_committed: bool, quiet: Duration) -> Vec<String> {
+    records(&broker(), topic, read_committed, quiet)
+        .into_iter()
+        .map(|(_, payload, _)| payload)
+        .collect()
 }

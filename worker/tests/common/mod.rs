@@ -5,6 +5,8 @@
 pub mod cluster;
 pub mod http;
 pub mod kafka;
+pub mod kafka_evidence;
+pub mod kafka_job;
 pub mod kafka_topics;
 pub mod workers;
 

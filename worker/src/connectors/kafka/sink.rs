@@ -13,8 +13,13 @@
 //!   input. A restarted job fences the old producer and its open transaction is aborted: a
 //!   failure loses nothing that was committed, but the records of the open transaction are
 //!   only written again if the source re-reads them.
+//!
+//! With `exactly-once`, records the broker confirms only as duplicates of a send it never
+//! acknowledged (DUPLICATE_SEQUENCE_NUMBER, no offset) fail the writer before their
+//! transaction commits: some brokers (tansu on S3, killed at the wrong moment) answer so
+//! without holding the records, and the sink cannot tell them from Kafka, which holds them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -220,6 +225,26 @@ pub(crate) struct DeliveryReports {
     limiter: LogLimiter,
     /// Deliveries counted for the metrics (set once the writer knows its subtask).
     produced: OnceLock<Arc<metrics::Produced>>,
+    /// First and last offset acknowledged per partition since the last `take_acked` (the
+    /// two-phase commit logs them per transaction, to trace a record to its transaction).
+    acked: Mutex<BTreeMap<i32, (i64, i64)>>,
+    /// The first delivery the brokers confirmed without an offset, see `unproven`.
+    unproven: Mutex<Option<String>>,
+}
+
+impl DeliveryReports {
+    fn take_acked(&self) -> BTreeMap<i32, (i64, i64)> {
+        std::mem::take(&mut *self.acked.lock().unwrap())
+    }
+}
+
+/// Offset ranges as `p0:12-340 p1:7-299`, for the logs.
+fn offset_ranges(acked: &BTreeMap<i32, (i64, i64)>) -> String {
+    acked
+        .iter()
+        .map(|(p, (first, last))| format!("p{p}:{first}-{last}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 impl ClientContext for DeliveryReports {
@@ -242,10 +267,30 @@ impl ProducerContext for DeliveryReports {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if result.is_ok() {
+        if let Ok(m) = result {
             // Called on the thread that polls this producer (the writer's): one writer.
             if let Some(p) = self.produced.get() {
                 p.delivered(1);
+            }
+            let offset = m.offset();
+            if offset < 0 {
+                // librdkafka marks a retried batch delivered when the broker answers
+                // DUPLICATE_SEQUENCE_NUMBER ("previous send succeeded but was not
+                // acknowledged"), with no offset: the first record carries -1.
+                let mut first = self.unproven.lock().unwrap();
+                if first.is_none() {
+                    *first = Some(format!("{}/{}", m.topic(), m.partition()));
+                }
+            } else {
+                self.acked
+                    .lock()
+                    .unwrap()
+                    .entry(m.partition())
+                    .and_modify(|(first, last)| {
+                        *first = (*first).min(offset);
+                        *last = (*last).max(offset);
+                    })
+                    .or_insert((offset, offset));
             }
         } else if let Err((e, m)) = result {
             self.failures.fetch_add(1, Ordering::Relaxed);
@@ -576,6 +621,7 @@ impl<T> Writer<T> {
         slot.producer
             .begin_transaction()
             .map_err(|e| format!("cannot begin a Kafka transaction: {e}"))?;
+        slot.producer.context().take_acked();
         slot.state = SlotState::Open;
         self.in_transaction = 0;
         Ok(())
@@ -588,22 +634,40 @@ impl<T> Writer<T> {
 
     fn check_slot(&self, slot: usize) -> Result<(), BoxError> {
         let producer = &self.slots[slot].producer;
+        let name = self.slots[slot]
+            .transactional_id
+            .as_deref()
+            .unwrap_or(&self.client_id);
         producer.poll(Duration::ZERO);
         // A fatal error (fenced, or the broker lost the producer's state) makes every later
         // call fail: fail now, so the job restarts from its last checkpoint with producers
         // initialised again instead of waiting for deliveries that cannot come.
         if let Some((code, reason)) = producer.client().fatal_error() {
             return Err(format!(
-                "Kafka sink to '{}': the producer {} hit a fatal error ({code:?}): {reason}",
+                "Kafka sink to '{}': the producer {name} hit a fatal error ({code:?}): {reason}",
                 self.settings.topic,
-                self.slots[slot]
-                    .transactional_id
-                    .as_deref()
-                    .unwrap_or(&self.client_id)
             )
             .into());
         }
         let ctx = producer.context();
+        if self.mode != Mode::Plain
+            && let Some(at) = ctx.unproven.lock().unwrap().clone()
+        {
+            // The broker says it already had records it never acknowledged. Kafka keeps
+            // what it wrote, but a broker that persists the producer's sequence before the
+            // records (tansu on S3, killed in between) answers the same and has lost them:
+            // committing would lose them silently. Not committing (the job restarts from its
+            // last checkpoint and writes them again) is right in both cases.
+            return Err(format!(
+                "Kafka sink to '{}': the broker confirmed records of {at} only as duplicates of \
+                 a send it had not acknowledged (DUPLICATE_SEQUENCE_NUMBER after a broker \
+                 failure), without an offset; the sink cannot prove they are in the log, so \
+                 the transaction of {name} is not committed and the job restarts from its \
+                 last checkpoint",
+                self.settings.topic,
+            )
+            .into());
+        }
         if let Some(f) = ctx.first_failure.lock().unwrap().take() {
             if self.settings.guarantee == DeliveryGuarantee::None {
                 let n = ctx.failures.load(Ordering::Relaxed);
@@ -628,9 +692,19 @@ impl<T> Writer<T> {
     fn commit_transaction(&mut self) -> Result<(), BoxError> {
         let producer = &self.slots[self.current].producer;
         flush(producer, FINISH_TIMEOUT)
-            .and_then(|()| producer.commit_transaction(FINISH_TIMEOUT))
             .map_err(|e| format!("cannot commit the Kafka transaction: {e}"))?;
-        info!(records = self.in_transaction, "committed Kafka transaction");
+        // Every delivery report is in: a failed or unproven one must not be committed.
+        self.check_slot(self.current)?;
+        let producer = &self.slots[self.current].producer;
+        producer
+            .commit_transaction(FINISH_TIMEOUT)
+            .map_err(|e| format!("cannot commit the Kafka transaction: {e}"))?;
+        let acked = producer.context().take_acked();
+        info!(
+            records = self.in_transaction,
+            offsets = %offset_ranges(&acked),
+            "committed Kafka transaction"
+        );
         metrics::transaction_committed();
         self.in_transaction = 0;
         self.last_commit = Instant::now();
@@ -817,3 +891,8 @@ use two_phase::{InitJob, ProducerId, SlotState, owner_of, parse_eos, transaction
 #[cfg(test)]
 #[path = "sink_recovery_tests.rs"]
 mod recovery_tests;
+
+/// The sink against librdkafka's mock cluster (faults a real broker cannot be made to show).
+#[cfg(test)]
+#[path = "sink_fault_tests.rs"]
+mod fault_tests;

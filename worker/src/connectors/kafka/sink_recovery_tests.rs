@@ -83,7 +83,7 @@ fn read_committed(topic: &str) -> Vec<String> {
 
 /// A subtask's context with checkpointing on; `restoring`: the run restores a checkpoint (the
 /// writer then waits for `restore_from_all` before it initialises its producers).
-fn ctx(subtask: u32, parallelism: u32, restoring: bool) -> SubtaskContext {
+pub(super) fn ctx(subtask: u32, parallelism: u32, restoring: bool) -> SubtaskContext {
     let dir = std::env::temp_dir().join(unique("sj-sink-chk"));
     if restoring {
         std::fs::create_dir_all(dir.join("chk-1")).unwrap();

@@ -52,7 +52,7 @@ use super::super::security::Security;
 use super::super::txn_client::{self, Committed};
 use super::{
     DeliveryReports, FINISH_TIMEOUT, INIT_TIMEOUT, Mode, STATE_VERSION, Settings, Writer,
-    create_producer,
+    create_producer, offset_ranges,
 };
 use crate::error::BoxError;
 use crate::runtime::message::FINAL_CHECKPOINT;
@@ -393,9 +393,12 @@ impl<T> Writer<T> {
             // Every record of the transaction acknowledged: only the commit is left.
             self.flush_all(cur)?;
             self.producer_id(cur)?;
+            let acked = self.slots[cur].producer.context().take_acked();
             debug!(
                 checkpoint,
                 records = self.in_transaction,
+                id = self.slots[cur].transactional_id.as_deref().unwrap_or_default(),
+                offsets = %offset_ranges(&acked),
                 flush_ms = started.elapsed().as_millis() as u64,
                 "pre-committed Kafka transaction"
             );
