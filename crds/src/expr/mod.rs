@@ -23,7 +23,8 @@
 //! Files: `parse` (text -> the `cel` crate's AST, after the length and depth checks),
 //! `compile` (AST -> `node` tree, with static type checks), `eval` (operators and
 //! comprehensions), `functions` (named functions), `limits` (the limits, the static cost
-//! estimate and the run-time budget), `value`/`small_str` (the record type).
+//! estimate and the run-time budget), `slots` (reduce updates on an accumulator held as its
+//! elements), `value`/`small_str` (the record type).
 
 mod small_str;
 mod value;
