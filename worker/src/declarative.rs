@@ -12,7 +12,7 @@ use streamjob_crds::Partitioning;
 
 use streamjob_crds::expr::{EachError, EvalError, Program, Value};
 use streamjob_crds::graph::{JobGraph, WATERMARKS_OPERATOR, to_job_graph};
-use streamjob_crds::keygroup::key_group_of_hash;
+use streamjob_crds::keygroup::{StableKey, key_group_of_hash};
 use streamjob_crds::spec::{SinkSpec, SourceSpec, StreamJob};
 use streamjob_crds::validate::{StepOp, ValidatedJob, ValidationError, validate_job};
 
@@ -207,12 +207,11 @@ pub fn build_job(
                     .clone();
                 // A key that fails to evaluate is routed anywhere: the keyed operator
                 // evaluates it again and applies the onError policy there. Every keyed
-                // operator (reduce, window) places keys by this same hash.
+                // operator (reduce, window) places keys by this same hash: `Value`'s own
+                // stable hash, which is the codec's (codec::key_hash's tests assert it)
+                // without its serde walk.
                 Some(Arc::new(move |v: &Value| {
-                    program
-                        .eval_cow(&[v])
-                        .map(|k| stable_hash(&*k))
-                        .unwrap_or(0)
+                    program.eval_cow(&[v]).map(|k| k.stable_hash()).unwrap_or(0)
                 })
                     as Arc<dyn Fn(&Value) -> u64 + Send + Sync>)
             }
@@ -283,6 +282,7 @@ fn node_runtime(
                     key: key.clone(),
                     key_step: key_step.clone(),
                     last_snapshot: 0,
+                    pairs: p.slot_count() == Some(2),
                     program: p.clone(),
                     state: HashMapValueState::new(ctx.key_groups),
                     max_parallelism: ctx.max_parallelism,
@@ -578,6 +578,49 @@ impl Output<Value> for ExprOp {
     }
 }
 
+/// A reduce's accumulator in its state entry.
+enum Acc {
+    /// A two-element list (`[word, count]`, `[key, sum]`) whose program reads it only
+    /// element by element ([`Program::update_slots`]), held as its elements: the update
+    /// reads and writes them inside the table entry instead of behind the list's shared
+    /// allocation, a cache miss per record in the word count's profile.
+    Pair([Value; 2]),
+    /// Any other accumulator.
+    Whole(Value),
+}
+
+impl Acc {
+    fn new(value: Value, pairs: bool) -> Acc {
+        match &value {
+            Value::List(items) if pairs && items.len() == 2 => {
+                Acc::Pair([items[0].clone(), items[1].clone()])
+            }
+            _ => Acc::Whole(value),
+        }
+    }
+
+    /// The accumulator as a value (snapshots).
+    fn to_value(&self) -> Value {
+        match self {
+            Acc::Pair(items) => Value::list(items.to_vec()),
+            Acc::Whole(v) => v.clone(),
+        }
+    }
+}
+
+/// A list of `items`, written into `reuse`'s allocation when that is a list of the same
+/// length nobody else holds (the record being reduced, as a chained map built it).
+fn list_into(reuse: Value, items: &[Value]) -> Value {
+    if let Value::List(mut list) = reuse
+        && list.len() == items.len()
+        && let Some(slots) = Arc::get_mut(&mut list)
+    {
+        slots.clone_from_slice(items);
+        return Value::List(list);
+    }
+    Value::list(items.to_vec())
+}
+
 /// `reduce` step: per key (from the keyBy expression) `acc = expr(acc, value, key)`; the
 /// first record of a key becomes its accumulator. Every new accumulator is emitted.
 struct ExprReduce {
@@ -587,7 +630,9 @@ struct ExprReduce {
     /// Bytes of the last snapshot, to size the next one's buffer.
     last_snapshot: usize,
     program: Program,
-    state: HashMapValueState<Value, Option<Value>>,
+    /// Whether two-element accumulators are held as [`Acc::Pair`].
+    pairs: bool,
+    state: HashMapValueState<Value, Acc>,
     max_parallelism: u32,
     next: Box<dyn Output<Value>>,
     handler: Handler,
@@ -604,9 +649,12 @@ impl ExprReduce {
         let mut w = KeyedStateWriter::appending_to(std::mem::take(out));
         for g in self.state.key_groups().as_range() {
             self.state
-                .for_each_in_group(g, &mut |k: &Value, v: &Option<Value>| {
-                    let v = v.as_ref().expect("reduce state slot is filled");
-                    w.push(g, k, v).expect("a Value always encodes");
+                .for_each_in_group(g, &mut |k: &Value, acc: &Acc| {
+                    let v = match acc {
+                        Acc::Whole(v) => Cow::Borrowed(v),
+                        pair => Cow::Owned(pair.to_value()),
+                    };
+                    w.push(g, k, &*v).expect("a Value always encodes");
                 });
         }
         *out = w.finish();
@@ -627,10 +675,11 @@ impl ExprReduce {
             max_parallelism: self.max_parallelism,
             hash: |key: &Value| stable_hash(key),
         };
+        let pairs = self.pairs;
         for (subtask, snap) in snapshots {
             let state = &mut self.state;
             read_keyed_state(snap, &restore, |g, hash, key: Value, acc: Value| {
-                state.put(g, hash, key, Some(acc))
+                state.put(g, hash, key, Acc::new(acc, pairs))
             })
             .map_err(|e| format!("state of old subtask {subtask}: {e}"))?;
         }
@@ -657,11 +706,20 @@ impl Output<Value> for ExprReduce {
             );
             return self.handler.failed(&item, EvalError { message });
         }
-        let hash = stable_hash(&*key);
+        // `Value`'s own stable hash, equal to the codec's (the router's and a restore's).
+        let hash = key.stable_hash();
         let group = key_group_of_hash(hash, self.max_parallelism);
         match self.state.get_mut(group, hash, &key) {
-            Some(slot) => {
-                let acc = slot.as_mut().expect("reduce state slot is filled");
+            Some(Acc::Pair(slots)) => match self.program.update_slots(slots, &[&item, &key]) {
+                Ok(()) => {
+                    drop(key);
+                    // The record's own list, when nobody else holds it, carries the new
+                    // accumulator on: no allocation per record.
+                    self.next.emit(list_into(item, slots))
+                }
+                Err(e) => self.handler.failed(&item, e),
+            },
+            Some(Acc::Whole(acc)) => {
                 // In place: when the emitted copy of the previous accumulator has been
                 // dropped downstream (a chained sink), the list is reused, not reallocated.
                 match self.program.eval_update(acc, &[&item, &key]) {
@@ -671,7 +729,8 @@ impl Output<Value> for ExprReduce {
             }
             None => {
                 let key = key.into_owned();
-                self.state.put(group, hash, key, Some(item.clone()));
+                self.state
+                    .put(group, hash, key, Acc::new(item.clone(), self.pairs));
                 self.next.emit(item)
             }
         }

@@ -181,6 +181,19 @@ pub(super) fn eval_list<'a>(items: &'a [Node], env: &Env<'a>) -> Result<Arc<[Val
             operand_of(node, env).map(Cow::into_owned)
         }
     };
+    // Lists of variables, their elements and constants (`[value, 1]`, once per record of
+    // a map): the elements are found first, then cloned straight into the allocation.
+    // Passing each through a `Result` on the stack first wrote it in small pieces and read
+    // it back whole, which stalled the CPU's store forwarding on every element.
+    const DIRECT: usize = 4;
+    static NULL: Value = Value::Null;
+    if items.len() <= DIRECT && items.iter().all(is_leaf) {
+        let mut refs = [&NULL; DIRECT];
+        for (r, node) in refs.iter_mut().zip(items) {
+            *r = leaf_of(node, env)?;
+        }
+        return Ok(refs[..items.len()].iter().map(|v| (*v).clone()).collect());
+    }
     // Short lists (pairs above all) from fixed-size arrays: one allocation and a copy of
     // known size, no intermediate buffer.
     match items.len() {

@@ -23,7 +23,8 @@
 //! Files: `parse` (text -> the `cel` crate's AST, after the length and depth checks),
 //! `compile` (AST -> `node` tree, with static type checks), `eval` (operators and
 //! comprehensions), `functions` (named functions), `limits` (the limits, the static cost
-//! estimate and the run-time budget), `value`/`small_str` (the record type).
+//! estimate and the run-time budget), `slots` (reduce updates on an accumulator held as its
+//! elements), `value`/`small_str` (the record type).
 
 mod small_str;
 mod value;
@@ -35,6 +36,7 @@ mod functions;
 mod limits;
 mod node;
 mod parse;
+mod slots;
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -46,6 +48,7 @@ use eval::{Env, element_of, eval, eval_list, operand_of};
 use functions::{Func, eval_text};
 use limits::Budget;
 use node::Node;
+use slots::{MAX_SLOTS, SlotPlan};
 
 pub use eval::cel_equals;
 pub use limits::{
@@ -140,6 +143,8 @@ pub struct Program {
     vars: Vec<Arc<str>>,
     locals: usize,
     ty: Option<ValueType>,
+    /// The program rewritten for [`Program::update_slots`], when its shape allows.
+    slots: Option<SlotPlan>,
 }
 
 impl Program {
@@ -186,12 +191,18 @@ impl Program {
                 position: None,
             });
         }
+        let slots = if vars.is_empty() {
+            None
+        } else {
+            SlotPlan::of(&root, 0, vars.len())
+        };
         Ok(Program {
             root,
             source: Arc::from(source),
             vars: vars.iter().map(|v| Arc::from(*v)).collect(),
             locals: c.locals,
             ty,
+            slots,
         })
     }
 
@@ -249,17 +260,100 @@ impl Program {
                 args.len()
             ));
         }
+        Ok(self.env_unchecked(args))
+    }
+
+    #[inline(always)]
+    fn env_unchecked<'a>(&self, args: &'a [&'a Value]) -> Env<'a> {
         // Most expressions have no comprehension: skip building an empty vector per record.
         let locals = if self.locals == 0 {
             Vec::new()
         } else {
             vec![Value::Null; self.locals]
         };
-        Ok(Env {
+        Env {
             args,
             locals: RefCell::new(locals),
             budget: Budget::new(),
-        })
+        }
+    }
+
+    /// `Some(n)` when [`Program::update_slots`] can run this program on an accumulator
+    /// held as `n` separate elements: the program is a list literal of `n` elements that
+    /// reads its first variable only as `acc[k]`, with constant `k < n`.
+    pub fn slot_count(&self) -> Option<usize> {
+        self.slots.as_ref().map(|p| p.len)
+    }
+
+    /// [`Program::eval_update`] for an accumulator list held as its elements: evaluates
+    /// with `slots[k]` as `acc[k]` (`acc` being the first variable) and `rest` bound to the
+    /// other variables, and stores the elements of the result in `slots`. The result is
+    /// that of [`Program::eval`] on the list of `slots`; on error `slots` is left unchanged.
+    /// Fails if `slots.len()` is not [`Program::slot_count`].
+    pub fn update_slots(&self, slots: &mut [Value], rest: &[&Value]) -> Result<(), EvalError> {
+        const MAX_ARGS: usize = 4 + MAX_SLOTS;
+        static NULL: Value = Value::Null;
+        let vars = self.vars.len();
+        let plan = match &self.slots {
+            Some(plan) if plan.len == slots.len() && rest.len() + 1 == vars => plan,
+            _ => {
+                return rerr(format!(
+                    "expression '{}' cannot update an accumulator of {} element(s) with {} \
+                     variable(s)",
+                    excerpt(&self.source),
+                    slots.len(),
+                    rest.len() + 1
+                ));
+            }
+        };
+        if vars + plan.len > MAX_ARGS {
+            return self.update_slots_via_list(slots, rest);
+        }
+        // The accumulator itself is never read (the plan reads its slots): its place holds
+        // a null. New elements are all computed before a slot is written, so a failing
+        // element leaves the slots as they were.
+        let mut all = [&NULL; MAX_ARGS];
+        all[1..vars].copy_from_slice(rest);
+        for (arg, slot) in all[vars..].iter_mut().zip(slots.iter()) {
+            *arg = slot;
+        }
+        let env = self.env_unchecked(&all[..vars + plan.len]);
+        if let [(i, node)] = plan.changed.as_slice() {
+            // One changed element (a counter or a sum), the common case: straight into its
+            // slot, without a buffer.
+            let v = element_of(node, &env)?;
+            drop(env);
+            slots[*i] = v;
+            return Ok(());
+        }
+        let mut new: [(usize, Value); MAX_SLOTS] = Default::default();
+        for (out, (i, node)) in new.iter_mut().zip(&plan.changed) {
+            *out = (*i, element_of(node, &env)?);
+        }
+        drop(env);
+        for (i, v) in new.into_iter().take(plan.changed.len()) {
+            slots[i] = v;
+        }
+        Ok(())
+    }
+
+    /// [`Program::update_slots`] through a list value, for programs with more variables
+    /// than its fixed argument array holds.
+    fn update_slots_via_list(&self, slots: &mut [Value], rest: &[&Value]) -> Result<(), EvalError> {
+        let mut acc = Value::list(slots.to_vec());
+        self.eval_update(&mut acc, rest)?;
+        match acc {
+            Value::List(items) if items.len() == slots.len() => {
+                slots.clone_from_slice(&items);
+                Ok(())
+            }
+            other => rerr(format!(
+                "expression '{}' returned a {} instead of a list of {} elements",
+                excerpt(&self.source),
+                other.value_type(),
+                slots.len()
+            )),
+        }
     }
 
     /// Evaluates with `acc` bound to the first variable and `rest` to the others, and stores

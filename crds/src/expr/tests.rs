@@ -360,10 +360,66 @@ fn update_matches_eval(src: &str, acc: serde_json::Value, value: serde_json::Val
             assert_eq!(updated, v, "{src}");
         }
         Err(e) => {
-            assert_eq!(got, Err(e), "{src}");
+            assert_eq!(got, Err(e.clone()), "{src}");
             assert_eq!(updated, acc, "{src}: a failed update leaves acc as it was");
         }
     }
+    // The same through the accumulator's elements, where the program's shape allows.
+    if let (Some(n), Value::List(items)) = (p.slot_count(), &acc)
+        && items.len() == n
+    {
+        let mut slots = items.to_vec();
+        let got = p.update_slots(&mut slots, &[&value, &key]);
+        match p.eval(&[&acc, &value, &key]) {
+            Ok(v) => {
+                assert_eq!(got, Ok(()), "{src} on slots");
+                assert_eq!(Value::list(slots), v, "{src} on slots");
+            }
+            Err(e) => {
+                assert_eq!(got, Err(e), "{src} on slots");
+                assert_eq!(
+                    &slots[..],
+                    &items[..],
+                    "{src}: a failed update leaves the slots"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn slot_updates_need_element_wise_programs() {
+    let count = |src: &str| Program::compile(src, REDUCE_VARS).unwrap().slot_count();
+    assert_eq!(count("[acc[0], acc[1] + value[1]]"), Some(2));
+    assert_eq!(count("[acc[1], acc[0]]"), Some(2));
+    assert_eq!(count("[value, acc[1] * 2, acc[2] - 1]"), Some(3));
+    assert_eq!(count("[acc[0], [1, 2].map(x, x + acc[1])]"), Some(2));
+    assert_eq!(count("[acc[0u], key]"), Some(2));
+    // `acc` as a whole, a computed or out-of-range index, a non-literal result.
+    assert_eq!(count("[acc, 1]"), None);
+    assert_eq!(count("[size(acc), 1]"), None);
+    assert_eq!(count("[acc[0], acc[2]]"), None);
+    assert_eq!(count("[acc[0], acc[value[0]]]"), None);
+    assert_eq!(count("[acc[0], acc[-1]]"), None);
+    assert_eq!(count("acc + value"), None);
+    assert_eq!(count("[1, 2, 3, 4, 5]"), None);
+    // A program that has a plan refuses slots of another length, naming itself.
+    let p = Program::compile("[acc[0], acc[1] + value[1]]", REDUCE_VARS).unwrap();
+    let mut three = vec![Value::Int(1), Value::Int(2), Value::Int(3)];
+    assert_eq!(
+        p.update_slots(&mut three, &[&Value::Null, &Value::Null])
+            .unwrap_err()
+            .message,
+        "expression '[acc[0], acc[1] + value[1]]' cannot update an accumulator of 3 \
+         element(s) with 3 variable(s)"
+    );
+    // Elements are read where the loop needs them.
+    update_matches_eval(
+        "[acc[0], [1, 2].map(x, x + acc[1])]",
+        j!(["a", 10]),
+        j!(null),
+    );
+    update_matches_eval("[acc[0u], key]", j!(["a", 10]), j!(null));
 }
 
 #[test]
