@@ -254,7 +254,11 @@ mod tests {
             let words = ["a", "b", "c", "a", "d", "e", "f", "b"];
             for (i, w) in words.iter().enumerate() {
                 // Only some records have a timestamp: the others arrive without one.
-                set_current_timestamp(if i % 3 == 0 { i as i64 } else { NO_TIMESTAMP });
+                set_current_timestamp(if i.is_multiple_of(3) {
+                    i as i64
+                } else {
+                    NO_TIMESTAMP
+                });
                 r.emit(rec(w, i as u64)).unwrap();
             }
             r.signal(Signal::EndOfInput).unwrap();
@@ -267,7 +271,11 @@ mod tests {
                     let group = key_group_of_hash(h, 128);
                     assert_eq!(subtask_for_key_group(group, 2, 128) as usize, target);
                     let i = item.1 as usize;
-                    let want = if i % 3 == 0 { i as i64 } else { NO_TIMESTAMP };
+                    let want = if i.is_multiple_of(3) {
+                        i as i64
+                    } else {
+                        NO_TIMESTAMP
+                    };
                     assert_eq!(ts, want, "{item:?}");
                     all.push(item);
                 }
