@@ -201,17 +201,18 @@ where
     }
 }
 
-impl<T, K, F> Output<T> for Reduce<T, K, F>
+impl<T, K, F> Reduce<T, K, F>
 where
     T: Clone + Send + Serialize + DeserializeOwned,
     K: ?Sized + ToOwned + Eq + Serialize + Send + Sync,
     K::Owned: Borrow<K> + Serialize + DeserializeOwned + Send,
     F: Fn(T, T) -> T + Send + Sync,
 {
+    /// `key_hash`: the key's hash as the router of a hash edge computed it, if it did.
     #[inline]
-    fn emit(&mut self, item: T) -> Result<(), TaskError> {
+    fn reduce(&mut self, item: T, key_hash: Option<u64>) -> Result<(), TaskError> {
         let key = self.id.guard(|| (self.key)(&item))?;
-        let hash = stable_hash(&*key);
+        let hash = key_hash.unwrap_or_else(|| stable_hash(&*key));
         let group = key_group_of_hash(hash, self.max_parallelism);
         if !self.state.key_groups().contains(group) {
             return Err(self.id.fail(format!(
@@ -234,6 +235,23 @@ where
                 self.next.emit(item)
             }
         }
+    }
+}
+
+impl<T, K, F> Output<T> for Reduce<T, K, F>
+where
+    T: Clone + Send + Serialize + DeserializeOwned,
+    K: ?Sized + ToOwned + Eq + Serialize + Send + Sync,
+    K::Owned: Borrow<K> + Serialize + DeserializeOwned + Send,
+    F: Fn(T, T) -> T + Send + Sync,
+{
+    #[inline]
+    fn emit(&mut self, item: T) -> Result<(), TaskError> {
+        self.reduce(item, None)
+    }
+    #[inline]
+    fn emit_keyed(&mut self, item: T, key_hash: u64) -> Result<(), TaskError> {
+        self.reduce(item, Some(key_hash))
     }
     fn signal(&mut self, signal: Signal) -> Result<(), TaskError> {
         if let Some(cp) = &self.checkpoint {

@@ -161,18 +161,24 @@ impl<T> InputGate<T> {
         if self.open == 0 {
             return Ok(None);
         }
-        let open: Vec<usize> = (0..self.inputs.len())
-            .filter(|&i| self.state[i] == InputState::Open)
-            .collect();
-        let received = if let [i] = open.as_slice() {
-            match self.inputs[*i].recv_timeout(timeout) {
-                Ok(m) => Some((*i, Ok(m))),
+        // Inputs blocked by barrier alignment are not waited on (no allocation here: an
+        // idle task comes through this once per wakeup).
+        let mut open = (0..self.inputs.len()).filter(|&i| self.state[i] == InputState::Open);
+        let single = self
+            .state
+            .iter()
+            .filter(|s| **s == InputState::Open)
+            .count()
+            == 1;
+        let received = if single && let Some(i) = open.next() {
+            match self.inputs[i].recv_timeout(timeout) {
+                Ok(m) => Some((i, Ok(m))),
                 Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => Some((*i, Err(()))),
+                Err(RecvTimeoutError::Disconnected) => Some((i, Err(()))),
             }
         } else {
             let mut sel = flume::Selector::new();
-            for &i in &open {
+            for i in open {
                 sel = sel.recv(&self.inputs[i], move |r| (i, r.map_err(|_| ())));
             }
             sel.wait_timeout(timeout).ok()
@@ -198,15 +204,10 @@ impl<T> InputGate<T> {
 
     fn accept(&mut self, i: usize, m: Message<T>) {
         match m {
-            Message::Data(batch) => {
+            Message::Batch(batch) => {
                 self.set_active(i);
                 self.count_queued();
-                self.ready.push_back(Message::Data(batch))
-            }
-            Message::Timed(batch, stamps) => {
-                self.set_active(i);
-                self.count_queued();
-                self.ready.push_back(Message::Timed(batch, stamps))
+                self.ready.push_back(Message::Batch(batch))
             }
             Message::Signal(Signal::Watermark(w)) => {
                 self.set_active(i);
@@ -326,6 +327,7 @@ impl<T> InputGate<T> {
 mod tests {
     use super::*;
     use crate::CheckpointBarrier;
+    use crate::runtime::message::Batch;
 
     fn gate(n: usize) -> (Vec<Sender<u32>>, InputGate<u32>) {
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| channel(8)).unzip();
@@ -341,7 +343,7 @@ mod tests {
         let mut out = vec![];
         while let Some(m) = g.try_next().unwrap() {
             out.push(match m {
-                Message::Data(d) | Message::Timed(d, _) => format!("{d:?}"),
+                Message::Batch(b) => format!("{:?}", b.records),
                 Message::Signal(s) => format!("{s:?}"),
             });
         }
@@ -352,10 +354,10 @@ mod tests {
     fn end_of_input_only_after_every_input_ended() {
         let (txs, mut g) = gate(3);
         txs[0].send(Message::Signal(Signal::EndOfInput)).unwrap();
-        txs[1].send(Message::Data(vec![1])).unwrap();
+        txs[1].send(Message::Batch(Batch::of(vec![1]))).unwrap();
         txs[1].send(Message::Signal(Signal::EndOfInput)).unwrap();
         assert_eq!(drain(&mut g), vec!["[1]"]);
-        txs[2].send(Message::Data(vec![2])).unwrap();
+        txs[2].send(Message::Batch(Batch::of(vec![2]))).unwrap();
         txs[2].send(Message::Signal(Signal::EndOfInput)).unwrap();
         assert_eq!(drain(&mut g), vec!["[2]", "EndOfInput"]);
     }
@@ -393,7 +395,9 @@ mod tests {
         txs[1].send(Message::Signal(Signal::Idle)).unwrap();
         assert_eq!(drain(&mut g), vec!["Watermark(10)"]);
         // Back with records and a lower watermark: counts again, nothing goes backwards.
-        txs[1].send(Message::Timed(vec![7], vec![3])).unwrap();
+        txs[1]
+            .send(Message::Batch(Batch::timed(vec![7], vec![3])))
+            .unwrap();
         txs[1].send(Message::Signal(Signal::Watermark(5))).unwrap();
         assert_eq!(drain(&mut g), vec!["[7]"]);
         txs[0].send(Message::Signal(Signal::Watermark(20))).unwrap();
@@ -415,8 +419,8 @@ mod tests {
             timestamp_ms: 0,
         };
         txs[0].send(Message::Signal(Signal::Barrier(b))).unwrap();
-        txs[0].send(Message::Data(vec![99])).unwrap(); // after the barrier: must wait
-        txs[1].send(Message::Data(vec![1])).unwrap();
+        txs[0].send(Message::Batch(Batch::of(vec![99]))).unwrap(); // after the barrier: must wait
+        txs[1].send(Message::Batch(Batch::of(vec![1]))).unwrap();
         assert_eq!(drain(&mut g), vec!["[1]"]);
         txs[1].send(Message::Signal(Signal::Barrier(b))).unwrap();
         let out = drain(&mut g);

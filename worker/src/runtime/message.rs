@@ -34,13 +34,51 @@ pub enum Signal {
 /// [`Signal::CheckpointComplete`]); sinks snapshot at the end of input with the same id.
 pub const FINAL_CHECKPOINT: u64 = u64::MAX;
 
+/// A batch of records, with what the producer knew about each one.
+#[derive(Debug)]
+pub struct Batch<T> {
+    pub records: Vec<T>,
+    /// Event timestamps (ms), `timestamps[i]` for record `i`
+    /// (`runtime::time::NO_TIMESTAMP` for a record without one); empty if no record has one.
+    pub timestamps: Vec<i64>,
+    /// The stable hash of each record's key (see `streamjob_crds::StableKey`), as the
+    /// router of a hash edge computed it to pick the channel; empty on other edges. The
+    /// keyed operator at the other end gets it with the record
+    /// ([`crate::runtime::output::Output::emit_keyed`]) instead of hashing the key again.
+    pub key_hashes: Vec<u64>,
+}
+
+impl<T> Batch<T> {
+    /// Records without timestamps or key hashes.
+    pub fn of(records: Vec<T>) -> Self {
+        Batch {
+            records,
+            timestamps: Vec::new(),
+            key_hashes: Vec::new(),
+        }
+    }
+
+    /// Records with their event timestamps.
+    pub fn timed(records: Vec<T>, timestamps: Vec<i64>) -> Self {
+        Batch {
+            timestamps,
+            ..Batch::of(records)
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// One element on a channel. Records always travel in batches: one channel operation
 /// moves many records.
 #[derive(Debug)]
 pub enum Message<T> {
-    Data(Vec<T>),
-    /// A batch whose records carry event timestamps (ms): `timestamps[i]` belongs to
-    /// `records[i]` (`runtime::time::NO_TIMESTAMP` for a record without one).
-    Timed(Vec<T>, Vec<i64>),
+    Batch(Batch<T>),
     Signal(Signal),
 }

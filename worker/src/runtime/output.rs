@@ -11,6 +11,16 @@ use crate::runtime::message::Signal;
 pub trait Output<T>: Send {
     /// Process one record.
     fn emit(&mut self, item: T) -> Result<(), TaskError>;
+    /// Process one record that arrived over a hash edge, with the stable hash of its key
+    /// (`codec::key_hash::stable_hash` of what the edge's key selector returned), which the
+    /// router computed to pick this subtask. Only the head of a chain gets it, and only
+    /// from a hash edge, so a keyed operator there sees the hash of its own key and can
+    /// look its state up by it instead of hashing the key again. Anything else ignores it.
+    #[inline]
+    fn emit_keyed(&mut self, item: T, key_hash: u64) -> Result<(), TaskError> {
+        let _ = key_hash;
+        self.emit(item)
+    }
     /// Process a control signal and pass it on.
     fn signal(&mut self, signal: Signal) -> Result<(), TaskError>;
     /// Send partially filled batches now (latency bound); called when the task's input is
@@ -22,6 +32,10 @@ impl<T, O: Output<T> + ?Sized> Output<T> for Box<O> {
     #[inline]
     fn emit(&mut self, item: T) -> Result<(), TaskError> {
         (**self).emit(item)
+    }
+    #[inline]
+    fn emit_keyed(&mut self, item: T, key_hash: u64) -> Result<(), TaskError> {
+        (**self).emit_keyed(item, key_hash)
     }
     fn signal(&mut self, signal: Signal) -> Result<(), TaskError> {
         (**self).signal(signal)

@@ -12,7 +12,7 @@ use crate::runtime::channel::{Endpoint, InputGate, cancelled};
 use crate::runtime::checkpoint::{Coordinator, FinalOutcome};
 use crate::runtime::context::{CANCEL_POLL, SubtaskContext};
 use crate::runtime::functions::{Collector, SourceReader, SourceStatus};
-use crate::runtime::message::{CheckpointBarrier, FINAL_CHECKPOINT, Message, Signal};
+use crate::runtime::message::{Batch, CheckpointBarrier, FINAL_CHECKPOINT, Message, Signal};
 use crate::runtime::output::Output;
 use crate::runtime::time::{MAX_WATERMARK, NO_TIMESTAMP, set_current_timestamp};
 
@@ -260,6 +260,41 @@ pub(crate) struct InputTask<T> {
     pub ctx: SubtaskContext,
 }
 
+impl<T> InputTask<T> {
+    /// Pushes a batch's records into the chain, each with its timestamp and key hash.
+    fn process(&mut self, batch: Batch<T>) -> Result<(), TaskError> {
+        let Batch {
+            records,
+            timestamps,
+            key_hashes,
+        } = batch;
+        let timed = !timestamps.is_empty();
+        if !timed {
+            set_current_timestamp(NO_TIMESTAMP);
+        }
+        if key_hashes.is_empty() {
+            if timed {
+                for (item, ts) in records.into_iter().zip(timestamps) {
+                    set_current_timestamp(ts);
+                    self.head.emit(item)?;
+                }
+            } else {
+                for item in records {
+                    self.head.emit(item)?;
+                }
+            }
+        } else {
+            for (i, (item, hash)) in records.into_iter().zip(key_hashes).enumerate() {
+                if timed {
+                    set_current_timestamp(timestamps[i]);
+                }
+                self.head.emit_keyed(item, hash)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl<T: Send> Task for InputTask<T> {
     fn run(mut self: Box<Self>) -> Result<TaskStats, TaskError> {
         let who = endpoint(&self.ctx);
@@ -293,21 +328,10 @@ impl<T: Send> Task for InputTask<T> {
                 }
             };
             match msg {
-                Message::Data(batch) => {
-                    stats.records_in += batch.len() as u64;
-                    set_current_timestamp(NO_TIMESTAMP);
-                    metrics.records_in(batch.len() as u64);
-                    for item in batch {
-                        self.head.emit(item)?;
-                    }
-                }
-                Message::Timed(batch, stamps) => {
+                Message::Batch(batch) => {
                     stats.records_in += batch.len() as u64;
                     metrics.records_in(batch.len() as u64);
-                    for (item, ts) in batch.into_iter().zip(stamps) {
-                        set_current_timestamp(ts);
-                        self.head.emit(item)?;
-                    }
+                    self.process(batch)?;
                 }
                 Message::Signal(Signal::EndOfInput) => {
                     await_stop(&cursor, &self.ctx)?;

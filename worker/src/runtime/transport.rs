@@ -12,7 +12,7 @@ use bytes::Bytes;
 use crate::codec::record::Wire;
 use crate::runtime::channel::{Receiver, Sender};
 use crate::runtime::context::CancelFlag;
-use crate::runtime::message::{CheckpointBarrier, Message, Signal};
+use crate::runtime::message::{Batch, CheckpointBarrier, Message, Signal};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -98,29 +98,15 @@ impl<T: Send + 'static> Outbound for TypedOutbound<T> {
         Box::pin(async move {
             let msg = self.rx.recv_async().await.ok()?;
             Some(match msg {
-                Message::Data(records) => {
-                    let mut buf = Vec::with_capacity(self.last_len + self.last_len / 8);
-                    if let Err(e) = (self.wire.encode)(&records, &mut buf) {
+                Message::Batch(batch) => match self.encode(batch) {
+                    Ok(frame) => frame,
+                    Err(e) => {
                         // Closing without end of input fails the peer's input; the cause
                         // is only known here.
                         tracing::error!("{e}");
                         return None;
                     }
-                    self.last_len = buf.len();
-                    Frame::Batch(buf.into())
-                }
-                // Event timestamps ride after the records in the same frame (codec::record).
-                Message::Timed(records, stamps) => {
-                    let mut buf = Vec::with_capacity(self.last_len + self.last_len / 8);
-                    if let Err(e) = (self.wire.encode)(&records, &mut buf)
-                        .and_then(|()| crate::codec::record::append_timestamps(&stamps, &mut buf))
-                    {
-                        tracing::error!("{e}");
-                        return None;
-                    }
-                    self.last_len = buf.len();
-                    Frame::Batch(buf.into())
-                }
+                },
                 Message::Signal(Signal::Watermark(w)) => Frame::Watermark(w),
                 Message::Signal(Signal::Idle) => Frame::Watermark(IDLE_ON_WIRE),
                 Message::Signal(Signal::Barrier(b)) => Frame::Barrier(b),
@@ -130,6 +116,22 @@ impl<T: Send + 'static> Outbound for TypedOutbound<T> {
                 }
             })
         })
+    }
+}
+
+impl<T> TypedOutbound<T> {
+    /// A batch as one network frame: the records as a postcard sequence, then their event
+    /// timestamps if they have any (codec::record). Key hashes stay behind: the receiving
+    /// keyed operator hashes the key itself (8 bytes per record would often double what
+    /// crosses the network).
+    fn encode(&mut self, batch: Batch<T>) -> Result<Frame, crate::codec::record::EncodeError> {
+        let mut buf = Vec::with_capacity(self.last_len + self.last_len / 8);
+        (self.wire.encode)(&batch.records, &mut buf)?;
+        if !batch.timestamps.is_empty() {
+            crate::codec::record::append_timestamps(&batch.timestamps, &mut buf)?;
+        }
+        self.last_len = buf.len();
+        Ok(Frame::Batch(buf.into()))
     }
 }
 
@@ -145,8 +147,8 @@ impl<T: Send + 'static> Inbound for TypedInbound<T> {
                 Frame::Batch(bytes) => match (self.wire.decode_timed)(&bytes)
                     .map_err(|e| PushError::Malformed(e.to_string()))?
                 {
-                    (records, None) => Message::Data(records),
-                    (records, Some(stamps)) => Message::Timed(records, stamps),
+                    (records, None) => Message::Batch(Batch::of(records)),
+                    (records, Some(stamps)) => Message::Batch(Batch::timed(records, stamps)),
                 },
                 Frame::Watermark(IDLE_ON_WIRE) => Message::Signal(Signal::Idle),
                 Frame::Watermark(w) => Message::Signal(Signal::Watermark(w)),
