@@ -687,8 +687,10 @@ impl ExprReduce {
     }
 }
 
-impl Output<Value> for ExprReduce {
-    fn emit(&mut self, item: Value) -> Result<(), TaskError> {
+impl ExprReduce {
+    /// `key_hash` is the router's hash of this record's key when it came over a hash edge
+    /// keyed by the same program: `Value::stable_hash`, as below, so it is not computed twice.
+    fn reduce(&mut self, item: Value, key_hash: Option<u64>) -> Result<(), TaskError> {
         let args = [&item];
         let key: Cow<'_, Value> = match self.key.eval_cow(&args) {
             Ok(k) => k,
@@ -707,7 +709,11 @@ impl Output<Value> for ExprReduce {
             return self.handler.failed(&item, EvalError { message });
         }
         // `Value`'s own stable hash, equal to the codec's (the router's and a restore's).
-        let hash = key.stable_hash();
+        debug_assert!(
+            key_hash.is_none_or(|h| h == key.stable_hash()),
+            "the router hashed key {key} differently"
+        );
+        let hash = key_hash.unwrap_or_else(|| key.stable_hash());
         let group = key_group_of_hash(hash, self.max_parallelism);
         match self.state.get_mut(group, hash, &key) {
             Some(Acc::Pair(slots)) => match self.program.update_slots(slots, &[&item, &key]) {
@@ -734,6 +740,15 @@ impl Output<Value> for ExprReduce {
                 self.next.emit(item)
             }
         }
+    }
+}
+
+impl Output<Value> for ExprReduce {
+    fn emit(&mut self, item: Value) -> Result<(), TaskError> {
+        self.reduce(item, None)
+    }
+    fn emit_keyed(&mut self, item: Value, key_hash: u64) -> Result<(), TaskError> {
+        self.reduce(item, Some(key_hash))
     }
     fn signal(&mut self, signal: Signal) -> Result<(), TaskError> {
         self.handler.flush()?;
