@@ -13,6 +13,8 @@ pub(crate) mod timed_state;
 pub(crate) mod watermark;
 pub mod watermark_strategy;
 pub(crate) mod window;
+#[cfg(test)]
+pub(crate) mod window_test_support;
 pub mod windows;
 
 use std::borrow::{Borrow, Cow};
@@ -31,7 +33,7 @@ use crate::runtime::context::SubtaskContext;
 use crate::runtime::functions::{Collector, Sink, SinkWriter};
 use crate::runtime::message::{FINAL_CHECKPOINT, Signal};
 use crate::runtime::output::Output;
-use crate::state::{HashMapValueState, ValueState};
+use crate::state::{LineAlignedState, ValueState};
 
 /// Key selector as stored by a `KeyedStream`: borrows the key from the record when it can.
 pub(crate) type KeyFn<T, K> = Arc<dyn for<'a> Fn(&'a T) -> Cow<'a, K> + Send + Sync>;
@@ -149,7 +151,7 @@ impl<I, O, F: Fn(I, &mut Collector<'_, O>) + Send + Sync> Output<I> for FlatMap<
 pub(crate) struct Reduce<T, K: ?Sized + ToOwned, F> {
     pub key: KeyFn<T, K>,
     pub f: Arc<F>,
-    pub state: HashMapValueState<K, Option<T>>,
+    pub state: LineAlignedState<K, Option<T>>,
     pub max_parallelism: u32,
     pub next: Box<dyn Output<T>>,
     pub id: OpId,
@@ -213,7 +215,7 @@ where
         let key = self.id.guard(|| (self.key)(&item))?;
         let hash = stable_hash(&*key);
         let group = key_group_of_hash(hash, self.max_parallelism);
-        if !self.state.key_groups().contains(group) {
+        if !self.state.owns(group) {
             return Err(self.id.fail(format!(
                 "internal error: key group {group} reached a subtask owning {:?}",
                 self.state.key_groups()
@@ -370,7 +372,7 @@ mod tests {
         Reduce {
             key: Arc::new(|r: &(String, u64)| Cow::Borrowed(r.0.as_str())),
             f: Arc::new(|(w, a), (_, b)| (w, a + b)),
-            state: HashMapValueState::new(KeyGroupRange::for_subtask(0, 1, 16)),
+            state: LineAlignedState::new(KeyGroupRange::for_subtask(0, 1, 16)),
             max_parallelism: 16,
             next: Box::new(Discard),
             id: OpId {
