@@ -310,9 +310,155 @@ impl ser::SerializeMap for MapHasher {
     }
 }
 
+/// The inline tag of a key whose serde form is one string of at most 7 bytes: the bytes in
+/// the low 7 bytes, the length and a set top bit in the top byte, so two such tags are equal
+/// exactly when the strings are. `None` for any other key. The keyed state compares these
+/// instead of the key's heap bytes (`crate::state::LineAligned`).
+#[inline]
+pub fn short_str_tag<K: Serialize + ?Sized>(key: &K) -> Option<u64> {
+    key.serialize(ShortStr).ok()
+}
+
+/// Accepts exactly one short string.
+struct ShortStr;
+
+macro_rules! refuse {
+    ($($f:ident($($t:ty),*);)*) => {
+        $(fn $f(self $(, _: $t)*) -> Result<u64, KeyHashError> {
+            Err(KeyHashError)
+        })*
+    };
+}
+
+impl ser::Serializer for ShortStr {
+    type Ok = u64;
+    type Error = KeyHashError;
+    type SerializeSeq = ser::Impossible<u64, KeyHashError>;
+    type SerializeTuple = ser::Impossible<u64, KeyHashError>;
+    type SerializeTupleStruct = ser::Impossible<u64, KeyHashError>;
+    type SerializeTupleVariant = ser::Impossible<u64, KeyHashError>;
+    type SerializeMap = ser::Impossible<u64, KeyHashError>;
+    type SerializeStruct = ser::Impossible<u64, KeyHashError>;
+    type SerializeStructVariant = ser::Impossible<u64, KeyHashError>;
+
+    #[inline]
+    fn serialize_str(self, v: &str) -> Result<u64, KeyHashError> {
+        let b = v.as_bytes();
+        if b.len() > 7 {
+            return Err(KeyHashError);
+        }
+        let mut tag = [0u8; 8];
+        tag[..b.len()].copy_from_slice(b);
+        tag[7] = 0x80 | b.len() as u8;
+        Ok(u64::from_le_bytes(tag))
+    }
+
+    refuse! {
+        serialize_bool(bool);
+        serialize_i8(i8);
+        serialize_i16(i16);
+        serialize_i32(i32);
+        serialize_i64(i64);
+        serialize_u8(u8);
+        serialize_u16(u16);
+        serialize_u32(u32);
+        serialize_u64(u64);
+        serialize_f32(f32);
+        serialize_f64(f64);
+        serialize_char(char);
+        serialize_bytes(&[u8]);
+        serialize_none();
+        serialize_unit();
+        serialize_unit_struct(&'static str);
+        serialize_unit_variant(&'static str, u32, &'static str);
+    }
+
+    fn serialize_some<T: Serialize + ?Sized>(self, _: &T) -> Result<u64, KeyHashError> {
+        Err(KeyHashError)
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: &T,
+    ) -> Result<u64, KeyHashError> {
+        Err(KeyHashError)
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: &T,
+    ) -> Result<u64, KeyHashError> {
+        Err(KeyHashError)
+    }
+    fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, KeyHashError> {
+        Err(KeyHashError)
+    }
+    fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, KeyHashError> {
+        Err(KeyHashError)
+    }
+    fn serialize_tuple_struct(
+        self,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleStruct, KeyHashError> {
+        Err(KeyHashError)
+    }
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleVariant, KeyHashError> {
+        Err(KeyHashError)
+    }
+    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, KeyHashError> {
+        Err(KeyHashError)
+    }
+    fn serialize_struct(
+        self,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeStruct, KeyHashError> {
+        Err(KeyHashError)
+    }
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeStructVariant, KeyHashError> {
+        Err(KeyHashError)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_string_tags_are_equal_exactly_when_the_strings_are() {
+        let words = [
+            "", "a", "a\0", "ab", "ba", "abcdefg", "abcdefh", "abcdefgh", "\0",
+        ];
+        for a in words {
+            for b in words {
+                let (ta, tb) = (short_str_tag(a), short_str_tag(b));
+                if a.len() > 7 || b.len() > 7 {
+                    assert!(ta.is_none() || tb.is_none());
+                } else {
+                    assert_eq!(ta == tb, a == b, "{a:?} {b:?}");
+                    assert!(ta.unwrap() >> 63 == 1);
+                }
+            }
+        }
+        assert_eq!(short_str_tag(&"ab".to_string()), short_str_tag("ab"));
+        assert_eq!(short_str_tag(&7u64), None);
+        assert_eq!(short_str_tag(&("a", 1)), None);
+    }
     use serde::Deserialize;
     use streamjob_crds::StableKey;
 
