@@ -185,11 +185,8 @@ pub struct HashMapValueState<K: ?Sized + ToOwned, V, E = Packed<<K as ToOwned>::
     range: KeyGroupRange,
     groups: Vec<HashTable<E>>,
     len: usize,
-    _kv: Holds<K, V>,
+    _kv: PhantomData<fn() -> (Box<K>, V)>,
 }
-
-/// Marks the key and value types a table holds (they appear only inside `E`).
-type Holds<K, V> = PhantomData<fn() -> (Box<K>, V)>;
 
 /// The state of operators that touch their whole entry per record (see [`LineAligned`]).
 pub type LineAlignedState<K, V> = HashMapValueState<K, V, LineAligned<<K as ToOwned>::Owned, V>>;
