@@ -170,7 +170,7 @@ impl<T, K, F> Reduce<T, K, F>
 where
     T: Clone + Send + Serialize + DeserializeOwned,
     K: ?Sized + ToOwned + Eq + Serialize + Send + Sync,
-    K::Owned: Borrow<K> + Serialize + DeserializeOwned + Send + 'static,
+    K::Owned: Borrow<K> + Serialize + DeserializeOwned + Send,
 {
     /// The state in the keyed-state format (`codec::state`). Taken at the barrier,
     /// synchronously: the task pauses for the encoding.
@@ -207,7 +207,7 @@ impl<T, K, F> Output<T> for Reduce<T, K, F>
 where
     T: Clone + Send + Serialize + DeserializeOwned,
     K: ?Sized + ToOwned + Eq + Serialize + Send + Sync,
-    K::Owned: Borrow<K> + Serialize + DeserializeOwned + Send + 'static,
+    K::Owned: Borrow<K> + Serialize + DeserializeOwned + Send,
     F: Fn(T, T) -> T + Send + Sync,
 {
     #[inline]
