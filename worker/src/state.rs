@@ -319,7 +319,7 @@ mod tests {
             let v = s.get_or_insert_with(key_group_of_hash(h, 16), h, &w, || (w.clone(), None));
             assert_eq!(
                 std::ptr::from_mut(v).addr() % 64,
-                32,
+                16,
                 "value after hash and key"
             );
         }
