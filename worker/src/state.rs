@@ -2,7 +2,6 @@
 //! groups between subtasks.
 
 use std::borrow::Borrow;
-use std::marker::PhantomData;
 
 use hashbrown::HashTable;
 use streamjob_crds::KeyGroupRange;
@@ -42,88 +41,25 @@ fn table_hash(hash: u64) -> u64 {
     hash.rotate_left(32)
 }
 
-/// How a table stores one entry. The stored hash sits right before the key, so the
-/// compare after a tag match reads one place.
-pub trait TableEntry<O, V>: Send {
-    fn new(hash: u64, key: O, value: V) -> Self;
-    fn hash(&self) -> u64;
-    fn key(&self) -> &O;
-    fn value(&self) -> &V;
-    fn value_mut(&mut self) -> &mut V;
-    fn into_value(self) -> V;
+struct Entry<O, V> {
+    hash: u64,
+    key: O,
+    value: V,
 }
-
-macro_rules! table_entry {
-    ($(#[$attr:meta])* $name:ident) => {
-        $(#[$attr])*
-        pub struct $name<O, V> {
-            hash: u64,
-            key: O,
-            value: V,
-        }
-
-        impl<O: Send, V: Send> TableEntry<O, V> for $name<O, V> {
-            #[inline]
-            fn new(hash: u64, key: O, value: V) -> Self {
-                $name { hash, key, value }
-            }
-            #[inline]
-            fn hash(&self) -> u64 {
-                self.hash
-            }
-            #[inline]
-            fn key(&self) -> &O {
-                &self.key
-            }
-            #[inline]
-            fn value(&self) -> &V {
-                &self.value
-            }
-            #[inline]
-            fn value_mut(&mut self) -> &mut V {
-                &mut self.value
-            }
-            #[inline]
-            fn into_value(self) -> V {
-                self.value
-            }
-        }
-    };
-}
-
-table_entry!(
-    /// The default entry: as small as its fields allow.
-    #[repr(C)]
-    Packed
-);
-
-table_entry!(
-    /// An entry starting on a cache line, for operators whose every record reads and writes
-    /// its whole entry (reduce, windows): a 64-byte entry is one line instead of two for
-    /// three entries in four, and a larger one's hash, key and first bytes of value share
-    /// its first line. Small entries grow to 64 bytes, so it is not the default.
-    #[repr(C, align(64))]
-    LineAligned
-);
 
 /// In-memory backend: one hash table per key group.
-pub struct HashMapValueState<K: ?Sized + ToOwned, V, E = Packed<<K as ToOwned>::Owned, V>> {
+pub struct HashMapValueState<K: ?Sized + ToOwned, V> {
     range: KeyGroupRange,
-    groups: Vec<HashTable<E>>,
+    groups: Vec<HashTable<Entry<K::Owned, V>>>,
     len: usize,
-    _kv: PhantomData<fn() -> (Box<K>, V)>,
 }
 
-/// The state of operators that touch their whole entry per record (see [`LineAligned`]).
-pub type LineAlignedState<K, V> = HashMapValueState<K, V, LineAligned<<K as ToOwned>::Owned, V>>;
-
-impl<K: ?Sized + ToOwned, V, E: TableEntry<K::Owned, V>> HashMapValueState<K, V, E> {
+impl<K: ?Sized + ToOwned, V> HashMapValueState<K, V> {
     pub fn new(range: KeyGroupRange) -> Self {
         HashMapValueState {
             range,
             groups: (0..range.len()).map(|_| HashTable::new()).collect(),
             len: 0,
-            _kv: PhantomData,
         }
     }
 
@@ -131,7 +67,8 @@ impl<K: ?Sized + ToOwned, V, E: TableEntry<K::Owned, V>> HashMapValueState<K, V,
         self.range
     }
 
-    /// Whether this subtask owns `key_group` (inline: it is checked per record).
+    /// Whether this subtask owns `key_group` (inline: it is checked per record, and
+    /// `KeyGroupRange::contains` is a call into another crate, ~1% of a word count by perf).
     #[inline]
     pub fn owns(&self, key_group: u32) -> bool {
         key_group.wrapping_sub(self.range.start) < self.range.end.wrapping_sub(self.range.start)
@@ -144,59 +81,50 @@ impl<K: ?Sized + ToOwned, V, E: TableEntry<K::Owned, V>> HashMapValueState<K, V,
             .then(|| &self.groups[(key_group - self.range.start) as usize])
             .into_iter()
             .flatten()
-            .map(|e| (e.key(), e.value()))
+            .map(|e| (&e.key, &e.value))
     }
 
     #[inline]
-    fn group(&mut self, key_group: u32) -> &mut HashTable<E> {
-        match self
-            .groups
-            .get_mut(key_group.wrapping_sub(self.range.start) as usize)
-        {
-            Some(t) => t,
-            None => not_owned(key_group, self.range),
-        }
+    fn group(&mut self, key_group: u32) -> &mut HashTable<Entry<K::Owned, V>> {
+        assert!(
+            self.range.contains(key_group),
+            "key group {key_group} is not owned by this subtask ({:?})",
+            self.range
+        );
+        &mut self.groups[(key_group - self.range.start) as usize]
     }
 }
 
-#[cold]
-#[inline(never)]
-fn not_owned(key_group: u32, range: KeyGroupRange) -> ! {
-    panic!("key group {key_group} is not owned by this subtask ({range:?})")
-}
-
-impl<K, V, E> ValueState<K, V> for HashMapValueState<K, V, E>
+impl<K, V> ValueState<K, V> for HashMapValueState<K, V>
 where
     K: ?Sized + ToOwned + Eq,
     K::Owned: Borrow<K> + Send,
     V: Send,
-    E: TableEntry<K::Owned, V>,
 {
     #[inline]
     fn get_mut(&mut self, key_group: u32, hash: u64, key: &K) -> Option<&mut V> {
         self.group(key_group)
             .find_mut(table_hash(hash), |e| {
-                e.hash() == hash && e.key().borrow() == key
+                e.hash == hash && e.key.borrow() == key
             })
-            .map(|e| e.value_mut())
+            .map(|e| &mut e.value)
     }
 
     fn put(&mut self, key_group: u32, hash: u64, key: K::Owned, value: V) {
         let table = self.group(key_group);
         match table.find_mut(table_hash(hash), |e| {
-            e.hash() == hash && e.key().borrow() == key.borrow()
+            e.hash == hash && e.key.borrow() == key.borrow()
         }) {
-            Some(e) => *e.value_mut() = value,
+            Some(e) => e.value = value,
             None => {
-                table.insert_unique(table_hash(hash), E::new(hash, key, value), |e| {
-                    table_hash(e.hash())
+                table.insert_unique(table_hash(hash), Entry { hash, key, value }, |e| {
+                    table_hash(e.hash)
                 });
                 self.len += 1;
             }
         }
     }
 
-    #[inline]
     fn get_or_insert_with(
         &mut self,
         key_group: u32,
@@ -204,40 +132,38 @@ where
         key: &K,
         make: impl FnOnce() -> (K::Owned, V),
     ) -> &mut V {
-        let range = self.range;
-        let table = match self
-            .groups
-            .get_mut(key_group.wrapping_sub(range.start) as usize)
-        {
-            Some(t) => t,
-            None => not_owned(key_group, range),
-        };
+        assert!(
+            self.range.contains(key_group),
+            "key group {key_group} is not owned by this subtask ({:?})",
+            self.range
+        );
+        let table = &mut self.groups[(key_group - self.range.start) as usize];
         let entry = table.entry(
             table_hash(hash),
-            |e| e.hash() == hash && e.key().borrow() == key,
-            |e| table_hash(e.hash()),
+            |e| e.hash == hash && e.key.borrow() == key,
+            |e| table_hash(e.hash),
         );
         let inserted = matches!(entry, hashbrown::hash_table::Entry::Vacant(_));
         let e = entry.or_insert_with(|| {
             let (key, value) = make();
-            E::new(hash, key, value)
+            Entry { hash, key, value }
         });
         if inserted {
             self.len += 1;
         }
-        e.into_mut().value_mut()
+        &mut e.into_mut().value
     }
 
     fn remove(&mut self, key_group: u32, hash: u64, key: &K) -> Option<V> {
         let table = self.group(key_group);
         let found = table
             .find_entry(table_hash(hash), |e| {
-                e.hash() == hash && e.key().borrow() == key
+                e.hash == hash && e.key.borrow() == key
             })
             .ok()?;
         let (e, _) = found.remove();
         self.len -= 1;
-        Some(e.into_value())
+        Some(e.value)
     }
 
     fn len(&self) -> usize {
@@ -247,7 +173,7 @@ where
     fn for_each_in_group(&self, key_group: u32, f: &mut dyn FnMut(&K::Owned, &V)) {
         if self.range.contains(key_group) {
             for e in &self.groups[(key_group - self.range.start) as usize] {
-                f(e.key(), e.value());
+                f(&e.key, &e.value);
             }
         }
     }
@@ -261,13 +187,8 @@ mod tests {
 
     #[test]
     fn state_is_partitioned_by_key_group() {
-        partitioned_by_key_group::<Packed<String, u64>>();
-        partitioned_by_key_group::<LineAligned<String, u64>>();
-    }
-
-    fn partitioned_by_key_group<E: TableEntry<String, u64>>() {
         let range = KeyGroupRange::for_subtask(0, 1, 16);
-        let mut s: HashMapValueState<str, u64, E> = HashMapValueState::new(range);
+        let mut s: HashMapValueState<str, u64> = HashMapValueState::new(range);
         let words = ["a", "b", "c", "a", "a"];
         for w in words {
             let h = w.stable_hash();
@@ -304,25 +225,6 @@ mod tests {
             "only {} of 128 low-bit patterns used",
             buckets.len()
         );
-    }
-
-    #[test]
-    fn a_reduce_entry_of_a_string_word_is_one_cache_line() {
-        // What the Rust-API word count's reduce stores: hash, key, `Option<(String, u64)>`.
-        type E = LineAligned<String, Option<(String, u64)>>;
-        assert_eq!((size_of::<E>(), align_of::<E>()), (64, 64));
-        let mut s: LineAlignedState<str, Option<(String, u64)>> =
-            HashMapValueState::new(KeyGroupRange::for_subtask(0, 1, 16));
-        for i in 0..1000u64 {
-            let w = i.to_string();
-            let h = w.stable_hash();
-            let v = s.get_or_insert_with(key_group_of_hash(h, 16), h, &w, || (w.clone(), None));
-            assert_eq!(
-                std::ptr::from_mut(v).addr() % 64,
-                16,
-                "value after hash and key"
-            );
-        }
     }
 
     #[test]

@@ -33,7 +33,7 @@ use crate::runtime::context::SubtaskContext;
 use crate::runtime::functions::{Collector, Sink, SinkWriter};
 use crate::runtime::message::{FINAL_CHECKPOINT, Signal};
 use crate::runtime::output::Output;
-use crate::state::{LineAlignedState, ValueState};
+use crate::state::{HashMapValueState, ValueState};
 
 /// Key selector as stored by a `KeyedStream`: borrows the key from the record when it can.
 pub(crate) type KeyFn<T, K> = Arc<dyn for<'a> Fn(&'a T) -> Cow<'a, K> + Send + Sync>;
@@ -151,7 +151,7 @@ impl<I, O, F: Fn(I, &mut Collector<'_, O>) + Send + Sync> Output<I> for FlatMap<
 pub(crate) struct Reduce<T, K: ?Sized + ToOwned, F> {
     pub key: KeyFn<T, K>,
     pub f: Arc<F>,
-    pub state: LineAlignedState<K, Option<T>>,
+    pub state: HashMapValueState<K, Option<T>>,
     pub max_parallelism: u32,
     pub next: Box<dyn Output<T>>,
     pub id: OpId,
@@ -372,7 +372,7 @@ mod tests {
         Reduce {
             key: Arc::new(|r: &(String, u64)| Cow::Borrowed(r.0.as_str())),
             f: Arc::new(|(w, a), (_, b)| (w, a + b)),
-            state: LineAlignedState::new(KeyGroupRange::for_subtask(0, 1, 16)),
+            state: HashMapValueState::new(KeyGroupRange::for_subtask(0, 1, 16)),
             max_parallelism: 16,
             next: Box::new(Discard),
             id: OpId {

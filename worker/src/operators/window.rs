@@ -34,7 +34,7 @@ use crate::runtime::functions::Collector;
 use crate::runtime::message::Signal;
 use crate::runtime::output::Output;
 use crate::runtime::time::{Clock, NO_TIMESTAMP, current_timestamp, with_timestamp};
-use crate::state::{LineAlignedState, ValueState};
+use crate::state::{HashMapValueState, ValueState};
 
 /// Key selector of a window operator; an `Err` fails the job naming the operator.
 pub(crate) type WindowKeyFn<T, K> =
@@ -111,11 +111,8 @@ impl<R, T> WindowOutputs<R, T> {
     }
 }
 
-/// One open window of a key. `repr(C)`: the window comes first, so the compare that finds
-/// it reads the start of the slot (with a [`LineAlignedState`] entry, the line that holds
-/// the key's hash).
+/// One open window of a key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[repr(C)]
 pub(crate) struct Slot<A> {
     pub window: Window,
     pub fired: bool,
@@ -173,7 +170,7 @@ pub struct WindowOperator<T, K: ?Sized + ToOwned, A: WindowAggregator<T>, R> {
     spec: WindowSpec,
     agg: A,
     emit: EmitFn<K, A::Out, R>,
-    state: LineAlignedState<K, Slots<A::Acc>>,
+    state: HashMapValueState<K, Slots<A::Acc>>,
     event_timers: Timers<K::Owned>,
     processing_timers: Timers<K::Owned>,
     watermark: i64,
@@ -216,7 +213,7 @@ where
             spec: setup.spec,
             agg,
             emit,
-            state: LineAlignedState::new(setup.key_groups),
+            state: HashMapValueState::new(setup.key_groups),
             event_timers: BTreeMap::new(),
             processing_timers: BTreeMap::new(),
             watermark: i64::MIN,

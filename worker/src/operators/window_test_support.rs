@@ -36,7 +36,7 @@ impl<K> AggregateFunction<(K, i64)> for Sum {
 /// Collects every record it gets, in arrival order.
 pub(crate) struct Collect<R>(pub Arc<Mutex<Vec<R>>>);
 
-impl<R> Output<R> for Collect<R> {
+impl<R: Send> Output<R> for Collect<R> {
     fn emit(&mut self, item: R) -> Result<(), TaskError> {
         self.0.lock().unwrap().push(item);
         Ok(())
