@@ -67,6 +67,13 @@ impl<K: ?Sized + ToOwned, V> HashMapValueState<K, V> {
         self.range
     }
 
+    /// Whether this subtask owns `key_group` (inline: it is checked per record, and
+    /// `KeyGroupRange::contains` is a call into another crate, ~1% of a word count by perf).
+    #[inline]
+    pub fn owns(&self, key_group: u32) -> bool {
+        key_group.wrapping_sub(self.range.start) < self.range.end.wrapping_sub(self.range.start)
+    }
+
     /// The entries of one key group (empty for groups this subtask does not own).
     pub fn iter_group(&self, key_group: u32) -> impl Iterator<Item = (&K::Owned, &V)> {
         self.range
@@ -218,6 +225,14 @@ mod tests {
             "only {} of 128 low-bit patterns used",
             buckets.len()
         );
+    }
+
+    #[test]
+    fn ownership_of_key_groups() {
+        let s: HashMapValueState<str, u64> =
+            HashMapValueState::new(KeyGroupRange::for_subtask(1, 2, 16));
+        let owned: Vec<u32> = (0..20).filter(|g| s.owns(*g)).collect();
+        assert_eq!(owned, (8..16).collect::<Vec<_>>());
     }
 
     #[test]

@@ -274,43 +274,25 @@ mod tests {
     use streamjob_crds::KeyGroupRange;
 
     use super::*;
-    use crate::operators::windows::{Aggregate, AggregateFunction};
+    use crate::operators::window_test_support::{
+        Collect, MAX_P, Rescalable, Sum, owner, rescale, subtasks, take_sorted,
+    };
+    use crate::operators::windows::Aggregate;
     use crate::runtime::functions::Collector;
 
-    const MAX_P: u32 = 128;
+    impl<K> Rescalable for CountWindowOperator<(K, i64), K, Aggregate<Sum>, Fired>
+    where
+        K: Clone + Eq + Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        fn snapshot_state(&self) -> Result<Vec<u8>, String> {
+            self.snapshot()
+        }
+        fn restore_state(&mut self, snapshots: &[(u32, Vec<u8>)]) -> Result<(), String> {
+            self.restore(snapshots)
+        }
+    }
+
     type Fired = (String, i64);
-
-    struct Sum;
-    impl<K> AggregateFunction<(K, i64)> for Sum {
-        type Acc = i64;
-        type Out = i64;
-        fn create_accumulator(&self) -> i64 {
-            0
-        }
-        fn add(&self, v: (K, i64), acc: &mut i64) {
-            *acc += v.1;
-        }
-        fn get_result(&self, acc: &i64) -> i64 {
-            *acc
-        }
-        fn merge(&self, a: i64, b: i64) -> i64 {
-            a + b
-        }
-    }
-
-    struct Sink(Arc<Mutex<Vec<Fired>>>);
-    impl Output<Fired> for Sink {
-        fn emit(&mut self, item: Fired) -> Result<(), TaskError> {
-            self.0.lock().unwrap().push(item);
-            Ok(())
-        }
-        fn signal(&mut self, _: Signal) -> Result<(), TaskError> {
-            Ok(())
-        }
-        fn flush(&mut self) -> Result<(), TaskError> {
-            Ok(())
-        }
-    }
 
     /// A count window summing `.1` per key `.0`, firing `(key as Debug, sum)`.
     fn op<K>(
@@ -336,7 +318,7 @@ mod tests {
             ),
             state: HashMapValueState::new(range),
             max_parallelism: MAX_P,
-            out: WindowOutputs::Plain(Box::new(Sink(out))),
+            out: WindowOutputs::Plain(Box::new(Collect(out))),
             id: OpId {
                 name: "counts".into(),
                 subtask,
@@ -360,45 +342,21 @@ mod tests {
     /// `second`; `to == 0`: no restore. Returns every result, sorted.
     fn rescaled_run(size: u64, slide: u64, from: u32, to: u32) -> Vec<Fired> {
         let out = Arc::new(Mutex::new(vec![]));
-        let make = |p: u32| -> Vec<_> {
-            (0..p)
-                .map(|i| {
-                    op::<Value>(
-                        size,
-                        slide,
-                        i,
-                        KeyGroupRange::for_subtask(i, p, MAX_P),
-                        out.clone(),
-                    )
-                })
-                .collect()
-        };
+        let make = |i, r| op::<Value>(size, slide, i, r, out.clone());
         let feed = |ops: &mut Vec<CountWindowOperator<_, _, _, _>>, recs: Vec<(Value, i64)>| {
             for r in recs {
                 let g = key_group_of_hash(stable_hash(&r.0), MAX_P);
-                let o = ops
-                    .iter_mut()
-                    .find(|o| o.state.key_groups().contains(g))
-                    .expect("an owner");
-                o.emit(r).unwrap();
+                let i = owner(ops.len(), g);
+                ops[i].emit(r).unwrap();
             }
         };
-        let mut before = make(from);
-        feed(&mut before, records(0..7));
+        let mut ops = subtasks(from, make);
+        feed(&mut ops, records(0..7));
         if to > 0 {
-            let snapshots: Vec<(u32, Vec<u8>)> = before
-                .iter()
-                .map(|o| (o.id.subtask, o.snapshot().unwrap()))
-                .collect();
-            before = make(to);
-            for o in before.iter_mut() {
-                o.restore(&snapshots).unwrap();
-            }
+            ops = rescale(ops, to, make);
         }
-        feed(&mut before, records(7..13));
-        let mut got = std::mem::take(&mut *out.lock().unwrap());
-        got.sort();
-        got
+        feed(&mut ops, records(7..13));
+        take_sorted(&out)
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub(crate) mod timed_state;
 pub(crate) mod watermark;
 pub mod watermark_strategy;
 pub(crate) mod window;
+#[cfg(test)]
+pub(crate) mod window_test_support;
 pub mod windows;
 
 use std::borrow::{Borrow, Cow};
@@ -214,7 +216,7 @@ where
         let key = self.id.guard(|| (self.key)(&item))?;
         let hash = key_hash.unwrap_or_else(|| stable_hash(&*key));
         let group = key_group_of_hash(hash, self.max_parallelism);
-        if !self.state.key_groups().contains(group) {
+        if !self.state.owns(group) {
             return Err(self.id.fail(format!(
                 "internal error: key group {group} reached a subtask owning {:?}",
                 self.state.key_groups()

@@ -388,7 +388,7 @@ where
             .map_err(|e| self.fail(format!("key selector failed: {e}")))?;
         let hash = stable_hash(&*key);
         let group = key_group_of_hash(hash, self.max_parallelism);
-        if !self.state.key_groups().contains(group) {
+        if !self.state.owns(group) {
             return Err(self.fail(format!(
                 "internal error: key group {group} reached a subtask owning {:?}",
                 self.state.key_groups()
@@ -428,6 +428,16 @@ where
         });
         if slots.is_empty() && !inserted {
             self.emptied -= 1; // a kept entry reused
+        }
+        // Every record but the first of a key's window: one window, open and not fired yet.
+        // Add and return, without the bookkeeping below (one scan of the slots).
+        if let [w] = windows[..]
+            && let Some(slot) = slots.iter_mut().find(|s| s.window == w)
+            && !slot.fired
+        {
+            let added = self.agg.add(&mut slot.acc, item);
+            self.scratch = windows;
+            return added.map_err(|e| self.id.fail(format!("window function failed: {e}")));
         }
         // The key is copied only when a window is created or fires now (timers and the
         // window function need it after the record moved into the accumulator).
@@ -765,50 +775,27 @@ mod tests {
     use streamjob_crds::KeyGroupRange;
 
     use super::*;
+    use crate::operators::window_test_support::{
+        Collect, MAX_P, Rescalable, Sum, owner, rescale, subtasks, take_sorted,
+    };
     use crate::operators::windows::{
-        Aggregate, AggregateFunction, EventTimeSessionWindows, TumblingEventTimeWindows,
-        TumblingProcessingTimeWindows,
+        Aggregate, EventTimeSessionWindows, TumblingEventTimeWindows, TumblingProcessingTimeWindows,
     };
     use crate::runtime::time::{MAX_WATERMARK, ManualClock, set_current_timestamp};
 
     type Rec = (String, i64);
     type Fired = (String, i64, i64, i64);
 
-    struct Sum;
-    impl AggregateFunction<Rec> for Sum {
-        type Acc = i64;
-        type Out = i64;
-        fn create_accumulator(&self) -> i64 {
-            0
-        }
-        fn add(&self, v: Rec, acc: &mut i64) {
-            *acc += v.1;
-        }
-        fn get_result(&self, acc: &i64) -> i64 {
-            *acc
-        }
-        fn merge(&self, a: i64, b: i64) -> i64 {
-            a + b
-        }
-    }
-
-    struct Sink(Arc<Mutex<Vec<Fired>>>);
-    impl Output<Fired> for Sink {
-        fn emit(&mut self, item: Fired) -> Result<(), TaskError> {
-            self.0.lock().unwrap().push(item);
-            Ok(())
-        }
-        fn signal(&mut self, _: Signal) -> Result<(), TaskError> {
-            Ok(())
-        }
-        fn flush(&mut self) -> Result<(), TaskError> {
-            Ok(())
-        }
-    }
-
-    const MAX_P: u32 = 128;
-
     type TestOp = WindowOperator<Rec, str, Aggregate<Sum>, Fired>;
+
+    impl Rescalable for TestOp {
+        fn snapshot_state(&self) -> Result<Vec<u8>, String> {
+            self.snapshot()
+        }
+        fn restore_state(&mut self, snapshots: &[(u32, Vec<u8>)]) -> Result<(), String> {
+            self.restore(snapshots)
+        }
+    }
 
     fn op(
         assigner: WindowAssigner,
@@ -840,7 +827,7 @@ mod tests {
                     Ok(())
                 },
             ),
-            WindowOutputs::Plain(Box::new(Sink(out))),
+            WindowOutputs::Plain(Box::new(Collect(out))),
         )
     }
 
@@ -921,17 +908,13 @@ mod tests {
 
     /// Routes records by key group; the watermark reaches every subtask after every 7th
     /// record, so records right after a restore meet the restored watermark.
-    fn feed(ops: &mut [(KeyGroupRange, TestOp)], part: &[(Rec, i64, i64)]) {
+    fn feed(ops: &mut [TestOp], part: &[(Rec, i64, i64)]) {
         for (i, (rec, ts, wm)) in part.iter().enumerate() {
             let g = key_group_of_hash(stable_hash(rec.0.as_str()), MAX_P);
-            let (_, op) = ops
-                .iter_mut()
-                .find(|(r, _)| r.contains(g))
-                .expect("some subtask owns every group");
             set_current_timestamp(*ts);
-            op.emit(rec.clone()).unwrap();
+            ops[owner(ops.len(), g)].emit(rec.clone()).unwrap();
             if i % 7 == 6 {
-                for (_, op) in ops.iter_mut() {
+                for op in ops.iter_mut() {
                     op.signal(Signal::Watermark(*wm)).unwrap();
                 }
             }
@@ -944,43 +927,17 @@ mod tests {
         let (first, second) = records.split_at(1_000);
         let out = Arc::new(Mutex::new(vec![]));
         let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(0));
-        let make = |p: u32| -> Vec<_> {
-            (0..p)
-                .map(|i| {
-                    let r = KeyGroupRange::for_subtask(i, p, MAX_P);
-                    (r, op(assigner, lateness, clock.clone(), r, out.clone()))
-                })
-                .collect()
-        };
-        let mut before = make(from);
-        feed(&mut before, first);
-        if to == 0 {
-            // Uninterrupted.
-            feed(&mut before, second);
-            for (_, o) in before.iter_mut() {
-                o.signal(Signal::Watermark(MAX_WATERMARK)).unwrap();
-            }
-            let mut got = std::mem::take(&mut *out.lock().unwrap());
-            got.sort();
-            return got;
+        let make = |_, r| op(assigner, lateness, clock.clone(), r, out.clone());
+        let mut ops = subtasks(from, make);
+        feed(&mut ops, first);
+        if to > 0 {
+            ops = rescale(ops, to, make);
         }
-        let snapshots: Vec<(u32, Vec<u8>)> = before
-            .iter()
-            .enumerate()
-            .map(|(i, (_, o))| (i as u32, o.snapshot().unwrap()))
-            .collect();
-        drop(before);
-        let mut after = make(to);
-        for (_, o) in after.iter_mut() {
-            o.restore(&snapshots).unwrap();
-        }
-        feed(&mut after, second);
-        for (_, o) in after.iter_mut() {
+        feed(&mut ops, second);
+        for o in ops.iter_mut() {
             o.signal(Signal::Watermark(MAX_WATERMARK)).unwrap();
         }
-        let mut got = std::mem::take(&mut *out.lock().unwrap());
-        got.sort();
-        got
+        take_sorted(&out)
     }
 
     #[test]
