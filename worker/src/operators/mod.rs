@@ -214,6 +214,10 @@ where
     #[inline]
     fn reduce(&mut self, item: T, key_hash: Option<u64>) -> Result<(), TaskError> {
         let key = self.id.guard(|| (self.key)(&item))?;
+        debug_assert!(
+            key_hash.is_none_or(|h| h == stable_hash(&*key)),
+            "the router hashed this key differently"
+        );
         let hash = key_hash.unwrap_or_else(|| stable_hash(&*key));
         let group = key_group_of_hash(hash, self.max_parallelism);
         if !self.state.owns(group) {
