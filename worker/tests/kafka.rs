@@ -1203,12 +1203,7 @@ fn an_unreachable_sink_fails_fast_in_one_line() {
 fn kafka_record_timestamps_are_the_default_event_time() {
     let input = unique("clicks");
     create_topic(&input, 1);
-    // A recent minute boundary (old timestamps could fall to the broker's time retention).
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let t0 = (now_ms / 60_000 - 10) * 60_000;
+    let t0 = common::kafka_topics::recent_minute();
     let clicks = [
         ("alice", t0 + 1_000),
         ("bob", t0 + 2_000),
