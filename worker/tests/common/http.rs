@@ -63,26 +63,34 @@ pub fn start(args: &[&str], env: &[(&str, &str)]) -> Proc {
 /// A one-worker cluster running `manifest` (what a pod runs), serving metrics on a free port
 /// and staying up after the job so the final numbers can be read.
 pub fn one_worker(manifest: &std::path::Path, token: &str) -> Proc {
-    let peer = super::free_ports(1).remove(0);
-    start(
-        &[
-            "worker",
-            manifest.to_str().unwrap(),
-            "--index",
-            "0",
-            "--workers",
-            "1",
-            "--peers",
-            &peer,
-            // Its own exchange port: the default (6121) would collide with another test's.
-            "--listen",
-            &peer,
-            "--metrics-port",
-            "0",
-            "--idle-after-finish",
-        ],
+    only_worker(
+        manifest,
+        &["--idle-after-finish"],
         &[("STREAMJOB_TOKEN", token)],
     )
+}
+
+/// `streamjob worker <manifest>` as the only worker of its job, serving metrics on a free
+/// port, with `extra` arguments and `env`.
+pub fn only_worker(manifest: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Proc {
+    let peer = super::free_ports(1).remove(0);
+    let mut args = vec![
+        "worker",
+        manifest.to_str().unwrap(),
+        "--index",
+        "0",
+        "--workers",
+        "1",
+        "--peers",
+        &peer,
+        // Its own exchange port: the default (6121) would collide with another test's.
+        "--listen",
+        &peer,
+        "--metrics-port",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    start(&args, env)
 }
 
 /// GET `path`: (status, body).

@@ -4,8 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::free_ports;
-use super::http::{Proc, start};
+use super::http::Proc;
 
 /// A StreamJob named `name` with `spec` lines (`parallelism: 2`, `checkpointing: {...}`, ...)
 /// and these steps (each from [`source`], [`sink`] or written as `    - {name: ..., ...}`).
@@ -56,24 +55,7 @@ pub fn sink(name: &str, broker: &str, topic: &str, extra: &[&str]) -> String {
     step
 }
 
-/// `streamjob worker <manifest>` as the only worker of its job, serving metrics on a free
-/// port, with `extra` arguments and `env`.
+/// `streamjob worker <manifest>` as the only worker of its job (common::http::only_worker).
 pub fn one_worker(manifest: &Path, extra: &[&str], env: &[(&str, &str)]) -> Proc {
-    let peer = free_ports(1).remove(0);
-    let mut args = vec![
-        "worker",
-        manifest.to_str().unwrap(),
-        "--index",
-        "0",
-        "--workers",
-        "1",
-        "--peers",
-        &peer,
-        "--listen",
-        &peer,
-        "--metrics-port",
-        "0",
-    ];
-    args.extend_from_slice(extra);
-    start(&args, env)
+    super::http::only_worker(manifest, extra, env)
 }
