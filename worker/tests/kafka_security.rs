@@ -341,11 +341,15 @@ fn produce(broker: &str, a: &Access, topic: &str, lines: &[String]) {
 /// Payloads `read_committed` readers see in `topic`, read until `n` distinct ones arrived
 /// (or 60 s).
 fn read(broker: &str, a: &Access, topic: &str, n: usize) -> Vec<String> {
+    read_as(broker, a, topic, n, "read_committed")
+}
+
+fn read_as(broker: &str, a: &Access, topic: &str, n: usize, isolation: &str) -> Vec<String> {
     let consumer: BaseConsumer = client(broker, a)
-        .set("group.id", format!("check-{topic}"))
+        .set("group.id", format!("check-{topic}-{isolation}"))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
+        .set("isolation.level", isolation)
         .create()
         .unwrap();
     consumer.subscribe(&[topic]).unwrap();
@@ -829,11 +833,13 @@ spec:
     )
     .unwrap();
     let secrets = secrets_dir(&dir, &a);
+    let first_log = dir.join("first-run.log");
     let mut job = Command::new(BIN)
         .arg("run")
         .arg(&spec)
         .env("STREAMJOB_SECRETS_DIR", &secrets)
-        .stderr(Stdio::null())
+        .env("STREAMJOB_LOG", "info,streamjob::connectors::kafka=debug")
+        .stderr(std::fs::File::create(&first_log).unwrap())
         .spawn()
         .unwrap();
     common::wait_until(
@@ -855,6 +861,35 @@ spec:
     );
     let got: BTreeSet<String> = read(&addr, &a, "eo", lines.len()).into_iter().collect();
     let want: BTreeSet<String> = lines.iter().cloned().collect();
-    assert_eq!(got.len(), want.len(), "every record written");
-    assert_eq!(got, want);
+    if got != want {
+        // Evidence: whether the log holds what read_committed readers miss, where in the
+        // input the missing records were, and both runs' logs.
+        std::fs::write(dir.join("second-run.log"), &err).unwrap();
+        let log: BTreeSet<String> = read_as(&addr, &a, "eo", lines.len(), "read_uncommitted")
+            .into_iter()
+            .collect();
+        let missing: Vec<&String> = want.difference(&got).collect();
+        let in_log = missing.iter().filter(|m| log.contains(**m)).count();
+        let ids = |p: usize| -> Vec<usize> {
+            let mut v: Vec<usize> = missing
+                .iter()
+                .filter_map(|m| m.strip_prefix("record-")?.parse().ok())
+                .filter(|i: &usize| i % 2 == p)
+                .collect();
+            v.sort();
+            v
+        };
+        let span = |v: &[usize]| (v.first().copied(), v.last().copied(), v.len());
+        panic!(
+            "{} of {} records missing for read_committed readers; {in_log} of them are in the \
+             log (read_uncommitted, {} distinct there); missing input ids (first, last, count) \
+             on partition 0: {:?}, on partition 1: {:?}; logs kept in {}",
+            missing.len(),
+            want.len(),
+            log.len(),
+            span(&ids(0)),
+            span(&ids(1)),
+            dir.display()
+        );
+    }
 }

@@ -465,7 +465,7 @@ fn an_empty_kafka_partition_on_another_worker_does_not_stall_windows_when_idle()
             let got = sorted_lines(&out, "windows");
             format!(
                 "the closed windows did not all fire: {} windows, expected {} or {} \
-                 (missing: {:?}); log: {}",
+                 (missing: {:?}); worker 0 status: {}; log: {}",
                 got.len(),
                 running[0].len(),
                 running[1].len(),
@@ -474,6 +474,7 @@ fn an_empty_kafka_partition_on_another_worker_does_not_stall_windows_when_idle()
                     .filter(|w| !got.contains(w))
                     .take(5)
                     .collect::<Vec<_>>(),
+                cluster.status(),
                 cluster.log()
             )
         }),
