@@ -136,6 +136,24 @@ const USER: &str = "alice";
 const PASSWORD: &str = "wonderland";
 
 impl Access {
+    /// TLS with certificates made in `dir`, and SASL `mechanism` if given.
+    fn tls(dir: &Path, mechanism: Option<&'static str>) -> Access {
+        Access {
+            certs: Some(with_certs(dir)),
+            ca: "ca.crt",
+            sasl: mechanism.map(|m| (m, PASSWORD)),
+        }
+    }
+
+    /// SASL `mechanism` in plaintext.
+    fn sasl(mechanism: &'static str) -> Access {
+        Access {
+            certs: None,
+            ca: "",
+            sasl: Some((mechanism, PASSWORD)),
+        }
+    }
+
     fn protocol(&self) -> &'static str {
         match (&self.certs, &self.sasl) {
             (Some(_), Some(_)) => "SASL_SSL",
@@ -555,11 +573,7 @@ fn exactly_once_job(
 #[test]
 fn source_and_both_sinks_work_over_tls_with_a_custom_ca_and_client_certificates() {
     let dir = tmp("tls");
-    let a = Access {
-        certs: Some(with_certs(&dir)),
-        ca: "ca.crt",
-        sasl: None,
-    };
+    let a = Access::tls(&dir, None);
     let broker = GatedBroker::start(a.certs.as_deref(), None);
     source_and_both_sinks("kafka-tls", &broker, &a, &dir);
 }
@@ -567,11 +581,7 @@ fn source_and_both_sinks_work_over_tls_with_a_custom_ca_and_client_certificates(
 #[test]
 fn source_and_both_sinks_work_over_sasl_scram_sha_512_on_tls() {
     let dir = tmp("sasl-ssl");
-    let a = Access {
-        certs: Some(with_certs(&dir)),
-        ca: "ca.crt",
-        sasl: Some(("SCRAM-SHA-512", PASSWORD)),
-    };
+    let a = Access::tls(&dir, Some("SCRAM-SHA-512"));
     let broker = GatedBroker::start(a.certs.as_deref(), Some(users(&["SCRAM-SHA-512"])));
     source_and_both_sinks("kafka-sasl-ssl", &broker, &a, &dir);
 }
@@ -580,11 +590,7 @@ fn source_and_both_sinks_work_over_sasl_scram_sha_512_on_tls() {
 fn exactly_once_works_over_sasl_plain_and_scram_sha_256() {
     for mechanism in ["PLAIN", "SCRAM-SHA-256"] {
         let dir = tmp(&format!("sasl-{mechanism}"));
-        let a = Access {
-            certs: None,
-            ca: "",
-            sasl: Some((mechanism, PASSWORD)),
-        };
+        let a = Access::sasl(mechanism);
         let broker = GatedBroker::start(None, Some(users(&["PLAIN", "SCRAM-SHA-256"])));
         create_topic(&broker.addr(), &a, "out");
         let (ok, err, _) = exactly_once_job("kafka-sasl", &broker, &a, &dir);
@@ -598,54 +604,51 @@ fn exactly_once_works_over_sasl_plain_and_scram_sha_256() {
 #[test]
 fn a_wrong_ca_fails_fast_with_one_line_naming_the_broker_and_the_cause() {
     let dir = tmp("wrong-ca");
-    let mut a = Access {
-        certs: Some(with_certs(&dir)),
-        ca: "ca.crt",
-        sasl: None,
-    };
+    let mut a = Access::tls(&dir, None);
     let broker = GatedBroker::start(a.certs.as_deref(), None);
     create_topic(&broker.addr(), &a, "out");
     a.ca = "other-ca.crt";
-    let (ok, err, took) = exactly_once_job("kafka-wrong-ca", &broker, &a, &dir);
-    assert!(
-        !ok,
-        "a job whose CA does not vouch for the broker must fail"
-    );
     let cause = format!(
         "Kafka broker {}: TLS handshake failed: invalid peer certificate: UnknownIssuer",
         broker.addr()
     );
-    assert!(err.contains(&cause), "{cause} in:\n{err}");
-    assert!(
-        took < Duration::from_secs(30),
-        "failed after {took:?}:\n{err}"
+    fails_fast(
+        exactly_once_job("kafka-wrong-ca", &broker, &a, &dir),
+        "a job whose CA does not vouch for the broker",
+        &cause,
+        None,
     );
 }
 
 #[test]
 fn a_wrong_password_fails_fast_with_one_line_naming_the_broker_and_the_cause() {
     let dir = tmp("wrong-password");
-    let mut a = Access {
-        certs: None,
-        ca: "",
-        sasl: Some(("SCRAM-SHA-256", PASSWORD)),
-    };
+    let mut a = Access::sasl("SCRAM-SHA-256");
     let broker = GatedBroker::start(None, Some(users(&["SCRAM-SHA-256"])));
     create_topic(&broker.addr(), &a, "out");
     a.sasl = Some(("SCRAM-SHA-256", "not-the-password"));
-    let (ok, err, took) = exactly_once_job("kafka-wrong-password", &broker, &a, &dir);
-    assert!(!ok, "a job with a wrong password must fail");
     let cause = format!(
         "Kafka broker {}: SASL SCRAM-SHA-256 authentication as '{USER}' failed: \
          SaslAuthenticate: SaslAuthenticationFailed (58): Authentication failed during \
          authentication due to invalid credentials with SASL mechanism SCRAM-SHA-256",
         broker.addr()
     );
-    assert!(err.contains(&cause), "{cause} in:\n{err}");
-    assert!(
-        !err.contains("not-the-password"),
-        "the password is never printed"
+    fails_fast(
+        exactly_once_job("kafka-wrong-password", &broker, &a, &dir),
+        "a job with a wrong password",
+        &cause,
+        Some("not-the-password"),
     );
+}
+
+/// A run that must fail within 30 s with a line containing `cause` and never print `secret`.
+fn fails_fast(run: (bool, String, Duration), what: &str, cause: &str, secret: Option<&str>) {
+    let (ok, err, took) = run;
+    assert!(!ok, "{what} must fail");
+    assert!(err.contains(cause), "{cause} in:\n{err}");
+    if let Some(secret) = secret {
+        assert!(!err.contains(secret), "the password is never printed");
+    }
     assert!(
         took < Duration::from_secs(30),
         "failed after {took:?}:\n{err}"
@@ -676,55 +679,38 @@ fn source_job(
 #[test]
 fn a_source_with_a_wrong_ca_or_password_fails_with_one_line_naming_the_cause() {
     let dir = tmp("source-wrong-ca");
-    let mut a = Access {
-        certs: Some(with_certs(&dir)),
-        ca: "ca.crt",
-        sasl: None,
-    };
+    let mut a = Access::tls(&dir, None);
     let broker = GatedBroker::start(a.certs.as_deref(), None);
     create_topic(&broker.addr(), &a, "in");
     a.ca = "other-ca.crt";
-    let (ok, err, took) = source_job("source-wrong-ca", &broker, &a, &dir);
-    assert!(
-        !ok,
-        "a source whose CA does not vouch for the broker must fail"
-    );
     let cause = format!(
         "cannot fetch metadata of topic 'in' from {0}: Kafka broker {0}: TLS handshake \
          failed: invalid peer certificate: UnknownIssuer",
         broker.addr()
     );
-    assert!(err.contains(&cause), "{cause} in:\n{err}");
-    assert!(
-        took < Duration::from_secs(30),
-        "failed after {took:?}:\n{err}"
+    fails_fast(
+        source_job("source-wrong-ca", &broker, &a, &dir),
+        "a source whose CA does not vouch for the broker",
+        &cause,
+        None,
     );
     drop(broker);
 
     let dir = tmp("source-wrong-password");
-    let mut a = Access {
-        certs: None,
-        ca: "",
-        sasl: Some(("SCRAM-SHA-256", PASSWORD)),
-    };
+    let mut a = Access::sasl("SCRAM-SHA-256");
     let broker = GatedBroker::start(None, Some(users(&["SCRAM-SHA-256"])));
     create_topic(&broker.addr(), &a, "in");
     a.sasl = Some(("SCRAM-SHA-256", "not-the-password"));
-    let (ok, err, took) = source_job("source-wrong-password", &broker, &a, &dir);
-    assert!(!ok, "a source with a wrong password must fail");
     let cause = format!(
         "cannot fetch metadata of topic 'in' from {0}: Kafka broker {0}: SASL SCRAM-SHA-256 \
          authentication as '{USER}' failed: SaslAuthenticate: SaslAuthenticationFailed (58)",
         broker.addr()
     );
-    assert!(err.contains(&cause), "{cause} in:\n{err}");
-    assert!(
-        !err.contains("not-the-password"),
-        "the password is never printed"
-    );
-    assert!(
-        took < Duration::from_secs(30),
-        "failed after {took:?}:\n{err}"
+    fails_fast(
+        source_job("source-wrong-password", &broker, &a, &dir),
+        "a source with a wrong password",
+        &cause,
+        Some("not-the-password"),
     );
 }
 
@@ -762,11 +748,7 @@ fn a_checkpoint_lists_a_pending_transaction(dir: &Path) -> bool {
 #[test]
 fn a_restore_commits_the_checkpointed_transactions_over_sasl_ssl() {
     let dir = tmp("restore");
-    let a = Access {
-        certs: Some(with_certs(&dir)),
-        ca: "ca.crt",
-        sasl: Some(("SCRAM-SHA-512", PASSWORD)),
-    };
+    let a = Access::tls(&dir, Some("SCRAM-SHA-512"));
     let broker = GatedBroker::start(a.certs.as_deref(), Some(users(&["SCRAM-SHA-512"])));
     let addr = broker.addr();
     for t in ["in", "eo"] {
